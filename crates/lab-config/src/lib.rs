@@ -1,0 +1,15 @@
+//! Reads a lab project's configuration (`lab.toml`) into typed models that
+//! remember where each value came from, so later errors (an unknown layer, a
+//! bad rule) can point at the exact line. Owns the project format; knows
+//! nothing about building or syncing. The only I/O is reading `lab.toml`.
+
+mod error;
+mod located;
+mod project;
+
+pub use error::ConfigError;
+pub use located::{Diagnose, Located};
+pub use project::{
+    valid_name, LayerRef, Machine, Project, Settings, Transport, UnitAction, UnitRule,
+    CONFIG_FILE, RESERVED_VARIABLES,
+};

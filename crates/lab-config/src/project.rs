@@ -1,0 +1,524 @@
+use crate::{ConfigError, Located};
+use indexmap::IndexMap;
+use serde::Deserialize;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use toml::Spanned;
+
+pub const CONFIG_FILE: &str = "lab.toml";
+
+/// Names templates see besides the facts; a fact may not take them.
+pub const RESERVED_VARIABLES: &[&str] = &["machine", "machines"];
+
+/// A parsed `lab.toml`.
+#[derive(Clone, Debug)]
+pub struct Project {
+    /// The project directory (where `lab.toml` is).
+    pub root: PathBuf,
+    /// Path of `lab.toml`.
+    pub file: PathBuf,
+    /// Its text, kept to point into it later.
+    pub text: String,
+    pub settings: Settings,
+    /// `[facts]`: facts every machine sees (lowest precedence).
+    pub facts: IndexMap<String, Value>,
+    /// Machines in file order.
+    pub machines: Vec<Machine>,
+    pub units: Vec<UnitRule>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Settings {
+    /// known_hosts file used instead of the user's `~/.ssh/known_hosts`.
+    pub known_hosts: Option<PathBuf>,
+    /// Default identity file for ssh.
+    pub identity: Option<PathBuf>,
+    /// Generations a machine keeps for rollback.
+    pub generations: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Ssh,
+    /// The machine is a directory on this host (`root`, absolute).
+    Local { root: PathBuf },
+}
+
+#[derive(Clone, Debug)]
+pub struct LayerRef {
+    pub name: String,
+    pub at: Located,
+}
+
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub name: String,
+    /// Where `[machines.NAME]` is, for errors about the machine as a whole.
+    pub at: Located,
+    /// Defaults to the machine's name (so `~/.ssh/config` aliases work).
+    pub host: String,
+    pub user: String,
+    pub port: u16,
+    pub identity: Option<PathBuf>,
+    pub layers: Vec<LayerRef>,
+    pub facts: IndexMap<String, Value>,
+    pub transport: Transport,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UnitAction {
+    Reload,
+    Restart,
+    ReloadOrRestart,
+}
+
+impl UnitAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnitAction::Reload => "reload",
+            UnitAction::Restart => "restart",
+            UnitAction::ReloadOrRestart => "reload-or-restart",
+        }
+    }
+}
+
+/// `[[units]]`: files matching `paths` belong to `unit`; changing one of
+/// them applies `action` to it after a sync.
+#[derive(Clone, Debug)]
+pub struct UnitRule {
+    pub paths: Vec<String>,
+    pub matcher: globset::GlobSet,
+    pub unit: String,
+    pub action: UnitAction,
+    pub at: Located,
+}
+
+impl UnitRule {
+    /// Does the rule cover this output path (relative, no leading slash)?
+    pub fn matches(&self, path: &str) -> bool {
+        self.matcher.is_match(format!("/{path}"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProject {
+    #[serde(default)]
+    settings: RawSettings,
+    #[serde(default)]
+    facts: IndexMap<String, Spanned<toml::Value>>,
+    #[serde(default)]
+    machines: IndexMap<Spanned<String>, Spanned<RawMachine>>,
+    #[serde(default)]
+    units: Vec<Spanned<RawUnit>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    known_hosts: Option<String>,
+    identity: Option<String>,
+    generations: Option<Spanned<i64>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMachine {
+    host: Option<String>,
+    user: Option<String>,
+    port: Option<Spanned<i64>>,
+    identity: Option<String>,
+    #[serde(default)]
+    layers: Vec<Spanned<String>>,
+    #[serde(default)]
+    facts: IndexMap<String, Spanned<toml::Value>>,
+    transport: Option<Spanned<String>>,
+    root: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUnit {
+    paths: Vec<Spanned<String>>,
+    unit: Spanned<String>,
+    #[serde(default)]
+    action: Option<Spanned<String>>,
+}
+
+/// Machine, layer and unit names: letters, digits, `.`, `_`, `-`, `@`; not
+/// starting with `.` or `-`. They become directory names, so nothing that
+/// could escape a directory.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && !s.starts_with(['.', '-'])
+        && s
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+}
+
+impl Project {
+    /// Find `lab.toml` in `start` or the nearest parent and load it.
+    pub fn find(start: &Path) -> Result<Project, ConfigError> {
+        let mut dir = start.to_path_buf();
+        loop {
+            if dir.join(CONFIG_FILE).is_file() {
+                return Project::load(&dir);
+            }
+            if !dir.pop() {
+                return Err(ConfigError::NotFound {
+                    dir: start.to_path_buf(),
+                });
+            }
+        }
+    }
+
+    /// Load `DIR/lab.toml`.
+    pub fn load(dir: &Path) -> Result<Project, ConfigError> {
+        let file = dir.join(CONFIG_FILE);
+        let text = fs_err::read_to_string(&file).map_err(|e| ConfigError::Read {
+            path: file.clone(),
+            source: e,
+        })?;
+        Project::parse(dir, &file, text)
+    }
+
+    /// Parse `text` as the content of `file` in project directory `root`.
+    pub fn parse(root: &Path, file: &Path, text: String) -> Result<Project, ConfigError> {
+        let raw: RawProject = toml::from_str(&text).map_err(|e| ConfigError::Toml {
+            at: Located::from_span(file, &text, e.span().unwrap_or(0..0)),
+            message: e.message().trim_end().to_string(),
+        })?;
+        let at = |span: std::ops::Range<usize>| Located::from_span(file, &text, span);
+        let invalid = |span, message: String, hint: Option<String>| ConfigError::Invalid {
+            at: at(span),
+            message,
+            hint,
+        };
+
+        let generations = match raw.settings.generations {
+            None => 5,
+            Some(g) if (1..=1000).contains(g.get_ref()) => *g.get_ref() as usize,
+            Some(g) => {
+                return Err(invalid(
+                    g.span(),
+                    format!("`generations` must be between 1 and 1000, not {}", g.get_ref()),
+                    None,
+                ))
+            }
+        };
+        let settings = Settings {
+            known_hosts: raw.settings.known_hosts.map(|p| root.join(p)),
+            identity: raw.settings.identity.map(|p| expand_home(&p)),
+            generations,
+        };
+
+        let facts = convert_facts(&raw.facts, &invalid)?;
+
+        let mut machines = Vec::new();
+        for (name, m) in raw.machines {
+            let name_span = name.span();
+            let name = name.into_inner();
+            if !valid_name(&name) {
+                return Err(invalid(
+                    name_span,
+                    format!("invalid machine name `{name}`"),
+                    Some("use letters, digits, `.`, `_`, `-` and `@`".into()),
+                ));
+            }
+            let m_span = m.span();
+            let m = m.into_inner();
+            let port = match m.port {
+                None => 22,
+                Some(p) => u16::try_from(*p.get_ref())
+                    .ok()
+                    .filter(|p| *p != 0)
+                    .ok_or_else(|| {
+                        invalid(
+                            p.span(),
+                            format!("port {} is out of range", p.get_ref()),
+                            Some("a port is a number from 1 to 65535".into()),
+                        )
+                    })?,
+            };
+            let transport = match m.transport.as_ref().map(|t| t.get_ref().as_str()) {
+                None | Some("ssh") => {
+                    if let Some(r) = &m.root {
+                        return Err(invalid(
+                            r.span(),
+                            "`root` only applies to `transport = \"local\"`".into(),
+                            None,
+                        ));
+                    }
+                    Transport::Ssh
+                }
+                Some("local") => match &m.root {
+                    Some(r) => Transport::Local {
+                        root: root.join(expand_home(r.get_ref())),
+                    },
+                    None => {
+                        return Err(invalid(
+                            m.transport.as_ref().unwrap().span(),
+                            format!("machine `{name}` has `transport = \"local\"` but no `root`"),
+                            Some("add `root = \"DIR\"`: the directory that plays the machine's `/`".into()),
+                        ))
+                    }
+                },
+                Some(other) => {
+                    return Err(invalid(
+                        m.transport.as_ref().unwrap().span(),
+                        format!("unknown transport `{other}`"),
+                        Some("use `ssh` (the default) or `local`".into()),
+                    ))
+                }
+            };
+            let mut layers: Vec<LayerRef> = Vec::new();
+            for l in m.layers {
+                let span = l.span();
+                let lname = l.into_inner();
+                if !valid_name(&lname) {
+                    return Err(invalid(span, format!("invalid layer name `{lname}`"), None));
+                }
+                if layers.iter().any(|x| x.name == lname) {
+                    return Err(invalid(
+                        span,
+                        format!("layer `{lname}` is listed twice for machine `{name}`"),
+                        None,
+                    ));
+                }
+                layers.push(LayerRef {
+                    name: lname,
+                    at: at(span),
+                });
+            }
+            machines.push(Machine {
+                at: at(m_span.start..m_span.start),
+                host: m.host.unwrap_or_else(|| name.clone()),
+                user: m.user.unwrap_or_else(|| "root".into()),
+                port,
+                identity: m.identity.map(|p| expand_home(&p)),
+                layers,
+                facts: convert_facts(&m.facts, &invalid)?,
+                transport,
+                name,
+            });
+        }
+
+        let mut units = Vec::new();
+        for u in raw.units {
+            let u_span = u.span();
+            let u = u.into_inner();
+            let action = match u.action.as_ref().map(|a| a.get_ref().as_str()) {
+                None | Some("restart") => UnitAction::Restart,
+                Some("reload") => UnitAction::Reload,
+                Some("reload-or-restart") => UnitAction::ReloadOrRestart,
+                Some(other) => {
+                    return Err(invalid(
+                        u.action.as_ref().unwrap().span(),
+                        format!("unknown unit action `{other}`"),
+                        Some("use `reload`, `restart` or `reload-or-restart`".into()),
+                    ))
+                }
+            };
+            if !u.unit.get_ref().contains('.') {
+                return Err(invalid(
+                    u.unit.span(),
+                    format!("`{}` is not a unit name", u.unit.get_ref()),
+                    Some(format!("write the full name, like `{}.service`", u.unit.get_ref())),
+                ));
+            }
+            let mut b = globset::GlobSetBuilder::new();
+            let mut paths = Vec::new();
+            for p in &u.paths {
+                if !p.get_ref().starts_with('/') {
+                    return Err(invalid(
+                        p.span(),
+                        format!("unit rule path `{}` is not absolute", p.get_ref()),
+                        Some(format!("write `/{}`", p.get_ref())),
+                    ));
+                }
+                let g = globset::GlobBuilder::new(p.get_ref())
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| invalid(p.span(), format!("bad glob: {}", e.kind()), None))?;
+                b.add(g);
+                paths.push(p.get_ref().clone());
+            }
+            units.push(UnitRule {
+                paths,
+                matcher: b.build().expect("globs were valid"),
+                unit: u.unit.into_inner(),
+                action,
+                at: at(u_span.start..u_span.start),
+            });
+        }
+
+        Ok(Project {
+            root: root.to_path_buf(),
+            file: file.to_path_buf(),
+            text,
+            settings,
+            facts,
+            machines,
+            units,
+        })
+    }
+
+    pub fn machine(&self, name: &str) -> Option<&Machine> {
+        self.machines.iter().find(|m| m.name == name)
+    }
+
+    pub fn layers_dir(&self) -> PathBuf {
+        self.root.join("layers")
+    }
+
+    pub fn machines_dir(&self) -> PathBuf {
+        self.root.join("machines")
+    }
+
+    /// `.lab/`, lab's own state and outputs.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join(".lab")
+    }
+}
+
+fn convert_facts(
+    raw: &IndexMap<String, Spanned<toml::Value>>,
+    invalid: &dyn Fn(std::ops::Range<usize>, String, Option<String>) -> ConfigError,
+) -> Result<IndexMap<String, Value>, ConfigError> {
+    let mut out = IndexMap::new();
+    for (k, v) in raw {
+        if RESERVED_VARIABLES.contains(&k.as_str()) {
+            return Err(invalid(
+                v.span(),
+                format!("`{k}` is a reserved name and cannot be a fact"),
+                Some(format!(
+                    "templates already see `{k}`; give the fact another name"
+                )),
+            ));
+        }
+        out.insert(k.clone(), toml_to_json(v.get_ref()));
+    }
+    Ok(out)
+}
+
+/// Facts are stored as JSON values: the same model as gathered facts, and
+/// what templates consume. TOML datetimes become their text.
+pub(crate) fn toml_to_json(v: &toml::Value) -> Value {
+    match v {
+        toml::Value::String(s) => Value::String(s.clone()),
+        toml::Value::Integer(i) => Value::from(*i),
+        toml::Value::Float(f) => serde_json::Number::from_f64(*f)
+            .map(Value::Number)
+            .unwrap_or(Value::Null),
+        toml::Value::Boolean(b) => Value::Bool(*b),
+        toml::Value::Datetime(d) => Value::String(d.to_string()),
+        toml::Value::Array(a) => Value::Array(a.iter().map(toml_to_json).collect()),
+        toml::Value::Table(t) => Value::Object(
+            t.iter()
+                .map(|(k, v)| (k.clone(), toml_to_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+fn expand_home(p: &str) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(rest),
+        None => PathBuf::from(p),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Project, ConfigError> {
+        Project::parse(Path::new("/p"), Path::new("/p/lab.toml"), text.to_string())
+    }
+
+    #[test]
+    fn full_example() {
+        let p = parse(
+            r#"
+[settings]
+generations = 3
+
+[facts]
+domain = "example.org"
+ports = [80, 443]
+
+[machines.web1]
+host = "10.0.0.1"
+layers = ["base", "nginx"]
+facts = { role = "web" }
+
+[machines.dev]
+transport = "local"
+root = "target/dev"
+
+[[units]]
+paths = ["/etc/nginx/**"]
+unit = "nginx.service"
+action = "reload"
+"#,
+        )
+        .unwrap();
+        assert_eq!(p.settings.generations, 3);
+        assert_eq!(p.facts["ports"], serde_json::json!([80, 443]));
+        let w = p.machine("web1").unwrap();
+        assert_eq!((w.host.as_str(), w.user.as_str(), w.port), ("10.0.0.1", "root", 22));
+        assert_eq!(w.layers.iter().map(|l| &l.name[..]).collect::<Vec<_>>(), ["base", "nginx"]);
+        assert_eq!(w.layers[1].at.line, 11);
+        let d = p.machine("dev").unwrap();
+        assert_eq!(d.host, "dev");
+        assert_eq!(
+            d.transport,
+            Transport::Local {
+                root: "/p/target/dev".into()
+            }
+        );
+        assert!(p.units[0].matches("etc/nginx/sites/a.conf"));
+        assert!(!p.units[0].matches("etc/nginxx"));
+        assert_eq!(p.machines.iter().map(|m| &m.name[..]).collect::<Vec<_>>(), ["web1", "dev"]);
+    }
+
+    #[test]
+    fn syntax_error_points_at_line() {
+        let e = parse("[facts]\ndomain = \n").unwrap_err();
+        let at = crate::Diagnose::location(&e).unwrap();
+        assert_eq!((at.line, at.col), (2, 10));
+    }
+
+    #[test]
+    fn unknown_field_is_an_error() {
+        let e = parse("[machines.a]\nhots = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("unknown field `hots`"), "{e}");
+        assert_eq!(crate::Diagnose::location(&e).unwrap().line, 2);
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let e = parse("[machines.a]\nport = 70000\n").unwrap_err();
+        assert_eq!(e.to_string(), "port 70000 is out of range");
+        let e = parse("[machines.a]\ntransport = \"local\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "machine `a` has `transport = \"local\"` but no `root`");
+        let e = parse("[facts]\nmachine = 1\n").unwrap_err();
+        assert_eq!(e.to_string(), "`machine` is a reserved name and cannot be a fact");
+        let e = parse("[[units]]\npaths = [\"etc/x\"]\nunit = \"x.service\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "unit rule path `etc/x` is not absolute");
+        let e = parse("[machines.\"../x\"]\n").unwrap_err();
+        assert_eq!(e.to_string(), "invalid machine name `../x`");
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_name("web-1.example_org"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(".."));
+        assert!(!valid_name("a/b"));
+        assert!(!valid_name("-x"));
+    }
+}

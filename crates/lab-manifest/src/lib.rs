@@ -1,0 +1,315 @@
+//! The manifest of one machine's output tree: every entry (directory, file,
+//! symlink) with its mode, size and sha256 or link target. `lab build` writes
+//! it beside the tree, `lab sync` diffs it against the manifest the machine
+//! last applied. This crate owns the entry types and the on-disk format; it
+//! does no I/O.
+//!
+//! # Format (version 1)
+//!
+//! UTF-8 text, one JSON object per line (JSON Lines). The first line is a
+//! header, the rest are entries sorted by path (byte order):
+//!
+//! ```text
+//! {"lab_manifest":1,"machine":"web1"}
+//! {"path":"/etc","kind":"dir","mode":"0755"}
+//! {"path":"/etc/motd","kind":"file","mode":"0644","size":13,"sha256":"…"}
+//! {"path":"/etc/localtime","kind":"symlink","target":"/usr/share/zoneinfo/UTC"}
+//! ```
+//!
+//! Paths are absolute on the target machine. `mode` is the permission bits
+//! in octal (with setuid/setgid/sticky), absent for symlinks. The same tree
+//! always serializes to the same bytes, so the file's sha256 identifies the
+//! tree.
+
+use lab_graph::{Digest, Hasher};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum EntryKind {
+    Dir,
+    File { size: u64, sha256: Digest },
+    Symlink { target: String },
+}
+
+/// One entry of an output tree. `path` is relative to the machine's root
+/// (`etc/motd`), never empty, without leading or trailing slash.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Entry {
+    pub path: String,
+    pub mode: u32,
+    pub kind: EntryKind,
+}
+
+impl Entry {
+    /// Identifies the entry's path, kind, mode and content: two entries with
+    /// equal digests produce identical files.
+    pub fn digest(&self) -> Digest {
+        let mut h = Hasher::new("lab-entry-v1");
+        h.str(&self.path);
+        match &self.kind {
+            EntryKind::Dir => h.str("d").u64(self.mode as u64),
+            EntryKind::File { size, sha256 } => {
+                h.str("f").u64(self.mode as u64).u64(*size).digest(sha256)
+            }
+            EntryKind::Symlink { target } => h.str("l").str(target),
+        };
+        h.finish()
+    }
+
+    pub fn kind_name(&self) -> &'static str {
+        match self.kind {
+            EntryKind::Dir => "dir",
+            EntryKind::File { .. } => "file",
+            EntryKind::Symlink { .. } => "symlink",
+        }
+    }
+
+    pub fn is_dir(&self) -> bool {
+        matches!(self.kind, EntryKind::Dir)
+    }
+}
+
+/// All entries of a machine's output tree, keyed by path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub machine: String,
+    pub entries: BTreeMap<String, Entry>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("line {line}: {message}")]
+    Syntax { line: usize, message: String },
+    #[error("unsupported manifest version {0} (this lab reads version 1)")]
+    Version(u64),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    lab_manifest: u64,
+    machine: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    path: String,
+    kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    target: Option<String>,
+}
+
+impl Manifest {
+    pub fn new(machine: impl Into<String>) -> Manifest {
+        Manifest {
+            machine: machine.into(),
+            entries: BTreeMap::new(),
+        }
+    }
+
+    pub fn insert(&mut self, e: Entry) {
+        self.entries.insert(e.path.clone(), e);
+    }
+
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The sha256 of the serialized manifest: equal trees, equal digests.
+    pub fn digest(&self) -> Digest {
+        Digest::of(self.to_text().as_bytes())
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(64 + self.entries.len() * 120);
+        let header = Header {
+            lab_manifest: 1,
+            machine: self.machine.clone(),
+        };
+        out.push_str(&serde_json::to_string(&header).expect("serializable"));
+        out.push('\n');
+        for e in self.entries.values() {
+            let mut line = Line {
+                path: format!("/{}", e.path),
+                kind: e.kind_name().to_string(),
+                mode: None,
+                size: None,
+                sha256: None,
+                target: None,
+            };
+            match &e.kind {
+                EntryKind::Dir => line.mode = Some(format!("{:04o}", e.mode)),
+                EntryKind::File { size, sha256 } => {
+                    line.mode = Some(format!("{:04o}", e.mode));
+                    line.size = Some(*size);
+                    line.sha256 = Some(sha256.to_hex());
+                }
+                EntryKind::Symlink { target } => line.target = Some(target.clone()),
+            }
+            out.push_str(&serde_json::to_string(&line).expect("serializable"));
+            out.push('\n');
+        }
+        out
+    }
+
+    pub fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        let mut lines = text.lines().enumerate();
+        let err = |line: usize, message: String| ManifestError::Syntax {
+            line: line + 1,
+            message,
+        };
+        let (_, first) = lines.next().ok_or_else(|| err(0, "empty manifest".into()))?;
+        let header: Header = serde_json::from_str(first).map_err(|e| err(0, e.to_string()))?;
+        if header.lab_manifest != 1 {
+            return Err(ManifestError::Version(header.lab_manifest));
+        }
+        let mut m = Manifest::new(header.machine);
+        for (n, text) in lines {
+            if text.is_empty() {
+                continue;
+            }
+            let l: Line = serde_json::from_str(text).map_err(|e| err(n, e.to_string()))?;
+            let path = l
+                .path
+                .strip_prefix('/')
+                .filter(|p| !p.is_empty())
+                .ok_or_else(|| err(n, format!("path `{}` is not absolute", l.path)))?
+                .to_string();
+            let mode = match &l.mode {
+                Some(m) => u32::from_str_radix(m, 8).map_err(|_| err(n, format!("bad mode `{m}`")))?,
+                None => 0o777,
+            };
+            let missing = |f: &str| err(n, format!("{} entry without `{f}`", l.kind));
+            let kind = match l.kind.as_str() {
+                "dir" => EntryKind::Dir,
+                "file" => EntryKind::File {
+                    size: l.size.ok_or_else(|| missing("size"))?,
+                    sha256: l
+                        .sha256
+                        .as_deref()
+                        .and_then(Digest::from_hex)
+                        .ok_or_else(|| missing("sha256"))?,
+                },
+                "symlink" => EntryKind::Symlink {
+                    target: l.target.ok_or_else(|| missing("target"))?,
+                },
+                other => return Err(err(n, format!("unknown kind `{other}`"))),
+            };
+            m.insert(Entry { path, mode, kind });
+        }
+        Ok(m)
+    }
+}
+
+/// One line of a human-readable summary: `+ /etc/motd (file 0644, 13 B)`.
+pub fn describe(e: &Entry) -> String {
+    let mut s = format!("/{} ({}", e.path, e.kind_name());
+    match &e.kind {
+        EntryKind::Dir => {
+            let _ = write!(s, " {:04o}", e.mode);
+        }
+        EntryKind::File { size, .. } => {
+            let _ = write!(s, " {:04o}, {size} B", e.mode);
+        }
+        EntryKind::Symlink { target } => {
+            let _ = write!(s, " -> {target}");
+        }
+    }
+    s.push(')');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Manifest {
+        let mut m = Manifest::new("web1");
+        m.insert(Entry {
+            path: "etc".into(),
+            mode: 0o755,
+            kind: EntryKind::Dir,
+        });
+        m.insert(Entry {
+            path: "etc/motd".into(),
+            mode: 0o644,
+            kind: EntryKind::File {
+                size: 5,
+                sha256: Digest::of(b"hello"),
+            },
+        });
+        m.insert(Entry {
+            path: "etc/weird \"name\"\n".into(),
+            mode: 0o1755,
+            kind: EntryKind::Dir,
+        });
+        m.insert(Entry {
+            path: "etc/localtime".into(),
+            mode: 0o777,
+            kind: EntryKind::Symlink {
+                target: "/usr/share/zoneinfo/UTC".into(),
+            },
+        });
+        m
+    }
+
+    #[test]
+    fn text_round_trip() {
+        let m = sample();
+        let text = m.to_text();
+        assert_eq!(Manifest::parse(&text).unwrap(), m);
+        assert!(text.starts_with("{\"lab_manifest\":1,\"machine\":\"web1\"}\n{\"path\":\"/etc\""));
+    }
+
+    #[test]
+    fn format_is_pinned() {
+        let text = sample().to_text();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[2],
+            r#"{"path":"/etc/localtime","kind":"symlink","target":"/usr/share/zoneinfo/UTC"}"#
+        );
+        assert_eq!(
+            lines[3],
+            r#"{"path":"/etc/motd","kind":"file","mode":"0644","size":5,"sha256":"2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"}"#
+        );
+    }
+
+    #[test]
+    fn bad_lines_name_their_line() {
+        let e = Manifest::parse("{\"lab_manifest\":1,\"machine\":\"m\"}\n{\"path\":\"/x\",\"kind\":\"file\"}\n")
+            .unwrap_err();
+        assert_eq!(e.to_string(), "line 2: file entry without `size`");
+        let e = Manifest::parse("{\"lab_manifest\":2,\"machine\":\"m\"}\n").unwrap_err();
+        assert!(matches!(e, ManifestError::Version(2)));
+    }
+
+    #[test]
+    fn digests_see_mode_and_content() {
+        let m = sample();
+        let e = m.get("etc/motd").unwrap().clone();
+        let mut chmod = e.clone();
+        chmod.mode = 0o600;
+        assert_ne!(e.digest(), chmod.digest());
+        assert_ne!(sample().digest(), {
+            let mut m2 = sample();
+            m2.insert(chmod);
+            m2.digest()
+        });
+    }
+}
