@@ -4,7 +4,7 @@ use std::fmt;
 
 /// A sha256 digest: of a file's content, of a rendered template, of a fact's
 /// value, or of a combination of those.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Digest(pub [u8; 32]);
 
 impl Digest {

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum EntryKind {
     Dir,
     File { size: u64, sha256: Digest },
@@ -35,7 +35,7 @@ pub enum EntryKind {
 
 /// One entry of an output tree. `path` is relative to the machine's root
 /// (`etc/motd`), never empty, without leading or trailing slash.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Entry {
     pub path: String,
     pub mode: u32,

@@ -106,6 +106,8 @@ pub fn render(
     let mut env = Environment::new();
     env.set_undefined_behavior(UndefinedBehavior::Strict);
     env.set_keep_trailing_newline(true);
+    // Like Ansible: the newline after a block tag is dropped.
+    env.set_trim_blocks(true);
     env.set_auto_escape_callback(|_| AutoEscape::None);
     env.set_path_join_callback(join_relative);
     let loader_rec = rec.clone();

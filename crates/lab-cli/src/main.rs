@@ -1,0 +1,242 @@
+//! The `lab` binary: parses arguments (clap), calls the engine and the
+//! syncer, draws progress and renders errors. The only crate that prints.
+//!
+//! Exit codes: 0 success; 1 some machine failed (its error was shown, the
+//! other machines were done); 2 the invocation or the project is wrong
+//! (usage, `lab.toml`, unknown machine, lock held).
+
+mod diag;
+mod progress;
+
+use clap::{Args, Parser, Subcommand};
+use diag::Style;
+use lab_engine::{BuildOptions, Engine};
+use progress::CliReporter;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(name = "lab", version, about = "Build and deploy the file trees of your machines")]
+struct Cli {
+    /// Project directory (default: the current directory or the nearest
+    /// parent with a lab.toml).
+    #[arg(short = 'C', long, global = true, value_name = "DIR")]
+    project: Option<PathBuf>,
+    /// Print only errors.
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Select {
+    /// Machine to work on (repeatable; default: all).
+    #[arg(short, long = "machine", value_name = "NAME")]
+    machines: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Render every machine's tree into .lab/out/NAME/ (only what changed).
+    Build {
+        #[command(flatten)]
+        select: Select,
+        /// Worker threads (default: one per core).
+        #[arg(short, long, value_name = "N")]
+        jobs: Option<usize>,
+        /// Say why each node was rebuilt.
+        #[arg(long)]
+        explain: bool,
+        /// Ignore lab's state and rebuild everything.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show which source wins a path on a machine, what it renders to, and
+    /// which facts it read.
+    Show {
+        #[arg(short, long, value_name = "NAME")]
+        machine: String,
+        /// Path on the machine, like /etc/nginx/nginx.conf.
+        path: String,
+    },
+    /// Remove lab's outputs and build state (.lab/out, .lab/state).
+    Clean,
+}
+
+/// How a command ended.
+enum Failure {
+    /// The invocation or project is wrong; nothing was done.
+    Usage,
+    /// Some machines failed; the rest was done.
+    Partial,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let style = Style::stderr();
+    match run(cli, style) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Partial) => ExitCode::from(1),
+        Err(Failure::Usage) => ExitCode::from(2),
+    }
+}
+
+fn open(cli: &Cli, style: Style) -> Result<Engine, Failure> {
+    let dir = match &cli.project {
+        Some(p) => p.clone(),
+        None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    };
+    Engine::open(&dir).map_err(|e| {
+        eprint!("{}", diag::render(style, &e, None));
+        Failure::Usage
+    })
+}
+
+fn run(cli: Cli, style: Style) -> Result<(), Failure> {
+    match &cli.command {
+        Command::Build {
+            select,
+            jobs,
+            explain,
+            force,
+        } => {
+            let engine = open(&cli, style)?;
+            build(&engine, style, &select.machines, *jobs, *explain, *force, cli.quiet)
+        }
+        Command::Show { machine, path } => {
+            let engine = open(&cli, style)?;
+            show(&engine, style, machine, path)
+        }
+        Command::Clean => {
+            let engine = open(&cli, style)?;
+            engine.clean().map_err(|e| {
+                eprint!("{}", diag::render(style, &e, None));
+                Failure::Usage
+            })?;
+            if !cli.quiet {
+                println!("removed {}", diag::shown(&engine.lab_dir().join("out")));
+            }
+            Ok(())
+        }
+    }
+}
+
+fn build(
+    engine: &Engine,
+    style: Style,
+    machines: &[String],
+    jobs: Option<usize>,
+    explain: bool,
+    force: bool,
+    quiet: bool,
+) -> Result<(), Failure> {
+    let started = Instant::now();
+    let reporter = CliReporter::new(explain, quiet);
+    let opts = BuildOptions {
+        machines: machines.to_vec(),
+        jobs,
+        force,
+    };
+    let report = engine.build(&opts, &reporter).map_err(|e| {
+        reporter.finish();
+        eprint!("{}", diag::render(style, &e, None));
+        Failure::Usage
+    })?;
+    for line in reporter.finish() {
+        println!("{line}");
+    }
+    let mut failed = Vec::new();
+    for m in &report.machines {
+        match &m.result {
+            Ok(r) if !quiet => {
+                if r.up_to_date {
+                    println!("{}: up to date", m.name);
+                } else {
+                    println!(
+                        "{}: {} rendered, {} written, {} removed ({} entries)",
+                        m.name,
+                        r.rendered,
+                        r.written.len(),
+                        r.removed.len(),
+                        r.entries
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(errors) => {
+                let ctx = format!("machine `{}`", m.name);
+                for e in errors {
+                    eprint!("{}", diag::render(style, e, Some(&ctx)));
+                }
+                failed.push(m.name.clone());
+            }
+        }
+    }
+    if !quiet {
+        println!(
+            "built {} machine{} in {} ms ({} sources, {} read)",
+            report.machines.len() - failed.len(),
+            if report.machines.len() - failed.len() == 1 { "" } else { "s" },
+            started.elapsed().as_millis(),
+            report.files,
+            report.hashed
+        );
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        eprintln!(
+            "{} {} failed: {}",
+            style.red("error:"),
+            if failed.len() == 1 { "1 machine" } else { "machines" },
+            failed
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Err(Failure::Partial)
+    }
+}
+
+fn show(engine: &Engine, style: Style, machine: &str, path: &str) -> Result<(), Failure> {
+    let s = engine.show(machine, path).map_err(|e| {
+        eprint!("{}", diag::render(style, &e, None));
+        match e {
+            lab_engine::ShowError::Engine(_) => Failure::Usage,
+            _ => Failure::Partial,
+        }
+    })?;
+    println!("/{} on {} ({} {:04o})", s.output, s.machine, s.kind, s.mode);
+    let n = s.sources.len();
+    for (i, src) in s.sources.iter().enumerate() {
+        if i + 1 == n {
+            println!("  source: {}{}", src.display(), if s.template { " (template)" } else { "" });
+        } else {
+            println!("  overrides: {}", src.display());
+        }
+    }
+    if !s.includes.is_empty() {
+        println!("  includes: {}", s.includes.join(", "));
+    }
+    for (k, v) in &s.reads {
+        match v {
+            Some(v) => println!("  reads: {k} = {v}"),
+            None => println!("  reads: {k} (undefined)"),
+        }
+    }
+    match s.kind {
+        "symlink" => println!("  -> {}", String::from_utf8_lossy(&s.content)),
+        "file" => {
+            println!("---");
+            print!("{}", String::from_utf8_lossy(&s.content));
+            if !s.content.ends_with(b"\n") && !s.content.is_empty() {
+                println!();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}

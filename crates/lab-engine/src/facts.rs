@@ -1,0 +1,90 @@
+//! Facts as templates see them: `[facts]` < the machine's `facts` < facts
+//! gathered from the machine (cached in `.lab/facts/NAME.json`).
+
+use indexmap::IndexMap;
+use lab_config::{Machine, Project};
+use lab_render::Scope;
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where the gathered facts of `machine` are cached.
+pub fn gathered_path(lab_dir: &Path, machine: &str) -> PathBuf {
+    lab_dir.join("facts").join(format!("{machine}.json"))
+}
+
+/// The cached gathered facts of a machine; empty when never gathered. A
+/// file that is not a JSON object is an error naming it.
+pub fn load_gathered(lab_dir: &Path, machine: &str) -> Result<IndexMap<String, Value>, String> {
+    let p = gathered_path(lab_dir, machine);
+    let text = match std::fs::read_to_string(&p) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(IndexMap::new()),
+        Err(e) => return Err(format!("{}: {e}", p.display())),
+    };
+    match serde_json::from_str::<Value>(&text) {
+        Ok(Value::Object(m)) => Ok(m.into_iter().collect()),
+        Ok(_) => Err(format!("{}: not a JSON object", p.display())),
+        Err(e) => Err(format!("{}:{}:{}: {e}", p.display(), e.line(), e.column())),
+    }
+}
+
+/// Merge the three levels of facts for `m`.
+pub fn merged_facts(
+    project: &Project,
+    m: &Machine,
+    gathered: &IndexMap<String, Value>,
+) -> IndexMap<String, Value> {
+    let mut facts = project.facts.clone();
+    for (k, v) in m.facts.iter().chain(gathered.iter()) {
+        facts.insert(k.clone(), v.clone());
+    }
+    facts
+}
+
+/// The scopes of every machine of the project (every machine, because each
+/// scope carries every machine's public view).
+pub fn scopes(
+    project: &Project,
+    gathered: &IndexMap<String, IndexMap<String, Value>>,
+) -> IndexMap<String, Arc<Scope>> {
+    let empty = IndexMap::new();
+    let facts: Vec<IndexMap<String, Value>> = project
+        .machines
+        .iter()
+        .map(|m| merged_facts(project, m, gathered.get(&m.name).unwrap_or(&empty)))
+        .collect();
+    let views: IndexMap<String, Value> = project
+        .machines
+        .iter()
+        .zip(&facts)
+        .map(|(m, f)| {
+            (
+                m.name.clone(),
+                json!({
+                    "name": m.name,
+                    "host": m.host,
+                    "user": m.user,
+                    "port": m.port,
+                    "layers": m.layers.iter().map(|l| l.name.clone()).collect::<Vec<_>>(),
+                    "facts": f,
+                }),
+            )
+        })
+        .collect();
+    project
+        .machines
+        .iter()
+        .zip(facts)
+        .map(|(m, f)| {
+            (
+                m.name.clone(),
+                Arc::new(Scope {
+                    machine: m.name.clone(),
+                    facts: f,
+                    machines: views.clone(),
+                }),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,394 @@
+//! The build engine: scans the sources a build needs, works out per machine
+//! which graph nodes are dirty (through `lab-graph`), renders them in
+//! parallel (through `lab-render`), writes the output trees and manifests
+//! atomically under `.lab/out/`, and persists state under `.lab/state/` (its
+//! format is documented in [`state`]). It reports progress through the
+//! [`Reporter`] trait and returns typed errors; it never prints.
+//!
+//! A no-op build in a fresh process costs one `lstat` per source plus a few
+//! small reads: sources whose stat is unchanged are not read, and a machine
+//! whose input summary is unchanged is not even loaded.
+
+mod error;
+pub mod facts;
+mod machine;
+mod output;
+mod reporter;
+mod scan;
+mod show;
+mod stack;
+pub mod state;
+
+pub use error::{EngineError, MachineError};
+pub use machine::MachineReport;
+pub use reporter::{Reporter, Silent};
+pub use show::{Show, ShowError, ShowSource};
+pub use stack::PARTIALS_DIR;
+
+use indexmap::IndexMap;
+use lab_config::{Machine, Project};
+use lab_graph::{Digest, Hasher};
+use rayon::prelude::*;
+use scan::RootScan;
+use stack::Stack;
+use state::StateDir;
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Changes whenever the meaning of outputs changes, so that state written
+/// by an older lab is not trusted.
+const ENGINE_VERSION: &str = "lab-engine-1";
+
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    /// Machines to build; empty means all.
+    pub machines: Vec<String>,
+    /// Worker threads; `None` means one per core.
+    pub jobs: Option<usize>,
+    /// Ignore all state and rebuild every node.
+    pub force: bool,
+}
+
+#[derive(Debug)]
+pub struct MachineOutcome {
+    pub name: String,
+    pub result: Result<MachineReport, Vec<MachineError>>,
+}
+
+#[derive(Debug, Default)]
+pub struct BuildReport {
+    /// Source entries seen, and how many of them were read and hashed.
+    pub files: usize,
+    pub hashed: usize,
+    /// In the order of lab.toml.
+    pub machines: Vec<MachineOutcome>,
+}
+
+impl BuildReport {
+    pub fn failed(&self) -> impl Iterator<Item = &MachineOutcome> {
+        self.machines.iter().filter(|m| m.result.is_err())
+    }
+}
+
+pub struct Engine {
+    pub project: Project,
+    lab_dir: PathBuf,
+    state: StateDir,
+    ignore: globset::GlobSet,
+}
+
+/// Held while building; released on drop.
+struct Lock(#[allow(dead_code)] std::fs::File);
+
+impl Engine {
+    /// Open the project whose `lab.toml` is in `dir` or a parent of it.
+    pub fn open(dir: &Path) -> Result<Engine, EngineError> {
+        Ok(Engine::new(Project::find(dir)?))
+    }
+
+    pub fn new(project: Project) -> Engine {
+        let lab_dir = project.state_dir();
+        Engine {
+            state: StateDir::new(&lab_dir),
+            lab_dir,
+            project,
+            ignore: scan::default_ignores(),
+        }
+    }
+
+    pub fn lab_dir(&self) -> &Path {
+        &self.lab_dir
+    }
+
+    /// `.lab/out/NAME/`
+    pub fn out_dir(&self, machine: &str) -> PathBuf {
+        self.lab_dir.join("out").join(machine)
+    }
+
+    /// `.lab/out/NAME.manifest`
+    pub fn manifest_path(&self, machine: &str) -> PathBuf {
+        self.lab_dir.join("out").join(format!("{machine}.manifest"))
+    }
+
+    fn lock(&self) -> Result<Lock, EngineError> {
+        let io = |e| EngineError::Io {
+            path: self.lab_dir.clone(),
+            source: e,
+        };
+        std::fs::create_dir_all(&self.lab_dir).map_err(io)?;
+        let path = self.lab_dir.join("lock");
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
+        // SAFETY: flock on a file descriptor we own.
+        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            return Err(EngineError::Locked { path });
+        }
+        Ok(Lock(f))
+    }
+
+    /// The machines named (all when `names` is empty), in lab.toml order.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&Machine>, EngineError> {
+        for n in names {
+            if self.project.machine(n).is_none() {
+                return Err(EngineError::UnknownMachine {
+                    name: n.clone(),
+                    known: self.project.machines.iter().map(|m| m.name.clone()).collect(),
+                });
+            }
+        }
+        Ok(self
+            .project
+            .machines
+            .iter()
+            .filter(|m| names.is_empty() || names.contains(&m.name))
+            .collect())
+    }
+
+    /// Root names of a machine's stack, lowest first.
+    fn stack_names(m: &Machine) -> Vec<String> {
+        let mut v = vec!["layers/_".to_string()];
+        for l in &m.layers {
+            if l.name != "_" {
+                v.push(format!("layers/{}", l.name));
+            }
+        }
+        v.push(format!("machines/{}", m.name));
+        v
+    }
+
+    fn gathered(&self) -> (IndexMap<String, IndexMap<String, serde_json::Value>>, HashMap<String, String>) {
+        let mut ok = IndexMap::new();
+        let mut bad = HashMap::new();
+        for m in &self.project.machines {
+            match facts::load_gathered(&self.lab_dir, &m.name) {
+                Ok(f) => {
+                    ok.insert(m.name.clone(), f);
+                }
+                Err(e) => {
+                    bad.insert(m.name.clone(), e);
+                }
+            }
+        }
+        (ok, bad)
+    }
+
+    /// Build the selected machines.
+    pub fn build(&self, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildReport, EngineError> {
+        let machines = self.select(&opts.machines)?;
+        let _lock = self.lock()?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(opts.jobs.unwrap_or(0))
+            .build()
+            .expect("thread pool");
+        pool.install(|| self.build_locked(&machines, opts, reporter))
+    }
+
+    fn build_locked(
+        &self,
+        machines: &[&Machine],
+        opts: &BuildOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<BuildReport, EngineError> {
+        let root = &self.project.root;
+        let mut root_names: Vec<String> = machines.iter().flat_map(|m| Engine::stack_names(m)).collect();
+        root_names.sort();
+        root_names.dedup();
+
+        let mut sources = self.state.load_sources();
+        let scanned_at_ns = now_ns();
+        let scans: HashMap<String, Result<RootScan, MachineError>> = root_names
+            .par_iter()
+            .map(|name| {
+                let prev = sources.roots.get(name);
+                (
+                    name.clone(),
+                    scan::scan_root(root, name, prev, &self.ignore),
+                )
+            })
+            .collect();
+        let (files, hashed) = scans
+            .values()
+            .filter_map(|s| s.as_ref().ok())
+            .fold((0, 0), |(f, h), s| (f + s.entries.len(), h + s.hashed));
+        reporter.scanned(files, hashed);
+
+        let prev_scan_id = sources.scan_id;
+        let scan_id = scanned_at_ns as u64 ^ std::process::id() as u64;
+        let (gathered, bad_gathered) = self.gathered();
+        let scopes = facts::scopes(&self.project, &gathered);
+
+        let outcomes: Vec<MachineOutcome> = machines
+            .par_iter()
+            .map(|m| MachineOutcome {
+                name: m.name.clone(),
+                result: self.build_machine(
+                    m,
+                    &scans,
+                    &scopes[&m.name],
+                    bad_gathered.get(&m.name),
+                    prev_scan_id,
+                    scan_id,
+                    opts.force,
+                    reporter,
+                ),
+            })
+            .collect();
+
+        // The fingerprint cache: every root scanned now, and the ones this
+        // run did not look at as they were.
+        for (name, s) in &scans {
+            if let Ok(s) = s {
+                sources.roots.insert(name.clone(), s.to_state(scanned_at_ns));
+            }
+        }
+        sources.scan_id = scan_id;
+        let sp = self.state.sources_path();
+        state::write(&sp, &sources).map_err(|e| EngineError::Io { path: sp, source: e })?;
+
+        Ok(BuildReport {
+            files,
+            hashed,
+            machines: outcomes,
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build_machine(
+        &self,
+        m: &Machine,
+        scans: &HashMap<String, Result<RootScan, MachineError>>,
+        scope: &Arc<lab_render::Scope>,
+        bad_gathered: Option<&String>,
+        prev_scan_id: u64,
+        scan_id: u64,
+        force: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<MachineReport, Vec<MachineError>> {
+        if let Some(e) = bad_gathered {
+            return Err(vec![MachineError::Io {
+                path: facts::gathered_path(&self.lab_dir, &m.name),
+                source: std::io::Error::other(e.clone()),
+            }]);
+        }
+        let mut errors = Vec::new();
+        let mut roots = Vec::new();
+        for name in Engine::stack_names(m) {
+            match &scans[&name] {
+                Ok(s) => {
+                    if !s.exists {
+                        if let Some(l) = m.layers.iter().find(|l| format!("layers/{}", l.name) == name) {
+                            errors.push(MachineError::UnknownLayer {
+                                machine: m.name.clone(),
+                                layer: l.name.clone(),
+                                at: l.at.clone(),
+                                known: self.known_layers(),
+                            });
+                        }
+                    }
+                    roots.push(s);
+                }
+                Err(e) => errors.push(clone_error(e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let summary = {
+            let mut h = Hasher::new(ENGINE_VERSION);
+            h.str(&m.name);
+            for r in &roots {
+                h.str(&r.name).digest(&r.tree);
+            }
+            let mut keys: Vec<_> = machine_inputs(scope);
+            keys.sort();
+            for (k, d) in keys {
+                h.str(&k).digest(&d);
+            }
+            h.finish()
+        };
+        machine::MachineJob {
+            name: &m.name,
+            stack: Stack { roots },
+            scope: scope.clone(),
+            summary,
+            out: output::OutTree::new(self.out_dir(&m.name)),
+            manifest_path: self.manifest_path(&m.name),
+            state: &self.state,
+            prev_scan_id,
+            scan_id,
+            force,
+        }
+        .run(reporter)
+    }
+
+    /// Names of the directories under `layers/`.
+    pub fn known_layers(&self) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(self.project.layers_dir())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .filter_map(|e| e.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Remove outputs and state (not gathered facts).
+    pub fn clean(&self) -> Result<(), EngineError> {
+        let _lock = self.lock()?;
+        for d in [self.lab_dir.join("out"), self.lab_dir.join("state")] {
+            match std::fs::remove_dir_all(&d) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(EngineError::Io { path: d, source: e }),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `(name, digest)` of every fact and machine view a scope holds, for the
+/// machine's summary.
+fn machine_inputs(scope: &lab_render::Scope) -> Vec<(String, Digest)> {
+    let mut v = Vec::new();
+    for (k, val) in &scope.facts {
+        v.push((format!("f:{k}"), lab_render::fact_digest(Some(val))));
+    }
+    for (k, val) in &scope.machines {
+        v.push((format!("m:{k}"), lab_render::fact_digest(Some(val))));
+    }
+    let peers = scope.digest_of(&lab_graph::Key::Peers).expect("peers digest");
+    v.push(("peers".to_string(), peers));
+    v
+}
+
+fn clone_error(e: &MachineError) -> MachineError {
+    match e {
+        MachineError::NotUtf8 { path } => MachineError::NotUtf8 { path: path.clone() },
+        MachineError::SpecialFile { path } => MachineError::SpecialFile { path: path.clone() },
+        MachineError::Io { path, source } => MachineError::Io {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        other => MachineError::Io {
+            path: PathBuf::new(),
+            source: std::io::Error::other(other.to_string()),
+        },
+    }
+}
+
+fn now_ns() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,289 @@
+//! Listing source roots (`layers/NAME/`, `machines/NAME/`) with `lstat`, and
+//! hashing only the files whose stat changed since the previous scan.
+
+use crate::state::RootState;
+use crate::MachineError;
+use globset::GlobSet;
+use lab_graph::{Digest, Fingerprint, Hasher, Stat};
+use rayon::prelude::*;
+use std::collections::HashMap;
+use std::fs::Metadata;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum SrcKind {
+    File,
+    Dir,
+    Symlink,
+}
+
+/// One file, directory or symlink of a source root.
+#[derive(Clone, Debug)]
+pub struct SrcEntry {
+    pub kind: SrcKind,
+    pub stat: Stat,
+    /// sha256 of the content (file), of the target text (symlink), or of
+    /// nothing (directory).
+    pub digest: Digest,
+}
+
+impl SrcEntry {
+    pub fn perm(&self) -> u32 {
+        self.stat.mode & 0o7777
+    }
+}
+
+/// A scanned source root.
+#[derive(Clone, Debug)]
+pub struct RootScan {
+    /// `layers/nginx`, `machines/web1`: also its path under the project.
+    pub name: String,
+    pub dir: PathBuf,
+    pub exists: bool,
+    pub entries: HashMap<String, SrcEntry>,
+    /// Digest over every entry's path, kind, mode and content.
+    pub tree: Digest,
+    /// Paths whose digest or mode changed, appeared or disappeared since the
+    /// previous scan.
+    pub changed: Vec<String>,
+    /// Digest over every entry's path and kind: equal listings resolve to
+    /// equal layer stacks.
+    pub listing: Digest,
+    /// How many entries were read and hashed in this scan.
+    pub hashed: usize,
+}
+
+struct Listed {
+    rel: String,
+    meta: Metadata,
+}
+
+/// File names that are never sources: editor droppings.
+pub fn default_ignores() -> GlobSet {
+    let mut b = globset::GlobSetBuilder::new();
+    for g in [
+        "*.swp", "*.swx", "*.swo", "*~", ".#*", "#*#", ".DS_Store", "4913",
+    ] {
+        b.add(globset::Glob::new(g).expect("valid glob"));
+    }
+    b.build().expect("valid globs")
+}
+
+fn list_dir(
+    dir: &Path,
+    rel: &str,
+    ignore: &GlobSet,
+) -> Result<Vec<Listed>, MachineError> {
+    let rd = std::fs::read_dir(dir).map_err(MachineError::io(dir))?;
+    let mut here = Vec::new();
+    let mut subdirs = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(MachineError::io(dir))?;
+        let name = ent.file_name();
+        if ignore.is_match(&name) {
+            continue;
+        }
+        let name_str = name.to_str().ok_or_else(|| MachineError::NotUtf8 {
+            path: dir.join(&name),
+        })?;
+        let path = dir.join(&name);
+        // DirEntry::metadata does not follow symlinks (lstat).
+        let meta = ent.metadata().map_err(MachineError::io(&path))?;
+        let rel = if rel.is_empty() {
+            name_str.to_string()
+        } else {
+            format!("{rel}/{name_str}")
+        };
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            subdirs.push((path, rel.clone()));
+        } else if !ft.is_file() && !ft.is_symlink() {
+            return Err(MachineError::SpecialFile { path });
+        }
+        here.push(Listed { rel, meta });
+    }
+    let nested: Vec<Vec<Listed>> = subdirs
+        .par_iter()
+        .map(|(p, r)| list_dir(p, r, ignore))
+        .collect::<Result<_, _>>()?;
+    for n in nested {
+        here.extend(n);
+    }
+    Ok(here)
+}
+
+pub fn stat_of(meta: &Metadata) -> Stat {
+    Stat {
+        mtime_ns: meta.mtime() * 1_000_000_000 + meta.mtime_nsec(),
+        size: meta.size(),
+        ino: meta.ino(),
+        mode: meta.mode(),
+    }
+}
+
+pub fn kind_of(meta: &Metadata) -> SrcKind {
+    let ft = meta.file_type();
+    if ft.is_dir() {
+        SrcKind::Dir
+    } else if ft.is_symlink() {
+        SrcKind::Symlink
+    } else {
+        SrcKind::File
+    }
+}
+
+/// Content digest of a source, read from disk now.
+pub fn hash_source(path: &Path, kind: SrcKind) -> Result<Digest, MachineError> {
+    Ok(match kind {
+        SrcKind::Dir => Digest::of(b""),
+        SrcKind::File => Digest::of(&std::fs::read(path).map_err(MachineError::io(path))?),
+        SrcKind::Symlink => {
+            let t = std::fs::read_link(path).map_err(MachineError::io(path))?;
+            Digest::of(t.as_os_str().as_bytes())
+        }
+    })
+}
+
+pub fn link_target(path: &Path) -> Result<String, MachineError> {
+    let t = std::fs::read_link(path).map_err(MachineError::io(path))?;
+    t.into_os_string()
+        .into_string()
+        .map_err(|_| MachineError::NotUtf8 {
+            path: path.to_path_buf(),
+        })
+}
+
+/// Scan one root, reusing the digests of `prev` for files whose stat did not
+/// change (see [`Fingerprint::reusable`]).
+pub fn scan_root(
+    project: &Path,
+    name: &str,
+    prev: Option<&RootState>,
+    ignore: &GlobSet,
+) -> Result<RootScan, MachineError> {
+    let dir = project.join(name);
+    let exists = match std::fs::symlink_metadata(&dir) {
+        Ok(m) => m.is_dir(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(MachineError::io(&dir)(e)),
+    };
+    let listed = if exists {
+        list_dir(&dir, "", ignore)?
+    } else {
+        Vec::new()
+    };
+    let prev_scanned_at = prev.map_or(i64::MIN, |p| p.scanned_at_ns);
+    let results: Vec<(String, SrcEntry, bool)> = listed
+        .into_par_iter()
+        .map(|l| {
+            let stat = stat_of(&l.meta);
+            let kind = kind_of(&l.meta);
+            let old = prev.and_then(|p| p.entries.get(&l.rel));
+            let reuse = old.filter(|(k, fp)| *k == kind && fp.reusable(&stat, prev_scanned_at));
+            let (digest, fresh) = match reuse {
+                Some((_, fp)) => (fp.digest, false),
+                None => (hash_source(&dir.join(&l.rel), kind)?, true),
+            };
+            Ok((l.rel, SrcEntry { kind, stat, digest }, fresh))
+        })
+        .collect::<Result<_, MachineError>>()?;
+
+    let mut entries = HashMap::with_capacity(results.len());
+    let mut changed = Vec::new();
+    let mut listing_changed = prev.is_none_or(|p| p.entries.len() != results.len());
+    let mut hashed = 0;
+    for (rel, e, fresh) in results {
+        if fresh {
+            hashed += 1;
+            match prev.and_then(|p| p.entries.get(&rel)) {
+                Some((k, fp)) => {
+                    if *k != e.kind {
+                        listing_changed = true;
+                    }
+                    if *k != e.kind || fp.digest != e.digest || fp.stat.mode != e.stat.mode {
+                        changed.push(rel.clone());
+                    }
+                }
+                None => {
+                    listing_changed = true;
+                    changed.push(rel.clone());
+                }
+            }
+        }
+        entries.insert(rel, e);
+    }
+    if let Some(p) = prev {
+        for rel in p.entries.keys() {
+            if !entries.contains_key(rel) {
+                listing_changed = true;
+                changed.push(rel.clone());
+            }
+        }
+    }
+    let listing_changed = listing_changed || prev.is_some_and(|p| p.exists != exists);
+    let (tree, listing) = match prev {
+        Some(p) if changed.is_empty() && !listing_changed => (p.tree, p.listing),
+        Some(p) if !listing_changed => (tree_digest(exists, &entries).0, p.listing),
+        _ => tree_digest(exists, &entries),
+    };
+    changed.sort();
+    Ok(RootScan {
+        name: name.to_string(),
+        dir,
+        exists,
+        entries,
+        tree,
+        changed,
+        listing,
+        hashed,
+    })
+}
+
+/// The tree digest (paths, kinds, modes, contents) and the listing digest
+/// (paths and kinds) of a root.
+fn tree_digest(exists: bool, entries: &HashMap<String, SrcEntry>) -> (Digest, Digest) {
+    let mut paths: Vec<(&String, &SrcEntry)> = entries.iter().collect();
+    paths.sort_unstable_by(|a, b| a.0.cmp(b.0));
+    let mut tree = Hasher::new("lab-tree-v1");
+    let mut listing = Hasher::new("lab-listing-v1");
+    tree.u64(exists as u64);
+    listing.u64(exists as u64);
+    for (p, e) in paths {
+        tree.str(p).u64(e.stat.mode as u64).digest(&e.digest);
+        listing.str(p).u64(e.kind as u64);
+    }
+    (tree.finish(), listing.finish())
+}
+
+impl RootScan {
+    pub fn to_state(&self, scanned_at_ns: i64) -> RootState {
+        RootState {
+            exists: self.exists,
+            scanned_at_ns,
+            tree: self.tree,
+            listing: self.listing,
+            entries: self
+                .entries
+                .iter()
+                .map(|(k, e)| {
+                    (
+                        k.clone(),
+                        (
+                            e.kind,
+                            Fingerprint {
+                                stat: e.stat,
+                                digest: e.digest,
+                            },
+                        ),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    pub fn path_of(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}

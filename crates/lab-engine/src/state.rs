@@ -1,0 +1,191 @@
+//! lab's state under `.lab/state/`, and how it is written.
+//!
+//! ```text
+//! .lab/state/sources              fingerprints of every scanned source root
+//! .lab/state/machines/NAME.sum    one machine's input summary (tiny)
+//! .lab/state/machines/NAME.graph  one machine's graph, manifest and inputs
+//! .lab/out/NAME/                  the machine's output tree
+//! .lab/out/NAME.manifest          its manifest (see lab-manifest)
+//! ```
+//!
+//! Every state file is `MAGIC` (8 bytes: `LABSTATE`), a format version (u32
+//! little endian), the payload length (u64 little endian), then a postcard
+//! payload. A file whose magic, version or length does not match, or whose
+//! payload does not decode, is treated as missing: the affected machine is
+//! rebuilt from scratch, which is always correct. Files are written to a
+//! temporary name in the same directory and renamed into place, so a crash
+//! leaves the old file or the new one.
+//!
+//! `sources` is only a cache from stat to content digest: it may be newer or
+//! older than any machine's state without harm. A machine's `.graph` is
+//! written after its outputs and manifest, and its `.sum` after its `.graph`,
+//! so a summary never vouches for outputs that were not written. A fresh
+//! process decides that a machine is up to date from its `.sum` alone: the
+//! summary digest covers the machine's layer stack (each root's tree digest),
+//! its facts and the inventory; the manifest's stat guards against the
+//! output having been removed or replaced behind lab's back.
+
+use crate::scan::SrcKind;
+use lab_graph::{Digest, Fingerprint, GraphState, Key, Stat};
+use lab_manifest::Entry;
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+const MAGIC: &[u8; 8] = b"LABSTATE";
+/// Bump when any state type changes shape or meaning.
+const VERSION: u32 = 3;
+
+/// One source root's fingerprints.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct RootState {
+    pub exists: bool,
+    /// When the scan that produced these fingerprints started (ns since
+    /// the epoch); see [`Fingerprint::reusable`].
+    pub scanned_at_ns: i64,
+    pub tree: Digest,
+    pub listing: Digest,
+    pub entries: HashMap<String, (SrcKind, Fingerprint)>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SourcesState {
+    /// Identifies the scan these fingerprints came from. A machine built
+    /// against this very scan can trust each root's `changed` list as the
+    /// complete set of changes since its own last build.
+    pub scan_id: u64,
+    pub roots: HashMap<String, RootState>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineSummary {
+    pub summary: Digest,
+    pub manifest: Stat,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MachineState {
+    /// The [`SourcesState::scan_id`] of the scan this machine was built from.
+    pub scan_id: u64,
+    /// Root names of the layer stack, lowest first.
+    pub stack: Vec<String>,
+    /// Digest of each root's listing (paths and kinds) when last resolved.
+    pub listings: Vec<Digest>,
+    /// Digests of the facts and machines templates could read.
+    pub inputs: HashMap<Key, Digest>,
+    pub graph: GraphState,
+    pub entries: Vec<Entry>,
+}
+
+pub struct StateDir {
+    pub dir: PathBuf,
+}
+
+impl StateDir {
+    pub fn new(lab_dir: &Path) -> StateDir {
+        StateDir {
+            dir: lab_dir.join("state"),
+        }
+    }
+
+    pub fn sources_path(&self) -> PathBuf {
+        self.dir.join("sources")
+    }
+
+    pub fn summary_path(&self, machine: &str) -> PathBuf {
+        self.dir.join("machines").join(format!("{machine}.sum"))
+    }
+
+    pub fn graph_path(&self, machine: &str) -> PathBuf {
+        self.dir.join("machines").join(format!("{machine}.graph"))
+    }
+
+    pub fn load_sources(&self) -> SourcesState {
+        read(&self.sources_path()).unwrap_or_default()
+    }
+
+    pub fn load_summary(&self, machine: &str) -> Option<MachineSummary> {
+        read(&self.summary_path(machine))
+    }
+
+    pub fn load_machine(&self, machine: &str) -> Option<MachineState> {
+        read(&self.graph_path(machine))
+    }
+
+    pub fn forget_machine(&self, machine: &str) -> std::io::Result<()> {
+        for p in [self.summary_path(machine), self.graph_path(machine)] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read<T: DeserializeOwned>(path: &Path) -> Option<T> {
+    let bytes = std::fs::read(path).ok()?;
+    if bytes.len() < 20 || &bytes[..8] != MAGIC {
+        return None;
+    }
+    let version = u32::from_le_bytes(bytes[8..12].try_into().ok()?);
+    let len = u64::from_le_bytes(bytes[12..20].try_into().ok()?);
+    if version != VERSION || len != (bytes.len() - 20) as u64 {
+        return None;
+    }
+    postcard::from_bytes(&bytes[20..]).ok()
+}
+
+/// Serialize and write atomically.
+pub fn write<T: Serialize>(path: &Path, value: &T) -> std::io::Result<()> {
+    let payload = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
+    let mut bytes = Vec::with_capacity(payload.len() + 20);
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&payload);
+    write_atomic(path, &bytes)
+}
+
+/// Write `bytes` to `path` through a temporary file in the same directory
+/// and a rename: readers see the old content or the new, never a mix.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().expect("state paths have a parent");
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".lab-tmp.")
+        .tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_corruption_means_missing() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        let s = MachineSummary {
+            summary: Digest::of(b"a"),
+            manifest: Stat {
+                mtime_ns: 1,
+                size: 2,
+                ino: 3,
+                mode: 4,
+            },
+        };
+        write(&p, &s).unwrap();
+        assert_eq!(read::<MachineSummary>(&p), Some(s));
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes.pop();
+        std::fs::write(&p, &bytes).unwrap();
+        assert_eq!(read::<MachineSummary>(&p), None, "truncated");
+        std::fs::write(&p, b"garbage that is long enough to pass").unwrap();
+        assert_eq!(read::<MachineSummary>(&p), None);
+    }
+}
