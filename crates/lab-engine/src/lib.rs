@@ -202,7 +202,10 @@ impl Engine {
         root_names.dedup();
 
         let mut sources = self.state.load_sources();
-        let scanned_at_ns = now_ns();
+        let scanned_at_ns = self.state.stamp().map_err(|e| EngineError::Io {
+            path: self.state.dir.clone(),
+            source: e,
+        })?;
         let scans: HashMap<String, Result<RootScan, MachineError>> = root_names
             .par_iter()
             .map(|name| {
@@ -220,7 +223,7 @@ impl Engine {
         reporter.scanned(files, hashed);
 
         let prev_scan_id = sources.scan_id;
-        let scan_id = scanned_at_ns as u64 ^ std::process::id() as u64;
+        let scan_id = now_ns() as u64 ^ ((std::process::id() as u64) << 32);
         let (gathered, bad_gathered) = self.gathered();
         let scopes = facts::scopes(&self.project, &gathered);
 

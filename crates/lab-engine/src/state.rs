@@ -101,6 +101,22 @@ impl StateDir {
         self.dir.join("machines").join(format!("{machine}.graph"))
     }
 
+    /// Touch `.lab/state/stamp` and return its mtime: "now" on the clock
+    /// the file system stamps files with. That clock is coarse (a file
+    /// written a moment after a precise `now` can carry an earlier mtime),
+    /// so comparing source mtimes against this stamp, not against the
+    /// system time, is what makes [`Fingerprint::reusable`] safe.
+    pub fn stamp(&self) -> std::io::Result<i64> {
+        std::fs::create_dir_all(&self.dir)?;
+        let p = self.dir.join("stamp");
+        // A new file, so its mtime is set by the file system now.
+        let _ = std::fs::remove_file(&p);
+        std::fs::write(&p, b"")?;
+        let m = std::fs::metadata(&p)?;
+        use std::os::unix::fs::MetadataExt;
+        Ok(m.mtime() * 1_000_000_000 + m.mtime_nsec())
+    }
+
     pub fn load_sources(&self) -> SourcesState {
         read(&self.sources_path()).unwrap_or_default()
     }

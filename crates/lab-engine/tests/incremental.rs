@@ -1,0 +1,269 @@
+//! After each edit, exactly these nodes re-ran: the test of incrementality.
+//! Every build opens the engine afresh, like a new `lab build` process.
+
+use lab_engine::{BuildOptions, BuildReport, Engine, Reporter};
+use lab_graph::{Key, Reason};
+use lab_testkit::TestLab;
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<String>>);
+
+impl Reporter for Recorder {
+    fn node_ran(&self, machine: &str, key: &Key, _reason: &Reason) {
+        self.0.lock().unwrap().push(format!("{machine}: {key}"));
+    }
+}
+
+fn build(lab: &TestLab) -> (Vec<String>, BuildReport) {
+    let engine = Engine::open(lab.path()).unwrap();
+    let rec = Recorder::default();
+    let report = engine.build(&BuildOptions::default(), &rec).unwrap();
+    for m in &report.machines {
+        if let Err(e) = &m.result {
+            panic!("machine {} failed: {e:?}", m.name);
+        }
+    }
+    let mut ran = rec.0.into_inner().unwrap();
+    ran.sort();
+    (ran, report)
+}
+
+fn ran(lab: &TestLab) -> Vec<String> {
+    build(lab).0
+}
+
+const TOML: &str = r#"
+[facts]
+domain = "example.org"
+unused = "x"
+
+[machines.a]
+layers = ["web"]
+
+[machines.b]
+layers = ["web"]
+facts = { domain = "b.example.org" }
+"#;
+
+fn lab() -> TestLab {
+    let lab = TestLab::new();
+    lab.file("lab.toml", TOML)
+        .file("layers/_/etc/plain", "plain\n")
+        .file("layers/_/_partials/h.j2", "# header\n")
+        .file(
+            "layers/web/etc/site.j2",
+            "{% include '_partials/h.j2' %}server {{ domain }};\n",
+        )
+        .file(
+            "layers/web/etc/peers.j2",
+            "{% for m in machines %}{{ m }} {% endfor %}\n",
+        );
+    let first = ran(&lab);
+    assert_eq!(first.len(), 2 * (2 + 3 + 1), "{first:#?}"); // 2 renders, 3 outputs + etc/
+    assert_eq!(ran(&lab), Vec::<String>::new());
+    lab
+}
+
+fn strs(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+#[test]
+fn noop_build_reports_up_to_date_and_reads_nothing() {
+    let lab = lab();
+    let (ran, report) = build(&lab);
+    assert!(ran.is_empty());
+    assert_eq!(report.hashed, 0);
+    assert!(report
+        .machines
+        .iter()
+        .all(|m| m.result.as_ref().unwrap().up_to_date));
+}
+
+#[test]
+fn editing_a_plain_file_rewrites_only_its_output() {
+    let lab = lab();
+    lab.file("layers/_/etc/plain", "plain, edited\n");
+    assert_eq!(
+        ran(&lab),
+        strs(&["a: output `etc/plain`", "b: output `etc/plain`"])
+    );
+    assert_eq!(lab.read(".lab/out/a/etc/plain"), "plain, edited\n");
+}
+
+#[test]
+fn a_fact_no_template_read_reruns_nothing() {
+    let lab = lab();
+    lab.file("lab.toml", &TOML.replace("unused = \"x\"", "unused = \"y\""));
+    let (ran, report) = build(&lab);
+    assert_eq!(ran, Vec::<String>::new());
+    // the machines were looked at (their facts changed), but nothing ran
+    assert!(report
+        .machines
+        .iter()
+        .all(|m| !m.result.as_ref().unwrap().up_to_date));
+}
+
+#[test]
+fn a_fact_reruns_only_the_templates_that_read_it() {
+    let lab = lab();
+    lab.file(
+        "lab.toml",
+        &TOML.replace("domain = \"example.org\"", "domain = \"example.net\""),
+    );
+    // b overrides `domain`, so only a changes
+    assert_eq!(
+        ran(&lab),
+        strs(&["a: output `etc/site`", "a: render `etc/site`"])
+    );
+    assert_eq!(lab.read(".lab/out/a/etc/site"), "# header\nserver example.net;\n");
+    assert_eq!(lab.read(".lab/out/b/etc/site"), "# header\nserver b.example.org;\n");
+}
+
+#[test]
+fn defining_a_fact_a_template_tested_for_rerenders_it() {
+    let lab = lab();
+    lab.file(
+        "layers/web/etc/tls.j2",
+        "{% if tls is defined %}tls {{ tls }}{% else %}no tls{% endif %}\n",
+    );
+    build(&lab);
+    lab.file("lab.toml", &format!("{TOML}\n[machines.a.facts]\ntls = \"on\"\n"));
+    let r = ran(&lab);
+    assert_eq!(r, strs(&["a: output `etc/tls`", "a: render `etc/tls`"]));
+    assert_eq!(lab.read(".lab/out/a/etc/tls"), "tls on");
+}
+
+#[test]
+fn identical_render_stops_at_the_render() {
+    let lab = lab();
+    lab.file(
+        "layers/web/etc/site.j2",
+        "{# a comment #}{% include '_partials/h.j2' %}server {{ domain }};\n",
+    );
+    assert_eq!(
+        ran(&lab),
+        strs(&["a: render `etc/site`", "b: render `etc/site`"]),
+        "outputs must not be rewritten"
+    );
+}
+
+#[test]
+fn an_included_partial_rerenders_its_includers() {
+    let lab = lab();
+    lab.file("layers/_/_partials/h.j2", "# new header\n");
+    assert_eq!(
+        ran(&lab),
+        strs(&[
+            "a: output `etc/site`",
+            "a: render `etc/site`",
+            "b: output `etc/site`",
+            "b: render `etc/site`"
+        ])
+    );
+}
+
+#[test]
+fn a_machine_overriding_a_partial_affects_only_that_machine() {
+    let lab = lab();
+    lab.file("machines/a/_partials/h.j2", "# a's header\n");
+    assert_eq!(
+        ran(&lab),
+        strs(&["a: output `etc/site`", "a: render `etc/site`"])
+    );
+    assert_eq!(lab.read(".lab/out/a/etc/site"), "# a's header\nserver example.org;\n");
+    assert!(!lab.join(".lab/out/a/_partials").exists(), "partials are not outputs");
+}
+
+#[test]
+fn chmod_rewrites_the_output_with_the_new_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let lab = lab();
+    lab.chmod("layers/_/etc/plain", 0o600);
+    assert_eq!(
+        ran(&lab),
+        strs(&["a: output `etc/plain`", "b: output `etc/plain`"])
+    );
+    let mode = std::fs::metadata(lab.join(".lab/out/a/etc/plain"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o7777, 0o600);
+}
+
+#[test]
+fn deleting_a_source_removes_its_output() {
+    let lab = lab();
+    lab.remove("layers/_/etc/plain");
+    let (ran, report) = build(&lab);
+    assert_eq!(ran, Vec::<String>::new());
+    let r = report.machines[0].result.as_ref().unwrap();
+    assert_eq!(r.removed, strs(&["etc/plain"]));
+    assert!(!lab.join(".lab/out/a/etc/plain").exists());
+    assert!(!lab.read(".lab/out/a.manifest").contains("/etc/plain"));
+}
+
+#[test]
+fn a_new_machine_rerenders_peer_lists_only() {
+    let lab = lab();
+    lab.file("lab.toml", &format!("{TOML}\n[machines.c]\nlayers = [\"web\"]\n"));
+    let r = ran(&lab);
+    let old: Vec<&String> = r.iter().filter(|s| !s.starts_with("c: ")).collect();
+    assert_eq!(
+        old,
+        [
+            "a: output `etc/peers`",
+            "a: render `etc/peers`",
+            "b: output `etc/peers`",
+            "b: render `etc/peers`"
+        ]
+    );
+    assert_eq!(r.len() - old.len(), 6, "machine c builds in full");
+    assert_eq!(lab.read(".lab/out/a/etc/peers"), "a b c ");
+}
+
+#[test]
+fn a_template_that_fails_keeps_the_previous_outputs_and_retries() {
+    let lab = lab();
+    lab.file("layers/web/etc/site.j2", "server {{ domian }};\n");
+    let engine = Engine::open(lab.path()).unwrap();
+    let report = engine
+        .build(&BuildOptions::default(), &lab_engine::Silent)
+        .unwrap();
+    assert!(report.machines.iter().all(|m| m.result.is_err()));
+    assert_eq!(lab.read(".lab/out/a/etc/site"), "# header\nserver example.org;\n");
+    // the failure is not remembered as a success: fixing it builds
+    lab.file("layers/web/etc/site.j2", "server {{ domain }}!\n");
+    assert_eq!(
+        ran(&lab),
+        strs(&[
+            "a: output `etc/site`",
+            "a: render `etc/site`",
+            "b: output `etc/site`",
+            "b: render `etc/site`"
+        ])
+    );
+}
+
+#[test]
+fn lost_state_means_a_full_and_correct_rebuild() {
+    let lab = lab();
+    std::fs::write(lab.join(".lab/state/machines/a.graph"), b"garbage").unwrap();
+    std::fs::remove_file(lab.join(".lab/state/sources")).unwrap();
+    lab.file("layers/_/etc/plain", "changed while state was lost\n");
+    let r = ran(&lab);
+    assert_eq!(r.iter().filter(|s| s.starts_with("a: ")).count(), 6);
+    assert_eq!(r.iter().filter(|s| s.starts_with("b: ")).count(), 1);
+    assert_eq!(lab.read(".lab/out/a/etc/plain"), "changed while state was lost\n");
+}
+
+#[test]
+fn outputs_changed_behind_labs_back_are_rebuilt() {
+    let lab = lab();
+    std::fs::remove_dir_all(lab.join(".lab/out/b")).unwrap();
+    std::fs::remove_file(lab.join(".lab/out/b.manifest")).unwrap();
+    let r = ran(&lab);
+    assert_eq!(r.iter().filter(|s| s.starts_with("b: ")).count(), 6);
+    assert_eq!(lab.read(".lab/out/b/etc/plain"), "plain\n");
+}

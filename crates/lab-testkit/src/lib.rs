@@ -1,0 +1,143 @@
+//! Test support shared by lab's test suites: a throwaway project directory
+//! with helpers to write sources, and an exact, comparable listing of a
+//! directory tree (paths, kinds, modes, contents, link targets). Used only
+//! by tests; never by lab itself.
+
+use std::fmt::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// A lab project in a temporary directory, deleted on drop.
+pub struct TestLab {
+    dir: tempfile::TempDir,
+}
+
+impl Default for TestLab {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestLab {
+    pub fn new() -> TestLab {
+        TestLab {
+            dir: tempfile::Builder::new()
+                .prefix("lab-test.")
+                .tempdir()
+                .expect("temp dir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn join(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Write a file (creating parents), mode 0644.
+    pub fn file(&self, rel: &str, content: &str) -> &Self {
+        self.bytes(rel, content.as_bytes())
+    }
+
+    pub fn bytes(&self, rel: &str, content: &[u8]) -> &Self {
+        let p = self.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        if p.is_symlink() {
+            std::fs::remove_file(&p).unwrap();
+        }
+        std::fs::write(&p, content).unwrap();
+        self
+    }
+
+    pub fn symlink(&self, rel: &str, target: &str) -> &Self {
+        let p = self.join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        let _ = std::fs::remove_file(&p);
+        std::os::unix::fs::symlink(target, &p).unwrap();
+        self
+    }
+
+    pub fn dir(&self, rel: &str) -> &Self {
+        std::fs::create_dir_all(self.join(rel)).unwrap();
+        self
+    }
+
+    pub fn chmod(&self, rel: &str, mode: u32) -> &Self {
+        std::fs::set_permissions(self.join(rel), std::fs::Permissions::from_mode(mode)).unwrap();
+        self
+    }
+
+    pub fn remove(&self, rel: &str) -> &Self {
+        let p = self.join(rel);
+        if p.is_dir() && !p.is_symlink() {
+            std::fs::remove_dir_all(p).unwrap();
+        } else {
+            std::fs::remove_file(p).unwrap();
+        }
+        self
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.join(rel)).unwrap()
+    }
+
+    /// Copy the project's sources (everything but `.lab/`) into a new
+    /// TestLab: the starting point of a clean build.
+    pub fn copy_sources(&self) -> TestLab {
+        let to = TestLab::new();
+        for e in walkdir::WalkDir::new(self.path()).min_depth(1) {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(self.path()).unwrap();
+            if rel.starts_with(".lab") {
+                continue;
+            }
+            let dst = to.path().join(rel);
+            let ft = e.file_type();
+            if ft.is_dir() {
+                std::fs::create_dir_all(&dst).unwrap();
+                let mode = e.metadata().unwrap().permissions().mode();
+                std::fs::set_permissions(&dst, std::fs::Permissions::from_mode(mode)).unwrap();
+            } else if ft.is_symlink() {
+                std::os::unix::fs::symlink(std::fs::read_link(e.path()).unwrap(), &dst).unwrap();
+            } else {
+                std::fs::copy(e.path(), &dst).unwrap();
+            }
+        }
+        to
+    }
+}
+
+/// Every entry under `root`, one per line, sorted: `path kind mode` plus the
+/// content (files, escaped) or target (symlinks). Two trees are identical
+/// exactly when their listings are equal.
+pub fn tree_listing(root: &Path) -> String {
+    let mut out = String::new();
+    if !root.exists() {
+        return "(missing)\n".into();
+    }
+    let mut entries: Vec<_> = walkdir::WalkDir::new(root)
+        .min_depth(1)
+        .sort_by_file_name()
+        .into_iter()
+        .map(|e| e.unwrap())
+        .collect();
+    entries.sort_by(|a, b| a.path().cmp(b.path()));
+    for e in entries {
+        let rel = e.path().strip_prefix(root).unwrap().display().to_string();
+        let meta = std::fs::symlink_metadata(e.path()).unwrap();
+        let mode = meta.permissions().mode() & 0o7777;
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let t = std::fs::read_link(e.path()).unwrap();
+            writeln!(out, "{rel} -> {}", t.display()).unwrap();
+        } else if ft.is_dir() {
+            writeln!(out, "{rel}/ {mode:04o}").unwrap();
+        } else {
+            let data = std::fs::read(e.path()).unwrap();
+            writeln!(out, "{rel} {mode:04o} {:?}", String::from_utf8_lossy(&data)).unwrap();
+        }
+    }
+    out
+}
