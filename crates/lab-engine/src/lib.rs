@@ -187,7 +187,42 @@ impl Engine {
             .num_threads(opts.jobs.unwrap_or(0))
             .build()
             .expect("thread pool");
+        if opts.machines.is_empty() {
+            self.remove_orphans(reporter)?;
+        }
         pool.install(|| self.build_locked(&machines, opts, reporter))
+    }
+
+    /// Outputs and state of machines that are no longer in lab.toml: a
+    /// clean build would not have them, so neither does an incremental one.
+    fn remove_orphans(&self, reporter: &dyn Reporter) -> Result<(), EngineError> {
+        let out = self.lab_dir.join("out");
+        let Ok(rd) = std::fs::read_dir(&out) else {
+            return Ok(());
+        };
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(machine) = name.strip_suffix(".manifest") else {
+                continue;
+            };
+            if self.project.machine(machine).is_some() {
+                continue;
+            }
+            let io = |p: PathBuf| move |e| EngineError::Io { path: p, source: e };
+            let dir = self.out_dir(machine);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(io(dir.clone()))?;
+            }
+            self.state
+                .forget_machine(machine)
+                .map_err(io(self.state.dir.clone()))?;
+            std::fs::remove_file(e.path()).map_err(io(e.path()))?;
+            reporter.warning(
+                None,
+                &format!("removed the outputs of `{machine}`, which is no longer in lab.toml"),
+            );
+        }
+        Ok(())
     }
 
     fn build_locked(

@@ -335,6 +335,8 @@ impl MachineJob<'_> {
         }
 
         // Write: removals, directories, then files and symlinks in parallel.
+        // The tree's root exists even when the tree is empty.
+        std::fs::create_dir_all(&self.out.root).map_err(|e| vec![MachineError::io(&self.out.root)(e)])?;
         let is_dir = |p: &str| -> Option<bool> {
             winners
                 .get(p)

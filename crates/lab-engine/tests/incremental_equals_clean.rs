@@ -1,0 +1,249 @@
+//! The promise make breaks: after any sequence of edits, an incremental
+//! build produces exactly the tree a clean build of the same sources does
+//! (paths, kinds, modes, contents, link targets, manifests).
+//!
+//! Each step applies one random edit to a project, builds it incrementally
+//! (a fresh engine each time, like a new process), copies the sources to a
+//! new directory, builds that from nothing, and compares the outputs.
+
+use lab_engine::{BuildOptions, Engine, Silent};
+use lab_testkit::{tree_listing, TestLab};
+use proptest::prelude::*;
+use std::path::Path;
+
+const ROOTS: &[&str] = &["layers/_", "layers/l1", "layers/l2", "machines/m1", "machines/m2", "machines/m3"];
+/// Plain paths; `etc/d` is sometimes a directory (holding `etc/d/x`) and
+/// sometimes a file or symlink, which exercises kind changes and shadowing.
+const PLAIN: &[&str] = &["etc/a", "etc/b", "etc/d", "etc/d/x", "srv/e"];
+const TEMPLATES: &[&str] = &["etc/t.j2", "etc/u.j2", "etc/d/v.j2"];
+const BODIES: &[&str] = &["one\n", "two\n", "one\n\n", ""];
+const TEMPLATE_BODIES: &[&str] = &[
+    "static\n",
+    "{{ domain }}\n",
+    "{% include '_partials/p.j2' %}{{ machine }}\n",
+    "{% for m in machines %}{{ m }}:{{ machines[m].facts.domain | default('-') }} {% endfor %}\n",
+    "{% if port is defined %}port {{ port }}{% else %}no port{% endif %}\n",
+    "{# same output as static #}static\n",
+];
+const TARGETS: &[&str] = &["/usr/share/zoneinfo/UTC", "../b", "a", "/nonexistent/x"];
+const MODES: &[u32] = &[0o644, 0o600, 0o755];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write { root: usize, path: usize, body: usize },
+    Template { root: usize, path: usize, body: usize },
+    Delete { root: usize, path: usize, template: bool },
+    Rename { root: usize, from: usize, to: usize },
+    Chmod { root: usize, path: usize, mode: usize },
+    Symlink { root: usize, path: usize, target: usize },
+    EmptyDir { root: usize },
+    Partial { root: usize, body: usize },
+    Fact { domain: usize, port: Option<u16> },
+    Layers { machine: usize, layers: Vec<bool> },
+    ToggleMachine3,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let r = 0..ROOTS.len();
+    prop_oneof![
+        4 => (r.clone(), 0..PLAIN.len(), 0..BODIES.len()).prop_map(|(root, path, body)| Op::Write { root, path, body }),
+        3 => (r.clone(), 0..TEMPLATES.len(), 0..TEMPLATE_BODIES.len()).prop_map(|(root, path, body)| Op::Template { root, path, body }),
+        2 => (r.clone(), 0..PLAIN.len().max(TEMPLATES.len()), any::<bool>()).prop_map(|(root, path, template)| Op::Delete { root, path, template }),
+        1 => (r.clone(), 0..PLAIN.len(), 0..PLAIN.len()).prop_map(|(root, from, to)| Op::Rename { root, from, to }),
+        2 => (r.clone(), 0..PLAIN.len(), 0..MODES.len()).prop_map(|(root, path, mode)| Op::Chmod { root, path, mode }),
+        2 => (r.clone(), 0..PLAIN.len(), 0..TARGETS.len()).prop_map(|(root, path, target)| Op::Symlink { root, path, target }),
+        1 => r.clone().prop_map(|root| Op::EmptyDir { root }),
+        2 => (r, 0..3usize).prop_map(|(root, body)| Op::Partial { root, body }),
+        2 => (0..3usize, proptest::option::of(1u16..3)).prop_map(|(domain, port)| Op::Fact { domain, port }),
+        2 => (0..3usize, proptest::collection::vec(any::<bool>(), 2)).prop_map(|(machine, layers)| Op::Layers { machine, layers }),
+        1 => Just(Op::ToggleMachine3),
+    ]
+}
+
+/// The lab.toml side of the model.
+#[derive(Clone, Debug)]
+struct Inventory {
+    domain: usize,
+    port: Option<u16>,
+    layers: [Vec<bool>; 3],
+    m3: bool,
+}
+
+impl Inventory {
+    fn toml(&self) -> String {
+        let mut s = format!("[facts]\ndomain = \"d{}.example\"\n", self.domain);
+        if let Some(p) = self.port {
+            s.push_str(&format!("port = {p}\n"));
+        }
+        for (i, l) in self.layers.iter().enumerate() {
+            if i == 2 && !self.m3 {
+                continue;
+            }
+            let names: Vec<String> = l
+                .iter()
+                .enumerate()
+                .filter(|(_, on)| **on)
+                .map(|(j, _)| format!("\"l{}\"", j + 1))
+                .collect();
+            // machines list their layers in different orders
+            let names = if i == 1 { names.into_iter().rev().collect() } else { names };
+            s.push_str(&format!("\n[machines.m{}]\nlayers = [{}]\n", i + 1, names.join(", ")));
+            if i == 1 {
+                s.push_str("facts = { domain = \"m2.example\" }\n");
+            }
+        }
+        s
+    }
+}
+
+/// Remove whatever is at `p` (file, symlink or directory tree).
+fn clear(p: &Path) {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).unwrap(),
+        Ok(_) => std::fs::remove_file(p).unwrap(),
+        Err(_) => {}
+    }
+}
+
+/// Make `p`'s parent a directory, replacing a file or symlink in the way.
+fn make_parent(root: &Path, p: &Path) {
+    let parent = p.parent().unwrap();
+    let mut cur = root.to_path_buf();
+    for c in parent.strip_prefix(root).unwrap().components() {
+        cur.push(c);
+        if let Ok(m) = std::fs::symlink_metadata(&cur) {
+            if !m.is_dir() {
+                std::fs::remove_file(&cur).unwrap();
+            }
+        }
+    }
+    std::fs::create_dir_all(parent).unwrap();
+}
+
+fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) {
+    use std::os::unix::fs::PermissionsExt;
+    let base = lab.path();
+    let at = |root: usize, rel: &str| base.join(ROOTS[root]).join(rel);
+    match op {
+        Op::Write { root, path, body } => {
+            let p = at(*root, PLAIN[*path]);
+            make_parent(base, &p);
+            clear(&p);
+            std::fs::write(&p, BODIES[*body]).unwrap();
+        }
+        Op::Template { root, path, body } => {
+            let p = at(*root, TEMPLATES[*path]);
+            make_parent(base, &p);
+            clear(&p);
+            std::fs::write(&p, TEMPLATE_BODIES[*body]).unwrap();
+        }
+        Op::Delete { root, path, template } => {
+            let rel = if *template {
+                TEMPLATES[*path % TEMPLATES.len()]
+            } else {
+                PLAIN[*path % PLAIN.len()]
+            };
+            clear(&at(*root, rel));
+        }
+        Op::Rename { root, from, to } => {
+            let (f, t) = (at(*root, PLAIN[*from]), at(*root, PLAIN[*to]));
+            if f != t && std::fs::symlink_metadata(&f).is_ok() && !t.starts_with(&f) {
+                make_parent(base, &t);
+                clear(&t);
+                if std::fs::symlink_metadata(&f).is_ok() {
+                    std::fs::rename(&f, &t).unwrap();
+                }
+            }
+        }
+        Op::Chmod { root, path, mode } => {
+            let p = at(*root, PLAIN[*path]);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(MODES[*mode])).unwrap();
+            }
+        }
+        Op::Symlink { root, path, target } => {
+            let p = at(*root, PLAIN[*path]);
+            make_parent(base, &p);
+            clear(&p);
+            std::os::unix::fs::symlink(TARGETS[*target], &p).unwrap();
+        }
+        Op::EmptyDir { root } => {
+            let p = at(*root, "var/empty");
+            make_parent(base, &p);
+            clear(&p);
+            std::fs::create_dir_all(&p).unwrap();
+        }
+        Op::Partial { root, body } => {
+            let p = at(*root, "_partials/p.j2");
+            make_parent(base, &p);
+            std::fs::write(&p, format!("partial {body} from {} -- ", ROOTS[*root])).unwrap();
+        }
+        Op::Fact { domain, port } => {
+            inv.domain = *domain;
+            inv.port = *port;
+        }
+        Op::Layers { machine, layers } => inv.layers[*machine] = layers.clone(),
+        Op::ToggleMachine3 => inv.m3 = !inv.m3,
+    }
+    std::fs::write(base.join("lab.toml"), inv.toml()).unwrap();
+}
+
+fn build(dir: &Path) -> Vec<(String, bool)> {
+    let engine = Engine::open(dir).unwrap();
+    let report = engine.build(&BuildOptions::default(), &Silent).unwrap();
+    report
+        .machines
+        .iter()
+        .map(|m| (m.name.clone(), m.result.is_ok()))
+        .collect()
+}
+
+fn outputs(dir: &Path) -> String {
+    let mut s = tree_listing(&dir.join(".lab/out"));
+    for e in std::fs::read_dir(dir.join(".lab/out")).into_iter().flatten() {
+        let e = e.unwrap();
+        if e.path().extension().is_some_and(|x| x == "manifest") {
+            s.push_str(&std::fs::read_to_string(e.path()).unwrap());
+        }
+    }
+    s
+}
+
+fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let lab = TestLab::new();
+    lab.file("layers/_/_partials/p.j2", "base partial -- ")
+        .file("layers/l1/etc/a", "l1\n")
+        .file("layers/l2/etc/t.j2", "{{ domain }} on {{ machine }}\n");
+    let mut inv = Inventory {
+        domain: 0,
+        port: None,
+        layers: [vec![true, false], vec![true, true], vec![false, true]],
+        m3: true,
+    };
+    lab.file("lab.toml", &inv.toml());
+    build(lab.path());
+    for (i, op) in ops.iter().enumerate() {
+        apply(&lab, &mut inv, op);
+        let inc = build(lab.path());
+        let clean_lab = lab.copy_sources();
+        let clean = build(clean_lab.path());
+        prop_assert_eq!(&inc, &clean, "step {}: {:?}: results differ", i, op);
+        prop_assert!(inc.iter().all(|(_, ok)| *ok), "step {}: {:?}: a build failed", i, op);
+        let (a, b) = (outputs(lab.path()), outputs(clean_lab.path()));
+        prop_assert!(a == b, "step {}: {:?}\n--- incremental\n{}\n--- clean\n{}", i, op, a, b);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40),
+        max_shrink_iters: 200,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn incremental_build_equals_clean_build(ops in proptest::collection::vec(op(), 1..14)) {
+        check(ops)?;
+    }
+}
