@@ -55,6 +55,14 @@ pub fn shown(path: &Path) -> String {
     path.display().to_string()
 }
 
+/// Paths inside messages, relative to the working directory like [`shown`].
+fn relativize(msg: &str) -> String {
+    match std::env::current_dir() {
+        Ok(cwd) if cwd != Path::new("/") => msg.replace(&format!("{}/", cwd.display()), ""),
+        _ => msg.to_string(),
+    }
+}
+
 fn location_block(style: Style, at: &Located, out: &mut String) {
     let path = shown(&at.path);
     if at.line == 0 {
@@ -96,6 +104,7 @@ pub fn render(style: Style, err: &dyn Diagnose, context: Option<&str>) -> String
         Some(c) => format!("{c}: {err}"),
         None => err.to_string(),
     };
+    let msg = relativize(&msg);
     out.push_str(&format!("{} {}\n", style.red("error:"), style.bold(&msg)));
     if let Some(at) = err.location() {
         location_block(style, at, &mut out);

@@ -1,0 +1,241 @@
+//! Every class of bad input gets one clear message: what is wrong, where
+//! (`path:line:col`, the line, a caret), a hint when the fix is known, and a
+//! non-zero exit. The exact wording is pinned here. A failing machine keeps
+//! its previous outputs; the other machines still build.
+
+use assert_cmd::Command;
+use lab_testkit::{tree_listing, TestLab};
+
+fn lab(t: &TestLab, args: &[&str]) -> Command {
+    let mut c = Command::cargo_bin("lab").unwrap();
+    c.current_dir(t.path()).env("NO_COLOR", "1").args(args);
+    c
+}
+
+/// Run and return (exit code, stdout, stderr).
+fn run(t: &TestLab, args: &[&str]) -> (i32, String, String) {
+    let out = lab(t, args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// Two machines sharing layer `web`; `a` also has layer `extra`.
+fn two_machines() -> TestLab {
+    let t = TestLab::new();
+    t.file(
+        "lab.toml",
+        "[facts]\ndomain = \"example.org\"\n\n[machines.a]\nlayers = [\"web\", \"extra\"]\n\n[machines.b]\nlayers = [\"web\"]\n",
+    )
+    .file("layers/web/etc/site.j2", "server {{ domain }};\n")
+    .file("layers/extra/etc/extra.j2", "fine\n");
+    let (code, _, err) = run(&t, &["build", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    t
+}
+
+#[test]
+fn bad_toml() {
+    let t = TestLab::new();
+    t.file("lab.toml", "[machines.a]\nlayers = [\"web\"\nport = 22\n");
+    let (code, out, err) = run(&t, &["build"]);
+    assert_eq!(code, 2);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "error: missing comma between array elements, expected `,`\n \
+         --> lab.toml:3:1\n  \
+         |\n\
+         3 | port = 22\n  \
+         | ^\n"
+    );
+}
+
+#[test]
+fn unknown_field_in_lab_toml() {
+    let t = TestLab::new();
+    t.file("lab.toml", "[machines.a]\nhots = \"10.0.0.1\"\n");
+    let (code, _, err) = run(&t, &["build"]);
+    assert_eq!(code, 2);
+    assert!(
+        err.starts_with("error: unknown field `hots`, expected one of `host`, "),
+        "{err}"
+    );
+    assert!(err.contains(" --> lab.toml:2:1\n"), "{err}");
+}
+
+#[test]
+fn template_syntax_error() {
+    let t = two_machines();
+    let before = tree_listing(&t.join(".lab/out/a"));
+    t.file("layers/extra/etc/extra.j2", "line one\n{% if domain %}\nno endif\n");
+    let (code, out, err) = run(&t, &["build"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "error: machine `a`: syntax error: unexpected end of input, expected end of block\n \
+         --> layers/extra/etc/extra.j2:3:1\n  \
+         |\n\
+         3 | no endif\n  \
+         | ^^^^^^^^\n\
+         error: 1 machine failed: `a`\n"
+    );
+    assert!(out.contains("b: up to date\n"), "{out}");
+    assert_eq!(tree_listing(&t.join(".lab/out/a")), before, "a's outputs untouched");
+}
+
+#[test]
+fn undefined_fact() {
+    let t = two_machines();
+    let before = tree_listing(&t.join(".lab/out/a"));
+    t.file("layers/web/etc/site.j2", "server {{ domian }};\n");
+    t.file("layers/web/etc/other", "b still builds\n");
+    let (code, out, err) = run(&t, &["build"]);
+    assert_eq!(code, 1);
+    let expected = |m: &str| {
+        format!(
+            "error: machine `{m}`: undefined variable `domian`\n \
+             --> layers/web/etc/site.j2:1:11\n  \
+             |\n\
+             1 | server {{{{ domian }}}};\n  \
+             |           ^^^^^^\n  \
+             hint: define `domian` under `[facts]` or the machine's `facts` in lab.toml, \
+             or test it with `{{% if domian is defined %}}`\n"
+        )
+    };
+    assert_eq!(
+        err,
+        format!("{}{}error: machines failed: `a`, `b`\n", expected("a"), expected("b"))
+    );
+    assert!(out.contains("built 0 machines"), "{out}");
+    assert_eq!(tree_listing(&t.join(".lab/out/a")), before);
+    assert!(!t.join(".lab/out/b/etc/other").exists(), "a failing machine writes nothing");
+}
+
+#[test]
+fn unknown_layer() {
+    let t = two_machines();
+    t.file(
+        "lab.toml",
+        "[facts]\ndomain = \"example.org\"\n\n[machines.a]\nlayers = [\"web\", \"extar\"]\n\n[machines.b]\nlayers = [\"web\"]\n",
+    );
+    t.file("layers/web/etc/new", "new\n");
+    let (code, _, err) = run(&t, &["build"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "error: machine `a`: unknown layer `extar` for machine `a`\n \
+         --> lab.toml:5:18\n  \
+         |\n\
+         5 | layers = [\"web\", \"extar\"]\n  \
+         |                  ^^^^^^^\n  \
+         hint: did you mean `extra`? (or create `layers/extar/`)\n\
+         error: 1 machine failed: `a`\n"
+    );
+    assert_eq!(t.read(".lab/out/b/etc/new"), "new\n", "b still builds");
+}
+
+#[test]
+fn unknown_machine() {
+    let t = two_machines();
+    let (code, out, err) = run(&t, &["build", "--machine", "c"]);
+    assert_eq!(code, 2);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "error: unknown machine `c`\n  hint: machines in lab.toml: `a`, `b`\n"
+    );
+}
+
+#[test]
+fn include_cycle() {
+    let t = two_machines();
+    t.file("layers/web/_partials/x.j2", "{% include '_partials/y.j2' %}\n")
+        .file("layers/web/_partials/y.j2", "y\n{% include \"_partials/x.j2\" %}\n")
+        .file("layers/web/etc/site.j2", "{% include '_partials/x.j2' %}\n");
+    let (code, _, err) = run(&t, &["build", "-m", "b"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "error: machine `b`: include cycle: _partials/x.j2 -> _partials/y.j2 -> _partials/x.j2\n \
+         --> layers/web/_partials/y.j2:2:13\n  \
+         |\n\
+         2 | {% include \"_partials/x.j2\" %}\n  \
+         |             ^^^^^^^^^^^^^^\n  \
+         hint: a template may not include itself, directly or through others\n\
+         error: 1 machine failed: `b`\n"
+    );
+}
+
+#[test]
+fn unreadable_file() {
+    // Root reads anything, so run lab as `nobody` when we are root.
+    let t = two_machines();
+    t.file("layers/web/etc/secret", "s3cret\n").chmod("layers/web/etc/secret", 0o000);
+    let (code, _, err) = if unsafe { libc_geteuid() } == 0 {
+        make_world_writable(t.path());
+        let out = std::process::Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(assert_cmd::cargo::cargo_bin("lab"))
+            .args(["build", "-m", "b"])
+            .current_dir(t.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    } else {
+        run(&t, &["build", "-m", "b"])
+    };
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(
+        err,
+        "error: machine `b`: layers/web/etc/secret: Permission denied (os error 13)\n\
+         error: 1 machine failed: `b`\n"
+    );
+}
+
+#[test]
+fn two_sources_for_one_path_in_one_layer() {
+    let t = two_machines();
+    t.file("layers/web/etc/site", "plain\n");
+    let (code, _, err) = run(&t, &["build", "-m", "b"]);
+    assert_eq!(code, 1);
+    assert_eq!(
+        err,
+        "error: machine `b`: `layers/web/etc/site` and `layers/web/etc/site.j2` both produce `/etc/site`\n  \
+         hint: a layer may hold `NAME` or `NAME.j2`, not both; remove one of them\n\
+         error: 1 machine failed: `b`\n"
+    );
+}
+
+#[test]
+fn no_lab_toml() {
+    let t = TestLab::new();
+    let (code, _, err) = run(&t, &["build"]);
+    assert_eq!(code, 2);
+    assert!(err.starts_with("error: no `lab.toml` in `"), "{err}");
+    assert!(err.ends_with("` or any parent directory\n  hint: run lab inside a project, or pass `--project DIR`\n"), "{err}");
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn make_world_writable(root: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for e in walkdir::WalkDir::new(root) {
+        let e = e.unwrap();
+        if e.file_type().is_dir() {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        } else if e.file_type().is_file() && e.path().file_name().unwrap() != "secret" {
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(0o666)).unwrap();
+        }
+    }
+}
