@@ -17,7 +17,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 #[derive(Parser)]
-#[command(name = "lab", version, about = "Build and deploy the file trees of your machines")]
+#[command(
+    name = "lab",
+    version,
+    about = "Build and deploy the file trees of your machines"
+)]
 struct Cli {
     /// Project directory (default: the current directory or the nearest
     /// parent with a lab.toml).
@@ -103,7 +107,15 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             force,
         } => {
             let engine = open(&cli, style)?;
-            build(&engine, style, &select.machines, *jobs, *explain, *force, cli.quiet)
+            build(
+                &engine,
+                style,
+                &select.machines,
+                *jobs,
+                *explain,
+                *force,
+                cli.quiet,
+            )
         }
         Command::Show { machine, path } => {
             let engine = open(&cli, style)?;
@@ -178,7 +190,11 @@ fn build(
         println!(
             "built {} machine{} in {} ms ({} sources, {} read)",
             report.machines.len() - failed.len(),
-            if report.machines.len() - failed.len() == 1 { "" } else { "s" },
+            if report.machines.len() - failed.len() == 1 {
+                ""
+            } else {
+                "s"
+            },
             started.elapsed().as_millis(),
             report.files,
             report.hashed
@@ -190,7 +206,11 @@ fn build(
         eprintln!(
             "{} {} failed: {}",
             style.red("error:"),
-            if failed.len() == 1 { "1 machine" } else { "machines" },
+            if failed.len() == 1 {
+                "1 machine"
+            } else {
+                "machines"
+            },
             failed
                 .iter()
                 .map(|f| format!("`{f}`"))
@@ -213,7 +233,11 @@ fn show(engine: &Engine, style: Style, machine: &str, path: &str) -> Result<(), 
     let n = s.sources.len();
     for (i, src) in s.sources.iter().enumerate() {
         if i + 1 == n {
-            println!("  source: {}{}", src.display(), if s.template { " (template)" } else { "" });
+            println!(
+                "  source: {}{}",
+                src.display(),
+                if s.template { " (template)" } else { "" }
+            );
         } else {
             println!("  overrides: {}", src.display());
         }

@@ -70,7 +70,10 @@ fn unknown_field_in_lab_toml() {
 fn template_syntax_error() {
     let t = two_machines();
     let before = tree_listing(&t.join(".lab/out/a"));
-    t.file("layers/extra/etc/extra.j2", "line one\n{% if domain %}\nno endif\n");
+    t.file(
+        "layers/extra/etc/extra.j2",
+        "line one\n{% if domain %}\nno endif\n",
+    );
     let (code, out, err) = run(&t, &["build"]);
     assert_eq!(code, 1);
     assert_eq!(
@@ -83,7 +86,11 @@ fn template_syntax_error() {
          error: 1 machine failed: `a`\n"
     );
     assert!(out.contains("b: up to date\n"), "{out}");
-    assert_eq!(tree_listing(&t.join(".lab/out/a")), before, "a's outputs untouched");
+    assert_eq!(
+        tree_listing(&t.join(".lab/out/a")),
+        before,
+        "a's outputs untouched"
+    );
 }
 
 #[test]
@@ -107,11 +114,18 @@ fn undefined_fact() {
     };
     assert_eq!(
         err,
-        format!("{}{}error: machines failed: `a`, `b`\n", expected("a"), expected("b"))
+        format!(
+            "{}{}error: machines failed: `a`, `b`\n",
+            expected("a"),
+            expected("b")
+        )
     );
     assert!(out.contains("built 0 machines"), "{out}");
     assert_eq!(tree_listing(&t.join(".lab/out/a")), before);
-    assert!(!t.join(".lab/out/b/etc/other").exists(), "a failing machine writes nothing");
+    assert!(
+        !t.join(".lab/out/b/etc/other").exists(),
+        "a failing machine writes nothing"
+    );
 }
 
 #[test]
@@ -152,9 +166,15 @@ fn unknown_machine() {
 #[test]
 fn include_cycle() {
     let t = two_machines();
-    t.file("layers/web/_partials/x.j2", "{% include '_partials/y.j2' %}\n")
-        .file("layers/web/_partials/y.j2", "y\n{% include \"_partials/x.j2\" %}\n")
-        .file("layers/web/etc/site.j2", "{% include '_partials/x.j2' %}\n");
+    t.file(
+        "layers/web/_partials/x.j2",
+        "{% include '_partials/y.j2' %}\n",
+    )
+    .file(
+        "layers/web/_partials/y.j2",
+        "y\n{% include \"_partials/x.j2\" %}\n",
+    )
+    .file("layers/web/etc/site.j2", "{% include '_partials/x.j2' %}\n");
     let (code, _, err) = run(&t, &["build", "-m", "b"]);
     assert_eq!(code, 1);
     assert_eq!(
@@ -173,7 +193,8 @@ fn include_cycle() {
 fn unreadable_file() {
     // Root reads anything, so run lab as `nobody` when we are root.
     let t = two_machines();
-    t.file("layers/web/etc/secret", "s3cret\n").chmod("layers/web/etc/secret", 0o000);
+    t.file("layers/web/etc/secret", "s3cret\n")
+        .chmod("layers/web/etc/secret", 0o000);
     let (code, _, err) = if unsafe { libc_geteuid() } == 0 {
         make_world_writable(t.path());
         let out = std::process::Command::new("setpriv")

@@ -43,7 +43,9 @@ fn example_trees() {
         .arg("build")
         .assert()
         .success()
-        .stdout(predicates::str::contains("web1: up to date\ndb1: up to date\ndev: up to date\n"));
+        .stdout(predicates::str::contains(
+            "web1: up to date\ndb1: up to date\ndev: up to date\n",
+        ));
 }
 
 #[test]

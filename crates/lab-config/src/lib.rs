@@ -10,6 +10,6 @@ mod project;
 pub use error::ConfigError;
 pub use located::{Diagnose, Located};
 pub use project::{
-    valid_name, LayerRef, Machine, Project, Settings, Transport, UnitAction, UnitRule,
-    CONFIG_FILE, RESERVED_VARIABLES,
+    valid_name, LayerRef, Machine, Project, Settings, Transport, UnitAction, UnitRule, CONFIG_FILE,
+    RESERVED_VARIABLES,
 };

@@ -29,7 +29,9 @@ impl Located {
             path: path.to_path_buf(),
             line,
             col,
-            line_text: text[line_start..line_end].trim_end_matches('\r').to_string(),
+            line_text: text[line_start..line_end]
+                .trim_end_matches('\r')
+                .to_string(),
             width,
         }
     }

@@ -41,7 +41,9 @@ pub struct Settings {
 pub enum Transport {
     Ssh,
     /// The machine is a directory on this host (`root`, absolute).
-    Local { root: PathBuf },
+    Local {
+        root: PathBuf,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -151,8 +153,7 @@ struct RawUnit {
 pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with(['.', '-'])
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
 }
 
@@ -201,7 +202,10 @@ impl Project {
             Some(g) => {
                 return Err(invalid(
                     g.span(),
-                    format!("`generations` must be between 1 and 1000, not {}", g.get_ref()),
+                    format!(
+                        "`generations` must be between 1 and 1000, not {}",
+                        g.get_ref()
+                    ),
                     None,
                 ))
             }
@@ -240,37 +244,39 @@ impl Project {
                         )
                     })?,
             };
-            let transport = match m.transport.as_ref().map(|t| t.get_ref().as_str()) {
-                None | Some("ssh") => {
-                    if let Some(r) = &m.root {
-                        return Err(invalid(
-                            r.span(),
-                            "`root` only applies to `transport = \"local\"`".into(),
-                            None,
-                        ));
+            let transport =
+                match m.transport.as_ref().map(|t| t.get_ref().as_str()) {
+                    None | Some("ssh") => {
+                        if let Some(r) = &m.root {
+                            return Err(invalid(
+                                r.span(),
+                                "`root` only applies to `transport = \"local\"`".into(),
+                                None,
+                            ));
+                        }
+                        Transport::Ssh
                     }
-                    Transport::Ssh
-                }
-                Some("local") => match &m.root {
-                    Some(r) => Transport::Local {
-                        root: root.join(expand_home(r.get_ref())),
-                    },
-                    None => {
-                        return Err(invalid(
+                    Some("local") => match &m.root {
+                        Some(r) => Transport::Local {
+                            root: root.join(expand_home(r.get_ref())),
+                        },
+                        None => return Err(invalid(
                             m.transport.as_ref().unwrap().span(),
                             format!("machine `{name}` has `transport = \"local\"` but no `root`"),
-                            Some("add `root = \"DIR\"`: the directory that plays the machine's `/`".into()),
+                            Some(
+                                "add `root = \"DIR\"`: the directory that plays the machine's `/`"
+                                    .into(),
+                            ),
+                        )),
+                    },
+                    Some(other) => {
+                        return Err(invalid(
+                            m.transport.as_ref().unwrap().span(),
+                            format!("unknown transport `{other}`"),
+                            Some("use `ssh` (the default) or `local`".into()),
                         ))
                     }
-                },
-                Some(other) => {
-                    return Err(invalid(
-                        m.transport.as_ref().unwrap().span(),
-                        format!("unknown transport `{other}`"),
-                        Some("use `ssh` (the default) or `local`".into()),
-                    ))
-                }
-            };
+                };
             let mut layers: Vec<LayerRef> = Vec::new();
             for l in m.layers {
                 let span = l.span();
@@ -323,7 +329,10 @@ impl Project {
                 return Err(invalid(
                     u.unit.span(),
                     format!("`{}` is not a unit name", u.unit.get_ref()),
-                    Some(format!("write the full name, like `{}.service`", u.unit.get_ref())),
+                    Some(format!(
+                        "write the full name, like `{}.service`",
+                        u.unit.get_ref()
+                    )),
                 ));
             }
             let mut b = globset::GlobSetBuilder::new();
@@ -469,8 +478,14 @@ action = "reload"
         assert_eq!(p.settings.generations, 3);
         assert_eq!(p.facts["ports"], serde_json::json!([80, 443]));
         let w = p.machine("web1").unwrap();
-        assert_eq!((w.host.as_str(), w.user.as_str(), w.port), ("10.0.0.1", "root", 22));
-        assert_eq!(w.layers.iter().map(|l| &l.name[..]).collect::<Vec<_>>(), ["base", "nginx"]);
+        assert_eq!(
+            (w.host.as_str(), w.user.as_str(), w.port),
+            ("10.0.0.1", "root", 22)
+        );
+        assert_eq!(
+            w.layers.iter().map(|l| &l.name[..]).collect::<Vec<_>>(),
+            ["base", "nginx"]
+        );
         assert_eq!(w.layers[1].at.line, 11);
         let d = p.machine("dev").unwrap();
         assert_eq!(d.host, "dev");
@@ -482,7 +497,10 @@ action = "reload"
         );
         assert!(p.units[0].matches("etc/nginx/sites/a.conf"));
         assert!(!p.units[0].matches("etc/nginxx"));
-        assert_eq!(p.machines.iter().map(|m| &m.name[..]).collect::<Vec<_>>(), ["web1", "dev"]);
+        assert_eq!(
+            p.machines.iter().map(|m| &m.name[..]).collect::<Vec<_>>(),
+            ["web1", "dev"]
+        );
     }
 
     #[test]
@@ -504,9 +522,15 @@ action = "reload"
         let e = parse("[machines.a]\nport = 70000\n").unwrap_err();
         assert_eq!(e.to_string(), "port 70000 is out of range");
         let e = parse("[machines.a]\ntransport = \"local\"\n").unwrap_err();
-        assert_eq!(e.to_string(), "machine `a` has `transport = \"local\"` but no `root`");
+        assert_eq!(
+            e.to_string(),
+            "machine `a` has `transport = \"local\"` but no `root`"
+        );
         let e = parse("[facts]\nmachine = 1\n").unwrap_err();
-        assert_eq!(e.to_string(), "`machine` is a reserved name and cannot be a fact");
+        assert_eq!(
+            e.to_string(),
+            "`machine` is a reserved name and cannot be a fact"
+        );
         let e = parse("[[units]]\npaths = [\"etc/x\"]\nunit = \"x.service\"\n").unwrap_err();
         assert_eq!(e.to_string(), "unit rule path `etc/x` is not absolute");
         let e = parse("[machines.\"../x\"]\n").unwrap_err();

@@ -56,11 +56,11 @@ pub enum MachineError {
     UnknownLayer {
         machine: String,
         layer: String,
-        at: Located,
+        at: Box<Located>,
         known: Vec<String>,
     },
     #[error(transparent)]
-    Render(#[from] RenderError),
+    Render(Box<RenderError>),
     #[error("`{first}` and `{second}` both produce `/{output}`")]
     Conflict {
         output: String,
@@ -80,6 +80,12 @@ pub enum MachineError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl From<RenderError> for MachineError {
+    fn from(e: RenderError) -> Self {
+        MachineError::Render(Box::new(e))
+    }
 }
 
 impl MachineError {
@@ -116,9 +122,9 @@ impl Diagnose for MachineError {
                 })
             }
             MachineError::Render(e) => e.hint(),
-            MachineError::Conflict { .. } => Some(
-                "a layer may hold `NAME` or `NAME.j2`, not both; remove one of them".into(),
-            ),
+            MachineError::Conflict { .. } => {
+                Some("a layer may hold `NAME` or `NAME.j2`, not both; remove one of them".into())
+            }
             _ => None,
         }
     }

@@ -139,7 +139,12 @@ impl Engine {
             if self.project.machine(n).is_none() {
                 return Err(EngineError::UnknownMachine {
                     name: n.clone(),
-                    known: self.project.machines.iter().map(|m| m.name.clone()).collect(),
+                    known: self
+                        .project
+                        .machines
+                        .iter()
+                        .map(|m| m.name.clone())
+                        .collect(),
                 });
             }
         }
@@ -163,7 +168,12 @@ impl Engine {
         v
     }
 
-    fn gathered(&self) -> (IndexMap<String, IndexMap<String, serde_json::Value>>, HashMap<String, String>) {
+    fn gathered(
+        &self,
+    ) -> (
+        IndexMap<String, IndexMap<String, serde_json::Value>>,
+        HashMap<String, String>,
+    ) {
         let mut ok = IndexMap::new();
         let mut bad = HashMap::new();
         for m in &self.project.machines {
@@ -180,7 +190,11 @@ impl Engine {
     }
 
     /// Build the selected machines.
-    pub fn build(&self, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<BuildReport, EngineError> {
+    pub fn build(
+        &self,
+        opts: &BuildOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<BuildReport, EngineError> {
         let machines = self.select(&opts.machines)?;
         let _lock = self.lock()?;
         let pool = rayon::ThreadPoolBuilder::new()
@@ -232,7 +246,10 @@ impl Engine {
         reporter: &dyn Reporter,
     ) -> Result<BuildReport, EngineError> {
         let root = &self.project.root;
-        let mut root_names: Vec<String> = machines.iter().flat_map(|m| Engine::stack_names(m)).collect();
+        let mut root_names: Vec<String> = machines
+            .iter()
+            .flat_map(|m| Engine::stack_names(m))
+            .collect();
         root_names.sort();
         root_names.dedup();
 
@@ -283,12 +300,17 @@ impl Engine {
         // run did not look at as they were.
         for (name, s) in &scans {
             if let Ok(s) = s {
-                sources.roots.insert(name.clone(), s.to_state(scanned_at_ns));
+                sources
+                    .roots
+                    .insert(name.clone(), s.to_state(scanned_at_ns));
             }
         }
         sources.scan_id = scan_id;
         let sp = self.state.sources_path();
-        state::write(&sp, &sources).map_err(|e| EngineError::Io { path: sp, source: e })?;
+        state::write(&sp, &sources).map_err(|e| EngineError::Io {
+            path: sp,
+            source: e,
+        })?;
 
         Ok(BuildReport {
             files,
@@ -321,11 +343,15 @@ impl Engine {
             match &scans[&name] {
                 Ok(s) => {
                     if !s.exists {
-                        if let Some(l) = m.layers.iter().find(|l| format!("layers/{}", l.name) == name) {
+                        if let Some(l) = m
+                            .layers
+                            .iter()
+                            .find(|l| format!("layers/{}", l.name) == name)
+                        {
                             errors.push(MachineError::UnknownLayer {
                                 machine: m.name.clone(),
                                 layer: l.name.clone(),
-                                at: l.at.clone(),
+                                at: Box::new(l.at.clone()),
                                 known: self.known_layers(),
                             });
                         }
@@ -404,7 +430,9 @@ fn machine_inputs(scope: &lab_render::Scope) -> Vec<(String, Digest)> {
     for (k, val) in &scope.machines {
         v.push((format!("m:{k}"), lab_render::fact_digest(Some(val))));
     }
-    let peers = scope.digest_of(&lab_graph::Key::Peers).expect("peers digest");
+    let peers = scope
+        .digest_of(&lab_graph::Key::Peers)
+        .expect("peers digest");
     v.push(("peers".to_string(), peers));
     v
 }

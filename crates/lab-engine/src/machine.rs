@@ -64,7 +64,9 @@ impl Includes for DiskIncludes {
                 if meta.is_dir() {
                     return Ok(None);
                 }
-                return Err(format!("`{rname}/{name}` is a symlink; partials must be regular files"));
+                return Err(format!(
+                    "`{rname}/{name}` is a symlink; partials must be regular files"
+                ));
             }
             let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
             let digest = Digest::of(&bytes);
@@ -139,8 +141,8 @@ impl MachineJob<'_> {
         // or changed) mean the graph cannot be trusted; the old entries still
         // say what lab created and may remove.
         let prev = self.state.load_machine(self.name);
-        let trusted = manifest_stat.is_some()
-            && summary.is_some_and(|s| Some(s.manifest) == manifest_stat);
+        let trusted =
+            manifest_stat.is_some() && summary.is_some_and(|s| Some(s.manifest) == manifest_stat);
         let (mut graph, old_entries, prev) = match prev {
             Some(ms) => {
                 let entries: BTreeMap<String, Entry> = ms
@@ -277,7 +279,11 @@ impl MachineJob<'_> {
 
         // Outputs to (re)write.
         let mut dirty: Vec<(&String, &Winner, Reason)> = Vec::new();
-        let mut entries = if fast { old_entries.clone() } else { BTreeMap::new() };
+        let mut entries = if fast {
+            old_entries.clone()
+        } else {
+            BTreeMap::new()
+        };
         for out in &candidates {
             let Some(w) = winners.get(out) else {
                 continue;
@@ -336,7 +342,8 @@ impl MachineJob<'_> {
 
         // Write: removals, directories, then files and symlinks in parallel.
         // The tree's root exists even when the tree is empty.
-        std::fs::create_dir_all(&self.out.root).map_err(|e| vec![MachineError::io(&self.out.root)(e)])?;
+        std::fs::create_dir_all(&self.out.root)
+            .map_err(|e| vec![MachineError::io(&self.out.root)(e)])?;
         let is_dir = |p: &str| -> Option<bool> {
             winners
                 .get(p)
@@ -454,8 +461,9 @@ impl MachineJob<'_> {
         let shown = Path::new(&root.name).join(&w.src);
         let bytes = std::fs::read(&path).map_err(MachineError::io(&shown))?;
         let content = Digest::of(&bytes);
-        let text =
-            String::from_utf8(bytes).map_err(|_| MachineError::TemplateNotUtf8 { path: shown.clone() })?;
+        let text = String::from_utf8(bytes).map_err(|_| MachineError::TemplateNotUtf8 {
+            path: shown.clone(),
+        })?;
         let entry = self.stack.entry(w);
         let out = lab_render::render(&self.scope, &w.src, &shown, &text, includes.clone())?;
         let out_path = output_path(&w.src, SrcKind::File).expect("template").0;
@@ -465,7 +473,10 @@ impl MachineJob<'_> {
         )];
         deps.extend(out.includes.into_iter().map(|(n, d)| (Key::Include(n), d)));
         for k in out.reads {
-            let d = self.scope.digest_of(&k).expect("render reads are scope keys");
+            let d = self
+                .scope
+                .digest_of(&k)
+                .expect("render reads are scope keys");
             deps.push((k, d));
         }
         Ok(Rendered {

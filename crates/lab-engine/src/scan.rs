@@ -64,18 +64,21 @@ struct Listed {
 pub fn default_ignores() -> GlobSet {
     let mut b = globset::GlobSetBuilder::new();
     for g in [
-        "*.swp", "*.swx", "*.swo", "*~", ".#*", "#*#", ".DS_Store", "4913",
+        "*.swp",
+        "*.swx",
+        "*.swo",
+        "*~",
+        ".#*",
+        "#*#",
+        ".DS_Store",
+        "4913",
     ] {
         b.add(globset::Glob::new(g).expect("valid glob"));
     }
     b.build().expect("valid globs")
 }
 
-fn list_dir(
-    dir: &Path,
-    rel: &str,
-    ignore: &GlobSet,
-) -> Result<Vec<Listed>, MachineError> {
+fn list_dir(dir: &Path, rel: &str, ignore: &GlobSet) -> Result<Vec<Listed>, MachineError> {
     let rd = std::fs::read_dir(dir).map_err(MachineError::io(dir))?;
     let mut here = Vec::new();
     let mut subdirs = Vec::new();

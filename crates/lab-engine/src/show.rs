@@ -46,7 +46,10 @@ pub struct Show {
 impl Engine {
     pub fn show(&self, machine: &str, path: &str) -> Result<Show, ShowError> {
         let m = self.select(&[machine.to_string()])?[0];
-        let out = path.trim_start_matches('/').trim_end_matches('/').to_string();
+        let out = path
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+            .to_string();
         let names = Engine::stack_names(m);
         let prev = self.state.load_sources();
         let mut roots = Vec::new();
@@ -117,7 +120,10 @@ impl Engine {
                 let text = std::fs::read_to_string(&src_path).map_err(io(&src_path))?;
                 let includes: Arc<dyn lab_render::Includes> =
                     Arc::new(crate::machine::DiskIncludes {
-                        roots: roots.iter().map(|r| (r.name.clone(), r.dir.clone())).collect(),
+                        roots: roots
+                            .iter()
+                            .map(|r| (r.name.clone(), r.dir.clone()))
+                            .collect(),
                     });
                 let shown = std::path::Path::new(&root.name).join(&w.src);
                 let r = lab_render::render(scope, &w.src, &shown, &text, includes)
@@ -172,8 +178,7 @@ impl lab_config::Diagnose for ShowError {
             ShowError::Engine(e) => e.hint(),
             ShowError::Machine(e) => e.hint(),
             ShowError::NotProduced { shadowed: true, .. } => Some(
-                "a source exists, but a higher layer replaces one of its parent directories"
-                    .into(),
+                "a source exists, but a higher layer replaces one of its parent directories".into(),
             ),
             ShowError::NotProduced { .. } => None,
         }

@@ -92,10 +92,8 @@ impl<'a> Stack<'a> {
             })
             .map(|d| format!("{d}/"))
             .collect();
-        let mut resolved: BTreeMap<String, Winner> = outs
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v))
-            .collect();
+        let mut resolved: BTreeMap<String, Winner> =
+            outs.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         if !shadowing.is_empty() {
             resolved.retain(|k, _| !shadowing.iter().any(|s| k.starts_with(s.as_str())));
         }
@@ -206,7 +204,10 @@ mod tests {
 
     #[test]
     fn later_roots_win_and_templates_drop_suffix() {
-        let base = root("layers/_", &[("etc", Dir), ("etc/motd", File), ("etc/a.j2", File)]);
+        let base = root(
+            "layers/_",
+            &[("etc", Dir), ("etc/motd", File), ("etc/a.j2", File)],
+        );
         let m = root("machines/m", &[("etc", Dir), ("etc/motd.j2", File)]);
         let s = Stack {
             roots: vec![&base, &m],
@@ -235,7 +236,10 @@ mod tests {
 
     #[test]
     fn one_root_with_x_and_x_j2_is_a_conflict() {
-        let base = root("layers/_", &[("etc", Dir), ("etc/x", File), ("etc/x.j2", File)]);
+        let base = root(
+            "layers/_",
+            &[("etc", Dir), ("etc/x", File), ("etc/x.j2", File)],
+        );
         let e = Stack { roots: vec![&base] }.resolve().unwrap_err();
         assert_eq!(
             e.to_string(),
@@ -245,7 +249,10 @@ mod tests {
 
     #[test]
     fn a_symlink_shadows_a_lower_directory() {
-        let base = root("layers/_", &[("etc", Dir), ("etc/d", Dir), ("etc/d/f", File)]);
+        let base = root(
+            "layers/_",
+            &[("etc", Dir), ("etc/d", Dir), ("etc/d/f", File)],
+        );
         let m = root("machines/m", &[("etc", Dir), ("etc/d", Symlink)]);
         let r = Stack {
             roots: vec![&base, &m],

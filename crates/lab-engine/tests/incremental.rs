@@ -95,7 +95,10 @@ fn editing_a_plain_file_rewrites_only_its_output() {
 #[test]
 fn a_fact_no_template_read_reruns_nothing() {
     let lab = lab();
-    lab.file("lab.toml", &TOML.replace("unused = \"x\"", "unused = \"y\""));
+    lab.file(
+        "lab.toml",
+        &TOML.replace("unused = \"x\"", "unused = \"y\""),
+    );
     let (ran, report) = build(&lab);
     assert_eq!(ran, Vec::<String>::new());
     // the machines were looked at (their facts changed), but nothing ran
@@ -117,8 +120,14 @@ fn a_fact_reruns_only_the_templates_that_read_it() {
         ran(&lab),
         strs(&["a: output `etc/site`", "a: render `etc/site`"])
     );
-    assert_eq!(lab.read(".lab/out/a/etc/site"), "# header\nserver example.net;\n");
-    assert_eq!(lab.read(".lab/out/b/etc/site"), "# header\nserver b.example.org;\n");
+    assert_eq!(
+        lab.read(".lab/out/a/etc/site"),
+        "# header\nserver example.net;\n"
+    );
+    assert_eq!(
+        lab.read(".lab/out/b/etc/site"),
+        "# header\nserver b.example.org;\n"
+    );
 }
 
 #[test]
@@ -129,7 +138,10 @@ fn defining_a_fact_a_template_tested_for_rerenders_it() {
         "{% if tls is defined %}tls {{ tls }}{% else %}no tls{% endif %}\n",
     );
     build(&lab);
-    lab.file("lab.toml", &format!("{TOML}\n[machines.a.facts]\ntls = \"on\"\n"));
+    lab.file(
+        "lab.toml",
+        &format!("{TOML}\n[machines.a.facts]\ntls = \"on\"\n"),
+    );
     let r = ran(&lab);
     assert_eq!(r, strs(&["a: output `etc/tls`", "a: render `etc/tls`"]));
     assert_eq!(lab.read(".lab/out/a/etc/tls"), "tls on");
@@ -172,8 +184,14 @@ fn a_machine_overriding_a_partial_affects_only_that_machine() {
         ran(&lab),
         strs(&["a: output `etc/site`", "a: render `etc/site`"])
     );
-    assert_eq!(lab.read(".lab/out/a/etc/site"), "# a's header\nserver example.org;\n");
-    assert!(!lab.join(".lab/out/a/_partials").exists(), "partials are not outputs");
+    assert_eq!(
+        lab.read(".lab/out/a/etc/site"),
+        "# a's header\nserver example.org;\n"
+    );
+    assert!(
+        !lab.join(".lab/out/a/_partials").exists(),
+        "partials are not outputs"
+    );
 }
 
 #[test]
@@ -207,7 +225,10 @@ fn deleting_a_source_removes_its_output() {
 #[test]
 fn a_new_machine_rerenders_peer_lists_only() {
     let lab = lab();
-    lab.file("lab.toml", &format!("{TOML}\n[machines.c]\nlayers = [\"web\"]\n"));
+    lab.file(
+        "lab.toml",
+        &format!("{TOML}\n[machines.c]\nlayers = [\"web\"]\n"),
+    );
     let r = ran(&lab);
     let old: Vec<&String> = r.iter().filter(|s| !s.starts_with("c: ")).collect();
     assert_eq!(
@@ -232,7 +253,10 @@ fn a_template_that_fails_keeps_the_previous_outputs_and_retries() {
         .build(&BuildOptions::default(), &lab_engine::Silent)
         .unwrap();
     assert!(report.machines.iter().all(|m| m.result.is_err()));
-    assert_eq!(lab.read(".lab/out/a/etc/site"), "# header\nserver example.org;\n");
+    assert_eq!(
+        lab.read(".lab/out/a/etc/site"),
+        "# header\nserver example.org;\n"
+    );
     // the failure is not remembered as a success: fixing it builds
     lab.file("layers/web/etc/site.j2", "server {{ domain }}!\n");
     assert_eq!(
@@ -255,7 +279,10 @@ fn lost_state_means_a_full_and_correct_rebuild() {
     let r = ran(&lab);
     assert_eq!(r.iter().filter(|s| s.starts_with("a: ")).count(), 6);
     assert_eq!(r.iter().filter(|s| s.starts_with("b: ")).count(), 1);
-    assert_eq!(lab.read(".lab/out/a/etc/plain"), "changed while state was lost\n");
+    assert_eq!(
+        lab.read(".lab/out/a/etc/plain"),
+        "changed while state was lost\n"
+    );
 }
 
 #[test]

@@ -11,7 +11,14 @@ use lab_testkit::{tree_listing, TestLab};
 use proptest::prelude::*;
 use std::path::Path;
 
-const ROOTS: &[&str] = &["layers/_", "layers/l1", "layers/l2", "machines/m1", "machines/m2", "machines/m3"];
+const ROOTS: &[&str] = &[
+    "layers/_",
+    "layers/l1",
+    "layers/l2",
+    "machines/m1",
+    "machines/m2",
+    "machines/m3",
+];
 /// Plain paths; `etc/d` is sometimes a directory (holding `etc/d/x`) and
 /// sometimes a file or symlink, which exercises kind changes and shadowing.
 const PLAIN: &[&str] = &["etc/a", "etc/b", "etc/d", "etc/d/x", "srv/e"];
@@ -30,16 +37,51 @@ const MODES: &[u32] = &[0o644, 0o600, 0o755];
 
 #[derive(Clone, Debug)]
 enum Op {
-    Write { root: usize, path: usize, body: usize },
-    Template { root: usize, path: usize, body: usize },
-    Delete { root: usize, path: usize, template: bool },
-    Rename { root: usize, from: usize, to: usize },
-    Chmod { root: usize, path: usize, mode: usize },
-    Symlink { root: usize, path: usize, target: usize },
-    EmptyDir { root: usize },
-    Partial { root: usize, body: usize },
-    Fact { domain: usize, port: Option<u16> },
-    Layers { machine: usize, layers: Vec<bool> },
+    Write {
+        root: usize,
+        path: usize,
+        body: usize,
+    },
+    Template {
+        root: usize,
+        path: usize,
+        body: usize,
+    },
+    Delete {
+        root: usize,
+        path: usize,
+        template: bool,
+    },
+    Rename {
+        root: usize,
+        from: usize,
+        to: usize,
+    },
+    Chmod {
+        root: usize,
+        path: usize,
+        mode: usize,
+    },
+    Symlink {
+        root: usize,
+        path: usize,
+        target: usize,
+    },
+    EmptyDir {
+        root: usize,
+    },
+    Partial {
+        root: usize,
+        body: usize,
+    },
+    Fact {
+        domain: usize,
+        port: Option<u16>,
+    },
+    Layers {
+        machine: usize,
+        layers: Vec<bool>,
+    },
     ToggleMachine3,
 }
 
@@ -86,8 +128,16 @@ impl Inventory {
                 .map(|(j, _)| format!("\"l{}\"", j + 1))
                 .collect();
             // machines list their layers in different orders
-            let names = if i == 1 { names.into_iter().rev().collect() } else { names };
-            s.push_str(&format!("\n[machines.m{}]\nlayers = [{}]\n", i + 1, names.join(", ")));
+            let names = if i == 1 {
+                names.into_iter().rev().collect()
+            } else {
+                names
+            };
+            s.push_str(&format!(
+                "\n[machines.m{}]\nlayers = [{}]\n",
+                i + 1,
+                names.join(", ")
+            ));
             if i == 1 {
                 s.push_str("facts = { domain = \"m2.example\" }\n");
             }
@@ -137,7 +187,11 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) {
             clear(&p);
             std::fs::write(&p, TEMPLATE_BODIES[*body]).unwrap();
         }
-        Op::Delete { root, path, template } => {
+        Op::Delete {
+            root,
+            path,
+            template,
+        } => {
             let rel = if *template {
                 TEMPLATES[*path % TEMPLATES.len()]
             } else {
@@ -158,7 +212,8 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) {
         Op::Chmod { root, path, mode } => {
             let p = at(*root, PLAIN[*path]);
             if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(MODES[*mode])).unwrap();
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(MODES[*mode]))
+                    .unwrap();
             }
         }
         Op::Symlink { root, path, target } => {
@@ -200,7 +255,10 @@ fn build(dir: &Path) -> Vec<(String, bool)> {
 
 fn outputs(dir: &Path) -> String {
     let mut s = tree_listing(&dir.join(".lab/out"));
-    for e in std::fs::read_dir(dir.join(".lab/out")).into_iter().flatten() {
+    for e in std::fs::read_dir(dir.join(".lab/out"))
+        .into_iter()
+        .flatten()
+    {
         let e = e.unwrap();
         if e.path().extension().is_some_and(|x| x == "manifest") {
             s.push_str(&std::fs::read_to_string(e.path()).unwrap());
@@ -228,9 +286,21 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let clean_lab = lab.copy_sources();
         let clean = build(clean_lab.path());
         prop_assert_eq!(&inc, &clean, "step {}: {:?}: results differ", i, op);
-        prop_assert!(inc.iter().all(|(_, ok)| *ok), "step {}: {:?}: a build failed", i, op);
+        prop_assert!(
+            inc.iter().all(|(_, ok)| *ok),
+            "step {}: {:?}: a build failed",
+            i,
+            op
+        );
         let (a, b) = (outputs(lab.path()), outputs(clean_lab.path()));
-        prop_assert!(a == b, "step {}: {:?}\n--- incremental\n{}\n--- clean\n{}", i, op, a, b);
+        prop_assert!(
+            a == b,
+            "step {}: {:?}\n--- incremental\n{}\n--- clean\n{}",
+            i,
+            op,
+            a,
+            b
+        );
     }
     Ok(())
 }

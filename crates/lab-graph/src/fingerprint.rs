@@ -63,9 +63,27 @@ mod tests {
             digest: Digest::of(b"abc"),
         };
         assert!(!fp.reusable(&stat(101), 200));
-        assert!(!fp.reusable(&Stat { size: 4, ..stat(100) }, 200));
-        assert!(!fp.reusable(&Stat { ino: 8, ..stat(100) }, 200));
-        assert!(!fp.reusable(&Stat { mode: 0o100755, ..stat(100) }, 200));
+        assert!(!fp.reusable(
+            &Stat {
+                size: 4,
+                ..stat(100)
+            },
+            200
+        ));
+        assert!(!fp.reusable(
+            &Stat {
+                ino: 8,
+                ..stat(100)
+            },
+            200
+        ));
+        assert!(!fp.reusable(
+            &Stat {
+                mode: 0o100755,
+                ..stat(100)
+            },
+            200
+        ));
     }
 
     #[test]

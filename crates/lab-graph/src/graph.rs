@@ -304,8 +304,14 @@ mod tests {
                     render_key(),
                     Trace {
                         deps: vec![
-                            (Key::Source("etc/motd".into()), inputs[&Key::Source("etc/motd".into())]),
-                            (Key::Fact("domain".into()), inputs[&Key::Fact("domain".into())]),
+                            (
+                                Key::Source("etc/motd".into()),
+                                inputs[&Key::Source("etc/motd".into())],
+                            ),
+                            (
+                                Key::Fact("domain".into()),
+                                inputs[&Key::Fact("domain".into())],
+                            ),
                         ],
                         value,
                     },
@@ -345,7 +351,8 @@ mod tests {
     fn a_fact_the_template_read_reruns_render_and_output() {
         let mut w = World::new();
         w.run();
-        w.inputs.insert(Key::Fact("domain".into()), d("example.net"));
+        w.inputs
+            .insert(Key::Fact("domain".into()), d("example.net"));
         assert_eq!(w.run(), vec![render_key(), output_key()]);
     }
 
@@ -354,9 +361,14 @@ mod tests {
         let mut w = World::new();
         // the render ignores the source's exact bytes: think of a comment
         // that the template strips
-        w.template_output = |i| crate::Hasher::new("t").digest(&i[&Key::Fact("domain".into())]).finish();
+        w.template_output = |i| {
+            crate::Hasher::new("t")
+                .digest(&i[&Key::Fact("domain".into())])
+                .finish()
+        };
         w.run();
-        w.inputs.insert(Key::Source("etc/motd".into()), d("tmpl with comment"));
+        w.inputs
+            .insert(Key::Source("etc/motd".into()), d("tmpl with comment"));
         assert_eq!(w.run(), vec![render_key()], "output must not re-run");
     }
 

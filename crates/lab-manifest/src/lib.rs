@@ -173,7 +173,9 @@ impl Manifest {
             line: line + 1,
             message,
         };
-        let (_, first) = lines.next().ok_or_else(|| err(0, "empty manifest".into()))?;
+        let (_, first) = lines
+            .next()
+            .ok_or_else(|| err(0, "empty manifest".into()))?;
         let header: Header = serde_json::from_str(first).map_err(|e| err(0, e.to_string()))?;
         if header.lab_manifest != 1 {
             return Err(ManifestError::Version(header.lab_manifest));
@@ -191,7 +193,9 @@ impl Manifest {
                 .ok_or_else(|| err(n, format!("path `{}` is not absolute", l.path)))?
                 .to_string();
             let mode = match &l.mode {
-                Some(m) => u32::from_str_radix(m, 8).map_err(|_| err(n, format!("bad mode `{m}`")))?,
+                Some(m) => {
+                    u32::from_str_radix(m, 8).map_err(|_| err(n, format!("bad mode `{m}`")))?
+                }
                 None => 0o777,
             };
             let missing = |f: &str| err(n, format!("{} entry without `{f}`", l.kind));
@@ -292,8 +296,10 @@ mod tests {
 
     #[test]
     fn bad_lines_name_their_line() {
-        let e = Manifest::parse("{\"lab_manifest\":1,\"machine\":\"m\"}\n{\"path\":\"/x\",\"kind\":\"file\"}\n")
-            .unwrap_err();
+        let e = Manifest::parse(
+            "{\"lab_manifest\":1,\"machine\":\"m\"}\n{\"path\":\"/x\",\"kind\":\"file\"}\n",
+        )
+        .unwrap_err();
         assert_eq!(e.to_string(), "line 2: file entry without `size`");
         let e = Manifest::parse("{\"lab_manifest\":2,\"machine\":\"m\"}\n").unwrap_err();
         assert!(matches!(e, ManifestError::Version(2)));

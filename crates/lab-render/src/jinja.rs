@@ -397,7 +397,10 @@ mod tests {
     #[test]
     fn renders_and_records_facts_read() {
         let r = run("server {{ domain }}; # {{ machine }}\n", &[]).unwrap();
-        assert_eq!(String::from_utf8(r.bytes).unwrap(), "server example.org; # web1\n");
+        assert_eq!(
+            String::from_utf8(r.bytes).unwrap(),
+            "server example.org; # web1\n"
+        );
         assert_eq!(r.reads, vec![Key::Fact("domain".into())]);
     }
 
@@ -405,11 +408,19 @@ mod tests {
     fn peers_are_recorded_per_machine_and_as_a_list() {
         let r = run("{{ machines.db1.host }}", &[]).unwrap();
         assert_eq!(r.reads, vec![Key::Peer("db1".into())]);
-        let r = run("{% for m in machines %}{{ machines[m].host }} {% endfor %}", &[]).unwrap();
+        let r = run(
+            "{% for m in machines %}{{ machines[m].host }} {% endfor %}",
+            &[],
+        )
+        .unwrap();
         assert_eq!(String::from_utf8(r.bytes).unwrap(), "10.0.0.1 10.0.0.2 ");
         assert_eq!(
             r.reads,
-            vec![Key::Peers, Key::Peer("web1".into()), Key::Peer("db1".into())]
+            vec![
+                Key::Peers,
+                Key::Peer("web1".into()),
+                Key::Peer("db1".into())
+            ]
         );
     }
 
@@ -417,7 +428,10 @@ mod tests {
     fn is_defined_records_an_absent_fact() {
         let r = run("{% if tls is defined %}tls{% endif %}", &[]).unwrap();
         assert_eq!(r.reads, vec![Key::Fact("tls".into())]);
-        assert_eq!(scope().digest_of(&Key::Fact("tls".into())), Some(Digest::ABSENT));
+        assert_eq!(
+            scope().digest_of(&Key::Fact("tls".into())),
+            Some(Digest::ABSENT)
+        );
     }
 
     #[test]
@@ -449,8 +463,11 @@ mod tests {
 
     #[test]
     fn syntax_error_in_a_partial_points_into_the_partial() {
-        let e = run("{% include \"_partials/p.j2\" %}", &[("_partials/p.j2", "x\n{% if %}")])
-            .unwrap_err();
+        let e = run(
+            "{% include \"_partials/p.j2\" %}",
+            &[("_partials/p.j2", "x\n{% if %}")],
+        )
+        .unwrap_err();
         let at = e.location().unwrap();
         assert_eq!(at.path, PathBuf::from("layers/x/_partials/p.j2"));
         assert_eq!(at.line, 2);
