@@ -117,6 +117,21 @@ fn processes_in_netns(ino: u64) -> Vec<u32> {
     pids
 }
 
+/// Is `pid` a live (not zombie) systemd-nspawn? A dead nspawn may linger as
+/// a zombie until init reaps it, and its PID may be reused by an unrelated
+/// process later; neither counts.
+fn running_nspawn(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].split_whitespace().next().unwrap_or("");
+    comm == "systemd-nspawn" && state != "Z" && state != "X"
+}
+
 fn alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
@@ -133,8 +148,11 @@ fn down_leaves_nothing_behind() {
     for h in &hosts {
         let pid = h.pid.expect("fleet host has a pid");
         assert!(alive(pid));
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap();
-        assert_eq!(comm.trim(), "systemd-nspawn");
+        assert!(
+            running_nspawn(pid),
+            "{}: pid {pid} is no running nspawn",
+            h.name
+        );
         let ns = h.netns.as_deref().expect("netns");
         let ino = netns_inode(ns);
         // the container (systemd, sshd, ...) lives in that netns
@@ -155,13 +173,9 @@ fn down_leaves_nothing_behind() {
 
     for h in &hosts {
         let pid = h.pid.unwrap();
-        // the PID may get reused by an unrelated process; it must not be
-        // our nspawn any more
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        assert_ne!(
-            comm.trim(),
-            "systemd-nspawn",
-            "{}: nspawn {pid} survived",
+        assert!(
+            !running_nspawn(pid),
+            "{}: nspawn {pid} survived down",
             h.name
         );
     }
@@ -249,7 +263,7 @@ fn up_is_idempotent_and_repairs() {
     )
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while alive(pid1) && Instant::now() < deadline {
+    while running_nspawn(pid1) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(!run(&["up", "1"]).is_empty());
