@@ -1,0 +1,74 @@
+//! The remote mini-executor and its protocol.
+//!
+//! The executor is a POSIX sh program ([`EXECUTOR`], `executor.sh`), sent
+//! over the SSH connection for each sync and run by `sh` on the target: it
+//! needs nothing beyond a shell, coreutils, tar, flock and systemd, serves
+//! any CPU architecture, and is never left running. This crate writes the
+//! program for one sync (the library plus a plan of calls), the tar stream of
+//! new content that follows it on stdin, and reads the executor's report. It
+//! does no I/O itself except reading output files into the tar stream.
+//!
+//! How one apply works on the target (see `executor.sh`):
+//! lock, recover from any interrupted run, check the base generation, back
+//! up every path the change touches (so the generation can be undone), write
+//! new files and symlinks under temporary names in their own directories
+//! (`DIR/.lab-stage/NAME`, from the tar stream), rename them into place,
+//! remove what lab no longer manages (restoring files that existed before lab
+//! took them over), record the new generation last (one rename of
+//! `current`), then run the unit actions and report each unit's state.
+
+mod plan;
+mod report;
+
+pub use plan::{quote, ApplyPlan, UnitAction, UnitOp};
+pub use report::{Report, UnitResult};
+
+/// The executor's library of functions (`executor.sh`).
+pub const EXECUTOR: &str = include_str!("executor.sh");
+
+/// Where lab keeps its state on a machine, relative to the machine's root.
+pub const STATE_DIR: &str = "/var/lib/lab";
+
+/// The command that runs a program of `len` bytes arriving first on stdin;
+/// the rest of stdin (the tar stream) is left for the program. `root` is the
+/// machine's root (`""` on a real machine, a directory for local machines).
+pub fn bootstrap_command(root: &str, len: usize, systemd: bool) -> String {
+    let body = format!(
+        "set -eu; d=$(mktemp -d \"${{TMPDIR:-/tmp}}/lab.XXXXXX\"); \
+         trap 'rm -rf \"$d\"' EXIT; head -c {len} >\"$d/run.sh\"; sh \"$d/run.sh\""
+    );
+    format!(
+        "LAB_ROOT={} LAB_SYSTEMD={} sh -c {}",
+        quote(root),
+        if systemd { 1 } else { 0 },
+        quote(&body)
+    )
+}
+
+/// The command that prints `GEN DIGEST` of the machine's applied generation
+/// (`0 none` before the first sync): the whole of a no-change sync.
+pub fn probe_command(root: &str) -> String {
+    let s = format!("{root}{STATE_DIR}");
+    format!(
+        "cat {} 2>/dev/null || echo '0 none'",
+        quote(&format!("{s}/current"))
+    )
+}
+
+/// The command that prints the manifest of generation `gen`.
+pub fn manifest_command(root: &str, gen: u64) -> String {
+    format!(
+        "cat {}",
+        quote(&format!("{root}{STATE_DIR}/gen/{gen}/manifest"))
+    )
+}
+
+/// The program that rolls the machine back to generation `target` (0 =
+/// before lab's first sync) and then runs `units`.
+pub fn rollback_program(target: u64, units: &[UnitAction]) -> String {
+    let mut s = String::with_capacity(EXECUTOR.len() + 256);
+    s.push_str(EXECUTOR);
+    s.push_str(&format!("\nrollback {target}\n"));
+    plan::push_units(&mut s, units);
+    s
+}

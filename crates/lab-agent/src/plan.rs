@@ -1,0 +1,470 @@
+//! Turning "the machine has manifest A, it should have manifest B" into the
+//! executor program and the tar stream for one apply.
+
+use crate::{EXECUTOR, STATE_DIR};
+use lab_graph::Digest;
+use lab_manifest::{Entry, EntryKind, Manifest};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// Quote a string for POSIX sh: `'...'`, with `'` written as `'\''`.
+pub fn quote(s: &str) -> String {
+    let mut q = String::with_capacity(s.len() + 2);
+    q.push('\'');
+    for c in s.chars() {
+        if c == '\'' {
+            q.push_str("'\\''");
+        } else {
+            q.push(c);
+        }
+    }
+    q.push('\'');
+    q
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum UnitOp {
+    /// `systemctl stop` (a unit whose file went away), before daemon-reload.
+    Stop,
+    /// `systemctl daemon-reload`, once.
+    DaemonReload,
+    Reload,
+    ReloadOrRestart,
+    /// Restart if running (or failed); a stopped unit stays stopped.
+    Restart,
+    /// Start (restart if already running): a unit that became wanted.
+    Start,
+}
+
+impl UnitOp {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnitOp::Stop => "stop",
+            UnitOp::DaemonReload => "daemon-reload",
+            UnitOp::Reload => "reload",
+            UnitOp::ReloadOrRestart => "reload-or-restart",
+            UnitOp::Restart => "restart",
+            UnitOp::Start => "start",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UnitAction {
+    pub op: UnitOp,
+    /// Empty for `DaemonReload`.
+    pub unit: String,
+}
+
+pub(crate) fn push_units(s: &mut String, units: &[UnitAction]) {
+    for u in units {
+        match u.op {
+            UnitOp::DaemonReload => s.push_str("daemon_reload\n"),
+            op => s.push_str(&format!("act {} {}\n", op.as_str(), quote(&u.unit))),
+        }
+    }
+    if units.iter().any(|u| u.op != UnitOp::DaemonReload) {
+        s.push_str("settle\n");
+    }
+}
+
+/// How many paths one call gets, so external commands stay far below the
+/// kernel's argument size limit.
+const CHUNK: usize = 1000;
+
+/// What changes between two manifests.
+#[derive(Debug, Default)]
+pub struct ApplyPlan<'a> {
+    /// Files and symlinks to write (new or changed).
+    pub writes: Vec<&'a Entry>,
+    /// Directories to create (new, or replacing a file or symlink).
+    pub new_dirs: Vec<&'a Entry>,
+    /// Existing directories whose mode changes.
+    pub chmod_dirs: Vec<&'a Entry>,
+    /// Files and symlinks to remove (gone, or replaced by a directory).
+    pub removes: Vec<&'a Entry>,
+    /// Directories to remove, deepest first; `true` when something else
+    /// takes the path (then the removal must succeed).
+    pub rmdirs: Vec<(&'a Entry, bool)>,
+    old: Option<&'a Manifest>,
+}
+
+fn abs(p: &str) -> String {
+    format!("/{p}")
+}
+
+fn parent(p: &str) -> &str {
+    p.rfind('/').map_or("", |i| &p[..i])
+}
+
+impl<'a> ApplyPlan<'a> {
+    pub fn new(old: &'a Manifest, new: &'a Manifest) -> ApplyPlan<'a> {
+        let mut p = ApplyPlan {
+            old: Some(old),
+            ..Default::default()
+        };
+        for (path, e) in &new.entries {
+            match old.entries.get(path) {
+                None if e.is_dir() => p.new_dirs.push(e),
+                None => p.writes.push(e),
+                Some(o) if o == e => {}
+                Some(o) if o.is_dir() && e.is_dir() => p.chmod_dirs.push(e),
+                Some(o) if e.is_dir() => {
+                    p.removes.push(o);
+                    p.new_dirs.push(e);
+                }
+                Some(o) if o.is_dir() => {
+                    p.rmdirs.push((o, true));
+                    p.writes.push(e);
+                }
+                Some(_) => p.writes.push(e),
+            }
+        }
+        for (path, o) in &old.entries {
+            if !new.entries.contains_key(path) {
+                if o.is_dir() {
+                    p.rmdirs.push((o, false));
+                } else {
+                    p.removes.push(o);
+                }
+            }
+        }
+        p.rmdirs.sort_by(|a, b| b.0.path.cmp(&a.0.path));
+        p
+    }
+
+    /// Nothing to change?
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+            && self.new_dirs.is_empty()
+            && self.chmod_dirs.is_empty()
+            && self.removes.is_empty()
+            && self.rmdirs.is_empty()
+    }
+
+    /// Every path whose entry is created, changed or removed.
+    pub fn touched(&self) -> BTreeSet<&'a str> {
+        self.writes
+            .iter()
+            .chain(&self.new_dirs)
+            .chain(&self.chmod_dirs)
+            .chain(&self.removes)
+            .map(|e| e.path.as_str())
+            .chain(self.rmdirs.iter().map(|(e, _)| e.path.as_str()))
+            .collect()
+    }
+
+    /// Bytes of file content the tar stream carries.
+    pub fn content_bytes(&self) -> u64 {
+        self.writes
+            .iter()
+            .map(|e| match &e.kind {
+                EntryKind::File { size, .. } => *size,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    fn old_kind_is_dir(&self, path: &str) -> Option<bool> {
+        self.old.and_then(|m| m.get(path)).map(|e| e.is_dir())
+    }
+
+    /// The program for this apply: the executor library, then the plan.
+    /// `base` is the machine's current digest the plan was made against.
+    pub fn program(
+        &self,
+        base: Option<&Digest>,
+        gen: u64,
+        digest: &Digest,
+        keep: usize,
+        units: &[UnitAction],
+    ) -> String {
+        let mut s = String::with_capacity(EXECUTOR.len() + 64 * (self.writes.len() + 16));
+        s.push_str(EXECUTOR);
+        s.push('\n');
+        let base = base.map_or("none".to_string(), |d| d.to_hex());
+        s.push_str(&format!("begin {base}\n"));
+
+        // The undo program of this generation, stored before anything changes.
+        let undo = self.undo();
+        let mut delim = "LAB_UNDO".to_string();
+        while undo.lines().any(|l| l == delim) {
+            delim.push('_');
+        }
+        s.push_str(&format!("cat >\"$G/undo.sh\" <<'{delim}'\n{undo}{delim}\n"));
+        let stages = self.stage_dirs();
+        let mut cleanup = String::new();
+        for d in &stages {
+            cleanup.push_str(&format!(
+                "rm -rf -- \"$R\"{}\n",
+                quote(&format!("{}/.lab-stage", abs_dir(d)))
+            ));
+        }
+        let mut delim = "LAB_CLEANUP".to_string();
+        while cleanup.lines().any(|l| l == delim) {
+            delim.push('_');
+        }
+        s.push_str(&format!(
+            "cat >\"$G/cleanup.sh\" <<'{delim}'\n{cleanup}{delim}\n"
+        ));
+
+        // Checks, before anything changes.
+        let mut dirs: BTreeSet<&str> = BTreeSet::new();
+        for e in self.writes.iter().chain(&self.new_dirs) {
+            let mut p = parent(&e.path);
+            while !p.is_empty() {
+                dirs.insert(p);
+                p = parent(p);
+            }
+            if e.is_dir() {
+                dirs.insert(&e.path);
+            }
+        }
+        let dirs: Vec<String> = dirs
+            .into_iter()
+            .filter(|d| self.old_kind_is_dir(d) != Some(false))
+            .map(abs)
+            .collect();
+        call(&mut s, "dirok", &dirs);
+        let notdirs: Vec<String> = self
+            .writes
+            .iter()
+            .filter(|e| self.old_kind_is_dir(&e.path) != Some(true))
+            .map(|e| abs(&e.path))
+            .collect();
+        call(&mut s, "notdir", &notdirs);
+
+        // Backups of everything touched, originals of what lab takes over.
+        // (a directory a file replaces is not backed up: undo recreates it
+        // and restores its former children one by one)
+        let touched: Vec<String> = self
+            .writes
+            .iter()
+            .filter(|e| self.old_kind_is_dir(&e.path) != Some(true))
+            .chain(&self.removes)
+            .map(|e| abs(&e.path))
+            .collect();
+        call(&mut s, "backup", &touched);
+        let fresh: Vec<String> = self
+            .writes
+            .iter()
+            .filter(|e| self.old_kind_is_dir(&e.path).is_none())
+            .map(|e| abs(&e.path))
+            .collect();
+        call(&mut s, "takeover", &fresh);
+        let fresh_dirs: Vec<String> = self
+            .new_dirs
+            .iter()
+            .filter(|e| self.old_kind_is_dir(&e.path).is_none())
+            .map(|e| abs(&e.path))
+            .collect();
+        call(&mut s, "preexisting", &fresh_dirs);
+        s.push_str("backed_up\n");
+
+        // Removals, then new content, then placement.
+        let removes: Vec<String> = self.removes.iter().map(|e| abs(&e.path)).collect();
+        call(&mut s, "remove", &removes);
+        for (e, must) in &self.rmdirs {
+            s.push_str(&format!(
+                "{} {}\n",
+                if *must { "mustrmdir" } else { "rmdirs" },
+                quote(&abs(&e.path))
+            ));
+        }
+        s.push_str("extract\n");
+        let mut by_dir: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+        for e in &self.writes {
+            by_dir
+                .entry(parent(&e.path))
+                .or_default()
+                .push(e.path.rsplit('/').next().unwrap().to_string());
+        }
+        for (d, names) in by_dir {
+            for chunk in names.chunks(CHUNK) {
+                s.push_str("place ");
+                s.push_str(&quote(&abs_dir(d)));
+                for n in chunk {
+                    s.push(' ');
+                    s.push_str(&quote(n));
+                }
+                s.push('\n');
+            }
+        }
+        s.push_str(&format!("commit {gen} {} {keep}\n", digest.to_hex()));
+        push_units(&mut s, units);
+        s
+    }
+
+    /// Directories (relative, "" for the root) that get a `.lab-stage`.
+    fn stage_dirs(&self) -> BTreeSet<&'a str> {
+        self.writes.iter().map(|e| parent(&e.path)).collect()
+    }
+
+    /// The undo program: back from this generation to the previous one.
+    fn undo(&self) -> String {
+        let mut s = String::new();
+        let writes: Vec<String> = self.writes.iter().map(|e| abs(&e.path)).collect();
+        call(&mut s, "u_path", &writes);
+        let mut created: Vec<&Entry> = self.new_dirs.clone();
+        created.sort_by(|a, b| b.path.cmp(&a.path));
+        let created: Vec<String> = created.iter().map(|e| abs(&e.path)).collect();
+        call(&mut s, "u_rmdir", &created);
+        let mut back: Vec<&Entry> = self.rmdirs.iter().map(|(e, _)| *e).collect();
+        back.extend(
+            self.chmod_dirs
+                .iter()
+                .filter_map(|e| self.old.and_then(|m| m.get(&e.path))),
+        );
+        back.sort_by(|a, b| a.path.cmp(&b.path));
+        for e in back {
+            s.push_str(&format!(
+                "u_mkdir {:04o} {}\n",
+                e.mode,
+                quote(&abs(&e.path))
+            ));
+        }
+        let removed: Vec<String> = self.removes.iter().map(|e| abs(&e.path)).collect();
+        call(&mut s, "u_path", &removed);
+        s
+    }
+
+    /// Write the tar stream: new and re-moded directories, stage
+    /// directories, staged files and symlinks (content read from
+    /// `out_dir`, checked against the manifest), and the new manifest.
+    pub fn write_tar(
+        &self,
+        out_dir: &Path,
+        manifest_text: &str,
+        w: impl Write,
+    ) -> Result<(), TarError> {
+        let mut b = tar::Builder::new(w);
+        b.mode(tar::HeaderMode::Deterministic);
+        let mut dirs: Vec<&Entry> = self
+            .new_dirs
+            .iter()
+            .chain(&self.chmod_dirs)
+            .copied()
+            .collect();
+        dirs.sort_by(|a, b| a.path.cmp(&b.path));
+        for e in dirs {
+            let mut h = header(tar::EntryType::Directory, e.mode, 0);
+            b.append_data(&mut h, format!("{}/", e.path), std::io::empty())?;
+        }
+        for d in self.stage_dirs() {
+            let mut h = header(tar::EntryType::Directory, 0o700, 0);
+            b.append_data(&mut h, stage_path(d, ""), std::io::empty())?;
+        }
+        for e in &self.writes {
+            let name = e.path.rsplit('/').next().unwrap();
+            let path = stage_path(parent(&e.path), name);
+            match &e.kind {
+                EntryKind::File { size, sha256 } => {
+                    let src = out_dir.join(&e.path);
+                    let f = std::fs::File::open(&src).map_err(|err| TarError::Read {
+                        path: src.display().to_string(),
+                        source: err,
+                    })?;
+                    let mut h = header(tar::EntryType::Regular, e.mode, *size);
+                    let mut reader = Checked {
+                        inner: f.take(*size),
+                        sha: <sha2::Sha256 as sha2::Digest>::new(),
+                    };
+                    b.append_data(&mut h, &path, &mut reader)?;
+                    if reader.finish() != *sha256 {
+                        return Err(TarError::Changed {
+                            path: src.display().to_string(),
+                        });
+                    }
+                }
+                EntryKind::Symlink { target } => {
+                    let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+                    b.append_link(&mut h, &path, target)?;
+                }
+                EntryKind::Dir => unreachable!("directories are not writes"),
+            }
+        }
+        let mut h = header(tar::EntryType::Regular, 0o644, manifest_text.len() as u64);
+        b.append_data(
+            &mut h,
+            format!("{}/inflight/manifest", STATE_DIR.trim_start_matches('/')),
+            manifest_text.as_bytes(),
+        )?;
+        b.finish()?;
+        Ok(())
+    }
+}
+
+fn abs_dir(d: &str) -> String {
+    if d.is_empty() {
+        String::new()
+    } else {
+        abs(d)
+    }
+}
+
+fn stage_path(dir: &str, name: &str) -> String {
+    if dir.is_empty() {
+        format!(".lab-stage/{name}")
+    } else {
+        format!("{dir}/.lab-stage/{name}")
+    }
+}
+
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_size(size);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h
+}
+
+fn call(s: &mut String, f: &str, args: &[String]) {
+    for chunk in args.chunks(CHUNK) {
+        s.push_str(f);
+        for a in chunk {
+            s.push(' ');
+            s.push_str(&quote(a));
+        }
+        s.push('\n');
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TarError {
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("`{path}` changed after it was built; build and sync again")]
+    Changed { path: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
+
+/// Hashes the bytes as the tar builder reads them, so what was sent can be
+/// checked against the manifest without reading the file twice.
+struct Checked<R> {
+    inner: R,
+    sha: sha2::Sha256,
+}
+
+impl<R: Read> Read for Checked<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        use sha2::Digest as _;
+        let n = self.inner.read(buf)?;
+        self.sha.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+impl<R> Checked<R> {
+    fn finish(self) -> Digest {
+        use sha2::Digest as _;
+        Digest(self.sha.finalize().into())
+    }
+}
