@@ -1,8 +1,11 @@
 //! Reads a lab project's configuration (`lab.toml`) into typed models that
 //! remember where each value came from, so later errors (an unknown layer, a
 //! bad rule) can point at the exact line. Owns the project format; knows
-//! nothing about building or syncing. The only I/O is reading `lab.toml`.
+//! nothing about building or syncing. The only I/O is reading `lab.toml`
+//! and, for make-style projects ([`compat`]), their inventory, layer lists
+//! and fact files.
 
+pub mod compat;
 mod error;
 mod located;
 mod project;

@@ -1,3 +1,4 @@
+use crate::compat::{self, Compat, CompatCopy};
 use crate::{ConfigError, Located};
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -25,6 +26,9 @@ pub struct Project {
     /// Machines in file order.
     pub machines: Vec<Machine>,
     pub units: Vec<UnitRule>,
+    /// Set for a make-style project (detected, or `[compat]` in lab.toml):
+    /// machines, layers and facts then come from the make layout.
+    pub compat: Option<Compat>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -65,6 +69,8 @@ pub struct Machine {
     pub layers: Vec<LayerRef>,
     pub facts: IndexMap<String, Value>,
     pub transport: Transport,
+    /// Extra ssh options (make-style `inventory.json`'s `options`).
+    pub ssh_options: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -113,6 +119,27 @@ struct RawProject {
     machines: IndexMap<Spanned<String>, Spanned<RawMachine>>,
     #[serde(default)]
     units: Vec<Spanned<RawUnit>>,
+    compat: Option<Spanned<RawCompat>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCompat {
+    style: Spanned<String>,
+    preludes: Option<Vec<String>>,
+    shared_facts: Option<Vec<String>>,
+    inventory: Option<String>,
+    #[serde(default)]
+    copy: Vec<Spanned<RawCopy>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCopy {
+    from: String,
+    to: Spanned<String>,
+    #[serde(default)]
+    machines: Vec<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -158,12 +185,17 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 impl Project {
-    /// Find `lab.toml` in `start` or the nearest parent and load it.
+    /// Find `lab.toml` in `start` or the nearest parent and load it. A
+    /// directory without `lab.toml` that has the make-style layout
+    /// (`machines/*/usr/local/opt/initd/layers/*.txt`) is a project too.
     pub fn find(start: &Path) -> Result<Project, ConfigError> {
         let mut dir = start.to_path_buf();
         loop {
             if dir.join(CONFIG_FILE).is_file() {
                 return Project::load(&dir);
+            }
+            if compat::is_make_style(&dir) {
+                return Project::load_make(&dir, Compat::defaults(&dir));
             }
             if !dir.pop() {
                 return Err(ConfigError::NotFound {
@@ -180,7 +212,46 @@ impl Project {
             path: file.clone(),
             source: e,
         })?;
-        Project::parse(dir, &file, text)
+        let mut p = Project::parse(dir, &file, text)?;
+        if let Some(c) = p.compat.take() {
+            let toml_machines = std::mem::take(&mut p.machines);
+            let mut made = Project::load_make(dir, c)?;
+            // lab.toml's machines override the inventory's connection
+            // settings, or add machines.
+            for m in toml_machines {
+                match made.machines.iter_mut().find(|x| x.name == m.name) {
+                    Some(x) => {
+                        let layers = std::mem::take(&mut x.layers);
+                        *x = Machine { layers, ..m };
+                    }
+                    None => made.machines.push(m),
+                }
+            }
+            made.text = p.text;
+            made.settings = p.settings;
+            made.units = p.units;
+            return Ok(made);
+        }
+        Ok(p)
+    }
+
+    /// A make-style project in `dir`: machines from `inventory.json` and
+    /// `machines/*/`, layers from their layer lists.
+    pub fn load_make(dir: &Path, compat: Compat) -> Result<Project, ConfigError> {
+        let machines = compat::make_machines(dir, &compat.inventory)?;
+        Ok(Project {
+            root: dir.to_path_buf(),
+            file: dir.join(CONFIG_FILE),
+            text: String::new(),
+            settings: Settings {
+                generations: 5,
+                ..Settings::default()
+            },
+            facts: IndexMap::new(),
+            machines,
+            units: Vec::new(),
+            compat: Some(compat),
+        })
     }
 
     /// Parse `text` as the content of `file` in project directory `root`.
@@ -277,6 +348,15 @@ impl Project {
                         ))
                     }
                 };
+            if raw.compat.is_some() {
+                if let Some(l) = m.layers.first() {
+                    return Err(invalid(
+                        l.span(),
+                        "a make-style project lists layers in `machines/NAME/usr/local/opt/initd/layers/*.txt`".into(),
+                        Some("remove `layers` here; write `+ NAME` lines in a layer list instead".into()),
+                    ));
+                }
+            }
             let mut layers: Vec<LayerRef> = Vec::new();
             for l in m.layers {
                 let span = l.span();
@@ -297,6 +377,7 @@ impl Project {
                 });
             }
             machines.push(Machine {
+                ssh_options: Vec::new(),
                 at: at(m_span.start..m_span.start),
                 host: m.host.unwrap_or_else(|| name.clone()),
                 user: m.user.unwrap_or_else(|| "root".into()),
@@ -361,6 +442,54 @@ impl Project {
             });
         }
 
+        let compat = match raw.compat {
+            None => None,
+            Some(c) => {
+                let c = c.into_inner();
+                if c.style.get_ref() != "make" {
+                    return Err(invalid(
+                        c.style.span(),
+                        format!("unknown compat style `{}`", c.style.get_ref()),
+                        Some("the only style is `make`".into()),
+                    ));
+                }
+                let mut out = Compat::defaults(root);
+                out.explicit = true;
+                if let Some(p) = c.preludes {
+                    out.preludes = p;
+                }
+                if let Some(s) = c.shared_facts {
+                    out.shared_facts = s;
+                }
+                if let Some(i) = c.inventory {
+                    out.inventory = root.join(i);
+                }
+                for cp in c.copy {
+                    let span = cp.span();
+                    let cp = cp.into_inner();
+                    let to = cp.to.get_ref();
+                    let clean = to.strip_prefix('/').filter(|r| {
+                        !r.is_empty()
+                            && r.split('/').all(|c| !c.is_empty() && c != "." && c != "..")
+                    });
+                    let Some(rel) = clean else {
+                        return Err(invalid(
+                            cp.to.span(),
+                            format!("copy destination `{to}` is not a clean absolute path"),
+                            Some("write the path on the machine, like `/etc/motd`".into()),
+                        ));
+                    };
+                    out.copies.push(CompatCopy {
+                        from: cp.from,
+                        to: rel.to_string(),
+                        machines: cp.machines,
+                        at: at(span),
+                    });
+                }
+                Some(out)
+            }
+        };
+
         Ok(Project {
             root: root.to_path_buf(),
             file: file.to_path_buf(),
@@ -369,6 +498,7 @@ impl Project {
             facts,
             machines,
             units,
+            compat,
         })
     }
 

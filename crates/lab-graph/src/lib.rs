@@ -22,7 +22,7 @@
 //! its digest, so its output is not rewritten and nothing downstream changes.
 //!
 //! Inputs ([`Key::Source`], [`Key::Include`], [`Key::Fact`], [`Key::Peers`],
-//! [`Key::Peer`]) have no trace; their current digests come from the caller
+//! [`Key::Peer`], [`Key::Facts`], [`Key::File`]) have no trace; their current digests come from the caller
 //! (the engine derives them from the file system and `lab.toml`).
 //!
 //! # Source fingerprints
