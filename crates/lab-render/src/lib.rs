@@ -3,12 +3,15 @@
 //! partials it included, each with the digest it had. Those reads become the
 //! render's dependencies in the build graph.
 //!
-//! Templates never touch the disk here: partials come through the
+//! Jinja templates never touch the disk here: partials come through the
 //! [`Includes`] trait, which the engine implements over the machine's layer
-//! stack. This crate does not know about layers, state or outputs.
+//! stack. Make-style templates are rendered by running GNU m4 ([`m4`]),
+//! which reads its files itself and reports which ones it opened. This
+//! crate does not know about layers, state or outputs.
 
 mod error;
 mod jinja;
+pub mod m4;
 mod scope;
 
 pub use error::RenderError;

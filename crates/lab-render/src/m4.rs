@@ -1,0 +1,260 @@
+//! GNU m4 rendering for make-style labs.
+//!
+//! A template is rendered exactly as the make pipeline does it:
+//! `m4 --fatal-warnings --prefix-builtins -DKEY=VALUE... -- PRELUDES... SRC`
+//! run from the project root, with `--debug=i` added: m4 then reports on
+//! stderr every file it opens (`m4debug: input read from FILE`), which is
+//! how the files a template `m4_include`s become its dependencies. Includes
+//! of files that do not exist (`m4_sinclude`) are not reported; the callers
+//! find those with [`literal_includes`].
+
+use crate::RenderError;
+use lab_config::Located;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// One m4 run.
+pub struct M4Job<'a> {
+    /// The m4 program (see [`locate`]).
+    pub program: &'a Path,
+    /// The project root, m4's working directory.
+    pub cwd: &'a Path,
+    /// `-DKEY=VALUE`, in order.
+    pub defines: &'a [(String, String)],
+    /// Prelude files, relative to `cwd`.
+    pub preludes: &'a [String],
+    /// The template, relative to `cwd`.
+    pub src: &'a str,
+}
+
+/// What an m4 run produced and read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct M4Rendered {
+    pub bytes: Vec<u8>,
+    /// Every file m4 opened, in order, each once, as m4 named it (relative
+    /// to the project root, or absolute): the preludes, the template and
+    /// whatever they included.
+    pub read: Vec<String>,
+}
+
+/// Find `m4` on `PATH`.
+pub fn locate() -> Result<PathBuf, RenderError> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for dir in std::env::split_paths(&path) {
+        let p = dir.join("m4");
+        if let Ok(m) = std::fs::metadata(&p) {
+            use std::os::unix::fs::PermissionsExt;
+            if m.is_file() && m.permissions().mode() & 0o111 != 0 {
+                return Ok(p);
+            }
+        }
+    }
+    Err(RenderError::M4Missing)
+}
+
+/// Run m4 for one template.
+pub fn render(job: &M4Job) -> Result<M4Rendered, RenderError> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(job.program);
+    // m4 names itself by argv[0] in messages; keep them `m4:FILE:LINE:`.
+    cmd.arg0("m4")
+        .current_dir(job.cwd)
+        .arg("--fatal-warnings")
+        .arg("--prefix-builtins")
+        .arg("--debug=i");
+    for (k, v) in job.defines {
+        cmd.arg(format!("-D{k}={v}"));
+    }
+    cmd.arg("--").args(job.preludes).arg(job.src);
+    cmd.stdin(Stdio::null());
+    let out = cmd.output().map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            RenderError::M4Missing
+        } else {
+            RenderError::M4 {
+                at: Located::file(&job.cwd.join(job.src)),
+                message: format!("cannot run `{}`: {e}", job.program.display()),
+            }
+        }
+    })?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut read: Vec<String> = Vec::new();
+    let mut messages: Vec<&str> = Vec::new();
+    for line in stderr.lines() {
+        if let Some(f) = line.strip_prefix("m4debug: input read from ") {
+            if !read.iter().any(|r| r == f) {
+                read.push(f.to_string());
+            }
+        } else if !line.starts_with("m4debug: ") {
+            messages.push(line);
+        }
+    }
+    if !out.status.success() {
+        return Err(m4_error(job, &messages));
+    }
+    Ok(M4Rendered {
+        bytes: out.stdout,
+        read,
+    })
+}
+
+/// The first message of a failed run, placed at its `m4:FILE:LINE:`.
+fn m4_error(job: &M4Job, messages: &[&str]) -> RenderError {
+    let first = messages
+        .iter()
+        .find(|m| m.starts_with("m4:") && !m.ends_with("warnings are fatal"))
+        .or(messages.first())
+        .copied()
+        .unwrap_or("m4 failed without a message");
+    if let Some((file, line, msg)) = parse_location(first) {
+        let path = job.cwd.join(file);
+        let text = std::fs::read(&path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        return RenderError::M4 {
+            at: Located::from_line(&path, &text, line, None),
+            message: format!("m4: {msg}"),
+        };
+    }
+    RenderError::M4 {
+        at: Located::file(&job.cwd.join(job.src)),
+        message: first
+            .strip_prefix("m4: ")
+            .map_or(first.to_string(), |m| format!("m4: {m}")),
+    }
+}
+
+/// `m4:FILE:LINE: MESSAGE` -> (FILE, LINE, MESSAGE).
+fn parse_location(s: &str) -> Option<(&str, usize, &str)> {
+    let rest = s.strip_prefix("m4:")?;
+    let mut from = 0;
+    while let Some(i) = rest[from..].find(':') {
+        let colon = from + i;
+        let after = &rest[colon + 1..];
+        let digits = after.chars().take_while(|c| c.is_ascii_digit()).count();
+        if digits > 0 && after[digits..].starts_with(": ") {
+            let line = after[..digits].parse().ok()?;
+            return Some((&rest[..colon], line, &after[digits + 2..]));
+        }
+        from = colon + 1;
+    }
+    None
+}
+
+/// The literal file names of `m4_include(`NAME')` and `m4_sinclude(`NAME')`
+/// in a text (quoted with m4's default quotes, or unquoted).
+pub fn literal_includes(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for kw in ["m4_include(", "m4_sinclude("] {
+        let mut rest = text;
+        while let Some(i) = rest.find(kw) {
+            rest = &rest[i + kw.len()..];
+            let arg = rest.trim_start();
+            let name = if let Some(q) = arg.strip_prefix('`') {
+                q.find('\'').map(|e| &q[..e])
+            } else {
+                arg.find([')', ',']).map(|e| arg[..e].trim())
+            };
+            if let Some(n) = name {
+                if !n.is_empty()
+                    && !n.contains(['`', '\'', '$', '(', '\n'])
+                    && !out.iter().any(|o| o == n)
+                {
+                    out.push(n.to_string());
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use lab_config::Diagnose;
+
+    fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        for (p, t) in files {
+            let p = d.path().join(p);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, t).unwrap();
+        }
+        d
+    }
+
+    fn run(d: &Path, src: &str, preludes: &[&str]) -> Result<M4Rendered, RenderError> {
+        let program = locate().unwrap();
+        let defines = vec![
+            ("ENV_MACHINE".to_string(), "web1".to_string()),
+            ("GREETING".to_string(), "hello ENV_MACHINE".to_string()),
+        ];
+        let preludes: Vec<String> = preludes.iter().map(|s| s.to_string()).collect();
+        render(&M4Job {
+            program: &program,
+            cwd: d,
+            defines: &defines,
+            preludes: &preludes,
+            src,
+        })
+    }
+
+    #[test]
+    fn renders_with_defines_preludes_and_reports_includes() {
+        let d = project(&[
+            ("p/a.m4", "m4_define(`SHOUT', `$1!')m4_dnl\n"),
+            ("inc/part", "part of ENV_MACHINE\n"),
+            (
+                "t.m4.conf",
+                "SHOUT(GREETING)\nm4_include(`inc/part')m4_sinclude(`inc/none')",
+            ),
+        ]);
+        let r = run(d.path(), "t.m4.conf", &["p/a.m4"]).unwrap();
+        assert_eq!(
+            String::from_utf8(r.bytes).unwrap(),
+            "hello web1!\npart of web1\n"
+        );
+        assert_eq!(r.read, ["p/a.m4", "t.m4.conf", "inc/part"]);
+    }
+
+    #[test]
+    fn errors_point_at_the_line() {
+        let d = project(&[("t.m4.conf", "ok\nm4_include(`missing')\n")]);
+        let e = run(d.path(), "t.m4.conf", &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "m4: cannot open `missing': No such file or directory"
+        );
+        let at = e.location().unwrap();
+        assert_eq!(
+            (at.line, at.line_text.as_str()),
+            (2, "m4_include(`missing')")
+        );
+
+        let d = project(&[("w.m4.conf", "m4_define(`x', 1, 2)x\n")]);
+        let e = run(d.path(), "w.m4.conf", &[]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "m4: Warning: excess arguments to builtin `m4_define' ignored"
+        );
+    }
+
+    #[test]
+    fn literal_include_names() {
+        assert_eq!(
+            literal_includes(
+                "m4_include(`a/b')x m4_sinclude( `c' ) m4_include(d.m4) m4_include(DYN`'x)"
+            ),
+            ["a/b", "d.m4", "c"]
+        );
+    }
+
+    #[test]
+    fn location_parsing() {
+        assert_eq!(
+            parse_location("m4:a:b.m4:12: boom: x"),
+            Some(("a:b.m4", 12, "boom: x"))
+        );
+        assert_eq!(parse_location("m4: warnings are fatal"), None);
+    }
+}
