@@ -449,8 +449,10 @@ pub fn make_machines(root: &Path, inventory: &Path) -> Result<Vec<Machine>, Conf
         let (port, identity) = ssh_options(&e.options);
         out.push(Machine {
             host: e.host.unwrap_or_else(|| name.clone()),
-            user: e.user.unwrap_or_else(|| "root".into()),
+            user: e.user.clone().unwrap_or_else(|| "root".into()),
+            user_set: e.user,
             port: port.unwrap_or(22),
+            port_set: port,
             identity,
             layers: machine_layers(&root.join("machines").join(&name))?,
             facts: IndexMap::new(),

@@ -65,6 +65,10 @@ pub struct Machine {
     pub host: String,
     pub user: String,
     pub port: u16,
+    /// `user` and `port` as lab.toml sets them (`None`: not set, so
+    /// `~/.ssh/config` may say).
+    pub user_set: Option<String>,
+    pub port_set: Option<u16>,
     pub identity: Option<PathBuf>,
     pub layers: Vec<LayerRef>,
     pub facts: IndexMap<String, Value>,
@@ -302,9 +306,9 @@ impl Project {
             }
             let m_span = m.span();
             let m = m.into_inner();
-            let port = match m.port {
-                None => 22,
-                Some(p) => u16::try_from(*p.get_ref())
+            let port_set = match &m.port {
+                None => None,
+                Some(p) => Some(u16::try_from(*p.get_ref())
                     .ok()
                     .filter(|p| *p != 0)
                     .ok_or_else(|| {
@@ -313,8 +317,9 @@ impl Project {
                             format!("port {} is out of range", p.get_ref()),
                             Some("a port is a number from 1 to 65535".into()),
                         )
-                    })?,
+                    })?),
             };
+            let port = port_set.unwrap_or(22);
             let transport =
                 match m.transport.as_ref().map(|t| t.get_ref().as_str()) {
                     None | Some("ssh") => {
@@ -380,8 +385,10 @@ impl Project {
                 ssh_options: Vec::new(),
                 at: at(m_span.start..m_span.start),
                 host: m.host.unwrap_or_else(|| name.clone()),
-                user: m.user.unwrap_or_else(|| "root".into()),
+                user: m.user.clone().unwrap_or_else(|| "root".into()),
+                user_set: m.user,
                 port,
+                port_set,
                 identity: m.identity.map(|p| expand_home(&p)),
                 layers,
                 facts: convert_facts(&m.facts, &invalid)?,
