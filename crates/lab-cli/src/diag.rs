@@ -19,6 +19,13 @@ impl Style {
         }
     }
 
+    pub fn stdout() -> Style {
+        Style {
+            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+                && std::io::stdout().is_terminal(),
+        }
+    }
+
     fn paint(&self, code: &str, s: &str) -> String {
         if self.color {
             format!("\x1b[{code}m{s}\x1b[0m")
@@ -35,6 +42,9 @@ impl Style {
     }
     pub fn blue(&self, s: &str) -> String {
         self.paint("1;34", s)
+    }
+    pub fn green(&self, s: &str) -> String {
+        self.paint("1;32", s)
     }
     pub fn cyan(&self, s: &str) -> String {
         self.paint("1;36", s)

@@ -6,7 +6,9 @@
 //! (usage, `lab.toml`, unknown machine, lock held).
 
 mod diag;
+mod facts;
 mod progress;
+mod sync;
 
 use clap::{Args, Parser, Subcommand};
 use diag::Style;
@@ -56,6 +58,10 @@ enum Command {
         /// Ignore lab's state and rebuild everything.
         #[arg(long)]
         force: bool,
+        /// Also copy each built machine's tree to DIR/NAME/, e.g. to compare
+        /// it with the tree make produced.
+        #[arg(long, value_name = "DIR")]
+        out: Option<PathBuf>,
     },
     /// Show which source wins a path on a machine, what it renders to, and
     /// which facts it read.
@@ -67,10 +73,56 @@ enum Command {
     },
     /// Remove lab's outputs and build state (.lab/out, .lab/state).
     Clean,
+    /// Gather a machine's facts (arch, OS release, CPUs, memory, ...), cache
+    /// them in .lab/facts/NAME.json and print them.
+    Facts {
+        #[arg(short, long, value_name = "NAME")]
+        machine: String,
+        /// Gather them from this host instead of over SSH.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Build, then ship what changed to the machines and reload the units
+    /// it touched.
+    Sync {
+        #[command(flatten)]
+        select: Select,
+        /// Every machine in lab.toml.
+        #[arg(long, conflicts_with = "machines")]
+        all: bool,
+        /// Machines synced in parallel.
+        #[arg(short, long, value_name = "N", default_value_t = 8)]
+        jobs: usize,
+        /// Trust and record host keys that known_hosts does not have yet.
+        #[arg(long)]
+        accept_new: bool,
+        /// When a unit fails after the sync, put the machine back on the
+        /// previous generation.
+        #[arg(long)]
+        rollback_on_failure: bool,
+    },
+    /// Show what a sync would change on a machine (secrets masked).
+    Diff {
+        #[arg(short, long, value_name = "NAME")]
+        machine: String,
+        #[arg(long)]
+        accept_new: bool,
+    },
+    /// Put a machine back on an earlier generation.
+    Rollback {
+        #[arg(short, long, value_name = "NAME")]
+        machine: String,
+        /// Generation to go back to (default: the previous one; 0 = before
+        /// lab's first sync).
+        #[arg(long, value_name = "GEN")]
+        to: Option<u64>,
+        #[arg(long)]
+        accept_new: bool,
+    },
 }
 
 /// How a command ended.
-enum Failure {
+pub(crate) enum Failure {
     /// The invocation or project is wrong; nothing was done.
     Usage,
     /// Some machines failed; the rest was done.
@@ -105,6 +157,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             jobs,
             explain,
             force,
+            out,
         } => {
             let engine = open(&cli, style)?;
             build(
@@ -114,12 +167,53 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                 *jobs,
                 *explain,
                 *force,
+                out.as_deref(),
                 cli.quiet,
             )
+        }
+        Command::Facts { machine, local } => {
+            let engine = open(&cli, style)?;
+            facts::facts(&engine, style, machine, *local, cli.quiet)
         }
         Command::Show { machine, path } => {
             let engine = open(&cli, style)?;
             show(&engine, style, machine, path)
+        }
+        Command::Sync {
+            select,
+            all,
+            jobs,
+            accept_new,
+            rollback_on_failure,
+        } => {
+            let engine = open(&cli, style)?;
+            sync::sync(
+                &engine,
+                style,
+                &sync::SyncArgs {
+                    machines: select.machines.clone(),
+                    all: *all,
+                    jobs: *jobs,
+                    accept_new: *accept_new,
+                    rollback_on_failure: *rollback_on_failure,
+                    quiet: cli.quiet,
+                },
+            )
+        }
+        Command::Diff {
+            machine,
+            accept_new,
+        } => {
+            let engine = open(&cli, style)?;
+            sync::diff(&engine, style, machine, *accept_new)
+        }
+        Command::Rollback {
+            machine,
+            to,
+            accept_new,
+        } => {
+            let engine = open(&cli, style)?;
+            sync::rollback(&engine, style, machine, *to, *accept_new)
         }
         Command::Clean => {
             let engine = open(&cli, style)?;
@@ -135,6 +229,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn build(
     engine: &Engine,
     style: Style,
@@ -142,6 +237,7 @@ fn build(
     jobs: Option<usize>,
     explain: bool,
     force: bool,
+    out: Option<&std::path::Path>,
     quiet: bool,
 ) -> Result<(), Failure> {
     let started = Instant::now();
@@ -183,6 +279,19 @@ fn build(
                     eprint!("{}", diag::render(style, e, Some(&ctx)));
                 }
                 failed.push(m.name.clone());
+            }
+        }
+    }
+    if let Some(dir) = out {
+        for m in report.machines.iter().filter(|m| m.result.is_ok()) {
+            match engine.export(&m.name, dir) {
+                Ok(p) if !quiet => println!("{}: copied to {}", m.name, diag::shown(&p)),
+                Ok(_) => {}
+                Err(e) => {
+                    let ctx = format!("machine `{}`", m.name);
+                    eprint!("{}", diag::render(style, &e, Some(&ctx)));
+                    failed.push(m.name.clone());
+                }
             }
         }
     }

@@ -1,0 +1,313 @@
+//! `lab sync`, `lab diff`, `lab rollback`: build, then talk to machines.
+
+use crate::diag::{self, Style};
+use crate::Failure;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use lab_config::{Diagnose, Machine};
+use lab_engine::{BuildOptions, Engine};
+use lab_sync::diff::DiffLine;
+use lab_sync::{MachineSync, Outcome, SyncError, SyncOptions, SyncReport};
+use std::io::IsTerminal;
+use std::sync::Mutex;
+use std::time::Instant;
+
+/// A machine's name, its sync result, and how long it took (ms).
+type Finished = (String, Result<SyncReport, SyncError>, u128);
+
+pub struct SyncArgs {
+    pub machines: Vec<String>,
+    pub all: bool,
+    pub jobs: usize,
+    pub accept_new: bool,
+    pub rollback_on_failure: bool,
+    pub quiet: bool,
+}
+
+/// Build the machines; report the ones that failed and return the rest.
+fn build_first<'a>(
+    engine: &'a Engine,
+    style: Style,
+    names: &[String],
+    quiet: bool,
+) -> Result<(Vec<&'a Machine>, Vec<String>), Failure> {
+    let machines = engine.select(names).map_err(|e| {
+        eprint!("{}", diag::render(style, &e, None));
+        Failure::Usage
+    })?;
+    let reporter = crate::progress::CliReporter::new(false, quiet);
+    let report = engine
+        .build(
+            &BuildOptions {
+                machines: machines.iter().map(|m| m.name.clone()).collect(),
+                ..Default::default()
+            },
+            &reporter,
+        )
+        .map_err(|e| {
+            reporter.finish();
+            eprint!("{}", diag::render(style, &e, None));
+            Failure::Usage
+        })?;
+    reporter.finish();
+    let mut failed = Vec::new();
+    for m in &report.machines {
+        if let Err(errors) = &m.result {
+            let ctx = format!("machine `{}`", m.name);
+            for e in errors {
+                eprint!("{}", diag::render(style, e, Some(&ctx)));
+            }
+            failed.push(m.name.clone());
+        }
+    }
+    Ok((
+        machines
+            .into_iter()
+            .filter(|m| !failed.contains(&m.name))
+            .collect(),
+        failed,
+    ))
+}
+
+fn bytes(n: u64) -> String {
+    if n < 1024 {
+        format!("{n} B")
+    } else if n < 1024 * 1024 {
+        format!("{:.1} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", n as f64 / 1024.0 / 1024.0)
+    }
+}
+
+fn unit_lines(style: Style, r: &lab_agent::Report, out: &mut String) {
+    for u in &r.units {
+        let state = if u.active == "-" {
+            u.result.clone()
+        } else if u.active == "no-systemd" {
+            "skipped (no systemd on this machine)".to_string()
+        } else {
+            format!("{}, now {}/{}", u.result, u.active, u.sub)
+        };
+        let line = format!("  {} {}: {state}", u.action, u.unit);
+        out.push_str(&if u.failed() { style.red(&line) } else { line });
+        out.push('\n');
+        if u.result == "start-limit" {
+            out.push_str(&format!(
+                "  {} systemd refused to start `{}` again so soon (StartLimitBurst); \
+                 wait, or raise StartLimitBurst= / StartLimitIntervalSec= for it\n",
+                style.cyan("hint:"),
+                u.unit
+            ));
+        }
+        for j in &u.journal {
+            out.push_str(&format!("    | {j}\n"));
+        }
+    }
+    for n in &r.notes {
+        out.push_str(&format!("  {n}\n"));
+    }
+}
+
+fn summary(style: Style, name: &str, r: &SyncReport, elapsed_ms: u128) -> String {
+    let mut s = match &r.outcome {
+        Outcome::Unchanged { gen } => {
+            format!("{name}: up to date (generation {gen}, {elapsed_ms} ms)\n")
+        }
+        Outcome::Applied { gen } => format!(
+            "{name}: applied generation {gen}: {} written, {} removed, {} sent ({elapsed_ms} ms)\n",
+            r.written,
+            r.removed,
+            bytes(r.content_bytes)
+        ),
+        Outcome::RolledBack { gen } => format!(
+            "{name}: {} back on generation {gen} ({elapsed_ms} ms)\n",
+            style.red(&format!(
+                "unit failure ({}), rolled",
+                r.failed_units.join(", ")
+            ))
+        ),
+    };
+    unit_lines(style, &r.apply, &mut s);
+    if let Some(rb) = &r.rollback {
+        s.push_str("  after the rollback:\n");
+        unit_lines(style, rb, &mut s);
+    }
+    s
+}
+
+pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failure> {
+    if args.machines.is_empty() && !args.all {
+        eprintln!(
+            "{} choose what to sync: `--machine NAME` (repeatable) or `--all`",
+            style.red("error:")
+        );
+        return Err(Failure::Usage);
+    }
+    let (machines, mut failed) = build_first(engine, style, &args.machines, args.quiet)?;
+    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| {
+        eprint!("{}", diag::render(style, &e, None));
+        Failure::Usage
+    })?;
+    let project = &engine.project;
+    let multi =
+        MultiProgress::with_draw_target(if !args.quiet && std::io::stderr().is_terminal() {
+            ProgressDrawTarget::stderr_with_hz(10)
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+    let queue = Mutex::new(machines.to_vec().into_iter());
+    let results: Mutex<Vec<Finished>> = Mutex::new(Vec::new());
+    let workers = args.jobs.max(1).min(machines.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| loop {
+                let Some(m) = queue.lock().unwrap().next() else {
+                    break;
+                };
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix}: {msg}").expect("template"),
+                );
+                bar.set_prefix(m.name.clone());
+                bar.enable_steady_tick(std::time::Duration::from_millis(100));
+                bar.set_message("connecting");
+                let started = Instant::now();
+                let target = lab_sync::target(project, m, engine.lab_dir());
+                let r = lab_sync::connect(project, m, ssh_config.as_ref(), args.accept_new)
+                    .and_then(|mut t| {
+                        bar.set_message("syncing");
+                        MachineSync {
+                            target: &target,
+                            transport: t.as_mut(),
+                        }
+                        .sync(&SyncOptions {
+                            rollback_on_failure: args.rollback_on_failure,
+                        })
+                    });
+                bar.finish_and_clear();
+                results
+                    .lock()
+                    .unwrap()
+                    .push((m.name.clone(), r, started.elapsed().as_millis()));
+            });
+        }
+    });
+    let mut results = results.into_inner().unwrap();
+    let order: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+    results.sort_by_key(|(n, _, _)| order.iter().position(|o| o == n));
+    for (name, r, ms) in results {
+        match r {
+            Ok(rep) => {
+                if !args.quiet || !rep.ok() {
+                    print!("{}", summary(style, &name, &rep, ms));
+                }
+                if !rep.ok() {
+                    failed.push(name);
+                }
+            }
+            Err(e) => {
+                eprint!(
+                    "{}",
+                    diag::render(style, &e, Some(&format!("machine `{name}`")))
+                );
+                failed.push(name);
+            }
+        }
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        eprintln!(
+            "{} {} failed: {}",
+            style.red("error:"),
+            if failed.len() == 1 {
+                "1 machine"
+            } else {
+                "machines"
+            },
+            failed
+                .iter()
+                .map(|f| format!("`{f}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        Err(Failure::Partial)
+    }
+}
+
+fn one<'a>(engine: &'a Engine, style: Style, name: &str) -> Result<&'a Machine, Failure> {
+    engine
+        .select(&[name.to_string()])
+        .map(|v| v[0])
+        .map_err(|e| {
+            eprint!("{}", diag::render(style, &e, None));
+            Failure::Usage
+        })
+}
+
+fn fail_machine(style: Style, name: &str, e: &dyn Diagnose) -> Failure {
+    eprint!(
+        "{}",
+        diag::render(style, e, Some(&format!("machine `{name}`")))
+    );
+    Failure::Partial
+}
+
+pub fn diff(engine: &Engine, style: Style, name: &str, accept_new: bool) -> Result<(), Failure> {
+    let (built, _) = build_first(engine, style, &[name.to_string()], true)?;
+    let Some(m) = built.first() else {
+        return Err(Failure::Partial);
+    };
+    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| fail_machine(style, name, &e))?;
+    let target = lab_sync::target(&engine.project, m, engine.lab_dir());
+    let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
+        .map_err(|e| fail_machine(style, name, &e))?;
+    let changes = MachineSync {
+        target: &target,
+        transport: t.as_mut(),
+    }
+    .diff()
+    .map_err(|e| fail_machine(style, name, &e))?;
+    let out_style = crate::diag::Style::stdout();
+    if changes.is_empty() {
+        println!("{name}: nothing to change");
+    }
+    for c in &changes {
+        for l in lab_sync::diff::render(c) {
+            match l {
+                DiffLine::Header(h) => println!("{}", out_style.bold(&h)),
+                DiffLine::Removed(s) => println!("{}", out_style.red(&format!("-{s}"))),
+                DiffLine::Added(s) => println!("{}", out_style.green(&format!("+{s}"))),
+                DiffLine::Context(s) => println!(" {s}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn rollback(
+    engine: &Engine,
+    style: Style,
+    name: &str,
+    to: Option<u64>,
+    accept_new: bool,
+) -> Result<(), Failure> {
+    let m = one(engine, style, name)?;
+    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| fail_machine(style, name, &e))?;
+    let target = lab_sync::target(&engine.project, m, engine.lab_dir());
+    let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
+        .map_err(|e| fail_machine(style, name, &e))?;
+    let report = MachineSync {
+        target: &target,
+        transport: t.as_mut(),
+    }
+    .rollback_to(to, None)
+    .map_err(|e| fail_machine(style, name, &e))?;
+    let gen = report.now.map(|(g, _)| g).unwrap_or(0);
+    let mut s = format!("{name}: back on generation {gen}\n");
+    unit_lines(style, &report, &mut s);
+    print!("{s}");
+    if report.failed_units().next().is_some() {
+        return Err(Failure::Partial);
+    }
+    Ok(())
+}

@@ -1,0 +1,173 @@
+//! Unified diffs of what a sync would change, with secrets masked.
+
+use crate::machine::Change;
+use lab_manifest::{describe, EntryKind};
+
+/// Words that mark a line as carrying a secret (case-insensitive).
+const SECRET_WORDS: &[&str] = &[
+    "password",
+    "passwd",
+    "passphrase",
+    "secret",
+    "token",
+    "api_key",
+    "apikey",
+    "private_key",
+    "credential",
+];
+
+/// Paths whose whole content is secret.
+fn secret_path(path: &str) -> bool {
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.ends_with(".key")
+        || name.ends_with(".pem")
+        || name.starts_with("ssh_host_") && !name.ends_with(".pub")
+        || name == "shadow"
+        || name == "gshadow"
+        || path.contains("/secrets/")
+}
+
+/// Replace the values of secret-looking lines with `********`, and the body
+/// of PEM private keys.
+pub fn mask_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut in_pem = false;
+    for line in text.split_inclusive('\n') {
+        let body = line.trim_end_matches('\n');
+        if body.contains("-----BEGIN") && body.contains("PRIVATE KEY") {
+            in_pem = true;
+            out.push_str(line);
+            continue;
+        }
+        if in_pem {
+            if body.contains("-----END") {
+                in_pem = false;
+                out.push_str(line);
+            } else {
+                out.push_str("********\n");
+            }
+            continue;
+        }
+        let lower = body.to_ascii_lowercase();
+        if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
+            if let Some(i) = body.find(['=', ':']) {
+                out.push_str(&body[..=i]);
+                out.push_str(" ********");
+                if line.ends_with('\n') {
+                    out.push('\n');
+                }
+                continue;
+            }
+        }
+        out.push_str(line);
+    }
+    out
+}
+
+/// One line of a rendered diff, tagged for colouring.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DiffLine {
+    /// `--- a/...`, `+++ b/...`, `@@ ... @@`, and summary lines.
+    Header(String),
+    Removed(String),
+    Added(String),
+    Context(String),
+}
+
+fn text(b: &Option<Vec<u8>>) -> Option<String> {
+    b.as_ref().and_then(|b| String::from_utf8(b.clone()).ok())
+}
+
+/// Render one change as unified-diff lines (secrets masked).
+pub fn render(c: &Change) -> Vec<DiffLine> {
+    let mut out = Vec::new();
+    let p = &c.path;
+    let head = match (&c.before, &c.after) {
+        (None, Some(a)) => format!("+ {}", describe(a)),
+        (Some(b), None) => format!("- {}", describe(b)),
+        (Some(b), Some(a)) if b.kind_name() != a.kind_name() || b.mode != a.mode => {
+            format!("~ {} -> {}", describe(b), describe(a))
+        }
+        (Some(_), Some(a)) => format!("~ {}", describe(a)),
+        (None, None) => return out,
+    };
+    out.push(DiffLine::Header(head));
+    let is_file = |e: &Option<lab_manifest::Entry>| {
+        matches!(e.as_ref().map(|e| &e.kind), Some(EntryKind::File { .. }))
+    };
+    if !is_file(&c.before) && !is_file(&c.after) {
+        return out;
+    }
+    if secret_path(p) {
+        out.push(DiffLine::Header(
+            "  (secret file: content not shown)".into(),
+        ));
+        return out;
+    }
+    let old = if is_file(&c.before) {
+        text(&c.old_content)
+    } else {
+        Some(String::new())
+    };
+    let new = if is_file(&c.after) {
+        text(&c.new_content)
+    } else {
+        Some(String::new())
+    };
+    let (Some(old), Some(new)) = (old, new) else {
+        out.push(DiffLine::Header(
+            "  (binary or large file: content not shown)".into(),
+        ));
+        return out;
+    };
+    let (old, new) = (mask_secrets(&old), mask_secrets(&new));
+    if old == new {
+        return out;
+    }
+    let diff = similar::TextDiff::from_lines(&old, &new);
+    out.push(DiffLine::Header(format!("--- a/{p}")));
+    out.push(DiffLine::Header(format!("+++ b/{p}")));
+    for group in diff.grouped_ops(3) {
+        let (first, last) = (&group[0], &group[group.len() - 1]);
+        let (o, n) = (first.old_range().start, first.new_range().start);
+        let (ol, nl) = (last.old_range().end - o, last.new_range().end - n);
+        out.push(DiffLine::Header(format!(
+            "@@ -{},{ol} +{},{nl} @@",
+            o + 1,
+            n + 1
+        )));
+        for op in group {
+            for change in diff.iter_changes(&op) {
+                let s = change.value().trim_end_matches('\n').to_string();
+                out.push(match change.tag() {
+                    similar::ChangeTag::Delete => DiffLine::Removed(s),
+                    similar::ChangeTag::Insert => DiffLine::Added(s),
+                    similar::ChangeTag::Equal => DiffLine::Context(s),
+                });
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_values_and_keys() {
+        let t = "user = bob\npassword = hunter2\nAPI_KEY: abc\n-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n";
+        assert_eq!(
+            mask_secrets(t),
+            "user = bob\npassword = ********\nAPI_KEY: ********\n-----BEGIN OPENSSH PRIVATE KEY-----\n********\n********\n-----END OPENSSH PRIVATE KEY-----\n"
+        );
+    }
+
+    #[test]
+    fn secret_paths() {
+        assert!(secret_path("etc/ssl/private/site.key"));
+        assert!(secret_path("etc/ssh/ssh_host_ed25519_key"));
+        assert!(!secret_path("etc/ssh/ssh_host_ed25519_key.pub"));
+        assert!(!secret_path("etc/motd"));
+    }
+}

@@ -1,0 +1,88 @@
+use crate::ssh::SshTarget;
+use lab_config::Diagnose;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("cannot connect to `{host}:{port}`: {message}")]
+    Connect {
+        host: String,
+        port: u16,
+        message: String,
+    },
+    #[error("host key for `{host}` is not known ({fingerprint})")]
+    HostKeyUnknown {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
+    #[error("host key for `{host}` has CHANGED ({fingerprint} is not the key in `{known_hosts}`)")]
+    HostKeyChanged {
+        host: String,
+        fingerprint: String,
+        known_hosts: String,
+    },
+    #[error("cannot read `{path}`: {message}")]
+    KnownHosts { path: String, message: String },
+    #[error("`{path}`: {message}")]
+    SshConfig { path: String, message: String },
+    #[error("authentication as `{user}` on `{host}` failed (tried: {})", if tried.is_empty() { "nothing".to_string() } else { tried.join(", ") })]
+    Auth {
+        user: String,
+        host: String,
+        tried: Vec<String>,
+    },
+    #[error("ssh `{host}`: {message}")]
+    Ssh { host: String, message: String },
+    #[error("connection lost: {0}")]
+    Channel(String),
+    #[error("{0}")]
+    Local(String),
+    #[error("cannot read the build of `{machine}`: {message}")]
+    Build { machine: String, message: String },
+    #[error("the machine refused the change: {0}")]
+    Remote(String),
+    #[error("the machine answered unexpectedly (exit {status}): {output}")]
+    Protocol { status: i32, output: String },
+    #[error("another sync changed the machine at the same time; tried {0} times")]
+    Contended(u32),
+    #[error("{0}")]
+    Rollback(String),
+}
+
+impl SyncError {
+    pub(crate) fn ssh(t: &SshTarget, what: &str, e: ssh2::Error) -> SyncError {
+        SyncError::Ssh {
+            host: t.known_hosts_name(),
+            message: format!("{what}: {}", e.message()),
+        }
+    }
+
+    pub(crate) fn ssh_msg(t: &SshTarget, what: &str) -> SyncError {
+        SyncError::Ssh {
+            host: t.known_hosts_name(),
+            message: what.to_string(),
+        }
+    }
+}
+
+impl Diagnose for SyncError {
+    fn hint(&self) -> Option<String> {
+        match self {
+            SyncError::HostKeyUnknown { known_hosts, .. } => Some(format!(
+                "check the fingerprint, then run again with `--accept-new` to add it to `{known_hosts}`"
+            )),
+            SyncError::HostKeyChanged { .. } => Some(
+                "if the machine was reinstalled, remove its old key from known_hosts \
+                 (`ssh-keygen -R HOST`); otherwise someone may be intercepting the connection"
+                    .into(),
+            ),
+            SyncError::Auth { .. } => Some(
+                "set `identity` for the machine in lab.toml, `IdentityFile` in ~/.ssh/config, \
+                 or load the key into ssh-agent"
+                    .into(),
+            ),
+            SyncError::Contended(_) => Some("run the sync again".into()),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,65 @@
+//! Ships built trees to machines. Owns the transports (one SSH connection
+//! per machine via `ssh2`, or `sh` for local machines), the decision of what
+//! to send (manifest diff against what the machine applied last), which
+//! systemd units a change touches, rollback, and `lab diff`. The program
+//! that runs on the machine lives in `lab-agent`. Returns typed errors;
+//! never prints.
+
+pub mod diff;
+mod error;
+mod machine;
+pub mod ssh;
+mod transport;
+pub mod units;
+
+pub use error::SyncError;
+pub use machine::{Change, MachineSync, Outcome, SyncOptions, SyncReport, Target};
+pub use ssh::{SshTarget, SshTransport};
+pub use transport::{LocalTransport, Output, Transport};
+
+use lab_config::{Machine, Project, Transport as Kind};
+use std::path::Path;
+use std::time::Duration;
+
+/// Where lab keeps a machine's build and sync state, and how to apply it.
+pub fn target(project: &Project, m: &Machine, lab_dir: &Path) -> Target {
+    let (root, systemd) = match &m.transport {
+        Kind::Local { root } => (root.display().to_string(), false),
+        Kind::Ssh => (String::new(), true),
+    };
+    Target {
+        name: m.name.clone(),
+        out_dir: lab_dir.join("out").join(&m.name),
+        manifest_path: lab_dir.join("out").join(format!("{}.manifest", m.name)),
+        cache_path: lab_dir.join("sync").join(format!("{}.applied", m.name)),
+        root,
+        systemd,
+        keep: project.settings.generations,
+        rules: project.units.clone(),
+    }
+}
+
+/// Open the transport for a machine: `sh` for a local one, an SSH
+/// connection otherwise.
+pub fn connect(
+    project: &Project,
+    m: &Machine,
+    ssh_config: Option<&ssh2_config::SshConfig>,
+    accept_new: bool,
+) -> Result<Box<dyn Transport>, SyncError> {
+    match &m.transport {
+        Kind::Local { root } => {
+            std::fs::create_dir_all(root)
+                .map_err(|e| SyncError::Local(format!("{}: {e}", root.display())))?;
+            Ok(Box::new(LocalTransport::new()))
+        }
+        Kind::Ssh => {
+            let t = SshTarget::resolve(m, &project.settings, ssh_config);
+            Ok(Box::new(SshTransport::connect(
+                &t,
+                accept_new,
+                Duration::from_secs(15),
+            )?))
+        }
+    }
+}

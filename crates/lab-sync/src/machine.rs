@@ -1,0 +1,394 @@
+//! Syncing one machine over one transport: probe, plan, apply, report,
+//! roll back.
+//!
+//! A sync that changes nothing is one command (`cat` of the machine's
+//! `current`: its generation and manifest digest). Otherwise the machine's
+//! applied manifest comes from the local cache (`.lab/sync/NAME.applied`)
+//! when its digest matches, else from the machine; then one command carries
+//! the executor program and the tar stream of what changed.
+
+use crate::transport::Transport;
+use crate::units;
+use crate::SyncError;
+use lab_agent::{
+    bootstrap_command, manifest_command, probe_command, ApplyPlan, Report, UnitAction,
+};
+use lab_config::UnitRule;
+use lab_graph::Digest;
+use lab_manifest::{Entry, EntryKind, Manifest};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// What to sync and where lab keeps things for it.
+#[derive(Clone, Debug)]
+pub struct Target {
+    pub name: String,
+    /// `.lab/out/NAME/`
+    pub out_dir: PathBuf,
+    /// `.lab/out/NAME.manifest`
+    pub manifest_path: PathBuf,
+    /// `.lab/sync/NAME.applied`: the manifest the machine applied last.
+    pub cache_path: PathBuf,
+    /// The machine's root: `""` for a real machine, a directory for a
+    /// local one.
+    pub root: String,
+    /// Run unit actions (no for local machines).
+    pub systemd: bool,
+    pub keep: usize,
+    pub rules: Vec<UnitRule>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SyncOptions {
+    pub rollback_on_failure: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The machine already had this manifest.
+    Unchanged {
+        gen: u64,
+    },
+    Applied {
+        gen: u64,
+    },
+    /// A unit failed, so the machine went back to `gen`.
+    RolledBack {
+        gen: u64,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct SyncReport {
+    pub outcome: Outcome,
+    /// Files and symlinks written, paths removed.
+    pub written: usize,
+    pub removed: usize,
+    /// Bytes of file content sent.
+    pub content_bytes: u64,
+    /// The executor's report of the apply (units, notes).
+    pub apply: Report,
+    /// The report of the rollback after a failed unit.
+    pub rollback: Option<Report>,
+    /// Units that failed (after the apply; the rollback's are in `rollback`).
+    pub failed_units: Vec<String>,
+}
+
+impl SyncReport {
+    pub fn ok(&self) -> bool {
+        self.failed_units.is_empty() && !matches!(self.outcome, Outcome::RolledBack { .. })
+    }
+}
+
+fn parse_current(text: &str) -> Result<(u64, Option<Digest>), SyncError> {
+    let mut it = text.split_whitespace();
+    let gen = it
+        .next()
+        .and_then(|g| g.parse().ok())
+        .ok_or_else(|| SyncError::Protocol {
+            status: 0,
+            output: text.to_string(),
+        })?;
+    Ok((gen, it.next().and_then(Digest::from_hex)))
+}
+
+pub struct MachineSync<'a> {
+    pub target: &'a Target,
+    pub transport: &'a mut dyn Transport,
+}
+
+impl MachineSync<'_> {
+    /// The machine's generation and manifest digest (`None` before lab's
+    /// first sync).
+    pub fn probe(&mut self) -> Result<(u64, Option<Digest>), SyncError> {
+        let out = self
+            .transport
+            .run(&probe_command(&self.target.root), &mut |_| Ok(()))?;
+        if out.status != 0 {
+            return Err(SyncError::Protocol {
+                status: out.status,
+                output: out.stderr_text(),
+            });
+        }
+        parse_current(&out.stdout_text())
+    }
+
+    /// The manifest of generation `gen` on the machine (empty for 0).
+    pub fn fetch_manifest(
+        &mut self,
+        gen: u64,
+        digest: Option<&Digest>,
+    ) -> Result<Manifest, SyncError> {
+        if gen == 0 {
+            return Ok(Manifest::new(&self.target.name));
+        }
+        if let (Some(d), Ok(text)) = (digest, std::fs::read_to_string(&self.target.cache_path)) {
+            if Digest::of(text.as_bytes()) == *d {
+                if let Ok(m) = Manifest::parse(&text) {
+                    return Ok(m);
+                }
+            }
+        }
+        let out = self
+            .transport
+            .run(&manifest_command(&self.target.root, gen), &mut |_| Ok(()))?;
+        if out.status != 0 {
+            return Err(SyncError::Protocol {
+                status: out.status,
+                output: out.stderr_text(),
+            });
+        }
+        Manifest::parse(&out.stdout_text()).map_err(|e| SyncError::Protocol {
+            status: 0,
+            output: format!("manifest of generation {gen}: {e}"),
+        })
+    }
+
+    fn new_manifest(&self) -> Result<(Manifest, String), SyncError> {
+        let err = |m: String| SyncError::Build {
+            machine: self.target.name.clone(),
+            message: m,
+        };
+        let text = std::fs::read_to_string(&self.target.manifest_path)
+            .map_err(|e| err(format!("{}: {e}", self.target.manifest_path.display())))?;
+        let m = Manifest::parse(&text).map_err(|e| err(e.to_string()))?;
+        Ok((m, text))
+    }
+
+    fn remember(&self, text: &str) {
+        if let Some(dir) = self.target.cache_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = self.target.cache_path.with_extension("tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &self.target.cache_path);
+        }
+    }
+
+    /// Ship the built manifest to the machine.
+    pub fn sync(&mut self, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
+        let (new, new_text) = self.new_manifest()?;
+        let digest = Digest::of(new_text.as_bytes());
+        let mut attempts = 0;
+        let (mut gen, mut base) = self.probe()?;
+        loop {
+            if base == Some(digest) {
+                self.remember(&new_text);
+                return Ok(SyncReport {
+                    outcome: Outcome::Unchanged { gen },
+                    written: 0,
+                    removed: 0,
+                    content_bytes: 0,
+                    apply: Report::default(),
+                    rollback: None,
+                    failed_units: vec![],
+                });
+            }
+            attempts += 1;
+            let old = self.fetch_manifest(gen, base.as_ref())?;
+            let plan = ApplyPlan::new(&old, &new);
+            let actions = units::actions(&old, &new, &plan.touched(), &self.target.rules);
+            let program = plan.program(base.as_ref(), gen + 1, &digest, self.target.keep, &actions);
+            let cmd = bootstrap_command(&self.target.root, program.len(), self.target.systemd);
+            let mut tar_error = None;
+            let out = self.transport.run(&cmd, &mut |w| {
+                w.write_all(program.as_bytes())?;
+                if let Err(e) = plan.write_tar(&self.target.out_dir, &new_text, &mut *w) {
+                    tar_error = Some(e.to_string());
+                }
+                Ok(())
+            })?;
+            if let Some(e) = tar_error {
+                return Err(SyncError::Build {
+                    machine: self.target.name.clone(),
+                    message: e,
+                });
+            }
+            let report = Report::parse(&out.stdout_text());
+            match out.status {
+                0 => {}
+                3 => {
+                    // Someone else changed the machine since the probe.
+                    let (g, b) = report.stale.unwrap_or((gen, base));
+                    gen = g;
+                    base = b;
+                    if attempts >= 5 {
+                        return Err(SyncError::Contended(attempts));
+                    }
+                    continue;
+                }
+                10 => {
+                    return Err(SyncError::Remote(if report.failures.is_empty() {
+                        out.stderr_text()
+                    } else {
+                        report.failures.join("; ")
+                    }))
+                }
+                s => {
+                    return Err(SyncError::Protocol {
+                        status: s,
+                        output: format!("{}{}", out.stdout_text(), out.stderr_text()),
+                    })
+                }
+            }
+            let Some((now, _)) = report.now else {
+                return Err(SyncError::Protocol {
+                    status: 0,
+                    output: out.stdout_text(),
+                });
+            };
+            self.remember(&new_text);
+            let failed: Vec<String> = report.failed_units().map(|u| u.unit.clone()).collect();
+            let mut result = SyncReport {
+                outcome: Outcome::Applied { gen: now },
+                written: plan.writes.len() + plan.new_dirs.len() + plan.chmod_dirs.len(),
+                removed: plan.removes.len() + plan.rmdirs.len(),
+                content_bytes: plan.content_bytes(),
+                apply: report,
+                rollback: None,
+                failed_units: failed,
+            };
+            if opts.rollback_on_failure && !result.failed_units.is_empty() {
+                let rb = self.rollback_to(Some(gen), Some((now, digest, &new)))?;
+                result.outcome = Outcome::RolledBack { gen };
+                result.rollback = Some(rb);
+            }
+            return Ok(result);
+        }
+    }
+
+    /// Put the machine back on generation `to` (default: the one before the
+    /// current), and run the unit actions that change implies. `current` is
+    /// what the caller already knows of the machine.
+    pub fn rollback_to(
+        &mut self,
+        to: Option<u64>,
+        current: Option<(u64, Digest, &Manifest)>,
+    ) -> Result<Report, SyncError> {
+        let (gen, digest, cur_manifest) = match current {
+            Some((g, d, m)) => (g, Some(d), m.clone()),
+            None => {
+                let (g, d) = self.probe()?;
+                let m = self.fetch_manifest(g, d.as_ref())?;
+                (g, d, m)
+            }
+        };
+        let _ = digest;
+        let to = match to {
+            Some(t) => t,
+            None if gen > 0 => gen - 1,
+            None => {
+                return Err(SyncError::Rollback(
+                    "the machine has no generation to go back from".into(),
+                ))
+            }
+        };
+        if to >= gen {
+            return Err(SyncError::Rollback(format!(
+                "generation {to} is not older than the current generation {gen}"
+            )));
+        }
+        let target = if to == 0 {
+            Manifest::new(&self.target.name)
+        } else {
+            self.fetch_manifest(to, None)?
+        };
+        let plan = ApplyPlan::new(&cur_manifest, &target);
+        let actions: Vec<UnitAction> =
+            units::actions(&cur_manifest, &target, &plan.touched(), &self.target.rules);
+        let program = lab_agent::rollback_program(to, &actions);
+        let cmd = bootstrap_command(&self.target.root, program.len(), self.target.systemd);
+        let out = self
+            .transport
+            .run(&cmd, &mut |w| w.write_all(program.as_bytes()))?;
+        let report = Report::parse(&out.stdout_text());
+        if out.status != 0 {
+            return Err(SyncError::Rollback(if report.failures.is_empty() {
+                format!("exit {}: {}", out.status, out.stderr_text())
+            } else {
+                report.failures.join("; ")
+            }));
+        }
+        self.remember(&target.to_text());
+        Ok(report)
+    }
+
+    /// What a sync would change: for each touched path, the machine's
+    /// entry and content (files only, up to 1 MiB) and the new ones.
+    pub fn diff(&mut self) -> Result<Vec<Change>, SyncError> {
+        let (new, _) = self.new_manifest()?;
+        let (gen, base) = self.probe()?;
+        let old = self.fetch_manifest(gen, base.as_ref())?;
+        let plan = ApplyPlan::new(&old, &new);
+        let touched = plan.touched();
+        // Current contents of the files that change, in one command.
+        let wanted: Vec<&str> = touched
+            .iter()
+            .filter(|p| {
+                matches!(old.get(p).map(|e| &e.kind), Some(EntryKind::File { size, .. }) if *size <= 1 << 20)
+            })
+            .copied()
+            .collect();
+        let mut remote: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        if !wanted.is_empty() {
+            let mut prog =
+                String::from("cd \"${LAB_ROOT:-/}\" && exec tar -c -f - --ignore-failed-read --");
+            for p in &wanted {
+                prog.push(' ');
+                prog.push_str(&lab_agent::quote(p));
+            }
+            prog.push_str(" 2>/dev/null\n");
+            let cmd = bootstrap_command(&self.target.root, prog.len(), false);
+            let out = self
+                .transport
+                .run(&cmd, &mut |w| w.write_all(prog.as_bytes()))?;
+            let mut ar = tar::Archive::new(out.stdout.as_slice());
+            if let Ok(entries) = ar.entries() {
+                for e in entries.flatten() {
+                    let mut e = e;
+                    let path = e
+                        .path()
+                        .map(|p| p.to_string_lossy().into_owned())
+                        .unwrap_or_default();
+                    let mut data = Vec::new();
+                    use std::io::Read;
+                    if e.read_to_end(&mut data).is_ok() {
+                        remote.insert(path, data);
+                    }
+                }
+            }
+        }
+        let mut changes = Vec::new();
+        for p in touched {
+            let before = old.get(p).cloned();
+            let after = new.get(p).cloned();
+            let old_content = remote.remove(p);
+            let new_content = match &after {
+                Some(Entry {
+                    kind: EntryKind::File { size, .. },
+                    ..
+                }) if *size <= 1 << 20 => std::fs::read(self.target.out_dir.join(p)).ok(),
+                _ => None,
+            };
+            changes.push(Change {
+                path: p.to_string(),
+                before,
+                after,
+                old_content,
+                new_content,
+            });
+        }
+        Ok(changes)
+    }
+}
+
+/// One path a sync would change.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub path: String,
+    pub before: Option<Entry>,
+    pub after: Option<Entry>,
+    /// Content on the machine now (files up to 1 MiB).
+    pub old_content: Option<Vec<u8>>,
+    pub new_content: Option<Vec<u8>>,
+}
