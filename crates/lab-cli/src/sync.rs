@@ -154,7 +154,7 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
         } else {
             ProgressDrawTarget::hidden()
         });
-    let queue = Mutex::new(machines.to_vec().into_iter());
+    let queue = Mutex::new(machines.iter().copied());
     let results: Mutex<Vec<Finished>> = Mutex::new(Vec::new());
     let workers = args.jobs.max(1).min(machines.len().max(1));
     std::thread::scope(|s| {
