@@ -16,6 +16,8 @@ pub enum EngineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Facts(#[from] lab_facts::FactsError),
 }
 
 impl Diagnose for EngineError {
@@ -80,6 +82,25 @@ pub enum MachineError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A make-style fact file, link list or layer list is wrong.
+    #[error(transparent)]
+    Config(Box<ConfigError>),
+    #[error("`{first}` and `{second}` both produce `/{output}`")]
+    CompatConflict {
+        output: String,
+        first: String,
+        second: String,
+    },
+    #[error("`{file}` makes `/{output}` a file, but `{below}` puts something below it")]
+    CompatShape {
+        output: String,
+        file: String,
+        below: String,
+    },
+    #[error("`{origin}` has an empty output name")]
+    CompatName { origin: String },
+    #[error("`{origin}` has `!` in its path, so it is copied following symlinks, but it points to a directory")]
+    FollowDir { origin: String },
 }
 
 impl From<RenderError> for MachineError {
@@ -100,6 +121,7 @@ impl Diagnose for MachineError {
         match self {
             MachineError::UnknownLayer { at, .. } => Some(at),
             MachineError::Render(e) => e.location(),
+            MachineError::Config(e) => e.location(),
             _ => None,
         }
     }
@@ -122,6 +144,11 @@ impl Diagnose for MachineError {
                 })
             }
             MachineError::Render(e) => e.hint(),
+            MachineError::Config(e) => e.hint(),
+            MachineError::CompatConflict { .. } => Some(
+                "make's result would depend on the order it copied them in; remove or rename one"
+                    .into(),
+            ),
             MachineError::Conflict { .. } => {
                 Some("a layer may hold `NAME` or `NAME.j2`, not both; remove one of them".into())
             }

@@ -9,7 +9,9 @@
 //! small reads: sources whose stat is unchanged are not read, and a machine
 //! whose input summary is unchanged is not even loaded.
 
+mod compat;
 mod error;
+mod export;
 pub mod facts;
 mod machine;
 mod output;
@@ -19,7 +21,9 @@ mod show;
 mod stack;
 pub mod state;
 
+pub use compat::{is_template as compat_is_template, output_name as compat_output_name};
 pub use error::{EngineError, MachineError};
+pub use lab_facts;
 pub use machine::MachineReport;
 pub use reporter::{Reporter, Silent};
 pub use show::{Show, ShowError, ShowSource};
@@ -90,11 +94,17 @@ impl Engine {
 
     pub fn new(project: Project) -> Engine {
         let lab_dir = project.state_dir();
+        // make copies every file it finds, editor droppings included.
+        let ignore = if project.compat.is_some() {
+            globset::GlobSet::empty()
+        } else {
+            scan::default_ignores()
+        };
         Engine {
             state: StateDir::new(&lab_dir),
             lab_dir,
             project,
-            ignore: scan::default_ignores(),
+            ignore,
         }
     }
 
@@ -278,21 +288,40 @@ impl Engine {
         let scan_id = now_ns() as u64 ^ ((std::process::id() as u64) << 32);
         let (gathered, bad_gathered) = self.gathered();
         let scopes = facts::scopes(&self.project, &gathered);
+        let compat_ctx = self.project.compat.as_ref().map(|c| CompatCtx {
+            m4: lab_render::m4::locate().map_err(|e| e.to_string()),
+            files: compat::FileCache::new(root),
+            preludes: lab_config::compat::expand_globs(root, &c.preludes),
+            scanned_at_ns,
+        });
 
         let outcomes: Vec<MachineOutcome> = machines
             .par_iter()
             .map(|m| MachineOutcome {
                 name: m.name.clone(),
-                result: self.build_machine(
-                    m,
-                    &scans,
-                    &scopes[&m.name],
-                    bad_gathered.get(&m.name),
-                    prev_scan_id,
-                    scan_id,
-                    opts.force,
-                    reporter,
-                ),
+                result: if let Some(ctx) = &compat_ctx {
+                    self.build_compat_machine(
+                        m,
+                        &scans,
+                        ctx,
+                        gathered.get(&m.name),
+                        bad_gathered.get(&m.name),
+                        scan_id,
+                        opts.force,
+                        reporter,
+                    )
+                } else {
+                    self.build_machine(
+                        m,
+                        &scans,
+                        &scopes[&m.name],
+                        bad_gathered.get(&m.name),
+                        prev_scan_id,
+                        scan_id,
+                        opts.force,
+                        reporter,
+                    )
+                },
             })
             .collect();
 
@@ -392,6 +421,117 @@ impl Engine {
         .run(reporter)
     }
 
+    /// One machine of a make-style project: facts from its fact files, a
+    /// warning for each listed layer that does not exist, then the job.
+    #[allow(clippy::too_many_arguments)]
+    fn build_compat_machine(
+        &self,
+        m: &Machine,
+        scans: &HashMap<String, Result<RootScan, MachineError>>,
+        ctx: &CompatCtx,
+        gathered: Option<&IndexMap<String, serde_json::Value>>,
+        bad_gathered: Option<&String>,
+        scan_id: u64,
+        force: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<MachineReport, Vec<MachineError>> {
+        let compat = self.project.compat.as_ref().expect("compat project");
+        let root = &self.project.root;
+        if let Some(e) = bad_gathered {
+            return Err(vec![MachineError::Io {
+                path: facts::gathered_path(&self.lab_dir, &m.name),
+                source: std::io::Error::other(e.clone()),
+            }]);
+        }
+        let mut facts = lab_config::compat::load_facts(root, compat, &m.name)
+            .map_err(|e| vec![MachineError::Config(Box::new(e))])?;
+        if let Some(g) = gathered {
+            for (k, v) in lab_facts::to_compat(g) {
+                facts.insert(k, v);
+            }
+        }
+        let mut roots = Vec::new();
+        let mut errors = Vec::new();
+        for name in Engine::stack_names(m) {
+            match &scans[&name] {
+                Ok(s) => {
+                    if !s.exists && name.starts_with("layers/") && name != "layers/_" {
+                        if let Some(l) = m
+                            .layers
+                            .iter()
+                            .find(|l| name == format!("layers/{}", l.name))
+                        {
+                            let mut at = l.at.clone();
+                            if let Ok(rel) = at.path.strip_prefix(root) {
+                                at.path = rel.to_path_buf();
+                            }
+                            reporter.warning(
+                                Some(&m.name),
+                                &format!(
+                                    "layer `{}` (listed at {at}) does not exist; it contributes nothing",
+                                    l.name
+                                ),
+                            );
+                        }
+                    }
+                    roots.push(s);
+                }
+                Err(e) => errors.push(clone_error(e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let facts_d = compat::facts_digest(&facts);
+        let base_summary = {
+            let mut h = Hasher::new(ENGINE_VERSION);
+            h.str("compat").str(&m.name);
+            for r in &roots {
+                h.str(&r.name).digest(&r.tree);
+            }
+            h.digest(&facts_d);
+            for p in &ctx.preludes {
+                h.str(p);
+            }
+            for c in &compat.copies {
+                h.str(&c.from).str(&c.to).u64(c.machines.len() as u64);
+                for cm in &c.machines {
+                    h.str(cm);
+                }
+            }
+            h.str(&format!("{:?}", ctx.m4));
+            h.finish()
+        };
+        compat::CompatJob {
+            name: &m.name,
+            project_root: root,
+            roots,
+            copies: &compat.copies,
+            facts,
+            preludes: ctx.preludes.clone(),
+            m4: &ctx.m4,
+            base_summary,
+            files: &ctx.files,
+            scanned_at_ns: ctx.scanned_at_ns,
+            out: output::OutTree::new(self.out_dir(&m.name)),
+            manifest_path: self.manifest_path(&m.name),
+            state: &self.state,
+            scan_id,
+            force,
+        }
+        .run(reporter)
+    }
+
+    /// Gather `machine`'s facts on this host (`sh` runs
+    /// [`lab_facts::GATHER_SCRIPT`]) and cache them as that machine's
+    /// gathered facts. Returns the cache file and the facts.
+    pub fn gather_local(&self, machine: &str) -> Result<(PathBuf, lab_facts::Facts), EngineError> {
+        self.select(&[machine.to_string()])?;
+        let facts = lab_facts::gather_local()?;
+        let path = lab_facts::store(&self.lab_dir, machine, &facts)?;
+        Ok((path, facts))
+    }
+
     /// Names of the directories under `layers/`.
     pub fn known_layers(&self) -> Vec<String> {
         let mut v: Vec<String> = std::fs::read_dir(self.project.layers_dir())
@@ -418,6 +558,14 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What every machine of a make-style build shares.
+struct CompatCtx {
+    m4: Result<PathBuf, String>,
+    files: compat::FileCache,
+    preludes: Vec<String>,
+    scanned_at_ns: i64,
 }
 
 /// `(name, digest)` of every fact and machine view a scope holds, for the

@@ -436,6 +436,8 @@ impl MachineJob<'_> {
             &MachineSummary {
                 summary: self.summary,
                 manifest: manifest_stat,
+                files: Vec::new(),
+                files_scanned_at_ns: 0,
             },
         )
         .map_err(io(&sp))?;

@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"LABSTATE";
 /// Bump when any state type changes shape or meaning.
-const VERSION: u32 = 3;
+const VERSION: u32 = 4;
 
 /// One source root's fingerprints.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -62,6 +62,13 @@ pub struct SourcesState {
 pub struct MachineSummary {
     pub summary: Digest,
     pub manifest: Stat,
+    /// Files outside the scanned roots (or read through symlinks) that the
+    /// machine's outputs depend on, with their fingerprints; `summary`
+    /// covers their digests (make-style builds only; empty otherwise).
+    pub files: Vec<(String, Fingerprint)>,
+    /// When the build that recorded `files` started (see
+    /// [`Fingerprint::reusable`]).
+    pub files_scanned_at_ns: i64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -194,6 +201,8 @@ mod tests {
                 ino: 3,
                 mode: 4,
             },
+            files: Vec::new(),
+            files_scanned_at_ns: 0,
         };
         write(&p, &s).unwrap();
         assert_eq!(read::<MachineSummary>(&p), Some(s));
