@@ -120,7 +120,7 @@ pub fn render(style: Style, err: &dyn Diagnose, context: Option<&str>) -> String
         location_block(style, at, &mut out);
     }
     if let Some(h) = err.hint() {
-        out.push_str(&format!("  {} {h}\n", style.cyan("hint:")));
+        out.push_str(&format!("  {} {}\n", style.cyan("hint:"), relativize(&h)));
     }
     out
 }

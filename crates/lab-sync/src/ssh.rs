@@ -174,7 +174,11 @@ impl SshTransport {
                 port: t.port,
                 message: e.to_string(),
             })?;
-            let child = Command::new("ssh")
+            let mut ssh = Command::new("ssh");
+            if let Some(cfg) = std::env::var_os("LAB_SSH_CONFIG") {
+                ssh.arg("-F").arg(cfg);
+            }
+            let child = ssh
                 .args(["-o", "BatchMode=yes", "-W"])
                 .arg(format!("{}:{}", t.host, t.port))
                 .args(if t.proxy_jump.len() > 1 {
