@@ -81,6 +81,12 @@ enum Command {
         /// Gather them from this host instead of over SSH.
         #[arg(long)]
         local: bool,
+        /// Gather them again even when they are cached.
+        #[arg(long)]
+        refresh: bool,
+        /// Trust and record a host key that known_hosts does not have yet.
+        #[arg(long)]
+        accept_new: bool,
     },
     /// Build, then ship what changed to the machines and reload the units
     /// it touched.
@@ -171,9 +177,22 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                 cli.quiet,
             )
         }
-        Command::Facts { machine, local } => {
+        Command::Facts {
+            machine,
+            local,
+            refresh,
+            accept_new,
+        } => {
             let engine = open(&cli, style)?;
-            facts::facts(&engine, style, machine, *local, cli.quiet)
+            facts::facts(
+                &engine,
+                style,
+                machine,
+                *local,
+                *refresh,
+                *accept_new,
+                cli.quiet,
+            )
         }
         Command::Show { machine, path } => {
             let engine = open(&cli, style)?;

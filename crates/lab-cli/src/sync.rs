@@ -6,13 +6,10 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lab_config::{Diagnose, Machine};
 use lab_engine::{BuildOptions, Engine};
 use lab_sync::diff::DiffLine;
-use lab_sync::{MachineSync, Outcome, SyncError, SyncOptions, SyncReport};
+use lab_sync::{MachineSync, Outcome, SyncOptions, SyncReport};
 use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Instant;
-
-/// A machine's name, its sync result, and how long it took (ms).
-type Finished = (String, Result<SyncReport, SyncError>, u128);
 
 pub struct SyncArgs {
     pub machines: Vec<String>,
@@ -23,22 +20,18 @@ pub struct SyncArgs {
     pub quiet: bool,
 }
 
-/// Build the machines; report the ones that failed and return the rest.
-fn build_first<'a>(
-    engine: &'a Engine,
+/// Build the named machines; report and return the ones that failed.
+fn build(
+    engine: &Engine,
     style: Style,
     names: &[String],
     quiet: bool,
-) -> Result<(Vec<&'a Machine>, Vec<String>), Failure> {
-    let machines = engine.select(names).map_err(|e| {
-        eprint!("{}", diag::render(style, &e, None));
-        Failure::Usage
-    })?;
+) -> Result<Vec<String>, Failure> {
     let reporter = crate::progress::CliReporter::new(false, quiet);
     let report = engine
         .build(
             &BuildOptions {
-                machines: machines.iter().map(|m| m.name.clone()).collect(),
+                machines: names.to_vec(),
                 ..Default::default()
             },
             &reporter,
@@ -59,13 +52,26 @@ fn build_first<'a>(
             failed.push(m.name.clone());
         }
     }
-    Ok((
-        machines
-            .into_iter()
-            .filter(|m| !failed.contains(&m.name))
-            .collect(),
-        failed,
-    ))
+    Ok(failed)
+}
+
+/// Build the machines; report the ones that failed and return the rest.
+fn build_first<'a>(
+    engine: &'a Engine,
+    style: Style,
+    names: &[String],
+    quiet: bool,
+) -> Result<Vec<&'a Machine>, Failure> {
+    let machines = engine.select(names).map_err(|e| {
+        eprint!("{}", diag::render(style, &e, None));
+        Failure::Usage
+    })?;
+    let all: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
+    let failed = build(engine, style, &all, quiet)?;
+    Ok(machines
+        .into_iter()
+        .filter(|m| !failed.contains(&m.name))
+        .collect())
 }
 
 fn bytes(n: u64) -> String {
@@ -134,6 +140,39 @@ fn summary(style: Style, name: &str, r: &SyncReport, elapsed_ms: u128) -> String
     s
 }
 
+/// Run `f` on every item with up to `jobs` threads; results in item order.
+fn parallel<T: Send, R: Send>(items: Vec<T>, jobs: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+    let n = items.len();
+    let queue = Mutex::new(items.into_iter().enumerate());
+    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..n).map(|_| None).collect());
+    std::thread::scope(|s| {
+        for _ in 0..jobs.max(1).min(n.max(1)) {
+            s.spawn(|| loop {
+                let Some((i, item)) = queue.lock().unwrap().next() else {
+                    break;
+                };
+                let r = f(item);
+                results.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    results
+        .into_inner()
+        .unwrap()
+        .into_iter()
+        .map(|r| r.expect("every item ran"))
+        .collect()
+}
+
+fn spinner(multi: &MultiProgress, name: &str, msg: &'static str) -> ProgressBar {
+    let bar = multi.add(ProgressBar::new_spinner());
+    bar.set_style(ProgressStyle::with_template("{spinner} {prefix}: {msg}").expect("template"));
+    bar.set_prefix(name.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(100));
+    bar.set_message(msg);
+    bar
+}
+
 pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failure> {
     if args.machines.is_empty() && !args.all {
         eprintln!(
@@ -142,7 +181,10 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
         );
         return Err(Failure::Usage);
     }
-    let (machines, mut failed) = build_first(engine, style, &args.machines, args.quiet)?;
+    let machines = engine.select(&args.machines).map_err(|e| {
+        eprint!("{}", diag::render(style, &e, None));
+        Failure::Usage
+    })?;
     let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| {
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
@@ -154,46 +196,65 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
         } else {
             ProgressDrawTarget::hidden()
         });
-    let queue = Mutex::new(machines.iter().copied());
-    let results: Mutex<Vec<Finished>> = Mutex::new(Vec::new());
-    let workers = args.jobs.max(1).min(machines.len().max(1));
-    std::thread::scope(|s| {
-        for _ in 0..workers {
-            s.spawn(|| loop {
-                let Some(m) = queue.lock().unwrap().next() else {
-                    break;
-                };
-                let bar = multi.add(ProgressBar::new_spinner());
-                bar.set_style(
-                    ProgressStyle::with_template("{spinner} {prefix}: {msg}").expect("template"),
-                );
-                bar.set_prefix(m.name.clone());
-                bar.enable_steady_tick(std::time::Duration::from_millis(100));
-                bar.set_message("connecting");
-                let started = Instant::now();
-                let target = lab_sync::target(project, m, engine.lab_dir());
-                let r = lab_sync::connect(project, m, ssh_config.as_ref(), args.accept_new)
-                    .and_then(|mut t| {
-                        bar.set_message("syncing");
-                        MachineSync {
-                            target: &target,
-                            transport: t.as_mut(),
-                        }
-                        .sync(&SyncOptions {
-                            rollback_on_failure: args.rollback_on_failure,
-                        })
-                    });
-                bar.finish_and_clear();
-                results
-                    .lock()
-                    .unwrap()
-                    .push((m.name.clone(), r, started.elapsed().as_millis()));
-            });
-        }
+
+    // 1. One connection per machine; facts gathered over it when none are
+    //    cached yet, since the build needs them.
+    let connected = parallel(machines.clone(), args.jobs, |m| {
+        let bar = spinner(&multi, &m.name, "connecting");
+        let r = lab_sync::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
+            |mut t| {
+                if lab_engine::lab_facts::load(engine.lab_dir(), &m.name)
+                    .map_or(true, |f| f.is_empty())
+                {
+                    bar.set_message("gathering facts");
+                    lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
+                }
+                Ok(t)
+            },
+        );
+        bar.finish_and_clear();
+        (m, r)
     });
-    let mut results = results.into_inner().unwrap();
-    let order: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-    results.sort_by_key(|(n, _, _)| order.iter().position(|o| o == n));
+    let mut failed = Vec::new();
+    let mut open = Vec::new();
+    for (m, r) in connected {
+        match r {
+            Ok(t) => open.push((m, t)),
+            Err(e) => {
+                eprint!(
+                    "{}",
+                    diag::render(style, &e, Some(&format!("machine `{}`", m.name)))
+                );
+                failed.push(m.name.clone());
+            }
+        }
+    }
+
+    // 2. Build what is reachable.
+    let names: Vec<String> = open.iter().map(|(m, _)| m.name.clone()).collect();
+    let build_failed = if names.is_empty() {
+        Vec::new()
+    } else {
+        build(engine, style, &names, args.quiet)?
+    };
+    open.retain(|(m, _)| !build_failed.contains(&m.name));
+    failed.extend(build_failed);
+
+    // 3. Sync over the open connections.
+    let results = parallel(open, args.jobs, |(m, mut t)| {
+        let bar = spinner(&multi, &m.name, "syncing");
+        let began = Instant::now();
+        let target = lab_sync::target(project, m, engine.lab_dir());
+        let r = MachineSync {
+            target: &target,
+            transport: t.as_mut(),
+        }
+        .sync(&SyncOptions {
+            rollback_on_failure: args.rollback_on_failure,
+        });
+        bar.finish_and_clear();
+        (m.name.clone(), r, began.elapsed().as_millis())
+    });
     for (name, r, ms) in results {
         match r {
             Ok(rep) => {
@@ -216,6 +277,8 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     if failed.is_empty() {
         Ok(())
     } else {
+        let order: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+        failed.sort_by_key(|n| order.iter().position(|o| o == n));
         eprintln!(
             "{} {} failed: {}",
             style.red("error:"),
@@ -253,7 +316,7 @@ fn fail_machine(style: Style, name: &str, e: &dyn Diagnose) -> Failure {
 }
 
 pub fn diff(engine: &Engine, style: Style, name: &str, accept_new: bool) -> Result<(), Failure> {
-    let (built, _) = build_first(engine, style, &[name.to_string()], true)?;
+    let built = build_first(engine, style, &[name.to_string()], true)?;
     let Some(m) = built.first() else {
         return Err(Failure::Partial);
     };

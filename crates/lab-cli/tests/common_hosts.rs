@@ -123,7 +123,8 @@ pub fn remote_state(h: &Host, m: &lab_manifest::Manifest) -> Vec<String> {
 done"#;
     let mut c = h.ssh_command();
     c.arg(script);
-    c.stdin(std::process::Stdio::piped()).stdout(std::process::Stdio::piped());
+    c.stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
     let mut child = c.spawn().unwrap();
     {
         use std::io::Write;
@@ -133,7 +134,11 @@ done"#;
         }
     }
     let out = child.wait_with_output().unwrap();
-    String::from_utf8(out.stdout).unwrap().lines().map(str::to_string).collect()
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 /// What `remote_state` should print for a manifest.

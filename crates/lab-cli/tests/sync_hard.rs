@@ -21,11 +21,21 @@ fn lab_cmd(lab: &TestLab) -> Command {
 fn fingerprint(pubkey_line: &str) -> String {
     let f = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(f.path(), pubkey_line).unwrap();
-    let out = std::process::Command::new("ssh-keygen").arg("-lf").arg(f.path()).output().unwrap();
+    let out = std::process::Command::new("ssh-keygen")
+        .arg("-lf")
+        .arg(f.path())
+        .output()
+        .unwrap();
     let s = String::from_utf8(out.stdout).unwrap();
     // "256 SHA256:xxx comment (ED25519)"
     let fp = s.split_whitespace().nth(1).unwrap().to_string();
-    let ty = s.trim_end().rsplit('(').next().unwrap().trim_end_matches(')').to_string();
+    let ty = s
+        .trim_end()
+        .rsplit('(')
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .to_string();
     format!("{ty} {fp}")
 }
 
@@ -62,9 +72,17 @@ fn host_keys_unknown_accepted_changed() {
     assert_eq!(lab.read("known_hosts"), "");
 
     // --accept-new stores it; afterwards no flag is needed
-    lab_cmd(&lab).args(["diff", "-m", "m", "--accept-new"]).assert().success();
+    lab_cmd(&lab)
+        .args(["diff", "-m", "m", "--accept-new"])
+        .assert()
+        .success();
     let stored = lab.read("known_hosts");
-    let key = sshd.host_public_key().split_whitespace().take(2).collect::<Vec<_>>().join(" ");
+    let key = sshd
+        .host_public_key()
+        .split_whitespace()
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(" ");
     assert_eq!(stored, format!("{name} {key}\n"));
     lab_cmd(&lab).args(["diff", "-m", "m"]).assert().success();
 
@@ -81,7 +99,11 @@ fn host_keys_unknown_accepted_changed() {
     let other_key: Vec<&str> = other_key.split_whitespace().take(2).collect();
     lab.file("known_hosts", &format!("{name} {}\n", other_key.join(" ")));
     for extra in [&[][..], &["--accept-new"][..]] {
-        let out = lab_cmd(&lab).args(["diff", "-m", "m"]).args(extra).output().unwrap();
+        let out = lab_cmd(&lab)
+            .args(["diff", "-m", "m"])
+            .args(extra)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
         assert_eq!(
             String::from_utf8_lossy(&out.stderr),
@@ -100,7 +122,9 @@ fn allowed(a: &Manifest, b: &Manifest) -> BTreeMap<String, Vec<String>> {
     for man in [a, b] {
         for e in man.entries.values() {
             if let EntryKind::File { sha256, .. } = &e.kind {
-                m.entry(format!("/{}", e.path)).or_default().push(sha256.to_hex());
+                m.entry(format!("/{}", e.path))
+                    .or_default()
+                    .push(sha256.to_hex());
             }
         }
     }
@@ -171,7 +195,14 @@ fn killed_at_twenty_points_then_converges() {
     }
     // converge
     let out = lab_cmd(&lab).args(["sync", "-m", "h1"]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(remote_state(h, &manifest(&lab, "h1")), expected_state(&manifest(&lab, "h1")));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        remote_state(h, &manifest(&lab, "h1")),
+        expected_state(&manifest(&lab, "h1"))
+    );
     assert_eq!(run(h, "cat /etc/probe/version"), "20\n");
 }

@@ -24,7 +24,10 @@ fn sends_only_what_changed() {
     let first = sync(&lab, "h1");
     assert_eq!(first.report.outcome, Outcome::Applied { gen: 1 });
     assert_eq!(run(h, "cat /etc/motd"), "h1: managed by lab\n");
-    assert_eq!(remote_state(h, &manifest(&lab, "h1")), expected_state(&manifest(&lab, "h1")));
+    assert_eq!(
+        remote_state(h, &manifest(&lab, "h1")),
+        expected_state(&manifest(&lab, "h1"))
+    );
 
     // nothing changed: one command, no content
     let again = sync(&lab, "h1");
@@ -37,7 +40,10 @@ fn sends_only_what_changed() {
     assert_eq!(one.report.outcome, Outcome::Applied { gen: 2 });
     assert_eq!(one.report.written, 1);
     assert_eq!(one.report.content_bytes, "h1: changed\n".len() as u64);
-    assert_eq!(one.commands, 2, "probe + apply; the old manifest comes from the cache");
+    assert_eq!(
+        one.commands, 2,
+        "probe + apply; the old manifest comes from the cache"
+    );
     assert_eq!(run(h, "cat /etc/motd"), "h1: changed\n");
 
     // a deleted source disappears; kind changes in every direction
@@ -57,7 +63,10 @@ fn sends_only_what_changed() {
     let r = sync(&lab, "h1");
     assert!(matches!(r.report.outcome, Outcome::Applied { .. }));
     assert_eq!(run(h, "test -e /srv/a/doomed || echo gone"), "gone\n");
-    assert_eq!(remote_state(h, &manifest(&lab, "h1")), expected_state(&manifest(&lab, "h1")));
+    assert_eq!(
+        remote_state(h, &manifest(&lab, "h1")),
+        expected_state(&manifest(&lab, "h1"))
+    );
 }
 
 #[test]
@@ -75,16 +84,31 @@ fn units_react_to_exactly_what_changed() {
 
     // the *.wants links appear: both units start
     let r = sync(&lab, "h1");
-    let actions: Vec<String> = r.report.apply.units.iter().map(|u| format!("{} {} {}", u.action, u.unit, u.result)).collect();
-    assert_eq!(actions, ["start other.service ok", "start probe.service ok"]);
+    let actions: Vec<String> = r
+        .report
+        .apply
+        .units
+        .iter()
+        .map(|u| format!("{} {} {}", u.action, u.unit, u.result))
+        .collect();
+    assert_eq!(
+        actions,
+        ["start other.service ok", "start probe.service ok"]
+    );
     assert_eq!(r.report.apply.daemon_reload.as_deref(), Some("ok"));
-    assert_eq!(run(h, "systemctl is-active probe.service other.service"), "active\nactive\n");
+    assert_eq!(
+        run(h, "systemctl is-active probe.service other.service"),
+        "active\nactive\n"
+    );
     let (probe_pid, other_pid) = (main_pid(h, "probe.service"), main_pid(h, "other.service"));
 
     // the unit file changes: daemon-reload, restart; the other unit is untouched
     lab.file(
         "layers/base/etc/systemd/system/probe.service",
-        &PROBE_UNIT.replace("Description=lab test probe", "Description=lab test probe v2"),
+        &PROBE_UNIT.replace(
+            "Description=lab test probe",
+            "Description=lab test probe v2",
+        ),
     );
     let r = sync(&lab, "h1");
     assert_eq!(r.report.apply.daemon_reload.as_deref(), Some("ok"));
@@ -92,8 +116,15 @@ fn units_react_to_exactly_what_changed() {
     assert_eq!(r.report.apply.units[0].action, "restart");
     let new_pid = main_pid(h, "probe.service");
     assert_ne!(new_pid, probe_pid, "restarted");
-    assert_eq!(main_pid(h, "other.service"), other_pid, "untouched unit not restarted");
-    assert_eq!(run(h, "systemctl show -p Description --value probe.service"), "lab test probe v2\n");
+    assert_eq!(
+        main_pid(h, "other.service"),
+        other_pid,
+        "untouched unit not restarted"
+    );
+    assert_eq!(
+        run(h, "systemctl show -p Description --value probe.service"),
+        "lab test probe v2\n"
+    );
 
     // a drop-in likewise
     lab.file(
@@ -103,15 +134,28 @@ fn units_react_to_exactly_what_changed() {
     sync(&lab, "h1");
     let pid3 = main_pid(h, "probe.service");
     assert_ne!(pid3, new_pid);
-    assert_eq!(run(h, "systemctl show -p Environment --value probe.service"), "PROBE=1\n");
+    assert_eq!(
+        run(h, "systemctl show -p Environment --value probe.service"),
+        "PROBE=1\n"
+    );
 
     // a file a [[units]] rule maps to the unit: reload, same MainPID
     lab.file("layers/base/etc/probe/version", "2\n");
     let r = sync(&lab, "h1");
-    let actions: Vec<String> = r.report.apply.units.iter().map(|u| format!("{} {} {}", u.action, u.unit, u.result)).collect();
+    let actions: Vec<String> = r
+        .report
+        .apply
+        .units
+        .iter()
+        .map(|u| format!("{} {} {}", u.action, u.unit, u.result))
+        .collect();
     assert_eq!(actions, ["reload probe.service ok"]);
     assert_eq!(r.report.apply.daemon_reload, None, "no unit file changed");
-    assert_eq!(main_pid(h, "probe.service"), pid3, "reloaded, not restarted");
+    assert_eq!(
+        main_pid(h, "probe.service"),
+        pid3,
+        "reloaded, not restarted"
+    );
     assert_eq!(run(h, "cat /run/probe.reloads"), "2\n", "ExecReload ran");
     assert_eq!(main_pid(h, "other.service"), other_pid);
 }
@@ -133,7 +177,10 @@ fn a_failing_unit_is_reported_and_can_be_rolled_back() {
     let r = sync(&lab, "h1");
     assert_eq!(r.report.failed_units, ["probe.service"]);
     let u = &r.report.apply.units[0];
-    assert_eq!((u.action.as_str(), u.result.as_str()), ("restart", "failed"));
+    assert_eq!(
+        (u.action.as_str(), u.result.as_str()),
+        ("restart", "failed")
+    );
     assert!(
         u.journal.iter().any(|l| l.contains("probe is broken")),
         "journal tail: {:?}",
@@ -151,11 +198,23 @@ fn a_failing_unit_is_reported_and_can_be_rolled_back() {
 
     // --rollback-on-failure does the same by itself
     build(&lab);
-    let r = sync_with(&lab, "h1", &SyncOptions { rollback_on_failure: true }).unwrap();
+    let r = sync_with(
+        &lab,
+        "h1",
+        &SyncOptions {
+            rollback_on_failure: true,
+        },
+    )
+    .unwrap();
     assert_eq!(r.report.outcome, Outcome::RolledBack { gen: 1 });
     assert_eq!(r.report.failed_units, ["probe.service"]);
     let rb = r.report.rollback.as_ref().unwrap();
-    assert!(rb.units.iter().any(|u| u.unit == "probe.service" && u.result == "ok"), "{rb:?}");
+    assert!(
+        rb.units
+            .iter()
+            .any(|u| u.unit == "probe.service" && u.result == "ok"),
+        "{rb:?}"
+    );
     assert_eq!(remote_state(h, &good_manifest), good);
     assert_eq!(run(h, "systemctl is-active probe.service"), "active\n");
 
@@ -167,7 +226,10 @@ fn a_failing_unit_is_reported_and_can_be_rolled_back() {
         .get_output()
         .clone();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("h1: unit failure (probe.service), rolled back on generation 1"), "{stdout}");
+    assert!(
+        stdout.contains("h1: unit failure (probe.service), rolled back on generation 1"),
+        "{stdout}"
+    );
     assert!(stdout.contains("| "), "journal tail shown: {stdout}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("error: 1 machine failed: `h1`"));
 }
@@ -188,18 +250,32 @@ fn concurrent_syncs_to_one_machine_are_serialized() {
         build(l);
     }
     let mut first = std::process::Command::new(assert_cmd::cargo::cargo_bin("lab"));
-    first.current_dir(a.path()).args(["sync", "-m", "h1"]).stdout(std::process::Stdio::piped());
+    first
+        .current_dir(a.path())
+        .args(["sync", "-m", "h1"])
+        .stdout(std::process::Stdio::piped());
     let first = first.spawn().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(700));
     let second = lab_cmd(&b).args(["sync", "-m", "h1"]).output().unwrap();
     let first = first.wait_with_output().unwrap();
-    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stdout));
-    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stdout));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stdout)
+    );
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
     let second_out = String::from_utf8_lossy(&second.stdout);
     assert!(second_out.contains("waiting for the lock"), "{second_out}");
     assert!(second_out.contains("applied generation 2"), "{second_out}");
     assert_eq!(run(h, "cat /etc/motd"), "B was here\n");
-    assert_eq!(remote_state(h, &manifest(&b, "h1")), expected_state(&manifest(&b, "h1")));
+    assert_eq!(
+        remote_state(h, &manifest(&b, "h1")),
+        expected_state(&manifest(&b, "h1"))
+    );
 }
 
 #[test]
@@ -208,16 +284,37 @@ fn fan_out_to_eight_hosts_with_one_down() {
     let hosts = fleet.hosts();
     let lab = project(hosts);
     // h5 is down: its sshd does not answer
-    run(&hosts[4], "systemctl stop ssh.socket ssh.service 2>/dev/null; systemctl stop ssh 2>/dev/null; true");
-    let out = lab_cmd(&lab).args(["sync", "--all", "-j", "8"]).output().unwrap();
-    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    run(
+        &hosts[4],
+        "systemctl stop ssh.socket ssh.service 2>/dev/null; systemctl stop ssh 2>/dev/null; true",
+    );
+    let out = lab_cmd(&lab)
+        .args(["sync", "--all", "-j", "8"])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
     assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
     for i in [1, 2, 3, 4, 6, 7, 8] {
-        assert!(stdout.contains(&format!("h{i}: applied generation 1:")), "{stdout}");
-        assert_eq!(run(&hosts[i - 1], "cat /etc/motd"), format!("h{i}: managed by lab\n"));
+        assert!(
+            stdout.contains(&format!("h{i}: applied generation 1:")),
+            "{stdout}"
+        );
+        assert_eq!(
+            run(&hosts[i - 1], "cat /etc/motd"),
+            format!("h{i}: managed by lab\n")
+        );
     }
-    assert!(stderr.contains("error: machine `h5`: cannot connect to"), "{stderr}");
-    assert!(stderr.ends_with("error: 1 machine failed: `h5`\n"), "{stderr}");
+    assert!(
+        stderr.contains("error: machine `h5`: cannot connect to"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.ends_with("error: 1 machine failed: `h5`\n"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -228,7 +325,10 @@ fn ssh_config_host_aliases_and_proxy_jump() {
     // `behind` is only reachable through h2: its HostName is h2's own
     // localhost, which from here has no sshd at all.
     let h2_key = h2.known_hosts_line.split_once(' ').unwrap().1;
-    lab.file("known_hosts", &format!("{}\nlocalhost {h2_key}\n", h1.known_hosts_line));
+    lab.file(
+        "known_hosts",
+        &format!("{}\nlocalhost {h2_key}\n", h1.known_hosts_line),
+    );
     let config = format!(
         "Host web\n  HostName {}\n  User root\n  IdentityFile {id}\n\n\
          Host behind\n  HostName localhost\n  ProxyJump root@{}\n  IdentityFile {id}\n\n\
@@ -250,7 +350,51 @@ fn ssh_config_host_aliases_and_proxy_jump() {
         .args(["sync", "--all"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(run(h1, "cat /etc/motd"), "web via ssh config\n");
     assert_eq!(run(h2, "cat /etc/motd"), "behind via ssh config\n");
+}
+
+#[test]
+fn facts_are_gathered_over_ssh_and_feed_templates() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    let lab = project(fleet.hosts());
+    lab.file(
+        "layers/base/etc/issue.j2",
+        "{{ os_id }} {{ os_version_codename }} on {{ arch }}, {{ nproc }} cpus, host {{ hostname }}\n",
+    );
+    // the first sync gathers the facts it needs over its own connection
+    lab_cmd(&lab).args(["sync", "-m", "h1"]).assert().success();
+    let hostname = run(h, "uname -n");
+    let arch = run(h, "uname -m");
+    let nproc = run(h, "nproc");
+    assert_eq!(
+        run(h, "cat /etc/issue"),
+        format!(
+            "debian bookworm on {}, {} cpus, host {}\n",
+            arch.trim(),
+            nproc.trim(),
+            hostname.trim()
+        )
+    );
+    // cached in a readable file, printed by `lab facts`
+    let cached: serde_json::Value = serde_json::from_str(&lab.read(".lab/facts/h1.json")).unwrap();
+    assert_eq!(cached["os_version_id"], "12");
+    assert_eq!(cached["hostname"], hostname.trim());
+    let out = lab_cmd(&lab).args(["facts", "-m", "h1"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("os_version_codename=bookworm\n"));
+    // --refresh asks the machine again
+    run(h, "hostname renamed-by-test");
+    lab_cmd(&lab)
+        .args(["facts", "-m", "h1", "--refresh"])
+        .assert()
+        .success();
+    let cached: serde_json::Value = serde_json::from_str(&lab.read(".lab/facts/h1.json")).unwrap();
+    assert_eq!(cached["hostname"], "renamed-by-test");
 }

@@ -39,6 +39,30 @@ pub fn target(project: &Project, m: &Machine, lab_dir: &Path) -> Target {
     }
 }
 
+/// Gather a machine's facts over its transport (one command) and cache
+/// them in `.lab/facts/NAME.json`, where builds read them.
+pub fn gather_facts(
+    t: &mut dyn Transport,
+    lab_dir: &Path,
+    machine: &str,
+) -> Result<(std::path::PathBuf, lab_facts::Facts), SyncError> {
+    let cmd = format!("sh -c {}", lab_agent::quote(lab_facts::GATHER_SCRIPT));
+    let out = t.run(&cmd, &mut |_| Ok(()))?;
+    if out.status != 0 {
+        return Err(SyncError::Protocol {
+            status: out.status,
+            output: out.stderr_text(),
+        });
+    }
+    let facts = lab_facts::parse(&out.stdout_text()).map_err(|e| SyncError::Protocol {
+        status: 0,
+        output: format!("gathered facts: {e}"),
+    })?;
+    let path =
+        lab_facts::store(lab_dir, machine, &facts).map_err(|e| SyncError::Local(e.to_string()))?;
+    Ok((path, facts))
+}
+
 /// Open the transport for a machine: `sh` for a local one, an SSH
 /// connection otherwise.
 pub fn connect(
