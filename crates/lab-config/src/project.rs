@@ -308,16 +308,18 @@ impl Project {
             let m = m.into_inner();
             let port_set = match &m.port {
                 None => None,
-                Some(p) => Some(u16::try_from(*p.get_ref())
-                    .ok()
-                    .filter(|p| *p != 0)
-                    .ok_or_else(|| {
-                        invalid(
-                            p.span(),
-                            format!("port {} is out of range", p.get_ref()),
-                            Some("a port is a number from 1 to 65535".into()),
-                        )
-                    })?),
+                Some(p) => Some(
+                    u16::try_from(*p.get_ref())
+                        .ok()
+                        .filter(|p| *p != 0)
+                        .ok_or_else(|| {
+                            invalid(
+                                p.span(),
+                                format!("port {} is out of range", p.get_ref()),
+                                Some("a port is a number from 1 to 65535".into()),
+                            )
+                        })?,
+                ),
             };
             let port = port_set.unwrap_or(22);
             let transport =
