@@ -1,0 +1,376 @@
+//! The promise make breaks, for make-style labs: after any sequence of
+//! edits, an incremental build produces exactly the tree a clean build of
+//! the same sources does (paths, kinds, modes, contents, link targets,
+//! manifests). The edits include every change make misses: deleted and
+//! renamed sources, changed link targets and link lists, mode-only changes,
+//! changed `m4_include`d files and preludes, changed targets of `!` links,
+//! layers added and removed through `+ NAME` lines, fact files.
+//!
+//! Each root writes below its own directory (`r0/`, `r1/`, ...): two
+//! sources for one path are an error in this style, tested elsewhere.
+
+use lab_engine::{BuildOptions, Engine, Silent};
+use lab_testkit::{tree_listing, TestLab};
+use proptest::prelude::*;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+const ROOTS: &[&str] = &[
+    "layers/_",
+    "layers/l1",
+    "layers/l2",
+    "machines/m1",
+    "machines/m2",
+];
+/// Paths inside a root's own directory. Templates: `*.m4.*`; followed: `!`.
+const PATHS: &[&str] = &["a", "b.m4.conf", "!c", "d/x", "!e/f", "d/.pin", ".m4.rc"];
+const BODIES: &[&str] = &[
+    "one\n",
+    "ENV_ROLE on ENV_MACHINE\n",
+    "m4_include(`shared/inc.m4')m4_dnl\n",
+    "m4_sinclude(`shared/maybe.m4')x\n",
+    "HDR ENV_MACHINE\n",
+    "",
+];
+const MODES: &[u32] = &[0o644, 0o600, 0o755, 0o664];
+const SHARED: &[&str] = &["shared/t1", "shared/t2", "shared/inc.m4", "shared/maybe.m4"];
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write {
+        root: usize,
+        path: usize,
+        body: usize,
+    },
+    Delete {
+        root: usize,
+        path: usize,
+    },
+    Rename {
+        root: usize,
+        from: usize,
+        to: usize,
+    },
+    Chmod {
+        root: usize,
+        path: usize,
+        mode: usize,
+    },
+    Symlink {
+        root: usize,
+        path: usize,
+        target: usize,
+    },
+    Shared {
+        file: usize,
+        body: Option<usize>,
+    },
+    ChmodShared {
+        mode: usize,
+    },
+    Prelude {
+        body: usize,
+    },
+    LinkList {
+        root: usize,
+        lines: Vec<(u8, u8)>,
+    },
+    Layers {
+        machine: usize,
+        layers: Vec<bool>,
+    },
+    Facts {
+        machine: usize,
+        role: usize,
+        json: bool,
+    },
+    Gathered {
+        machine: usize,
+        arch: Option<usize>,
+    },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let r = 0..ROOTS.len();
+    let p = 0..PATHS.len();
+    prop_oneof![
+        5 => (r.clone(), p.clone(), 0..BODIES.len()).prop_map(|(root, path, body)| Op::Write { root, path, body }),
+        2 => (r.clone(), p.clone()).prop_map(|(root, path)| Op::Delete { root, path }),
+        2 => (r.clone(), p.clone(), p.clone()).prop_map(|(root, from, to)| Op::Rename { root, from, to }),
+        2 => (r.clone(), p.clone(), 0..MODES.len()).prop_map(|(root, path, mode)| Op::Chmod { root, path, mode }),
+        2 => (r.clone(), p, 0..3usize).prop_map(|(root, path, target)| Op::Symlink { root, path, target }),
+        3 => (0..SHARED.len(), proptest::option::of(0..BODIES.len())).prop_map(|(file, body)| Op::Shared { file, body }),
+        1 => (0..MODES.len()).prop_map(|mode| Op::ChmodShared { mode }),
+        1 => (0..3usize).prop_map(|body| Op::Prelude { body }),
+        2 => (r, proptest::collection::vec((0..3u8, 0..3u8), 0..3)).prop_map(|(root, lines)| Op::LinkList { root, lines }),
+        2 => (0..2usize, proptest::collection::vec(any::<bool>(), 3)).prop_map(|(machine, layers)| Op::Layers { machine, layers }),
+        2 => (0..2usize, 0..3usize, any::<bool>()).prop_map(|(machine, role, json)| Op::Facts { machine, role, json }),
+        1 => (0..2usize, proptest::option::of(0..2usize)).prop_map(|(machine, arch)| Op::Gathered { machine, arch }),
+    ]
+}
+
+fn clear(p: &Path) {
+    match std::fs::symlink_metadata(p) {
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).unwrap(),
+        Ok(_) => std::fs::remove_file(p).unwrap(),
+        Err(_) => {}
+    }
+}
+
+fn make_parent(root: &Path, p: &Path) {
+    let parent = p.parent().unwrap();
+    let mut cur = root.to_path_buf();
+    for c in parent.strip_prefix(root).unwrap().components() {
+        cur.push(c);
+        if let Ok(m) = std::fs::symlink_metadata(&cur) {
+            if !m.is_dir() {
+                std::fs::remove_file(&cur).unwrap();
+            }
+        }
+    }
+    std::fs::create_dir_all(parent).unwrap();
+}
+
+/// A path m4 or a `!` copy follows: its symlinks must point at a file.
+fn followed(path: &str) -> bool {
+    path.contains('!') || path.contains(".m4.")
+}
+
+fn write(p: &Path, body: &str) {
+    clear(p);
+    std::fs::write(p, body).unwrap();
+}
+
+fn apply(lab: &TestLab, op: &Op) {
+    let base = lab.path();
+    let at = |root: usize, i: usize| {
+        base.join(ROOTS[root])
+            .join(format!("r{root}"))
+            .join(PATHS[i])
+    };
+    match op {
+        Op::Write { root, path, body } => {
+            let p = at(*root, *path);
+            make_parent(base, &p);
+            write(&p, BODIES[*body]);
+        }
+        Op::Delete { root, path } => clear(&at(*root, *path)),
+        Op::Rename { root, from, to } => {
+            let (f, t) = (at(*root, *from), at(*root, *to));
+            if f != t && std::fs::symlink_metadata(&f).is_ok() && !t.starts_with(&f) {
+                // a dangling link must not become followed
+                let dangling = std::fs::metadata(&f).is_err();
+                if !(dangling && followed(PATHS[*to])) {
+                    make_parent(base, &t);
+                    clear(&t);
+                    if std::fs::symlink_metadata(&f).is_ok() {
+                        std::fs::rename(&f, &t).unwrap();
+                    }
+                }
+            }
+        }
+        Op::Chmod { root, path, mode } => {
+            let p = at(*root, *path);
+            if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_file()) {
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(MODES[*mode]))
+                    .unwrap();
+            }
+        }
+        Op::Symlink { root, path, target } => {
+            let p = at(*root, *path);
+            make_parent(base, &p);
+            clear(&p);
+            let t = match target {
+                0 => base.join("shared/t1").display().to_string(),
+                1 => base.join("shared/t2").display().to_string(),
+                _ if followed(PATHS[*path]) => base.join("shared/t1").display().to_string(),
+                _ => "../dangling".to_string(),
+            };
+            std::os::unix::fs::symlink(t, &p).unwrap();
+        }
+        Op::Shared { file, body } => {
+            let p = base.join(SHARED[*file]);
+            match body {
+                Some(b) if *file < 2 => write(&p, &BODIES[*b].replace("m4_", "")),
+                Some(b) if *b < 2 => write(&p, BODIES[*b]),
+                Some(_) => write(&p, "included ENV_MACHINE\n"),
+                // t1, t2 and inc.m4 always exist (links point at them)
+                None if *file < 3 => write(&p, "reset\n"),
+                None => clear(&p),
+            }
+        }
+        Op::ChmodShared { mode } => {
+            std::fs::set_permissions(
+                base.join("shared/t1"),
+                std::fs::Permissions::from_mode(MODES[*mode]),
+            )
+            .unwrap();
+        }
+        Op::Prelude { body } => {
+            let p = base.join("layers/_/usr/local/include/m4/p.m4");
+            make_parent(base, &p);
+            let text = match body {
+                0 => "m4_define(`HDR', `header one')m4_dnl\n",
+                1 => "m4_define(`HDR', `header two for ENV_ROLE')m4_dnl\n",
+                _ => "m4_define(`HDR', `m4_include(`shared/inc.m4')')m4_dnl\n",
+            };
+            write(&p, text);
+        }
+        Op::LinkList { root, lines } => {
+            let p = base
+                .join(ROOTS[*root])
+                .join(format!("usr/local/opt/initd/links/r{root}.txt"));
+            make_parent(base, &p);
+            let mut text = String::from("# links\n");
+            let mut seen = Vec::new();
+            for (n, t) in lines {
+                if seen.contains(n) {
+                    continue;
+                }
+                seen.push(*n);
+                text.push_str(&format!("/lnk/r{root}/{n}   /target/{t}\n"));
+            }
+            write(&p, &text);
+        }
+        Op::Layers { machine, layers } => {
+            let p = base.join(format!(
+                "machines/m{}/usr/local/opt/initd/layers/a.txt",
+                machine + 1
+            ));
+            make_parent(base, &p);
+            let mut text = String::from("# layers\n");
+            for (i, on) in layers.iter().enumerate() {
+                text.push_str(&format!("{} l{}\n", if *on { "+" } else { "-" }, i + 1));
+            }
+            write(&p, &text);
+        }
+        Op::Facts {
+            machine,
+            role,
+            json,
+        } => {
+            let m = format!("m{}", machine + 1);
+            let (keep, drop) = if *json {
+                ("json", "env")
+            } else {
+                ("env", "json")
+            };
+            clear(&base.join(format!(".facts/{m}.{drop}")));
+            let p = base.join(format!(".facts/{m}.{keep}"));
+            let role = ["web", "db", "ENV_MACHINE-ish"][*role];
+            let text = if *json {
+                format!("{{\"ENV_ROLE\": \"{role}\", \"ENV_N\": [1, null]}}\n")
+            } else {
+                format!("ENV_ROLE='{role}'\n")
+            };
+            write(&p, &text);
+        }
+        Op::Gathered { machine, arch } => {
+            let p = base.join(format!(".lab/facts/m{}.json", machine + 1));
+            match arch {
+                Some(a) => {
+                    make_parent(base, &p);
+                    write(
+                        &p,
+                        &format!("{{\"arch\": \"{}\"}}\n", ["x86_64", "aarch64"][*a]),
+                    );
+                }
+                None => clear(&p),
+            }
+        }
+    }
+}
+
+fn build(dir: &Path) -> Vec<(String, Result<(), String>)> {
+    let engine = Engine::open(dir).unwrap();
+    let report = engine.build(&BuildOptions::default(), &Silent).unwrap();
+    report
+        .machines
+        .iter()
+        .map(|m| {
+            (
+                m.name.clone(),
+                m.result.as_ref().map(|_| ()).map_err(|e| format!("{e:?}")),
+            )
+        })
+        .collect()
+}
+
+fn outputs(dir: &Path) -> String {
+    let mut s = tree_listing(&dir.join(".lab/out"));
+    let mut ms: Vec<_> = std::fs::read_dir(dir.join(".lab/out"))
+        .into_iter()
+        .flatten()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "manifest"))
+        .collect();
+    ms.sort();
+    for m in ms {
+        s.push_str(&std::fs::read_to_string(m).unwrap());
+    }
+    s
+}
+
+fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let lab = TestLab::new();
+    lab.file("shared/t1", "t1\n")
+        .file("shared/t2", "t2\n")
+        .file("shared/inc.m4", "inc for ENV_MACHINE\n")
+        .file(".facts/example.env", "ENV_ROLE=generic\n")
+        .file(
+            "layers/_/usr/local/include/m4/p.m4",
+            "m4_define(`HDR', `header')m4_dnl\n",
+        )
+        .file("layers/l1/r1/a", "l1\n")
+        .file("layers/l2/r2/b.m4.conf", "ENV_ROLE HDR\n")
+        .file("machines/m1/usr/local/opt/initd/layers/a.txt", "+ l1\n")
+        .file(
+            "machines/m2/usr/local/opt/initd/layers/a.txt",
+            "+ l2\n+ l1\n+ l3\n",
+        );
+    build(lab.path());
+    for (i, op) in ops.iter().enumerate() {
+        apply(&lab, op);
+        let inc = build(lab.path());
+        let clean_lab = lab.copy_sources();
+        if lab.join(".lab/facts").exists() {
+            std::fs::create_dir_all(clean_lab.join(".lab/facts")).unwrap();
+            for e in std::fs::read_dir(lab.join(".lab/facts")).unwrap() {
+                let e = e.unwrap();
+                std::fs::copy(e.path(), clean_lab.join(".lab/facts").join(e.file_name())).unwrap();
+            }
+        }
+        let clean = build(clean_lab.path());
+        prop_assert_eq!(&inc, &clean, "step {}: {:?}: results differ", i, op);
+        prop_assert!(
+            inc.iter().all(|(_, r)| r.is_ok()),
+            "step {}: {:?}: a build failed: {:?}",
+            i,
+            op,
+            inc
+        );
+        let (a, b) = (outputs(lab.path()), outputs(clean_lab.path()));
+        prop_assert!(
+            a == b,
+            "step {}: {:?}\n--- incremental\n{}\n--- clean\n{}",
+            i,
+            op,
+            a,
+            b
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
+        max_shrink_iters: 200,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn compat_incremental_build_equals_clean_build(ops in proptest::collection::vec(op(), 1..14)) {
+        check(ops)?;
+    }
+}
