@@ -28,6 +28,8 @@ pub struct MachineReport {
     pub entries: usize,
     /// Was the whole stack resolved (rather than only the changed paths)?
     pub full: bool,
+    /// Was the manifest rewritten?
+    pub manifest_changed: bool,
 }
 
 pub(crate) struct MachineJob<'a> {
@@ -87,6 +89,40 @@ struct Rendered {
     bytes: Vec<u8>,
 }
 
+/// What a machine's previous build left, as [`MachineJob::execute`] needs it.
+pub(crate) struct Prior {
+    pub graph: Graph,
+    /// The entries lab wrote (it may remove them, and only them).
+    pub entries: BTreeMap<String, Entry>,
+    /// Fact and machine digests at that build (`None`: unknown).
+    pub inputs: Option<HashMap<Key, Digest>>,
+    /// May the roots' `changed` lists be taken as every change since that
+    /// build (so only their dependents need checking)?
+    pub fast: bool,
+    /// Is the manifest on disk the one `entries` describe?
+    pub manifest_current: bool,
+}
+
+impl Prior {
+    /// Nothing to trust but the list of what lab wrote: check every node.
+    pub fn rebuild(entries: BTreeMap<String, Entry>) -> Prior {
+        Prior {
+            graph: Graph::new(),
+            entries,
+            inputs: None,
+            fast: false,
+            manifest_current: false,
+        }
+    }
+}
+
+/// What a build leaves for the next one.
+pub(crate) struct Posterior {
+    pub graph: Graph,
+    pub entries: BTreeMap<String, Entry>,
+    pub inputs: HashMap<Key, Digest>,
+}
+
 fn render_value(bytes: &[u8], mode: u32) -> Digest {
     Hasher::new("lab-render-v1")
         .bytes(bytes)
@@ -121,6 +157,7 @@ impl MachineJob<'_> {
         }
     }
 
+    /// Build the machine against the state on disk, and save the new state.
     pub fn run(self, reporter: &dyn Reporter) -> Result<MachineReport, Vec<MachineError>> {
         let manifest_stat = std::fs::symlink_metadata(&self.manifest_path)
             .ok()
@@ -143,38 +180,91 @@ impl MachineJob<'_> {
         let prev = self.state.load_machine(self.name);
         let trusted =
             manifest_stat.is_some() && summary.is_some_and(|s| Some(s.manifest) == manifest_stat);
-        let (mut graph, old_entries, prev) = match prev {
+        let names = self.root_names();
+        let listings: Vec<Digest> = self.stack.roots.iter().map(|r| r.listing).collect();
+        let prior = match prev {
             Some(ms) => {
                 let entries: BTreeMap<String, Entry> = ms
                     .entries
-                    .iter()
-                    .map(|e| (e.path.clone(), e.clone()))
+                    .into_iter()
+                    .map(|e| (e.path.clone(), e))
                     .collect();
                 if trusted && !self.force {
-                    (Graph::from_state(ms.graph.clone()), entries, Some(ms))
+                    Prior {
+                        fast: ms.scan_id == self.prev_scan_id
+                            && ms.stack == names
+                            && ms.listings == listings,
+                        graph: Graph::from_state(ms.graph),
+                        entries,
+                        inputs: Some(ms.inputs),
+                        manifest_current: true,
+                    }
                 } else {
-                    (Graph::new(), entries, None)
+                    Prior::rebuild(entries)
                 }
             }
-            None => {
-                let entries = std::fs::read_to_string(&self.manifest_path)
+            None => Prior::rebuild(
+                std::fs::read_to_string(&self.manifest_path)
                     .ok()
                     .and_then(|t| Manifest::parse(&t).ok())
                     .map(|m| m.entries)
-                    .unwrap_or_default();
-                (Graph::new(), entries, None)
-            }
+                    .unwrap_or_default(),
+            ),
         };
+        let (report, post) = self.execute(prior, reporter)?;
 
-        let names = self.root_names();
-        let listings: Vec<Digest> = self.stack.roots.iter().map(|r| r.listing).collect();
-        let fast = prev.as_ref().is_some_and(|p| {
-            p.scan_id == self.prev_scan_id && p.stack == names && p.listings == listings
-        });
+        // Graph state, then summary (the manifest is written already).
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |e| vec![MachineError::Io { path: p, source: e }]
+        };
+        let ms = MachineState {
+            scan_id: self.scan_id,
+            stack: names,
+            listings,
+            inputs: post.inputs,
+            graph: post.graph.to_state(),
+            entries: post.entries.into_values().collect(),
+        };
+        let gp = self.state.graph_path(self.name);
+        state::write(&gp, &ms).map_err(io(&gp))?;
+        let manifest_stat = std::fs::symlink_metadata(&self.manifest_path)
+            .map(|m| scan::stat_of(&m))
+            .map_err(io(&self.manifest_path))?;
+        let sp = self.state.summary_path(self.name);
+        state::write(
+            &sp,
+            &MachineSummary {
+                summary: self.summary,
+                manifest: manifest_stat,
+                files: Vec::new(),
+                files_scanned_at_ns: 0,
+            },
+        )
+        .map_err(io(&sp))?;
+        Ok(report)
+    }
 
+    /// The core of a build: check the nodes a change may affect, render
+    /// and write what is dirty, write the manifest when it changed. Works
+    /// from `prior` (from disk, or kept in memory by a watch session) and
+    /// returns what the next build needs.
+    pub fn execute(
+        &self,
+        prior: Prior,
+        reporter: &dyn Reporter,
+    ) -> Result<(MachineReport, Posterior), Vec<MachineError>> {
+        let Prior {
+            mut graph,
+            entries: mut old_entries,
+            inputs: prev_inputs,
+            fast,
+            manifest_current,
+        } = prior;
+        let fast = fast && prev_inputs.is_some();
         // Candidates: the output paths whose nodes must be checked.
         let (winners, candidates): (BTreeMap<String, Winner>, Vec<String>) = if fast {
-            let prev = prev.as_ref().unwrap();
+            let prev_inputs = prev_inputs.as_ref().expect("fast needs inputs");
             let mut changed: Vec<Key> = Vec::new();
             for (ri, root) in self.stack.roots.iter().enumerate() {
                 for rel in &root.changed {
@@ -193,11 +283,11 @@ impl MachineJob<'_> {
             }
             let now = input_digests(&self.scope);
             for (k, d) in &now {
-                if prev.inputs.get(k) != Some(d) {
+                if prev_inputs.get(k) != Some(d) {
                     changed.push(k.clone());
                 }
             }
-            for k in prev.inputs.keys() {
+            for k in prev_inputs.keys() {
                 if !now.contains_key(k) {
                     changed.push(k.clone());
                 }
@@ -279,8 +369,9 @@ impl MachineJob<'_> {
 
         // Outputs to (re)write.
         let mut dirty: Vec<(&String, &Winner, Reason)> = Vec::new();
+        // Fast: the old entries are the new ones but for what changes.
         let mut entries = if fast {
-            old_entries.clone()
+            std::mem::take(&mut old_entries)
         } else {
             BTreeMap::new()
         };
@@ -289,11 +380,18 @@ impl MachineJob<'_> {
                 continue;
             };
             let verdict = graph.check(&Key::Output(out.clone()), &input);
-            match (verdict, old_entries.get(out)) {
-                (Verdict::Clean(_), Some(e)) => {
-                    entries.insert(out.clone(), e.clone());
+            let known = if fast {
+                entries.contains_key(out)
+            } else {
+                old_entries.contains_key(out)
+            };
+            match (verdict, known) {
+                (Verdict::Clean(_), true) => {
+                    if !fast {
+                        entries.insert(out.clone(), old_entries[out].clone());
+                    }
                 }
-                (Verdict::Clean(_), None) => dirty.push((out, w, Reason::NeverBuilt)),
+                (Verdict::Clean(_), false) => dirty.push((out, w, Reason::NeverBuilt)),
                 (Verdict::Dirty(r), _) => dirty.push((out, w, r)),
             }
         }
@@ -350,10 +448,14 @@ impl MachineJob<'_> {
                 .map(|w| self.stack.entry(w).kind == SrcKind::Dir)
                 .or_else(|| entries.get(p).map(|e| e.is_dir()))
         };
-        let removed = self
-            .out
-            .remove_stale(&old_entries, &is_dir)
-            .map_err(|e| vec![e])?;
+        // (a fast build changes no path's existence or kind)
+        let removed = if fast {
+            Vec::new()
+        } else {
+            self.out
+                .remove_stale(&old_entries, &is_dir)
+                .map_err(|e| vec![e])?
+        };
         for (out, _, reason) in &dirty {
             reporter.node_ran(self.name, &Key::Output((*out).clone()), reason);
         }
@@ -400,61 +502,46 @@ impl MachineJob<'_> {
             }
         }
 
-        // Manifest, then graph state, then summary.
+        // The manifest, when it changed.
         let mut manifest = Manifest::new(self.name);
         manifest.entries = entries;
         let manifest_changed = !written_paths.is_empty()
             || !removed.is_empty()
             || !gone.is_empty()
-            || manifest_stat.is_none()
-            || !trusted;
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e| vec![MachineError::Io { path: p, source: e }]
-        };
+            || !manifest_current
+            || !self.manifest_path.exists();
         if manifest_changed {
-            state::write_atomic(&self.manifest_path, manifest.to_text().as_bytes())
-                .map_err(io(&self.manifest_path))?;
+            state::write_atomic(&self.manifest_path, manifest.to_text().as_bytes()).map_err(
+                |e| {
+                    vec![MachineError::Io {
+                        path: self.manifest_path.clone(),
+                        source: e,
+                    }]
+                },
+            )?;
         }
         let n_entries = manifest.len();
-        let ms = MachineState {
-            scan_id: self.scan_id,
-            stack: names,
-            listings,
-            inputs: input_digests(&self.scope),
-            graph: graph.to_state(),
-            entries: manifest.entries.into_values().collect(),
-        };
-        let gp = self.state.graph_path(self.name);
-        state::write(&gp, &ms).map_err(io(&gp))?;
-        let manifest_stat = std::fs::symlink_metadata(&self.manifest_path)
-            .map(|m| scan::stat_of(&m))
-            .map_err(io(&self.manifest_path))?;
-        let sp = self.state.summary_path(self.name);
-        state::write(
-            &sp,
-            &MachineSummary {
-                summary: self.summary,
-                manifest: manifest_stat,
-                files: Vec::new(),
-                files_scanned_at_ns: 0,
-            },
-        )
-        .map_err(io(&sp))?;
-
         let mut removed_all = removed;
         removed_all.extend(gone);
         removed_all.sort();
         removed_all.dedup();
         written_paths.sort();
-        Ok(MachineReport {
-            up_to_date: false,
-            rendered: n_rendered,
-            written: written_paths,
-            removed: removed_all,
-            entries: n_entries,
-            full: !fast,
-        })
+        Ok((
+            MachineReport {
+                up_to_date: false,
+                rendered: n_rendered,
+                written: written_paths,
+                removed: removed_all,
+                entries: n_entries,
+                full: !fast,
+                manifest_changed,
+            },
+            Posterior {
+                graph,
+                entries: manifest.entries,
+                inputs: input_digests(&self.scope),
+            },
+        ))
     }
 
     fn render(&self, w: &Winner, includes: &Arc<dyn Includes>) -> Result<Rendered, MachineError> {

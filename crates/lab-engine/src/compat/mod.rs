@@ -370,6 +370,7 @@ impl CompatJob<'_> {
             removed: removed_all,
             entries: n_entries,
             full: true,
+            manifest_changed: changed,
         })
     }
 
