@@ -17,6 +17,7 @@ mod machine;
 mod output;
 mod reporter;
 mod scan;
+mod session;
 mod show;
 mod stack;
 pub mod state;
@@ -26,6 +27,7 @@ pub use error::{EngineError, MachineError};
 pub use lab_facts;
 pub use machine::MachineReport;
 pub use reporter::{Reporter, Silent};
+pub use session::{CycleReport, Session};
 pub use show::{Show, ShowError, ShowSource};
 pub use stack::PARTIALS_DIR;
 
@@ -84,7 +86,7 @@ pub struct Engine {
 }
 
 /// Held while building; released on drop.
-struct Lock(#[allow(dead_code)] std::fs::File);
+pub(crate) struct Lock(#[allow(dead_code)] std::fs::File);
 
 impl Engine {
     /// Open the project whose `lab.toml` is in `dir` or a parent of it.
@@ -122,7 +124,7 @@ impl Engine {
         self.lab_dir.join("out").join(format!("{machine}.manifest"))
     }
 
-    fn lock(&self) -> Result<Lock, EngineError> {
+    pub(crate) fn lock(&self) -> Result<Lock, EngineError> {
         let io = |e| EngineError::Io {
             path: self.lab_dir.clone(),
             source: e,
@@ -167,7 +169,7 @@ impl Engine {
     }
 
     /// Root names of a machine's stack, lowest first.
-    fn stack_names(m: &Machine) -> Vec<String> {
+    pub(crate) fn stack_names(m: &Machine) -> Vec<String> {
         let mut v = vec!["layers/_".to_string()];
         for l in &m.layers {
             if l.name != "_" {
@@ -178,7 +180,7 @@ impl Engine {
         v
     }
 
-    fn gathered(
+    pub(crate) fn gathered(
         &self,
     ) -> (
         IndexMap<String, IndexMap<String, serde_json::Value>>,
@@ -219,7 +221,7 @@ impl Engine {
 
     /// Outputs and state of machines that are no longer in lab.toml: a
     /// clean build would not have them, so neither does an incremental one.
-    fn remove_orphans(&self, reporter: &dyn Reporter) -> Result<(), EngineError> {
+    pub(crate) fn remove_orphans(&self, reporter: &dyn Reporter) -> Result<(), EngineError> {
         let out = self.lab_dir.join("out");
         let Ok(rd) = std::fs::read_dir(&out) else {
             return Ok(());
@@ -249,7 +251,7 @@ impl Engine {
         Ok(())
     }
 
-    fn build_locked(
+    pub(crate) fn build_locked(
         &self,
         machines: &[&Machine],
         opts: &BuildOptions,
@@ -393,19 +395,7 @@ impl Engine {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let summary = {
-            let mut h = Hasher::new(ENGINE_VERSION);
-            h.str(&m.name);
-            for r in &roots {
-                h.str(&r.name).digest(&r.tree);
-            }
-            let mut keys: Vec<_> = machine_inputs(scope);
-            keys.sort();
-            for (k, d) in keys {
-                h.str(&k).digest(&d);
-            }
-            h.finish()
-        };
+        let summary = machine_summary(&m.name, &roots, scope);
         machine::MachineJob {
             name: &m.name,
             stack: Stack { roots },
@@ -566,6 +556,22 @@ struct CompatCtx {
     files: compat::FileCache,
     preludes: Vec<String>,
     scanned_at_ns: i64,
+}
+
+/// A machine's input summary: its stack (each root's tree digest), its
+/// facts and the inventory. Equal summaries, equal outputs.
+fn machine_summary(name: &str, roots: &[&RootScan], scope: &lab_render::Scope) -> Digest {
+    let mut h = Hasher::new(ENGINE_VERSION);
+    h.str(name);
+    for r in roots {
+        h.str(&r.name).digest(&r.tree);
+    }
+    let mut keys: Vec<_> = machine_inputs(scope);
+    keys.sort();
+    for (k, d) in keys {
+        h.str(&k).digest(&d);
+    }
+    h.finish()
 }
 
 /// `(name, digest)` of every fact and machine view a scope holds, for the

@@ -211,7 +211,7 @@ impl MachineJob<'_> {
                     .unwrap_or_default(),
             ),
         };
-        let (report, post) = self.execute(prior, reporter)?;
+        let (report, post) = self.execute(prior, reporter).map_err(|(e, _)| e)?;
 
         // Graph state, then summary (the manifest is written already).
         let io = |p: &Path| {
@@ -249,18 +249,54 @@ impl MachineJob<'_> {
     /// and write what is dirty, write the manifest when it changed. Works
     /// from `prior` (from disk, or kept in memory by a watch session) and
     /// returns what the next build needs.
+    ///
+    /// On failure the graph comes back too (it records only what really
+    /// ran), so a watch session keeps it; the entries do not: the manifest
+    /// on disk still lists every path lab created.
+    #[allow(clippy::type_complexity, clippy::result_large_err)]
     pub fn execute(
         &self,
         prior: Prior,
         reporter: &dyn Reporter,
-    ) -> Result<(MachineReport, Posterior), Vec<MachineError>> {
+    ) -> Result<(MachineReport, Posterior), (Vec<MachineError>, Graph)> {
         let Prior {
             mut graph,
-            entries: mut old_entries,
-            inputs: prev_inputs,
+            entries,
+            inputs,
             fast,
             manifest_current,
         } = prior;
+        match self.execute_inner(
+            &mut graph,
+            entries,
+            inputs,
+            fast,
+            manifest_current,
+            reporter,
+        ) {
+            Ok((report, entries, inputs)) => Ok((
+                report,
+                Posterior {
+                    graph,
+                    entries,
+                    inputs,
+                },
+            )),
+            Err(e) => Err((e, graph)),
+        }
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn execute_inner(
+        &self,
+        graph: &mut Graph,
+        mut old_entries: BTreeMap<String, Entry>,
+        prev_inputs: Option<HashMap<Key, Digest>>,
+        fast: bool,
+        manifest_current: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<(MachineReport, BTreeMap<String, Entry>, HashMap<Key, Digest>), Vec<MachineError>>
+    {
         let fast = fast && prev_inputs.is_some();
         // Candidates: the output paths whose nodes must be checked.
         let (winners, candidates): (BTreeMap<String, Winner>, Vec<String>) = if fast {
@@ -462,7 +498,7 @@ impl MachineJob<'_> {
         let written: Vec<Result<(String, Entry, Trace), MachineError>> = dirty
             .par_iter()
             .filter(|(_, w, _)| self.stack.entry(w).kind == SrcKind::Dir)
-            .map(|(out, w, _)| self.write_output(out, w, &graph, &bytes_of))
+            .map(|(out, w, _)| self.write_output(out, w, graph, &bytes_of))
             .collect::<Vec<_>>()
             .into_iter()
             .chain(
@@ -470,7 +506,7 @@ impl MachineJob<'_> {
                     .par_iter()
                     .filter(|(_, w, _)| self.stack.entry(w).kind != SrcKind::Dir)
                     .map(|(out, w, _)| {
-                        let r = self.write_output(out, w, &graph, &bytes_of);
+                        let r = self.write_output(out, w, graph, &bytes_of);
                         reporter.progress(self.name);
                         r
                     })
@@ -536,11 +572,8 @@ impl MachineJob<'_> {
                 full: !fast,
                 manifest_changed,
             },
-            Posterior {
-                graph,
-                entries: manifest.entries,
-                inputs: input_digests(&self.scope),
-            },
+            manifest.entries,
+            input_digests(&self.scope),
         ))
     }
 

@@ -53,6 +53,8 @@ pub struct RootScan {
     pub listing: Digest,
     /// How many entries were read and hashed in this scan.
     pub hashed: usize,
+    /// `tree` and `listing` are out of date (see [`RootScan::update`]).
+    pub digests_stale: bool,
 }
 
 struct Listed {
@@ -241,6 +243,7 @@ pub fn scan_root(
         changed,
         listing,
         hashed,
+        digests_stale: false,
     })
 }
 
@@ -261,6 +264,150 @@ fn tree_digest(exists: bool, entries: &HashMap<String, SrcEntry>) -> (Digest, Di
 }
 
 impl RootScan {
+    /// A root as a previous scan recorded it (trusting the record).
+    pub fn from_state(project: &Path, name: &str, st: &RootState) -> RootScan {
+        RootScan {
+            name: name.to_string(),
+            dir: project.join(name),
+            exists: st.exists,
+            entries: st
+                .entries
+                .iter()
+                .map(|(k, (kind, fp))| {
+                    (
+                        k.clone(),
+                        SrcEntry {
+                            kind: *kind,
+                            stat: fp.stat,
+                            digest: fp.digest,
+                        },
+                    )
+                })
+                .collect(),
+            tree: st.tree,
+            changed: Vec::new(),
+            listing: st.listing,
+            hashed: 0,
+            digests_stale: false,
+        }
+    }
+
+    /// Bring the entries at `rels` (and, for directories, everything below
+    /// them) up to date with the disk; `changed` then lists exactly what
+    /// changed. Paths named by events are always read again: an event says
+    /// the file changed even when its stat looks the same. Returns whether
+    /// the listing (paths and kinds) changed. The tree and listing digests
+    /// are recomputed.
+    pub fn update(&mut self, rels: &[String], ignore: &GlobSet) -> Result<bool, MachineError> {
+        self.changed.clear();
+        self.hashed = 0;
+        let mut listing_changed = false;
+        let exists = std::fs::symlink_metadata(&self.dir).is_ok_and(|m| m.is_dir());
+        if exists != self.exists {
+            listing_changed = true;
+            self.exists = exists;
+        }
+        let mut rels: Vec<&String> = rels.iter().collect();
+        rels.sort();
+        rels.dedup();
+        for rel in rels {
+            if rel.split('/').any(|c| ignore.is_match(c)) {
+                continue;
+            }
+            let path = self.dir.join(rel);
+            let meta = match std::fs::symlink_metadata(&path) {
+                Ok(m) => Some(m),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => None,
+                Err(e) => return Err(MachineError::io(&path)(e)),
+            };
+            let old_kind = self.entries.get(rel.as_str()).map(|e| e.kind);
+            let old_ino = self.entries.get(rel.as_str()).map(|e| e.stat.ino);
+            let new_kind = meta.as_ref().map(kind_of);
+            // Whatever was below a path that is no longer the same
+            // directory is gone (it may come back from the walk below).
+            if old_kind == Some(SrcKind::Dir)
+                && (new_kind != Some(SrcKind::Dir) || old_ino != meta.as_ref().map(|m| m.ino()))
+            {
+                let prefix = format!("{rel}/");
+                let below: Vec<String> = self
+                    .entries
+                    .keys()
+                    .filter(|k| k.starts_with(&prefix))
+                    .cloned()
+                    .collect();
+                for k in below {
+                    self.entries.remove(&k);
+                    self.changed.push(k);
+                    listing_changed = true;
+                }
+            }
+            let Some(meta) = meta else {
+                if self.entries.remove(rel.as_str()).is_some() {
+                    self.changed.push(rel.clone());
+                    listing_changed = true;
+                }
+                continue;
+            };
+            let ft = meta.file_type();
+            if !ft.is_dir() && !ft.is_file() && !ft.is_symlink() {
+                return Err(MachineError::SpecialFile { path });
+            }
+            let kind = kind_of(&meta);
+            let entry = SrcEntry {
+                kind,
+                stat: stat_of(&meta),
+                digest: hash_source(&path, kind)?,
+            };
+            self.hashed += 1;
+            let same = self.entries.get(rel.as_str()).is_some_and(|e| {
+                e.kind == entry.kind && e.digest == entry.digest && e.stat.mode == entry.stat.mode
+            });
+            if old_kind != Some(kind) {
+                listing_changed = true;
+            }
+            if !same {
+                self.changed.push(rel.clone());
+            }
+            self.entries.insert(rel.clone(), entry);
+            // A directory that is new here (created, renamed in): its content.
+            if kind == SrcKind::Dir
+                && (old_kind != Some(SrcKind::Dir) || old_ino != Some(meta.ino()))
+            {
+                for l in list_dir(&path, rel, ignore)? {
+                    let kind = kind_of(&l.meta);
+                    let e = SrcEntry {
+                        kind,
+                        stat: stat_of(&l.meta),
+                        digest: hash_source(&self.dir.join(&l.rel), kind)?,
+                    };
+                    self.hashed += 1;
+                    self.changed.push(l.rel.clone());
+                    self.entries.insert(l.rel, e);
+                    listing_changed = true;
+                }
+            }
+        }
+        self.changed.sort();
+        self.changed.dedup();
+        if !self.changed.is_empty() || listing_changed {
+            // Recomputed on demand ([`RootScan::refresh_digests`]): a watch
+            // cycle must not pay a sort of every path.
+            self.digests_stale = true;
+        }
+        Ok(listing_changed)
+    }
+
+    /// Recompute the tree and listing digests after [`RootScan::update`].
+    pub fn refresh_digests(&mut self) {
+        if self.digests_stale {
+            let (tree, listing) = tree_digest(self.exists, &self.entries);
+            self.tree = tree;
+            self.listing = listing;
+            self.digests_stale = false;
+        }
+    }
+
     pub fn to_state(&self, scanned_at_ns: i64) -> RootState {
         RootState {
             exists: self.exists,

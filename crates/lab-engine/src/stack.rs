@@ -197,6 +197,7 @@ mod tests {
             changed: vec![],
             listing: Digest::ABSENT,
             hashed: 0,
+            digests_stale: false,
         }
     }
 

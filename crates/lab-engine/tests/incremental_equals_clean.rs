@@ -170,22 +170,27 @@ fn make_parent(root: &Path, p: &Path) {
     std::fs::create_dir_all(parent).unwrap();
 }
 
-fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) {
+/// Apply an edit; returns the paths it touched (what a file watcher would
+/// report).
+fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) -> Vec<std::path::PathBuf> {
     use std::os::unix::fs::PermissionsExt;
     let base = lab.path();
     let at = |root: usize, rel: &str| base.join(ROOTS[root]).join(rel);
+    let mut touched = vec![base.join("lab.toml")];
     match op {
         Op::Write { root, path, body } => {
             let p = at(*root, PLAIN[*path]);
             make_parent(base, &p);
             clear(&p);
             std::fs::write(&p, BODIES[*body]).unwrap();
+            touched.extend(ancestors(base, &p));
         }
         Op::Template { root, path, body } => {
             let p = at(*root, TEMPLATES[*path]);
             make_parent(base, &p);
             clear(&p);
             std::fs::write(&p, TEMPLATE_BODIES[*body]).unwrap();
+            touched.extend(ancestors(base, &p));
         }
         Op::Delete {
             root,
@@ -198,6 +203,7 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) {
                 PLAIN[*path % PLAIN.len()]
             };
             clear(&at(*root, rel));
+            touched.push(at(*root, rel));
         }
         Op::Rename { root, from, to } => {
             let (f, t) = (at(*root, PLAIN[*from]), at(*root, PLAIN[*to]));
@@ -207,6 +213,8 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) {
                 if std::fs::symlink_metadata(&f).is_ok() {
                     std::fs::rename(&f, &t).unwrap();
                 }
+                touched.push(f);
+                touched.extend(ancestors(base, &t));
             }
         }
         Op::Chmod { root, path, mode } => {
@@ -221,17 +229,20 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) {
             make_parent(base, &p);
             clear(&p);
             std::os::unix::fs::symlink(TARGETS[*target], &p).unwrap();
+            touched.extend(ancestors(base, &p));
         }
         Op::EmptyDir { root } => {
             let p = at(*root, "var/empty");
             make_parent(base, &p);
             clear(&p);
             std::fs::create_dir_all(&p).unwrap();
+            touched.extend(ancestors(base, &p));
         }
         Op::Partial { root, body } => {
             let p = at(*root, "_partials/p.j2");
             make_parent(base, &p);
             std::fs::write(&p, format!("partial {body} from {} -- ", ROOTS[*root])).unwrap();
+            touched.extend(ancestors(base, &p));
         }
         Op::Fact { domain, port } => {
             inv.domain = *domain;
@@ -240,7 +251,26 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) {
         Op::Layers { machine, layers } => inv.layers[*machine] = layers.clone(),
         Op::ToggleMachine3 => inv.m3 = !inv.m3,
     }
-    std::fs::write(base.join("lab.toml"), inv.toml()).unwrap();
+    let toml = inv.toml();
+    if std::fs::read_to_string(base.join("lab.toml"))
+        .ok()
+        .as_deref()
+        != Some(toml.as_str())
+    {
+        std::fs::write(base.join("lab.toml"), toml).unwrap();
+    } else {
+        touched.remove(0);
+    }
+    touched
+}
+
+/// The path and its parent directories up to the project (a watcher
+/// reports created directories too).
+fn ancestors(base: &Path, p: &Path) -> Vec<std::path::PathBuf> {
+    p.ancestors()
+        .take_while(|a| *a != base)
+        .map(|a| a.to_path_buf())
+        .collect()
 }
 
 fn build(dir: &Path) -> Vec<(String, bool)> {
@@ -305,6 +335,62 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// The same edits through a watch session: every cycle sees only the paths
+/// an edit touched, and the outputs still equal a clean build.
+fn check_session(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let lab = TestLab::new();
+    lab.file("layers/_/_partials/p.j2", "base partial -- ")
+        .file("layers/l1/etc/a", "l1\n")
+        .file("layers/l2/etc/t.j2", "{{ domain }} on {{ machine }}\n");
+    let mut inv = Inventory {
+        domain: 0,
+        port: None,
+        layers: [vec![true, false], vec![true, true], vec![false, true]],
+        m3: true,
+    };
+    lab.file("lab.toml", &inv.toml());
+    let engine = Engine::open(lab.path()).unwrap();
+    let (mut session, _) = lab_engine::Session::start(engine, &[], &Silent).unwrap();
+    for (i, op) in ops.iter().enumerate() {
+        let paths = apply(&lab, &mut inv, op);
+        let r = session.cycle(&paths, &Silent).unwrap();
+        prop_assert!(
+            r.build.machines.iter().all(|m| m.result.is_ok()),
+            "step {}: {:?}: {:?}",
+            i,
+            op,
+            r.build.machines
+        );
+        let clean_lab = lab.copy_sources();
+        build(clean_lab.path());
+        let (a, b) = (outputs(lab.path()), outputs(clean_lab.path()));
+        prop_assert!(
+            a == b,
+            "step {}: {:?}\n--- session\n{}\n--- clean\n{}",
+            i,
+            op,
+            a,
+            b
+        );
+    }
+    // and what the session persists is a state the next build trusts
+    session.persist().unwrap();
+    drop(session);
+    let before = outputs(lab.path());
+    let engine = Engine::open(lab.path()).unwrap();
+    let report = engine.build(&BuildOptions::default(), &Silent).unwrap();
+    prop_assert!(
+        report
+            .machines
+            .iter()
+            .all(|m| m.result.as_ref().is_ok_and(|r| r.up_to_date)),
+        "{:?}",
+        report.machines
+    );
+    prop_assert_eq!(outputs(lab.path()), before);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40),
@@ -315,5 +401,10 @@ proptest! {
     #[test]
     fn incremental_build_equals_clean_build(ops in proptest::collection::vec(op(), 1..14)) {
         check(ops)?;
+    }
+
+    #[test]
+    fn watch_session_equals_clean_build(ops in proptest::collection::vec(op(), 1..14)) {
+        check_session(ops)?;
     }
 }
