@@ -19,6 +19,11 @@ impl Style {
         }
     }
 
+    /// No colour at all (for text that goes into JSON).
+    pub fn plain() -> Style {
+        Style { color: false }
+    }
+
     pub fn stdout() -> Style {
         Style {
             color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())

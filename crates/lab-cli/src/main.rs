@@ -9,6 +9,7 @@ mod diag;
 mod facts;
 mod progress;
 mod sync;
+mod watch;
 
 use clap::{Args, Parser, Subcommand};
 use diag::Style;
@@ -106,6 +107,20 @@ enum Command {
         /// previous generation.
         #[arg(long)]
         rollback_on_failure: bool,
+    },
+    /// Rebuild on every saved file and sync the machines it changes, over
+    /// connections kept open.
+    Watch {
+        #[command(flatten)]
+        select: Select,
+        /// Only build; do not sync.
+        #[arg(long)]
+        no_sync: bool,
+        /// One JSON object per cycle on stdout.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        accept_new: bool,
     },
     /// Show what a sync would change on a machine (secrets masked).
     Diff {
@@ -216,6 +231,25 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                     accept_new: *accept_new,
                     rollback_on_failure: *rollback_on_failure,
                     quiet: cli.quiet,
+                },
+            )
+        }
+        Command::Watch {
+            select,
+            no_sync,
+            json,
+            accept_new,
+        } => {
+            let engine = open(&cli, style)?;
+            watch::watch(
+                engine,
+                style,
+                &watch::WatchArgs {
+                    machines: select.machines.clone(),
+                    no_sync: *no_sync,
+                    json: *json,
+                    quiet: cli.quiet,
+                    accept_new: *accept_new,
                 },
             )
         }

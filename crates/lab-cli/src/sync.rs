@@ -141,7 +141,11 @@ fn summary(style: Style, name: &str, r: &SyncReport, elapsed_ms: u128) -> String
 }
 
 /// Run `f` on every item with up to `jobs` threads; results in item order.
-fn parallel<T: Send, R: Send>(items: Vec<T>, jobs: usize, f: impl Fn(T) -> R + Sync) -> Vec<R> {
+pub(crate) fn parallel<T: Send, R: Send>(
+    items: Vec<T>,
+    jobs: usize,
+    f: impl Fn(T) -> R + Sync,
+) -> Vec<R> {
     let n = items.len();
     let queue = Mutex::new(items.into_iter().enumerate());
     let results: Mutex<Vec<Option<R>>> = Mutex::new((0..n).map(|_| None).collect());

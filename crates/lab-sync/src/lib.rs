@@ -15,6 +15,7 @@ pub mod units;
 pub use error::SyncError;
 pub use machine::{Change, MachineSync, Outcome, SyncOptions, SyncReport, Target};
 pub use ssh::{SshTarget, SshTransport};
+pub use ssh2_config;
 pub use transport::{LocalTransport, Output, Transport};
 
 use lab_config::{Machine, Project, Transport as Kind};
