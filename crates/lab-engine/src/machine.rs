@@ -200,6 +200,15 @@ impl MachineJob<'_> {
                         manifest_current: true,
                     }
                 } else {
+                    // What lab wrote is in the state and, if a watch session
+                    // wrote more after the state was saved, in the manifest.
+                    let mut entries = entries;
+                    if let Some(m) = std::fs::read_to_string(&self.manifest_path)
+                        .ok()
+                        .and_then(|t| Manifest::parse(&t).ok())
+                    {
+                        entries.extend(m.entries);
+                    }
                     Prior::rebuild(entries)
                 }
             }

@@ -159,6 +159,9 @@ impl Session {
         changed.sort();
         changed.dedup();
         if reload || self.engine.project.compat.is_some() {
+            // What the session built must be on disk before an ordinary
+            // build takes over.
+            self.persist()?;
             if reload {
                 let project = Project::load(&project_root)?;
                 self.engine = Engine::new(project);
@@ -179,6 +182,7 @@ impl Session {
             let Some(root) = self.roots.get_mut(&name) else {
                 // a layer no selected machine uses, or a new root
                 if self.uses_root(&name) {
+                    self.persist()?;
                     let build = self.rebuild(reporter)?;
                     return Ok(CycleReport {
                         changed,

@@ -180,17 +180,21 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) -> Vec<std::path::PathBuf>
     match op {
         Op::Write { root, path, body } => {
             let p = at(*root, PLAIN[*path]);
+            let fresh = missing_ancestors(base, &p);
             make_parent(base, &p);
             clear(&p);
             std::fs::write(&p, BODIES[*body]).unwrap();
-            touched.extend(ancestors(base, &p));
+            touched.push(p.clone());
+            touched.extend(fresh);
         }
         Op::Template { root, path, body } => {
             let p = at(*root, TEMPLATES[*path]);
+            let fresh = missing_ancestors(base, &p);
             make_parent(base, &p);
             clear(&p);
             std::fs::write(&p, TEMPLATE_BODIES[*body]).unwrap();
-            touched.extend(ancestors(base, &p));
+            touched.push(p.clone());
+            touched.extend(fresh);
         }
         Op::Delete {
             root,
@@ -208,13 +212,15 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) -> Vec<std::path::PathBuf>
         Op::Rename { root, from, to } => {
             let (f, t) = (at(*root, PLAIN[*from]), at(*root, PLAIN[*to]));
             if f != t && std::fs::symlink_metadata(&f).is_ok() && !t.starts_with(&f) {
+                let fresh = missing_ancestors(base, &t);
                 make_parent(base, &t);
                 clear(&t);
                 if std::fs::symlink_metadata(&f).is_ok() {
                     std::fs::rename(&f, &t).unwrap();
                 }
                 touched.push(f);
-                touched.extend(ancestors(base, &t));
+                touched.push(t.clone());
+                touched.extend(fresh);
             }
         }
         Op::Chmod { root, path, mode } => {
@@ -223,26 +229,33 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) -> Vec<std::path::PathBuf>
                 std::fs::set_permissions(&p, std::fs::Permissions::from_mode(MODES[*mode]))
                     .unwrap();
             }
+            touched.push(p);
         }
         Op::Symlink { root, path, target } => {
             let p = at(*root, PLAIN[*path]);
+            let fresh = missing_ancestors(base, &p);
             make_parent(base, &p);
             clear(&p);
             std::os::unix::fs::symlink(TARGETS[*target], &p).unwrap();
-            touched.extend(ancestors(base, &p));
+            touched.push(p.clone());
+            touched.extend(fresh);
         }
         Op::EmptyDir { root } => {
             let p = at(*root, "var/empty");
+            let fresh = missing_ancestors(base, &p);
             make_parent(base, &p);
             clear(&p);
             std::fs::create_dir_all(&p).unwrap();
-            touched.extend(ancestors(base, &p));
+            touched.push(p.clone());
+            touched.extend(fresh);
         }
         Op::Partial { root, body } => {
             let p = at(*root, "_partials/p.j2");
+            let fresh = missing_ancestors(base, &p);
             make_parent(base, &p);
             std::fs::write(&p, format!("partial {body} from {} -- ", ROOTS[*root])).unwrap();
-            touched.extend(ancestors(base, &p));
+            touched.push(p.clone());
+            touched.extend(fresh);
         }
         Op::Fact { domain, port } => {
             inv.domain = *domain;
@@ -264,11 +277,13 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) -> Vec<std::path::PathBuf>
     touched
 }
 
-/// The path and its parent directories up to the project (a watcher
-/// reports created directories too).
-fn ancestors(base: &Path, p: &Path) -> Vec<std::path::PathBuf> {
+/// The parent directories of `p` that do not exist yet (a watcher reports
+/// them when they are created).
+fn missing_ancestors(base: &Path, p: &Path) -> Vec<std::path::PathBuf> {
     p.ancestors()
+        .skip(1)
         .take_while(|a| *a != base)
+        .filter(|a| std::fs::symlink_metadata(a).map_or(true, |m| !m.is_dir()))
         .map(|a| a.to_path_buf())
         .collect()
 }
@@ -407,4 +422,21 @@ proptest! {
     fn watch_session_equals_clean_build(ops in proptest::collection::vec(op(), 1..14)) {
         check_session(ops)?;
     }
+}
+
+#[test]
+fn session_regression_write_then_chmod() {
+    check_session(vec![
+        Op::Write {
+            root: 0,
+            path: 2,
+            body: 0,
+        },
+        Op::Chmod {
+            root: 0,
+            path: 2,
+            mode: 1,
+        },
+    ])
+    .unwrap();
 }
