@@ -1,0 +1,35 @@
+# The make pipeline of a make + m4 style lab, as such a repo has it: per
+# machine, the layer list from the `+ NAME` lines, every file and symlink of
+# `layers/_`, the listed layers and `machines/NAME/`, copied with cp or
+# rendered with m4, plus the symlinks of the link lists. Written to be
+# reasonably efficient (one find and one jq per machine and run, builtin
+# rules off, directories as order-only prerequisites) so the benchmark
+# compares lab with a fair make, not a straw man.
+#
+# usage (from the lab's root): make -f compat.mk [-j N] [OUT=build] [MACHINES="m1 m2"]
+#
+# Like the pipelines it imitates, it has make's blind spots: a deleted or
+# renamed source stays in OUT, link targets and mode-only changes are not
+# picked up, m4_include'd files are not prerequisites.
+
+MAKEFLAGS += -r
+.SUFFIXES:
+.DELETE_ON_ERROR:
+
+HERE := $(dir $(lastword $(MAKEFILE_LIST)))
+OUT ?= build
+MACHINES ?= $(patsubst machines/%/,%,$(wildcard machines/*/))
+PRELUDES := $(sort $(wildcard layers/_/usr/local/include/m4/*.m4))
+M4 := m4 --fatal-warnings --prefix-builtins
+
+all: $(addprefix local-,$(MACHINES))
+.PHONY: all $(addprefix local-,$(MACHINES))
+
+# Facts as -D arguments, and the fact files templates depend on.
+$(foreach m,$(MACHINES),$(eval DEFS_$(m) := $(shell sh $(HERE)facts.sh $(m))))
+$(foreach m,$(MACHINES),$(eval FACTS_$(m) := $(wildcard .facts/example*.env .facts/$(m).json .facts/$(m).env)))
+
+# Per-machine rules, generated from the current sources on every run.
+$(shell mkdir -p $(OUT)/.rules)
+$(foreach m,$(MACHINES),$(shell sh $(HERE)rules.sh $(m) $(OUT) > $(OUT)/.rules/$(m).mk))
+include $(MACHINES:%=$(OUT)/.rules/%.mk)

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+"""lab (release) against GNU make driving the same make + m4 style lab.
+
+Generates the synthetic lab of gen.py, checks that make (compat.mk) and
+`lab build --out` produce identical trees (paths, kinds, modes, link
+targets, contents), then times three scenarios for each tool, alternating
+the tools run by run, and prints the medians as a Markdown table:
+
+  cold      no outputs, no state (make: rm -rf build; lab: rm -rf .lab)
+  no-op     nothing changed since the last build
+  edit      one plain file of a layer used by several machines changed
+  edit-m4   one m4 template of that layer changed
+
+usage: run.py [--lab PATH] [--runs N] [--work DIR] [--jobs N]
+"""
+import argparse
+import hashlib
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(os.path.dirname(HERE))
+
+
+def sh(cmd, cwd, check=True):
+    r = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if check and r.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def timed(cmd, cwd):
+    t = time.perf_counter()
+    sh(cmd, cwd)
+    return time.perf_counter() - t
+
+
+def listing(root):
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for n in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, n)
+            rel = os.path.relpath(p, root)
+            st = os.lstat(p)
+            mode = oct(st.st_mode & 0o7777)
+            if os.path.islink(p):
+                out.append(f"{rel} l {os.readlink(p)}")
+            elif os.path.isdir(p):
+                out.append(f"{rel} d {mode}")
+            else:
+                with open(p, "rb") as f:
+                    out.append(f"{rel} f {mode} {hashlib.sha256(f.read()).hexdigest()}")
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--lab", default=os.path.join(REPO, "target/release/lab"))
+    ap.add_argument("--runs", type=int, default=7)
+    ap.add_argument("--work", default="/tmp/lab-compat-bench")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count())
+    a = ap.parse_args()
+    lab_bin = os.path.abspath(a.lab)
+    mk = os.path.join(HERE, "compat.mk")
+    make = ["make", "-s", "-f", mk, f"-j{a.jobs}"]
+    lab = [lab_bin, "build", "-q"]
+
+    shutil.rmtree(a.work, ignore_errors=True)
+    d = os.path.join(a.work, "lab")
+    print(sh([sys.executable, os.path.join(HERE, "gen.py"), d], REPO).stdout.strip())
+
+    # 1. Same trees, byte for byte.
+    sh(make, d)
+    sh(lab + ["--out", os.path.join(a.work, "lab-out")], d)
+    for m in sorted(os.listdir(os.path.join(d, "machines"))):
+        x = listing(os.path.join(d, "build", m))
+        y = listing(os.path.join(a.work, "lab-out", m))
+        if x != y:
+            diff = [l for l in x if l not in y][:5] + ["---"] + [l for l in y if l not in x][:5]
+            sys.exit(f"{m}: make and lab trees differ:\n" + "\n".join(diff))
+    n_entries = sum(len(listing(os.path.join(d, "build", m))) for m in os.listdir(os.path.join(d, "machines")))
+    print(f"make and lab produce identical trees ({n_entries} entries in 8 machines)")
+
+    # The edited files: in the first layer of m1.
+    with open(os.path.join(d, "machines/m1/usr/local/opt/initd/layers/main.txt")) as f:
+        layer = [l.split()[1] for l in f if l.startswith("+ ")][0]
+    plain = os.path.join(d, f"layers/{layer}/etc/{layer}/conf03.conf")
+    tmpl = os.path.join(d, f"layers/{layer}/etc/{layer}/t1.m4.conf")
+    users = sum(
+        1
+        for m in os.listdir(os.path.join(d, "machines"))
+        for t in os.listdir(os.path.join(d, "machines", m, "usr/local/opt/initd/layers"))
+        if f"+ {layer}\n" in open(os.path.join(d, "machines", m, "usr/local/opt/initd/layers", t)).read()
+    )
+
+    def cold(tool):
+        shutil.rmtree(os.path.join(d, "build" if tool == "make" else ".lab"), ignore_errors=True)
+        os.sync()
+        return timed(make if tool == "make" else lab, d)
+
+    def noop(tool):
+        return timed(make if tool == "make" else lab, d)
+
+    counter = [0]
+
+    def edit(path):
+        def run(tool):
+            counter[0] += 1
+            with open(path, "a") as f:
+                f.write(f"edit {counter[0]}\n")
+            return timed(make if tool == "make" else lab, d)
+        return run
+
+    scenarios = [
+        ("cold", cold, max(3, a.runs // 2)),
+        ("no-op", noop, a.runs * 2),
+        (f"edit (1 file, {users} machines)", edit(plain), a.runs * 2),
+        (f"edit-m4 (1 template, {users} machines)", edit(tmpl), a.runs * 2),
+    ]
+    rows = []
+    for name, fn, n in scenarios:
+        times = {"make": [], "lab": []}
+        for tool in ("make", "lab"):  # warm up: both up to date
+            noop(tool)
+        for i in range(n):
+            for tool in (("make", "lab") if i % 2 == 0 else ("lab", "make")):
+                times[tool].append(fn(tool))
+        mm, ll = statistics.median(times["make"]), statistics.median(times["lab"])
+        rows.append((name, mm, ll, n))
+        print(f"{name}: make {mm*1000:.1f} ms, lab {ll*1000:.1f} ms, {mm/ll:.1f}x", flush=True)
+
+    print()
+    print(f"| scenario | GNU make -j{a.jobs} | lab | lab is | runs |")
+    print("|---|---:|---:|---:|---:|")
+    for name, mm, ll, n in rows:
+        print(f"| {name} | {mm*1000:.0f} ms | {ll*1000:.1f} ms | {mm/ll:.0f}x faster | {n} |")
+
+
+main()
