@@ -20,6 +20,11 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+/// A machine that does not answer within these is retried later, so it
+/// holds up the others' cycle only this long.
+const WATCH_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const WATCH_IO_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub struct WatchArgs {
     pub machines: Vec<String>,
     pub no_sync: bool,
@@ -136,14 +141,20 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
     if !args.no_sync {
         let lab_dir = engine.lab_dir().to_path_buf();
         let conns = parallel(selected.clone(), 8, |m| {
-            let r = lab_sync::connect(&engine.project, &m, ssh_config.as_ref(), args.accept_new)
-                .and_then(|mut t| {
-                    if lab_engine::lab_facts::load(&lab_dir, &m.name).map_or(true, |f| f.is_empty())
-                    {
-                        lab_sync::gather_facts(t.as_mut(), &lab_dir, &m.name)?;
-                    }
-                    Ok(t)
-                });
+            let r = lab_sync::connect_with(
+                &engine.project,
+                &m,
+                ssh_config.as_ref(),
+                args.accept_new,
+                WATCH_CONNECT_TIMEOUT,
+                WATCH_IO_TIMEOUT,
+            )
+            .and_then(|mut t| {
+                if lab_engine::lab_facts::load(&lab_dir, &m.name).map_or(true, |f| f.is_empty()) {
+                    lab_sync::gather_facts(t.as_mut(), &lab_dir, &m.name)?;
+                }
+                Ok(t)
+            });
             (m.name.clone(), r)
         });
         for (name, r) in conns {
@@ -376,11 +387,13 @@ fn emit_with_debounce(
             let target = lab_sync::target(&engine.project, &m, engine.lab_dir());
             let r = (|| -> Result<SyncReport, SyncError> {
                 if link.transport.is_none() {
-                    link.transport = Some(lab_sync::connect(
+                    link.transport = Some(lab_sync::connect_with(
                         &engine.project,
                         &m,
                         ssh_config,
                         args.accept_new,
+                        WATCH_CONNECT_TIMEOUT,
+                        WATCH_IO_TIMEOUT,
                     )?);
                 }
                 MachineSync {

@@ -65,12 +65,32 @@ pub fn gather_facts(
 }
 
 /// Open the transport for a machine: `sh` for a local one, an SSH
-/// connection otherwise.
+/// connection otherwise (15 s to connect, 5 minutes of silence on an open
+/// connection means it is dead).
 pub fn connect(
     project: &Project,
     m: &Machine,
     ssh_config: Option<&ssh2_config::SshConfig>,
     accept_new: bool,
+) -> Result<Box<dyn Transport>, SyncError> {
+    connect_with(
+        project,
+        m,
+        ssh_config,
+        accept_new,
+        Duration::from_secs(15),
+        Duration::from_secs(300),
+    )
+}
+
+/// [`connect`] with explicit timeouts (`lab watch` wants short ones).
+pub fn connect_with(
+    project: &Project,
+    m: &Machine,
+    ssh_config: Option<&ssh2_config::SshConfig>,
+    accept_new: bool,
+    timeout: Duration,
+    io_timeout: Duration,
 ) -> Result<Box<dyn Transport>, SyncError> {
     match &m.transport {
         Kind::Local { root } => {
@@ -81,9 +101,7 @@ pub fn connect(
         Kind::Ssh => {
             let t = SshTarget::resolve(m, &project.settings, ssh_config);
             Ok(Box::new(SshTransport::connect(
-                &t,
-                accept_new,
-                Duration::from_secs(15),
+                &t, accept_new, timeout, io_timeout,
             )?))
         }
     }

@@ -166,6 +166,7 @@ impl SshTransport {
         t: &SshTarget,
         accept_new: bool,
         timeout: Duration,
+        io_timeout: Duration,
     ) -> Result<SshTransport, SyncError> {
         let mut session = Session::new().map_err(|e| SyncError::ssh(t, "cannot start ssh", e))?;
         let proxy = if let Some(jump) = t.proxy_jump.first() {
@@ -254,8 +255,10 @@ impl SshTransport {
         };
         me.verify_host_key(t, accept_new)?;
         me.authenticate(t)?;
-        // Commands may run long (unit restarts): no timeout after login.
-        me.session.set_timeout(0);
+        // After login, a blocking read or write that makes no progress for
+        // this long means the connection is dead (a unit restart that takes
+        // long still sends nothing back until it is done, hence generous).
+        me.session.set_timeout(io_timeout.as_millis() as u32);
         Ok(me)
     }
 
