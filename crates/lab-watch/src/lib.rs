@@ -65,7 +65,12 @@ impl ProjectWatcher {
             root: root.to_path_buf(),
             subdirs: subdirs.iter().map(|d| root.join(d)).collect(),
             watched: Default::default(),
-            quiet: Duration::from_millis(30),
+            quiet: Duration::from_millis(
+                std::env::var("LAB_WATCH_QUIET_MS")
+                    .ok()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(10),
+            ),
             max_wait: Duration::from_millis(1000),
         };
         for d in &me.subdirs {
