@@ -362,25 +362,30 @@ fn build(
             report.hashed
         );
     }
+    outcome(style, &failed)
+}
+
+/// The last line of a command that worked on several machines: which of
+/// them failed, if any.
+pub(crate) fn outcome(style: Style, failed: &[String]) -> Result<(), Failure> {
     if failed.is_empty() {
-        Ok(())
-    } else {
-        eprintln!(
-            "{} {} failed: {}",
-            style.red("error:"),
-            if failed.len() == 1 {
-                "1 machine"
-            } else {
-                "machines"
-            },
-            failed
-                .iter()
-                .map(|f| format!("`{f}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        Err(Failure::Partial)
+        return Ok(());
     }
+    eprintln!(
+        "{} {} failed: {}",
+        style.red("error:"),
+        if failed.len() == 1 {
+            "1 machine"
+        } else {
+            "machines"
+        },
+        failed
+            .iter()
+            .map(|f| format!("`{f}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Err(Failure::Partial)
 }
 
 fn show(engine: &Engine, style: Style, machine: &str, path: &str) -> Result<(), Failure> {

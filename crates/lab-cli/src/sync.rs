@@ -278,27 +278,9 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
             }
         }
     }
-    if failed.is_empty() {
-        Ok(())
-    } else {
-        let order: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-        failed.sort_by_key(|n| order.iter().position(|o| o == n));
-        eprintln!(
-            "{} {} failed: {}",
-            style.red("error:"),
-            if failed.len() == 1 {
-                "1 machine"
-            } else {
-                "machines"
-            },
-            failed
-                .iter()
-                .map(|f| format!("`{f}`"))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        Err(Failure::Partial)
-    }
+    let order: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+    failed.sort_by_key(|n| order.iter().position(|o| o == n));
+    crate::outcome(style, &failed)
 }
 
 fn one<'a>(engine: &'a Engine, style: Style, name: &str) -> Result<&'a Machine, Failure> {

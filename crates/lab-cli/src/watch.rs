@@ -188,6 +188,7 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
         &first,
         started,
         build_ms,
+        0,
         ssh_config.as_ref(),
     );
 
@@ -222,6 +223,7 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
                     &empty,
                     Instant::now(),
                     0,
+                    0,
                     ssh_config.as_ref(),
                 );
             }
@@ -247,7 +249,7 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
                 if changed.is_empty() && c.build.machines.is_empty() {
                     continue;
                 }
-                emit_with_debounce(
+                emit(
                     args,
                     style,
                     &mut links,
@@ -281,25 +283,6 @@ fn print_error(args: &WatchArgs, style: Style, machine: Option<&str>, e: &dyn Di
 
 #[allow(clippy::too_many_arguments)]
 fn emit(
-    args: &WatchArgs,
-    style: Style,
-    links: &mut HashMap<String, Link>,
-    session: &mut Session,
-    log: &CycleLog,
-    cycle: u64,
-    changed: &[String],
-    build: &BuildReport,
-    since: Instant,
-    build_ms: u128,
-    ssh_config: Option<&lab_sync::ssh2_config::SshConfig>,
-) {
-    emit_with_debounce(
-        args, style, links, session, log, cycle, changed, build, since, build_ms, 0, ssh_config,
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn emit_with_debounce(
     args: &WatchArgs,
     style: Style,
     links: &mut HashMap<String, Link>,

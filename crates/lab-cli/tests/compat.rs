@@ -202,3 +202,22 @@ host = "10.0.0.1"
         "{err}"
     );
 }
+
+#[test]
+fn show_names_the_source_and_the_files_m4_read() {
+    let t = small();
+    let (code, out, err) = run(&t, &["show", "-m", "a", "/etc/motd.txt"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "/etc/motd.txt on a (file 0644)\n  \
+         source: layers/_/etc/motd.m4.txt (template)\n  \
+         includes: layers/_/usr/local/include/m4/p.m4\n  \
+         reads: ENV_MACHINE = \"a\"\n  \
+         reads: ENV_ROLE = \"none\"\n\
+         ---\n\
+         hi a none\n"
+    );
+    let (code, out, _) = run(&t, &["show", "-m", "a", "/etc"]);
+    assert_eq!((code, out.as_str()), (0, "/etc on a (dir 0755)\n"));
+}
