@@ -213,9 +213,11 @@ place() {
   rmdir -- "$R$d/.lab-stage" 2>/dev/null || :
 }
 
-commit() { # GEN DIGEST KEEP
+# The new generation is the current one plus one (`begin` checked that the
+# machine is where the plan expects it).
+commit() { # DIGEST KEEP
   [ -f "$S/inflight/manifest" ] || fail "incomplete stream: no manifest"
-  set -- "$1" "$2" "$3" "$(sha256sum <"$S/inflight/manifest")"
+  set -- "$(($(current_gen) + 1))" "$1" "$2" "$(sha256sum <"$S/inflight/manifest")"
   [ "${4%% *}" = "$2" ] || fail "incomplete stream: manifest digest mismatch"
   printf '%s\n' "$2" >"$S/inflight/digest"
   rm -f -- "$S/inflight/backed-up"
@@ -341,10 +343,17 @@ act() {
 }
 
 # Report each unit acted on. A unit that dies right after (re)starting is a
-# failure too, so wait a moment once when something was started.
+# failure too: when a started unit's start does not wait for readiness
+# (Type=simple or exec), wait a moment once before looking.
 settle() {
   [ -n "$DONE" ] || return 0
-  case $DONE in *"start "*" ok"* | *"restart "*" ok"*) sleep "${LAB_SETTLE:-0.2}" ;; esac
+  wait=0
+  for u in $(printf '%s' "$DONE" | while read -r a u r; do
+      case "$a $r" in "start ok" | "restart ok") echo "$u" ;; esac
+    done); do
+    case $(systemctl show -p Type --value -- "$u" 2>/dev/null) in simple | exec | idle) wait=1 ;; esac
+  done
+  [ $wait = 1 ] && sleep "${LAB_SETTLE:-0.1}"
   printf '%s' "$DONE" | while read -r a u r; do
     if [ "$r" = ok ] && [ "$a" != stop ] && ! systemctl -q is-active -- "$u" 2>/dev/null; then
       case $(systemctl show -p Type --value -- "$u" 2>/dev/null) in

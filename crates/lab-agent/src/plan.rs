@@ -171,11 +171,11 @@ impl<'a> ApplyPlan<'a> {
     }
 
     /// The program for this apply: the executor library, then the plan.
-    /// `base` is the machine's current digest the plan was made against.
+    /// `base` is the machine's current digest the plan was made against;
+    /// the machine refuses the plan (exit 3, `stale`) when it is elsewhere.
     pub fn program(
         &self,
         base: Option<&Digest>,
-        gen: u64,
         digest: &Digest,
         keep: usize,
         units: &[UnitAction],
@@ -291,7 +291,7 @@ impl<'a> ApplyPlan<'a> {
                 s.push('\n');
             }
         }
-        s.push_str(&format!("commit {gen} {} {keep}\n", digest.to_hex()));
+        s.push_str(&format!("commit {} {keep}\n", digest.to_hex()));
         push_units(&mut s, units);
         s
     }

@@ -118,9 +118,9 @@ impl Machine {
     fn prepare(&self, out: &Path) -> (String, Vec<u8>) {
         let old = self.applied();
         let new = manifest_of(out);
-        let (gen, base) = self.current();
+        let (_, base) = self.current();
         let plan = ApplyPlan::new(&old, &new);
-        let program = plan.program(base.as_ref(), gen + 1, &new.digest(), 5, &[]);
+        let program = plan.program(base.as_ref(), &new.digest(), 5, &[]);
         let mut tar = Vec::new();
         plan.write_tar(out, &new.to_text(), &mut tar).unwrap();
         (program, tar)

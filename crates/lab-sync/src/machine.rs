@@ -165,17 +165,37 @@ impl MachineSync<'_> {
         }
     }
 
+    /// The manifest this machine applied last, as cached here, and its
+    /// digest.
+    fn cached(&self) -> Option<(Manifest, Digest)> {
+        let text = std::fs::read_to_string(&self.target.cache_path).ok()?;
+        let m = Manifest::parse(&text).ok()?;
+        Some((m, Digest::of(text.as_bytes())))
+    }
+
     /// Ship the built manifest to the machine.
+    ///
+    /// When the cache says where the machine is, the change goes out at
+    /// once (one command); the machine refuses it if it is elsewhere, and
+    /// says where it is, and lab plans again from there.
     pub fn sync(&mut self, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
         let (new, new_text) = self.new_manifest()?;
         let digest = Digest::of(new_text.as_bytes());
         let mut attempts = 0;
-        let (mut gen, mut base) = self.probe()?;
+        let (mut gen, mut base, mut known) = match self.cached() {
+            Some((m, d)) if d != digest => (None, Some(d), Some(m)),
+            _ => {
+                let (g, b) = self.probe()?;
+                (Some(g), b, None)
+            }
+        };
         loop {
             if base == Some(digest) {
                 self.remember(&new_text);
                 return Ok(SyncReport {
-                    outcome: Outcome::Unchanged { gen },
+                    outcome: Outcome::Unchanged {
+                        gen: gen.unwrap_or_default(),
+                    },
                     written: 0,
                     removed: 0,
                     content_bytes: 0,
@@ -185,10 +205,13 @@ impl MachineSync<'_> {
                 });
             }
             attempts += 1;
-            let old = self.fetch_manifest(gen, base.as_ref())?;
+            let old = match known.take() {
+                Some(m) => m,
+                None => self.fetch_manifest(gen.unwrap_or_default(), base.as_ref())?,
+            };
             let plan = ApplyPlan::new(&old, &new);
             let actions = units::actions(&old, &new, &plan.touched(), &self.target.rules);
-            let program = plan.program(base.as_ref(), gen + 1, &digest, self.target.keep, &actions);
+            let program = plan.program(base.as_ref(), &digest, self.target.keep, &actions);
             let cmd = bootstrap_command(&self.target.root, program.len(), self.target.systemd);
             let mut tar_error = None;
             let out = self.transport.run(&cmd, &mut |w| {
@@ -208,9 +231,15 @@ impl MachineSync<'_> {
             match out.status {
                 0 => {}
                 3 => {
-                    // Someone else changed the machine since the probe.
-                    let (g, b) = report.stale.unwrap_or((gen, base));
-                    gen = g;
+                    // The machine is not where we thought (another sync, a
+                    // rollback, a lost cache): plan again from where it is.
+                    let Some((g, b)) = report.stale else {
+                        return Err(SyncError::Protocol {
+                            status: 3,
+                            output: out.stdout_text(),
+                        });
+                    };
+                    gen = Some(g);
                     base = b;
                     if attempts >= 5 {
                         return Err(SyncError::Contended(attempts));
@@ -249,8 +278,9 @@ impl MachineSync<'_> {
                 failed_units: failed,
             };
             if opts.rollback_on_failure && !result.failed_units.is_empty() {
-                let rb = self.rollback_to(Some(gen), Some((now, digest, &new)))?;
-                result.outcome = Outcome::RolledBack { gen };
+                let prev = now - 1;
+                let rb = self.rollback_to(Some(prev), Some((now, digest, &new)))?;
+                result.outcome = Outcome::RolledBack { gen: prev };
                 result.rollback = Some(rb);
             }
             return Ok(result);
