@@ -295,6 +295,7 @@ impl Engine {
             files: compat::FileCache::new(root),
             preludes: lab_config::compat::expand_globs(root, &c.preludes),
             scanned_at_ns,
+            render_pool: compat::RenderPool::new(rayon::current_num_threads()),
         });
 
         let outcomes: Vec<MachineOutcome> = machines
@@ -503,6 +504,7 @@ impl Engine {
             base_summary,
             files: &ctx.files,
             scanned_at_ns: ctx.scanned_at_ns,
+            render_pool: &ctx.render_pool,
             out: output::OutTree::new(self.out_dir(&m.name)),
             manifest_path: self.manifest_path(&m.name),
             state: &self.state,
@@ -556,6 +558,7 @@ struct CompatCtx {
     files: compat::FileCache,
     preludes: Vec<String>,
     scanned_at_ns: i64,
+    render_pool: compat::RenderPool,
 }
 
 /// A machine's input summary: its stack (each root's tree digest), its

@@ -61,6 +61,9 @@ impl Engine {
                 &self.ignore,
             )?);
         }
+        if self.project.compat.is_some() {
+            return self.show_compat(machine, &out, &roots);
+        }
         let stack = Stack {
             roots: roots.iter().collect(),
         };

@@ -23,6 +23,7 @@
 
 mod files;
 mod plan;
+mod show;
 
 pub use files::FileCache;
 pub use plan::{is_template, output_name};
@@ -38,6 +39,40 @@ use plan::{How, Out};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
+
+/// Threads that make outputs. An m4 render is mostly a wait for a child
+/// process (exec, dynamic loading, locale setup), so renders run with more
+/// threads than there are workers: `RENDERS_PER_WORKER` per worker thread
+/// (`-j`). Created on first use, so a no-op build starts no threads.
+pub struct RenderPool {
+    threads: usize,
+    pool: std::sync::OnceLock<Option<rayon::ThreadPool>>,
+}
+
+const RENDERS_PER_WORKER: usize = 4;
+
+impl RenderPool {
+    pub fn new(workers: usize) -> RenderPool {
+        RenderPool {
+            threads: workers.max(1) * RENDERS_PER_WORKER,
+            pool: std::sync::OnceLock::new(),
+        }
+    }
+
+    fn install<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let pool = self.pool.get_or_init(|| {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(self.threads)
+                .thread_name(|i| format!("lab-m4-{i}"))
+                .build()
+                .ok()
+        });
+        match pool {
+            Some(p) => p.install(f),
+            None => f(),
+        }
+    }
+}
 
 /// The digest of a fact set as m4 gets it.
 pub fn facts_digest(facts: &IndexMap<String, String>) -> Digest {
@@ -61,6 +96,7 @@ pub(crate) struct CompatJob<'a> {
     pub base_summary: Digest,
     pub files: &'a FileCache,
     pub scanned_at_ns: i64,
+    pub render_pool: &'a RenderPool,
     pub out: OutTree,
     pub manifest_path: PathBuf,
     pub state: &'a StateDir,
@@ -192,14 +228,25 @@ impl CompatJob<'_> {
         for (path, _, reason) in &dirty {
             reporter.node_ran(self.name, &Key::Output((*path).clone()), reason);
         }
-        let made: Vec<(String, Result<Built, MachineError>)> = dirty
-            .par_iter()
-            .map(|(path, out, _)| {
-                let r = self.make_one(path, out, &file_digest, facts_d);
-                reporter.progress(self.name);
-                ((*path).clone(), r)
-            })
-            .collect();
+        let make = || -> Vec<(String, Result<Built, MachineError>)> {
+            dirty
+                .par_iter()
+                .map(|(path, out, _)| {
+                    let r = self.make_one(path, out, &file_digest, facts_d);
+                    reporter.progress(self.name);
+                    ((*path).clone(), r)
+                })
+                .collect()
+        };
+        let renders = dirty
+            .iter()
+            .filter(|(_, o, _)| o.how == How::Template)
+            .count();
+        let made = if renders > 1 {
+            self.render_pool.install(make)
+        } else {
+            make()
+        };
         let mut errors = Vec::new();
         let mut built = Vec::with_capacity(made.len());
         for (path, r) in made {
