@@ -328,6 +328,28 @@ impl Engine {
             })
             .collect();
 
+        // Nothing read, nothing changed, nothing built: the stored
+        // fingerprints and scan id are still exact, so a no-op build writes
+        // nothing.
+        let unchanged = hashed == 0
+            && outcomes
+                .iter()
+                .all(|o| matches!(&o.result, Ok(r) if r.up_to_date))
+            && scans.iter().all(|(name, s)| {
+                s.as_ref().is_ok_and(|s| {
+                    s.changed.is_empty()
+                        && sources.roots.get(name).is_some_and(|p| {
+                            p.exists == s.exists && p.tree == s.tree && p.listing == s.listing
+                        })
+                })
+            });
+        if unchanged {
+            return Ok(BuildReport {
+                files,
+                hashed,
+                machines: outcomes,
+            });
+        }
         // The fingerprint cache: every root scanned now, and the ones this
         // run did not look at as they were.
         for (name, s) in &scans {
