@@ -1,6 +1,6 @@
 #!/bin/sh
-# The facts of machine $1 as shell-quoted m4 -D arguments on one line, for
-# a make variable ($ doubled): ENV_MACHINE, .facts/example*.env,
+# The facts of machine $1 as shell-quoted m4 -D arguments on one line (read
+# by compat.mk with $(file <), so not expanded by make): ENV_MACHINE, .facts/example*.env,
 # .facts/$1.json (flattened with jq), .facts/$1.env; later wins in m4.
 m=$1
 env_lines() { grep -v '^[[:space:]]*#' "$1" | grep -v '^[[:space:]]*$' | sed "s/^\([^=]*\)='\(.*\)'\$/\1=\2/"; }
@@ -11,4 +11,4 @@ env_lines() { grep -v '^[[:space:]]*#' "$1" | grep -v '^[[:space:]]*$' | sed "s/
       | if type == "array" then map(if . == null then "" elif type == "string" then . else tojson end) | join(",")
         elif type == "string" then . else tojson end)"' ".facts/$m.json"
   [ -f ".facts/$m.env" ] && env_lines ".facts/$m.env"
-} | awk -v q="'" '{ gsub(/\$/, "$$"); gsub(q, q "\\" q q); printf "%s-D%s%s ", q, $0, q }'
+} | awk -v q="'" '{ gsub(q, q "\\" q q); printf "%s-D%s%s ", q, $0, q }'
