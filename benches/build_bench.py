@@ -23,8 +23,11 @@ fork + exec + wait4 (so it includes the command's start-up; the cost of
 running /bin/true the same way is reported beside it) and peak RSS from
 ru_maxrss, which is what GNU time's %M prints (--time-check confirms it
 against /usr/bin/time -f %M once per size). Before each timed run the page cache is
-warm and `sync` has flushed earlier writes; each scenario starts from a
-settled tree (an untimed build first).
+warm, `sync` has flushed earlier writes and the CPUs have been idle for a
+moment (other people's builds share this machine: a run during which other
+processes used more than a quarter of a core is discarded and repeated);
+each scenario starts from a settled tree (an untimed build first). Output
+trees are never deleted right before a timed run (see Trash).
 
 The script never fails on timings; it fails when a build fails or when the
 make and lab trees differ (full listing with kinds, modes and link targets,
@@ -177,6 +180,38 @@ def rm_rf(p):
         shutil.rmtree(p)
 
 
+# ext4 without a journal (as here) skips free inodes that were deleted in
+# the last minute (several, while the inode table block is dirty) when it
+# allocates new ones, scanning past each of them: creating 30k files right
+# after deleting 300k cost 10x more CPU than on a quiet file system, in
+# the kernel (recently_deleted() under ext4_create, seen with perf). So no
+# output tree is deleted between timed runs: old trees are renamed into
+# TRASH and deleted between sizes, followed by a sync and a pause.
+TRASH_PAUSE = 70
+
+
+class Trash:
+    def __init__(self, work):
+        self.dir = os.path.join(work, "trash")
+        self.n = 0
+
+    def put(self, p):
+        if os.path.lexists(p):
+            os.makedirs(self.dir, exist_ok=True)
+            self.n += 1
+            os.rename(p, os.path.join(self.dir, f"{os.getpid()}-{self.n}"))
+
+    def empty(self, log, pause=True):
+        if os.path.lexists(self.dir):
+            t0 = time.monotonic()
+            shutil.rmtree(self.dir)
+            os.sync()
+            log(f"   (deleted old trees in {time.monotonic() - t0:.0f} s"
+                + (f"; pausing {TRASH_PAUSE} s so ext4 forgets them)" if pause else ")"))
+            if pause:
+                time.sleep(TRASH_PAUSE)
+
+
 # -- comparing the two trees -------------------------------------------------
 
 def listing(root):
@@ -316,9 +351,11 @@ def nothing():
     pass
 
 
-def bench_size(n, args, tool, log):
+def bench_size(n, args, tool, log, trash):
     d = os.path.join(args.work, f"lab-{n}")
     log(f"\n== N = {n}: generating {d}")
+    trash.put(d)
+    trash.empty(log, pause=not args.quick)
     t0 = time.perf_counter()
     meta = gen_lab.generate(d, n)
     log(f"   {meta['sources']} sources ({meta['plain_files']} plain, {meta['templates']} templates, "
@@ -333,8 +370,8 @@ def bench_size(n, args, tool, log):
 
     # cold: lab and make alternate, each from an empty output directory
     for i in range(args.cold_reps):
-        b.reps("cold", "lab", 1, lambda: rm_rf(lab_dir), lambda: tool.lab(d))
-        b.reps("cold", "make", 1, lambda: rm_rf(make_out), lambda: tool.make(d))
+        b.reps("cold", "lab", 1, lambda: trash.put(lab_dir), lambda: tool.lab(d))
+        b.reps("cold", "make", 1, lambda: trash.put(make_out), lambda: tool.make(d))
     checked = compare_trees(d, meta)
     log(f"   trees equal (all {meta['outputs_total']} files' kinds, modes, targets; {checked} contents)")
 
@@ -395,7 +432,7 @@ def bench_size(n, args, tool, log):
             f"(measure: {res['lab_rss_kb']['noop'] / 1024:.1f} MiB)")
 
     if not args.keep:
-        rm_rf(d)
+        trash.put(d)
     return res
 
 
@@ -494,8 +531,8 @@ def main():
                     help=f"lab binary (default $LAB_BIN or {default_lab})")
     ap.add_argument("--work", default=os.path.join(HERE, "work"), help="scratch directory")
     ap.add_argument("--keep", action="store_true", help="keep the generated labs")
-    ap.add_argument("--max-wait", type=float, default=900,
-                    help="seconds to wait for idle CPUs before a run (default 900)")
+    ap.add_argument("--max-wait", type=float, default=300,
+                    help="seconds to wait for idle CPUs before a run (default 300)")
     ap.add_argument("--no-time-check", dest="time_check", action="store_false",
                     help="skip the /usr/bin/time -f %%M cross-check")
     args = ap.parse_args()
@@ -528,7 +565,9 @@ def main():
 
     log(f"lab build vs make -j{args.jobs}; sizes {sizes}; {args.reps} reps (cold {args.cold_reps})")
     log(info["machine"])
-    results = [bench_size(n, args, tool, log) for n in sizes]
+    trash = Trash(args.work)
+    results = [bench_size(n, args, tool, log, trash) for n in sizes]
+    trash.empty(log, pause=False)
     text = report(results, info)
     log("\n" + text)
     with open(os.path.join(args.work, f"results-{stamp}.json"), "w") as f:
