@@ -541,7 +541,7 @@ class Bench:
     def record(self, size, tool, scenario, secs, output):
         self.results.setdefault(size, {}).setdefault(tool, {}).setdefault(scenario, []).append(secs)
         if tool == "lab":
-            m = re.search(r"\((\d+) ms\)", output)
+            m = re.search(r"(\d+) ms\)", output)
             if m:
                 self.lab_inner.setdefault(size, {}).setdefault(scenario, []).append(int(m.group(1)) / 1000)
         log(f"  {size} {tool:8} {scenario:8} {secs:8.3f} s")
@@ -701,6 +701,18 @@ class Bench:
         self.load("fan-out, end")
 
 
+def lab_version(args, cmd):
+    """The commit the lab binary was built from: LAB.commit beside the
+    binary when present (a build from a `git archive` snapshot), else this
+    checkout's HEAD (and whether its tree has uncommitted changes)."""
+    stamp = Path(args.lab + ".commit")
+    if stamp.exists():
+        return f"{args.lab} (built from a clean snapshot of commit {stamp.read_text().strip()[:12]})"
+    dirty = cmd(f"git -C {REPO} status --porcelain --untracked-files=no")
+    return (f"{args.lab} (checkout at commit {cmd(f'git -C {REPO} rev-parse --short HEAD')}"
+            f"{', with uncommitted changes' if dirty else ''})")
+
+
 def environment(args):
     def cmd(c):
         try:
@@ -714,8 +726,7 @@ def environment(args):
         "cpu": f"{cpu}, {os.cpu_count()} cores",
         "memory": cmd("free -m | awk '/Mem:/ {print $2 \" MB\"}'"),
         "kernel": cmd("uname -r"),
-        "lab": f"{args.lab} (commit {cmd(f'git -C {REPO} rev-parse --short HEAD')}"
-               f"{', dirty tree' if cmd(f'git -C {REPO} status --porcelain --untracked-files=no') else ''})",
+        "lab": lab_version(args, cmd),
         "rsync": cmd("rsync --version | head -1"),
         "openssh": cmd("ssh -V 2>&1"),
         "ansible": cmd(f"{args.venv}/bin/ansible-playbook --version | head -1"),
