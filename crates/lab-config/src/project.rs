@@ -239,6 +239,16 @@ impl Project {
         Ok(p)
     }
 
+    /// Load the project in `dir` again (after its files changed): its
+    /// `lab.toml`, or the make layout when it has none.
+    pub fn reload(dir: &Path) -> Result<Project, ConfigError> {
+        if dir.join(CONFIG_FILE).is_file() {
+            Project::load(dir)
+        } else {
+            Project::load_make(dir, Compat::defaults(dir))
+        }
+    }
+
     /// A make-style project in `dir`: machines from `inventory.json` and
     /// `machines/*/`, layers from their layer lists.
     pub fn load_make(dir: &Path, compat: Compat) -> Result<Project, ConfigError> {

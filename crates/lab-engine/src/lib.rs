@@ -137,10 +137,20 @@ impl Engine {
             .write(true)
             .open(&path)
             .map_err(io)?;
-        // SAFETY: flock on a file descriptor we own.
-        let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            return Err(EngineError::Locked { path });
+        // A child process forked by this process (m4, ssh) holds a copy of
+        // every descriptor until it execs, and with it a lock that was just
+        // released; so a held lock is tried again for a moment before it
+        // counts as another lab's.
+        for attempt in 0.. {
+            // SAFETY: flock on a file descriptor we own.
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+            if rc == 0 {
+                break;
+            }
+            if attempt == 20 {
+                return Err(EngineError::Locked { path });
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Ok(Lock(f))
     }

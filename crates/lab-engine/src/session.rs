@@ -152,6 +152,9 @@ impl Session {
                         .push(rest.join("/"));
                 }
                 ["layers" | "machines"] => reload = true,
+                // A make-style build also reads fact files, the inventory,
+                // and files that templates include or `!` links point to.
+                _ if self.engine.project.compat.is_some() => {}
                 _ => continue,
             }
             changed.push(rel.to_string());
@@ -162,8 +165,10 @@ impl Session {
             // What the session built must be on disk before an ordinary
             // build takes over.
             self.persist()?;
-            if reload {
-                let project = Project::load(&project_root)?;
+            // A make-style project's machines and layers come from its
+            // files (inventory, layer lists), so it is read again each time.
+            if reload || self.engine.project.compat.is_some() {
+                let project = Project::reload(&project_root)?;
                 self.engine = Engine::new(project);
             }
             let build = self.rebuild(reporter)?;

@@ -428,3 +428,42 @@ fn fact_changes_rerender_templates_only() {
         .read(".lab/out/db/etc/db/db.conf")
         .contains("on riscv64 (ENV_ID"));
 }
+
+#[test]
+fn a_watch_session_sees_fact_files_layer_lists_and_followed_files() {
+    let f = fixture();
+    let engine = Engine::open(f.lab.path()).unwrap();
+    let (mut session, _) = lab_engine::Session::start(engine, &[], &Recorder::default()).unwrap();
+    // paths outside layers/ and machines/ only
+    f.lab
+        .file(".facts/web.env", "ENV_ROLE='backend'\n")
+        .file("shared/resolv.conf", "nameserver 192.0.2.99\n");
+    let paths = [
+        f.lab.join(".facts/web.env"),
+        f.lab.join("shared/resolv.conf"),
+    ];
+    session.cycle(&paths, &Recorder::default()).unwrap();
+    assert_eq!(
+        f.lab.read(".lab/out/web/etc/greeting.txt"),
+        "hello from web (backend)\n"
+    );
+    // a layer list: the machine's layers are read again
+    f.lab.file(
+        "machines/db/usr/local/opt/initd/layers/db.txt",
+        "+ db\n+ web\n",
+    );
+    let paths = [f.lab.join("machines/db/usr/local/opt/initd/layers/db.txt")];
+    session.cycle(&paths, &Recorder::default()).unwrap();
+    session.persist().unwrap();
+    drop(session);
+    assert_eq!(
+        f.lab.read(".lab/out/web/etc/greeting.txt"),
+        "hello from web (backend)\n"
+    );
+    assert!(f.lab.join(".lab/out/db/etc/nginx/nginx.conf").exists());
+    assert_eq!(
+        f.lab.read(".lab/out/web/etc/resolv.conf"),
+        "nameserver 192.0.2.99\n"
+    );
+    assert_incremental_equals_clean(&f);
+}
