@@ -14,6 +14,9 @@ use std::sync::Mutex;
 pub struct FileCache {
     root: PathBuf,
     now: Mutex<HashMap<String, Option<Fingerprint>>>,
+    /// Literal `m4_include`/`m4_sinclude` names of each file read so far
+    /// (preludes are read by every render).
+    includes: Mutex<HashMap<String, Vec<String>>>,
 }
 
 /// The digest recorded for a followed file: its permission bits and content.
@@ -29,7 +32,25 @@ impl FileCache {
         FileCache {
             root: root.to_path_buf(),
             now: Mutex::new(HashMap::new()),
+            includes: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// The literal include names in file `key` (see
+    /// [`lab_render::m4::literal_includes`]); empty when it cannot be read.
+    pub fn literal_includes(&self, key: &str) -> Vec<String> {
+        if let Some(v) = self.includes.lock().unwrap().get(key) {
+            return v.clone();
+        }
+        let text = std::fs::read(self.path(key))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
+        let v = lab_render::m4::literal_includes(&text);
+        self.includes
+            .lock()
+            .unwrap()
+            .insert(key.to_string(), v.clone());
+        v
     }
 
     pub fn path(&self, key: &str) -> PathBuf {

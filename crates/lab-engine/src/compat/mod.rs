@@ -513,10 +513,7 @@ impl CompatJob<'_> {
                 // Literal includes that m4 did not open (missing, or not
                 // reached) are dependencies too: creating one re-renders.
                 for f in &r.read {
-                    let text = std::fs::read(self.files.path(&self.files.key_of(f)))
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default();
-                    for n in lab_render::m4::literal_includes(&text) {
+                    for n in self.files.literal_includes(&self.files.key_of(f)) {
                         let k = self.files.key_of(&n);
                         if seen.insert(k.clone()) {
                             names.push(k);
