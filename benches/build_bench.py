@@ -90,9 +90,10 @@ def cpu_ticks():
 
 
 def wait_quiet(log, max_wait):
-    """Wait until the CPUs are idle (>= 95% over a 0.3 s window, twice in a
-    row): other people's builds must not share our 2 cores. Gives up after
-    max_wait seconds. Returns the seconds waited."""
+    """Wait until the CPUs are idle (>= 85% over a 0.3 s window, twice in a
+    row; a few percent of background noise never goes away here): other
+    people's builds must not share our 2 cores. Gives up after max_wait
+    seconds. Returns the seconds waited."""
     t0 = time.monotonic()
     calm = 0
     warned = False
@@ -101,7 +102,7 @@ def wait_quiet(log, max_wait):
         time.sleep(0.3)
         b1, t1_ = cpu_ticks()
         idle = 1 - (b1 - b0) / max(1, t1_ - t0_)
-        calm = calm + 1 if idle >= 0.95 else 0
+        calm = calm + 1 if idle >= 0.85 else 0
         if calm >= 2:
             return time.monotonic() - t0
         waited = time.monotonic() - t0
