@@ -182,13 +182,14 @@ def rm_rf(p):
 
 
 # ext4 without a journal (as here) skips free inodes that were deleted in
-# the last minute (several, while the inode table block is dirty) when it
-# allocates new ones, scanning past each of them: creating 30k files right
-# after deleting 300k cost 10x more CPU than on a quiet file system, in
-# the kernel (recently_deleted() under ext4_create, seen with perf). So no
-# output tree is deleted between timed runs: old trees are renamed into
-# TRASH and deleted between sizes, followed by a sync and a pause.
-TRASH_PAUSE = 70
+# the last 60 s, or 300 s while their inode table block is dirty (and a new
+# inode next to them dirties it), when it allocates new ones, scanning past
+# each of them (recently_deleted() in fs/ext4/ialloc.c). Creating 30k files
+# right after deleting 300k cost 10x more CPU, all in the kernel under
+# ext4_create (seen with perf). So no output tree is deleted during a run:
+# old trees are renamed into the trash, which is emptied before the first
+# size (followed by a sync and a pause longer than 300 s) and at the end.
+TRASH_PAUSE = 330
 
 
 class Trash:
@@ -356,7 +357,6 @@ def bench_size(n, args, tool, log, trash):
     d = os.path.join(args.work, f"lab-{n}")
     log(f"\n== N = {n}: generating {d}")
     trash.put(d)
-    trash.empty(log, pause=not args.quick)
     t0 = time.perf_counter()
     meta = gen_lab.generate(d, n)
     log(f"   {meta['sources']} sources ({meta['plain_files']} plain, {meta['templates']} templates, "
@@ -476,7 +476,7 @@ def report(results, info):
     L.append("Goals:")
     for r in results:
         ratio = r["lab"]["noop"] / r["floor"]
-        L.append(f"- N={fmt_size(r['n'])}: no-op {fmt_ms(r['lab']['noop'])} = {ratio:.2f}x the lstat floor "
+        L.append(f"- N={fmt_size(r['n'])}: no-op {fmt_ms(r['lab']['noop'])} = {ratio:.3f}x the lstat floor "
                  f"(goal <= {GOAL_NOOP_VS_FLOOR:g}x): {'met' if ratio <= GOAL_NOOP_VS_FLOOR else 'MISSED'}")
     for r in results:
         if r["n"] == 10000:
@@ -485,7 +485,7 @@ def report(results, info):
                      f"{'met' if e <= GOAL_EDIT_10K_MS else 'MISSED'}")
     for r in results:
         ratio = r["make"]["cold"] / r["lab"]["cold"]
-        L.append(f"- N={fmt_size(r['n'])}: cold {ratio:.1f}x faster than make (goal >= {GOAL_COLD_VS_MAKE:g}x): "
+        L.append(f"- N={fmt_size(r['n'])}: cold {ratio:.2f}x faster than make (goal >= {GOAL_COLD_VS_MAKE:g}x): "
                  f"{'met' if ratio >= GOAL_COLD_VS_MAKE else 'MISSED'}")
     L.append("")
     L.append("Machine: " + info["machine"])
@@ -536,7 +536,13 @@ def main():
                     help="seconds to wait for idle CPUs before a run (default 300)")
     ap.add_argument("--no-time-check", dest="time_check", action="store_false",
                     help="skip the /usr/bin/time -f %%M cross-check")
+    ap.add_argument("--report", metavar="JSON", help="only print the report of an earlier run's results-*.json")
     args = ap.parse_args()
+    if args.report:
+        with open(args.report) as f:
+            saved = json.load(f)
+        print(report(saved["results"], saved["info"]))
+        return
     if args.quick:
         args.sizes, args.reps, args.cold_reps = "1000", 1, 1
     sizes = [int(s) for s in args.sizes.split(",")]
@@ -567,6 +573,9 @@ def main():
     log(f"lab build vs make -j{args.jobs}; sizes {sizes}; {args.reps} reps (cold {args.cold_reps})")
     log(info["machine"])
     trash = Trash(args.work)
+    for n in sizes:  # leftovers of earlier runs
+        trash.put(os.path.join(args.work, f"lab-{n}"))
+    trash.empty(log, pause=not args.quick)
     results = [bench_size(n, args, tool, log, trash) for n in sizes]
     trash.empty(log, pause=False)
     text = report(results, info)

@@ -43,9 +43,8 @@ FUNCS = {
     "tostate": r"^lab_graph::graph::Graph::to_state$",
     "resolve": r"^lab_engine::stack::Stack::resolve$",
     "totext": r"^lab_manifest::Manifest::to_text$",
-    "wsrc": r"^lab_engine::state::write<lab_engine::state::SourcesState>$",
-    "wmach": r"^lab_engine::state::write<lab_engine::state::MachineState>$",
-    "wsum": r"^lab_engine::state::write<lab_engine::state::MachineSummary>$",
+    # generic: one symbol per state type (sources, machine graph, summary)
+    "wstate": r"^lab_engine::state::write(<.*>)?$",
 }
 
 # (label, start event, end event, which end: first or last occurrence)
@@ -58,7 +57,7 @@ SPANS = [
     ("scan all roots (first scan_root -> last return)", "scanroot", "scanroot_ret", "last"),
     ("facts and scopes", "scopes", "scopes_ret", "first"),
     ("machines (first MachineJob::run -> last return)", "mrun", "mrun_ret", "last"),
-    ("write .lab/state/sources", "wsrc", "wsrc_ret", "first"),
+    ("state::write calls (first -> last return)", "wstate", "wstate_ret", "last"),
     ("build_locked return -> process exit", "locked_ret", "exit", "first"),
     ("TOTAL process", "exec", "exit", "first"),
 ]
@@ -69,14 +68,14 @@ def sh(*a, **kw):
 
 
 def symbols(binary):
-    """demangled name -> vaddr of defined functions."""
+    """[(demangled name, vaddr)] of defined functions (generic instances
+    share a name)."""
     out = sh("nm", "--defined-only", "-C", binary)
-    res = {}
+    res = []
     for line in out.splitlines():
         parts = line.split(" ", 2)
         if len(parts) == 3 and parts[1] in "tT":
-            res.setdefault(parts[2].rsplit("::h", 1)[0] if re.search(r"::h[0-9a-f]{16}$", parts[2]) else parts[2],
-                           int(parts[0], 16))
+            res.append((re.sub(r"::h[0-9a-f]{16}$", "", parts[2]), int(parts[0], 16)))
     return res
 
 
@@ -114,14 +113,17 @@ def main():
     try:
         for name, rx in FUNCS.items():
             r = re.compile(rx)
-            hit = next((v for k, v in syms.items() if r.search(k)), None)
-            if hit is None:
+            hits = sorted({v for k, v in syms if r.search(k)})
+            if not hits:
                 print(f"(no symbol for {name}: {rx})", file=sys.stderr)
                 continue
-            off = file_offset(binary, hit)
-            for ev, suffix in [(f"labp_{name}", ""), (f"labp_{name}_ret", "%return")]:
-                subprocess.run(["perf", "probe", "-q", "-x", binary, "-a", f"{ev}={off:#x}{suffix}"],
-                               check=True, capture_output=True)
+            for i, hit in enumerate(hits):
+                off = file_offset(binary, hit)
+                # several symbols (generic instances) share a name: x, x1, x2
+                pn = name + (str(i) if i else "")
+                for ev, suffix in [(f"labp_{pn}", ""), (f"labp_{pn}_ret", "%return")]:
+                    subprocess.run(["perf", "probe", "-q", "-x", binary, "-a", f"{ev}={off:#x}{suffix}"],
+                                   check=True, capture_output=True)
             added.append(name)
         script = os.path.join(tmp, "run.sh")
         with open(script, "w") as f:
@@ -147,6 +149,7 @@ def main():
         ev = m.group(5).split(":", 1)[1]
         ev = {"sched_process_exec": "exec", "sched_process_exit": "exit"}.get(ev, ev)
         ev = ev.removeprefix("labp_").replace("_ret__return", "_ret")
+        ev = re.sub(r"\d+(_ret)?$", lambda m: m.group(1) or "", ev)
         runs[int(m.group(2))].append((float(m.group(4)), ev, int(m.group(3))))
     spans = collections.defaultdict(list)
     calls = collections.defaultdict(list)
