@@ -118,6 +118,8 @@ def local_part(lab, n, edits):
         "p50_ms": round(pct(lat, 50), 1),
         "p99_ms": round(pct(lat, 99), 1),
         "min_ms": round(min(lat), 1),
+        "max_ms": round(max(lat), 1),
+        "runs_ms": [round(x, 1) for x in lat],
         "build_ms_p50": statistics.median([p["build"] for p in phases]) if phases else None,
         "debounce_ms_p50": statistics.median([p["debounce"] for p in phases]) if phases else None,
     }
@@ -203,6 +205,8 @@ action = "restart"
             "p50_ms": round(pct(lat, 50), 1),
             "p99_ms": round(pct(lat, 99), 1),
             "min_ms": round(min(lat), 1),
+            "max_ms": round(max(lat), 1),
+            "runs_ms": [round(x, 1) for x in lat],
             "phases_p50_ms": {k: med(k) for k in ["debounce", "build", "sync", "total"]},
         }
     finally:
@@ -212,6 +216,8 @@ action = "restart"
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="10k only, 10 edits each")
+    ap.add_argument("--sizes", default=None, help="local part sizes (default 10000,100000; --quick: 10000)")
+    ap.add_argument("--no-remote", action="store_true", help="skip the test-host part")
     ap.add_argument("--lab", default=None, help="lab binary (default: build it in release mode)")
     a = ap.parse_args()
     lab = a.lab
@@ -222,11 +228,12 @@ def main():
     os.makedirs(WORK, exist_ok=True)
     edits = 10 if a.quick else 50
     results = {"local": [], "remote": None, "load_before": os.getloadavg()}
-    for n in ([10_000] if a.quick else [10_000, 100_000]):
+    sizes = [int(x) for x in a.sizes.split(",")] if a.sizes else ([10_000] if a.quick else [10_000, 100_000])
+    for n in sizes:
         r = local_part(lab, n, edits)
         print(json.dumps({"local": r}), flush=True)
         results["local"].append(r)
-    if os.geteuid() == 0:
+    if os.geteuid() == 0 and not a.no_remote:
         results["remote"] = remote_part(lab, edits)
         print(json.dumps({"remote": results["remote"]}), flush=True)
     results["load_after"] = os.getloadavg()

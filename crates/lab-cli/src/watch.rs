@@ -16,7 +16,6 @@ use lab_graph::{Key, Reason};
 use lab_sync::{MachineSync, Outcome, SyncError, SyncOptions, SyncReport, Transport};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -171,6 +170,9 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
 
     let log = CycleLog::default();
     let started = Instant::now();
+    // The first build scans everything: what the events so far were about
+    // is in it (and they would crowd the kernel's event queue).
+    watcher.discard_pending();
     let (mut session, first) = Session::start(engine, &args.machines, &log).map_err(|e| {
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
@@ -192,6 +194,8 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
         ssh_config.as_ref(),
     );
 
+    // What changed while the first build ran.
+    let mut carried = watcher.pending();
     loop {
         // Wake up for a retry that is due, or to save state once idle.
         let now = Instant::now();
@@ -203,7 +207,7 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
         let timeout = retry
             .map(|r| r.min(Duration::from_secs(2)))
             .or(Some(Duration::from_secs(2)));
-        let Some(batch) = watcher.next_batch(timeout) else {
+        let Some(batch) = carried.take().or_else(|| watcher.next_batch(timeout)) else {
             let _ = session.persist();
             if links
                 .values()
@@ -231,18 +235,19 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
         };
         cycle_no += 1;
         let debounce = batch.first_event.elapsed().as_millis();
-        let paths: Vec<PathBuf> = if batch.overflow {
-            // events were lost: look at everything
-            vec![
-                root.join("layers"),
-                root.join("machines"),
-                root.join("lab.toml"),
-            ]
-        } else {
-            batch.paths
-        };
         let t = Instant::now();
-        match session.cycle(&paths, &log) {
+        let result = if batch.overflow {
+            // events were lost: look at everything (one lstat per entry)
+            log.warnings.lock().unwrap().push(
+                "file system events were lost (the kernel's inotify queue overflowed, \
+                 see fs.inotify.max_queued_events): every source was looked at again"
+                    .to_string(),
+            );
+            session.rescan(&log)
+        } else {
+            session.cycle(&batch.paths, &log)
+        };
+        match result {
             Ok(c) => {
                 let ms = t.elapsed().as_millis();
                 let changed: Vec<String> = c.changed.clone();

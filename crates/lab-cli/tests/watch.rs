@@ -20,8 +20,17 @@ struct Watch {
     log: Vec<Value>,
 }
 
+/// Held while a watch starts: the test that lowers the kernel's inotify
+/// queue for one watch keeps the others from starting meanwhile.
+static STARTING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 impl Watch {
     fn start(lab: &TestLab, args: &[&str]) -> Watch {
+        let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        Watch::start_unlocked(lab, args)
+    }
+
+    fn start_unlocked(lab: &TestLab, args: &[&str]) -> Watch {
         let mut child = Command::new(assert_cmd::cargo::cargo_bin("lab"))
             .current_dir(lab.path())
             .env("NO_COLOR", "1")
@@ -307,6 +316,62 @@ fn a_git_checkout_and_a_burst_are_coalesced() {
         .filter(|v| v["changed"].as_array().is_some_and(|a| !a.is_empty()))
         .count();
     assert!(cycles <= 4, "a burst of 500 changes took {cycles} cycles");
+}
+
+/// Sets `fs.inotify.max_queued_events` (read by the kernel when an inotify
+/// instance is made) and puts the old value back on drop.
+struct QueueLimit(String);
+
+const QUEUE_LIMIT: &str = "/proc/sys/fs/inotify/max_queued_events";
+
+impl QueueLimit {
+    fn set(n: u32) -> QueueLimit {
+        let old = std::fs::read_to_string(QUEUE_LIMIT).unwrap();
+        std::fs::write(QUEUE_LIMIT, n.to_string()).expect("root sets fs.inotify.max_queued_events");
+        QueueLimit(old)
+    }
+}
+
+impl Drop for QueueLimit {
+    fn drop(&mut self) {
+        let _ = std::fs::write(QUEUE_LIMIT, self.0.trim());
+    }
+}
+
+#[test]
+fn lost_events_are_caught_by_a_rescan() {
+    let root = tempfile::tempdir().unwrap();
+    let lab = local_project(root.path());
+    for i in 0..50 {
+        lab.file(&format!("layers/app/srv/d{}/f{i}", i % 10), "0\n");
+    }
+    // a watch whose event queue holds 16 events overflows at once
+    let mut w = {
+        let _starting = STARTING.lock().unwrap_or_else(|e| e.into_inner());
+        let _limit = QueueLimit::set(16);
+        Watch::start_unlocked(&lab, &["--machine", "box"])
+    };
+    let r = root.path().to_path_buf();
+    w.until("first build", || local_converged(&lab, &r, "box"));
+    let before = w.log.len();
+    // 100 changes, a delete, a new directory and a template edit, in one go
+    for i in 0..50 {
+        lab.file(&format!("layers/app/srv/d{}/f{i}", i % 10), "1\n");
+        lab.file(&format!("layers/app/srv/new/g{i}"), "g\n");
+    }
+    lab.remove("layers/app/etc/static");
+    lab.file("layers/web/etc/site.conf.j2", "server {{ domain }}; # v2\n");
+    let c = w.until("lost events", || local_converged(&lab, &r, "box"));
+    assert!(
+        w.log[before..]
+            .iter()
+            .any(|v| v["warnings"].as_array().is_some_and(|a| a
+                .iter()
+                .any(|m| m.as_str().unwrap_or("").contains("events were lost")))),
+        "the overflow was noticed and said: {c:?}"
+    );
+    // a rescan re-renders what changed, nothing else
+    assert_eq!(rendered(&c, "box"), ["/etc/site.conf"]);
 }
 
 #[test]

@@ -30,6 +30,9 @@ pub struct Session {
     /// The machines asked for (empty: all).
     selection: Vec<String>,
     roots: HashMap<String, RootScan>,
+    /// When each root was last listed in full: its entries' stats were
+    /// taken after this moment (see [`Session::rescan`]).
+    scanned_at: HashMap<String, i64>,
     machines: HashMap<String, Prior>,
     /// Something changed since the last [`Session::persist`].
     dirty: bool,
@@ -60,6 +63,7 @@ impl Session {
             engine,
             selection: machines.to_vec(),
             roots: HashMap::new(),
+            scanned_at: HashMap::new(),
             machines: HashMap::new(),
             dirty: false,
             _lock: lock,
@@ -83,10 +87,12 @@ impl Session {
             .build_locked(&machines, &BuildOptions::default(), reporter)?;
         let sources = self.engine.state.load_sources();
         self.roots.clear();
+        self.scanned_at.clear();
         self.machines.clear();
         for m in &machines {
             for name in Engine::stack_names(m) {
                 if let Some(st) = sources.roots.get(&name) {
+                    self.scanned_at.insert(name.clone(), st.scanned_at_ns);
                     self.roots.entry(name.clone()).or_insert_with(|| {
                         RootScan::from_state(&self.engine.project.root, &name, st)
                     });
@@ -223,6 +229,88 @@ impl Session {
                 }
             }
         }
+        self.build_touched(changed, touched, listing, root_errors, reporter)
+    }
+
+    /// Look at every root of the session again, as a fresh process would
+    /// (one `lstat` per entry; files whose stat changed are read), and
+    /// rebuild what changed. For when file system events were lost (the
+    /// kernel's event queue overflowed): cheaper than [`Session::cycle`] on
+    /// the project's directories, which reads every file again.
+    pub fn rescan(&mut self, reporter: &dyn Reporter) -> Result<CycleReport, EngineError> {
+        let project_root = self.engine.project.root.clone();
+        let lab_toml = std::fs::read_to_string(&self.engine.project.file).ok();
+        if lab_toml.as_deref() != Some(self.engine.project.text.as_str()) {
+            return self.cycle(&[project_root.join("lab.toml")], reporter);
+        }
+        let unknown_root = self.engine.select(&self.selection)?.iter().any(|m| {
+            Engine::stack_names(m)
+                .iter()
+                .any(|n| !self.roots.contains_key(n))
+        });
+        if unknown_root {
+            // a root the last build could not scan: the ordinary path
+            self.persist()?;
+            let build = self.rebuild(reporter)?;
+            return Ok(CycleReport {
+                changed: Vec::new(),
+                reloaded: false,
+                build,
+            });
+        }
+        let stamp = self.engine.state.stamp().map_err(|e| EngineError::Io {
+            path: self.engine.state.dir.clone(),
+            source: e,
+        })?;
+        let ignore = &self.engine.ignore;
+        let scanned_at = &self.scanned_at;
+        let rescanned: Vec<(String, Result<RootScan, MachineError>)> = self
+            .roots
+            .par_iter()
+            .map(|(name, root)| {
+                let prev = root.to_state(scanned_at.get(name).copied().unwrap_or(i64::MIN));
+                let r = scan::scan_root(&project_root, name, Some(&prev), ignore);
+                (name.clone(), r)
+            })
+            .collect();
+        let mut touched = HashSet::new();
+        let mut listing = HashSet::new();
+        let mut root_errors = HashMap::new();
+        let mut changed = Vec::new();
+        for (name, r) in rescanned {
+            match r {
+                Ok(new) => {
+                    let root = self.roots.get_mut(&name).expect("rescanned a known root");
+                    root.refresh_digests();
+                    if new.listing != root.listing {
+                        listing.insert(name.clone());
+                    }
+                    if !new.changed.is_empty() || new.listing != root.listing {
+                        touched.insert(name.clone());
+                    }
+                    changed.extend(new.changed.iter().map(|c| format!("{name}/{c}")));
+                    *root = new;
+                    self.scanned_at.insert(name, stamp);
+                }
+                Err(e) => {
+                    root_errors.insert(name.clone(), e);
+                    touched.insert(name);
+                }
+            }
+        }
+        changed.sort();
+        self.build_touched(changed, touched, listing, root_errors, reporter)
+    }
+
+    /// Build the selected machines whose stack has a touched root.
+    fn build_touched(
+        &mut self,
+        changed: Vec<String>,
+        touched: HashSet<String>,
+        listing: HashSet<String>,
+        root_errors: HashMap<String, MachineError>,
+        reporter: &dyn Reporter,
+    ) -> Result<CycleReport, EngineError> {
         // Roots not touched this cycle have nothing new to say.
         for (name, r) in self.roots.iter_mut() {
             if !touched.contains(name) {

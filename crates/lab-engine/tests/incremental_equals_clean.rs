@@ -351,8 +351,10 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
 }
 
 /// The same edits through a watch session: every cycle sees only the paths
-/// an edit touched, and the outputs still equal a clean build.
-fn check_session(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// an edit touched, and the outputs still equal a clean build. An edit
+/// marked `lost` reaches the session as lost events (the kernel's event
+/// queue overflowed): it rescans instead.
+fn check_session(ops: Vec<(Op, bool)>) -> Result<(), TestCaseError> {
     let lab = TestLab::new();
     lab.file("layers/_/_partials/p.j2", "base partial -- ")
         .file("layers/l1/etc/a", "l1\n")
@@ -366,9 +368,13 @@ fn check_session(ops: Vec<Op>) -> Result<(), TestCaseError> {
     lab.file("lab.toml", &inv.toml());
     let engine = Engine::open(lab.path()).unwrap();
     let (mut session, _) = lab_engine::Session::start(engine, &[], &Silent).unwrap();
-    for (i, op) in ops.iter().enumerate() {
+    for (i, (op, lost)) in ops.iter().enumerate() {
         let paths = apply(&lab, &mut inv, op);
-        let r = session.cycle(&paths, &Silent).unwrap();
+        let r = if *lost {
+            session.rescan(&Silent).unwrap()
+        } else {
+            session.cycle(&paths, &Silent).unwrap()
+        };
         prop_assert!(
             r.build.machines.iter().all(|m| m.result.is_ok()),
             "step {}: {:?}: {:?}",
@@ -381,9 +387,10 @@ fn check_session(ops: Vec<Op>) -> Result<(), TestCaseError> {
         let (a, b) = (outputs(lab.path()), outputs(clean_lab.path()));
         prop_assert!(
             a == b,
-            "step {}: {:?}\n--- session\n{}\n--- clean\n{}",
+            "step {}: {:?} (lost events: {})\n--- session\n{}\n--- clean\n{}",
             i,
             op,
+            lost,
             a,
             b
         );
@@ -419,24 +426,32 @@ proptest! {
     }
 
     #[test]
-    fn watch_session_equals_clean_build(ops in proptest::collection::vec(op(), 1..14)) {
+    fn watch_session_equals_clean_build(ops in proptest::collection::vec((op(), any::<bool>()), 1..14)) {
         check_session(ops)?;
     }
 }
 
 #[test]
 fn session_regression_write_then_chmod() {
-    check_session(vec![
-        Op::Write {
-            root: 0,
-            path: 2,
-            body: 0,
-        },
-        Op::Chmod {
-            root: 0,
-            path: 2,
-            mode: 1,
-        },
-    ])
-    .unwrap();
+    for lost in [false, true] {
+        check_session(vec![
+            (
+                Op::Write {
+                    root: 0,
+                    path: 2,
+                    body: 0,
+                },
+                lost,
+            ),
+            (
+                Op::Chmod {
+                    root: 0,
+                    path: 2,
+                    mode: 1,
+                },
+                lost,
+            ),
+        ])
+        .unwrap();
+    }
 }

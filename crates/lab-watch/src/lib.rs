@@ -106,6 +106,28 @@ impl ProjectWatcher {
     /// Wait up to `timeout` (forever with `None`) for a change, then gather
     /// events until the project is quiet. `None` when nothing happened.
     pub fn next_batch(&self, timeout: Option<Duration>) -> Option<Batch> {
+        self.gather(timeout, false)
+    }
+
+    /// The events queued so far, as a batch (`None` when none of them is a
+    /// change): waits until no event at all, reads included, has come for
+    /// the quiet window (at most `max_wait`), so that the events of a burst
+    /// the watcher is still reading are not left behind.
+    pub fn pending(&self) -> Option<Batch> {
+        self.gather(Some(Duration::ZERO), true)
+    }
+
+    /// Throw away the events queued so far (see [`ProjectWatcher::pending`]).
+    /// For the moment before a full scan, which sees whatever they were
+    /// about: the walk that set up the watches opened every directory, and
+    /// each open is an event that fills the kernel's queue
+    /// (`fs.inotify.max_queued_events`) until it is read.
+    pub fn discard_pending(&self) {
+        let _ = self.pending();
+    }
+
+    fn gather(&self, timeout: Option<Duration>, drain: bool) -> Option<Batch> {
+        let started = Instant::now();
         let mut paths = BTreeSet::new();
         let mut overflow = false;
         let mut first: Option<Instant> = None;
@@ -124,10 +146,21 @@ impl ProjectWatcher {
                     None => Duration::from_secs(3600),
                 },
             };
+            let wait = if drain {
+                // any event, reads included, keeps a drain going (at most
+                // max_wait): the watcher is still reading the queue
+                let left = self.max_wait.saturating_sub(started.elapsed());
+                if left.is_zero() {
+                    break;
+                }
+                self.quiet.min(left)
+            } else {
+                wait
+            };
             match self.rx.recv_timeout(wait) {
                 // Reads (lab's own, when it builds) are not changes.
                 Ok(Ok(ev)) if matches!(ev.kind, notify::EventKind::Access(_)) => {
-                    if first.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
+                    if !drain && first.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
                         return None;
                     }
                 }
@@ -154,7 +187,7 @@ impl ProjectWatcher {
                     first.get_or_insert_with(Instant::now);
                 }
                 Err(RecvTimeoutError::Timeout) => {
-                    if first.is_some() {
+                    if first.is_some() || drain {
                         break;
                     }
                     if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -163,6 +196,9 @@ impl ProjectWatcher {
                 }
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
+        }
+        if first.is_none() {
+            return None;
         }
         Some(Batch {
             paths: paths.into_iter().collect(),
