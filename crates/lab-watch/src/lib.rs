@@ -197,12 +197,9 @@ impl ProjectWatcher {
                 Err(RecvTimeoutError::Disconnected) => return None,
             }
         }
-        if first.is_none() {
-            return None;
-        }
         Some(Batch {
             paths: paths.into_iter().collect(),
-            first_event: first.unwrap_or_else(Instant::now),
+            first_event: first?,
             overflow,
         })
     }
