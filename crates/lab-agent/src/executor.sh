@@ -291,14 +291,29 @@ rollback() { # TARGET_GEN
 
 has_systemd() { [ "${LAB_SYSTEMD:-1}" = 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
 
-unit_report() { # ACTION UNIT RESULT
-  st=$(systemctl show -p ActiveState --value -- "$2" 2>/dev/null || echo unknown)
-  sub=$(systemctl show -p SubState --value -- "$2" 2>/dev/null || echo unknown)
+# unit_state UNIT: one `systemctl show` for what lab needs to know of a
+# unit (each systemctl run is a fork, an exec and a D-Bus connection).
+unit_state() {
+  U_ACTIVE=unknown U_SUB=unknown U_TYPE=- U_RESULT=-
+  props=$(systemctl show -p ActiveState -p SubState -p Type -p Result -- "$1" 2>/dev/null) || :
+  while IFS='=' read -r k v; do
+    case $k in
+      ActiveState) U_ACTIVE=${v:-unknown} ;;
+      SubState) U_SUB=${v:-unknown} ;;
+      Type) U_TYPE=${v:--} ;;
+      Result) U_RESULT=${v:--} ;;
+    esac
+  done <<EOF
+$props
+EOF
+}
+
+unit_report() { # ACTION UNIT RESULT, after unit_state of UNIT
   res=$3
-  if [ "$res" = failed ] && [ "$(systemctl show -p Result --value -- "$2" 2>/dev/null)" = start-limit-hit ]; then
+  if [ "$res" = failed ] && [ "$U_RESULT" = start-limit-hit ]; then
     res=start-limit
   fi
-  out "unit $2 $1 $res $st $sub"
+  out "unit $2 $1 $res $U_ACTIVE $U_SUB"
   if [ "$res" != ok ] && [ "$res" != skipped ]; then
     out "journal $2"
     journalctl -u "$2" -n "${LAB_JOURNAL_LINES:-20}" --no-pager -o short-iso 2>&1 </dev/null | sed 's/^/| /'
@@ -318,17 +333,20 @@ act() {
   a=$1
   u=$2
   if ! has_systemd; then out "unit $u $a skipped no-systemd -"; return 0; fi
+  unit_state "$u"
   active=0
-  systemctl -q is-active -- "$u" 2>/dev/null && active=1
+  case $U_ACTIVE in active | reloading) active=1 ;; esac
   case $a in
     stop)
       if [ $active = 1 ]; then systemctl stop -- "$u" </dev/null && r=ok || r=failed; else r=skipped; fi ;;
     start)
+      # reset-failed also resets the start limit counter: fast deploys and
+      # watch cycles start a unit more often than 5 times in 10 s
       systemctl reset-failed -- "$u" 2>/dev/null || :
       if [ $active = 1 ]; then a=restart; fi
       systemctl "$a" -- "$u" </dev/null && r=ok || r=failed ;;
     restart)
-      if [ $active = 1 ] || [ "$(systemctl show -p ActiveState --value -- "$u" 2>/dev/null)" = failed ]; then
+      if [ $active = 1 ] || [ "$U_ACTIVE" = failed ]; then
         systemctl reset-failed -- "$u" 2>/dev/null || :
         systemctl restart -- "$u" </dev/null && r=ok || r=failed
       else
@@ -342,25 +360,42 @@ act() {
 "
 }
 
-# Report each unit acted on. A unit that dies right after (re)starting is a
-# failure too: when a started unit's start does not wait for readiness
-# (Type=simple or exec), wait a moment once before looking.
+# settle MS: report each unit acted on, with its state. A unit that dies
+# right after (re)starting is a failure too: when the start of a started
+# unit does not wait for readiness (Type=simple, exec, idle) and MS > 0,
+# look again after MS milliseconds.
 settle() {
   [ -n "$DONE" ] || return 0
-  wait=0
-  for u in $(printf '%s' "$DONE" | while read -r a u r; do
-      case "$a $r" in "start ok" | "restart ok") echo "$u" ;; esac
-    done); do
-    case $(systemctl show -p Type --value -- "$u" 2>/dev/null) in simple | exec | idle) wait=1 ;; esac
-  done
-  [ $wait = 1 ] && sleep "${LAB_SETTLE:-0.1}"
-  printf '%s' "$DONE" | while read -r a u r; do
-    if [ "$r" = ok ] && [ "$a" != stop ] && ! systemctl -q is-active -- "$u" 2>/dev/null; then
-      case $(systemctl show -p Type --value -- "$u" 2>/dev/null) in
-        oneshot) [ "$(systemctl show -p Result --value -- "$u" 2>/dev/null)" = success ] || r=failed ;;
-        *) r=failed ;;
+  again=0
+  STATES=""
+  while read -r a u r; do
+    [ -n "$u" ] || continue
+    unit_state "$u"
+    STATES="$STATES$a $u $r $U_ACTIVE $U_SUB $U_TYPE $U_RESULT
+"
+    case "$a $r" in
+      "start ok" | "restart ok")
+        case $U_TYPE in simple | exec | idle) again=1 ;; esac ;;
+    esac
+  done <<EOF
+$DONE
+EOF
+  look=0
+  if [ $again = 1 ] && [ "${1:-0}" -gt 0 ]; then
+    sleep "$(($1 / 1000)).$(printf '%03d' $(($1 % 1000)))"
+    look=1
+  fi
+  while read -r a u r U_ACTIVE U_SUB U_TYPE U_RESULT; do
+    [ -n "$u" ] || continue
+    if [ $look = 1 ]; then unit_state "$u"; fi
+    if [ "$r" = ok ] && [ "$a" != stop ]; then
+      case $U_ACTIVE in
+        active | reloading) ;;
+        *) if [ "$U_TYPE" != oneshot ] || [ "$U_RESULT" != success ]; then r=failed; fi ;;
       esac
     fi
     unit_report "$a" "$u" "$r"
-  done
+  done <<EOF
+$STATES
+EOF
 }

@@ -64,11 +64,12 @@ pub fn manifest_command(root: &str, gen: u64) -> String {
 }
 
 /// The program that rolls the machine back to generation `target` (0 =
-/// before lab's first sync) and then runs `units`.
-pub fn rollback_program(target: u64, units: &[UnitAction]) -> String {
+/// before lab's first sync) and then runs `units` (see
+/// [`ApplyPlan::program`] for `settle_ms`).
+pub fn rollback_program(target: u64, units: &[UnitAction], settle_ms: u64) -> String {
     let mut s = String::with_capacity(EXECUTOR.len() + 256);
     s.push_str(EXECUTOR);
     s.push_str(&format!("\nrollback {target}\n"));
-    plan::push_units(&mut s, units);
+    plan::push_units(&mut s, units, settle_ms);
     s
 }

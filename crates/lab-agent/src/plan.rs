@@ -57,7 +57,7 @@ pub struct UnitAction {
     pub unit: String,
 }
 
-pub(crate) fn push_units(s: &mut String, units: &[UnitAction]) {
+pub(crate) fn push_units(s: &mut String, units: &[UnitAction], settle_ms: u64) {
     for u in units {
         match u.op {
             UnitOp::DaemonReload => s.push_str("daemon_reload\n"),
@@ -65,7 +65,7 @@ pub(crate) fn push_units(s: &mut String, units: &[UnitAction]) {
         }
     }
     if units.iter().any(|u| u.op != UnitOp::DaemonReload) {
-        s.push_str("settle\n");
+        s.push_str(&format!("settle {settle_ms}\n"));
     }
 }
 
@@ -173,12 +173,15 @@ impl<'a> ApplyPlan<'a> {
     /// The program for this apply: the executor library, then the plan.
     /// `base` is the machine's current digest the plan was made against;
     /// the machine refuses the plan (exit 3, `stale`) when it is elsewhere.
+    /// After the unit actions, a started unit whose start does not wait for
+    /// readiness is looked at again after `settle_ms` (0: at once).
     pub fn program(
         &self,
         base: Option<&Digest>,
         digest: &Digest,
         keep: usize,
         units: &[UnitAction],
+        settle_ms: u64,
     ) -> String {
         let mut s = String::with_capacity(EXECUTOR.len() + 64 * (self.writes.len() + 16));
         s.push_str(EXECUTOR);
@@ -292,7 +295,7 @@ impl<'a> ApplyPlan<'a> {
             }
         }
         s.push_str(&format!("commit {} {keep}\n", digest.to_hex()));
-        push_units(&mut s, units);
+        push_units(&mut s, units, settle_ms);
         s
     }
 

@@ -120,14 +120,14 @@ impl Machine {
         let new = manifest_of(out);
         let (_, base) = self.current();
         let plan = ApplyPlan::new(&old, &new);
-        let program = plan.program(base.as_ref(), &new.digest(), 5, &[]);
+        let program = plan.program(base.as_ref(), &new.digest(), 5, &[], 0);
         let mut tar = Vec::new();
         plan.write_tar(out, &new.to_text(), &mut tar).unwrap();
         (program, tar)
     }
 
     fn rollback(&self, to: u64) -> Outcome {
-        self.run(&lab_agent::rollback_program(to, &[]), b"")
+        self.run(&lab_agent::rollback_program(to, &[], 0), b"")
     }
 
     /// The machine's tree without lab's own state.

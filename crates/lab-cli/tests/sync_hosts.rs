@@ -165,6 +165,11 @@ fn a_failing_unit_is_reported_and_can_be_rolled_back() {
     let fleet = TestHosts::up(1).unwrap();
     let h = &fleet.hosts()[0];
     let lab = project(fleet.hosts());
+    // the broken unit below dies a moment after it started: watch it
+    lab.file(
+        "lab.toml",
+        &lab_toml(fleet.hosts(), "").replacen("[settings]\n", "[settings]\nsettle_ms = 300\n", 1),
+    );
     sync(&lab, "h1");
     let good = remote_state(h, &manifest(&lab, "h1"));
     let good_manifest = manifest(&lab, "h1");

@@ -39,6 +39,9 @@ pub struct Settings {
     pub identity: Option<PathBuf>,
     /// Generations a machine keeps for rollback.
     pub generations: usize,
+    /// How long a sync watches a (re)started unit whose start does not wait
+    /// for readiness (`Type=simple`) before it reports the unit's state.
+    pub settle_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -152,6 +155,7 @@ struct RawSettings {
     known_hosts: Option<String>,
     identity: Option<String>,
     generations: Option<Spanned<i64>>,
+    settle_ms: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -295,10 +299,25 @@ impl Project {
                 ))
             }
         };
+        let settle_ms = match raw.settings.settle_ms {
+            None => 0,
+            Some(s) if (0..=60_000).contains(s.get_ref()) => *s.get_ref() as u64,
+            Some(s) => {
+                return Err(invalid(
+                    s.span(),
+                    format!(
+                        "`settle_ms` must be between 0 and 60000, not {}",
+                        s.get_ref()
+                    ),
+                    None,
+                ))
+            }
+        };
         let settings = Settings {
             known_hosts: raw.settings.known_hosts.map(|p| root.join(p)),
             identity: raw.settings.identity.map(|p| expand_home(&p)),
             generations,
+            settle_ms,
         };
 
         let facts = convert_facts(&raw.facts, &invalid)?;
@@ -684,6 +703,19 @@ action = "reload"
         assert_eq!(e.to_string(), "unit rule path `etc/x` is not absolute");
         let e = parse("[machines.\"../x\"]\n").unwrap_err();
         assert_eq!(e.to_string(), "invalid machine name `../x`");
+        let e = parse("[settings]\nsettle_ms = -1\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "`settle_ms` must be between 0 and 60000, not -1"
+        );
+        assert_eq!(crate::Diagnose::location(&e).unwrap().line, 2);
+    }
+
+    #[test]
+    fn settle_defaults_to_zero() {
+        assert_eq!(parse("").unwrap().settings.settle_ms, 0);
+        let p = parse("[settings]\nsettle_ms = 250\n").unwrap();
+        assert_eq!(p.settings.settle_ms, 250);
     }
 
     #[test]

@@ -36,6 +36,7 @@ pub fn target(project: &Project, m: &Machine, lab_dir: &Path) -> Target {
         root,
         systemd,
         keep: project.settings.generations,
+        settle_ms: project.settings.settle_ms,
         rules: project.units.clone(),
     }
 }

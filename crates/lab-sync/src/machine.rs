@@ -19,6 +19,11 @@ use lab_manifest::{Entry, EntryKind, Manifest};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+/// How long a sync with `--rollback-on-failure`, and a rollback, watch a
+/// restarted unit at least: the point of both is to notice a unit that
+/// does not come up.
+pub const ROLLBACK_SETTLE_MS: u64 = 500;
+
 /// What to sync and where lab keeps things for it.
 #[derive(Clone, Debug)]
 pub struct Target {
@@ -35,6 +40,8 @@ pub struct Target {
     /// Run unit actions (no for local machines).
     pub systemd: bool,
     pub keep: usize,
+    /// See [`lab_config::Settings::settle_ms`].
+    pub settle_ms: u64,
     pub rules: Vec<UnitRule>,
 }
 
@@ -211,7 +218,12 @@ impl MachineSync<'_> {
             };
             let plan = ApplyPlan::new(&old, &new);
             let actions = units::actions(&old, &new, &plan.touched(), &self.target.rules);
-            let program = plan.program(base.as_ref(), &digest, self.target.keep, &actions);
+            let settle = if opts.rollback_on_failure {
+                self.target.settle_ms.max(ROLLBACK_SETTLE_MS)
+            } else {
+                self.target.settle_ms
+            };
+            let program = plan.program(base.as_ref(), &digest, self.target.keep, &actions, settle);
             let cmd = bootstrap_command(&self.target.root, program.len(), self.target.systemd);
             let mut tar_error = None;
             let out = self.transport.run(&cmd, &mut |w| {
@@ -326,7 +338,11 @@ impl MachineSync<'_> {
         let plan = ApplyPlan::new(&cur_manifest, &target);
         let actions: Vec<UnitAction> =
             units::actions(&cur_manifest, &target, &plan.touched(), &self.target.rules);
-        let program = lab_agent::rollback_program(to, &actions);
+        let program = lab_agent::rollback_program(
+            to,
+            &actions,
+            self.target.settle_ms.max(ROLLBACK_SETTLE_MS),
+        );
         let cmd = bootstrap_command(&self.target.root, program.len(), self.target.systemd);
         let out = self
             .transport

@@ -1,0 +1,55 @@
+//! The SSH transport against a real sshd on loopback.
+
+use lab_sync::{SshTarget, SshTransport, Transport};
+use lab_testhosts::SshdFixture;
+use std::io::Write;
+use std::time::Duration;
+
+fn connect(sshd: &SshdFixture, io_timeout: Duration) -> SshTransport {
+    let t = SshTarget {
+        host: sshd.address().to_string(),
+        port: sshd.port(),
+        user: sshd.user().to_string(),
+        identities: vec![sshd.identity().to_path_buf()],
+        proxy_jump: vec![],
+        known_hosts: sshd.known_hosts().to_path_buf(),
+    };
+    SshTransport::connect(&t, false, Duration::from_secs(10), io_timeout).unwrap()
+}
+
+/// A command that reads only part of its input and exits: the rest of the
+/// input is dropped at once (no wait for window space that never comes),
+/// and what the command printed arrives whole. With a writer that waits
+/// for window space, this test hangs for the I/O timeout of an hour.
+#[test]
+fn a_command_that_stops_reading_does_not_stall_the_writer() {
+    let sshd = SshdFixture::start().unwrap();
+    let mut t = connect(&sshd, Duration::from_secs(3600));
+    let out = t
+        .run(
+            "head -c 5 >/dev/null; seq 1 20000; echo oops >&2; exit 3",
+            &mut |w| {
+                // far more than an SSH channel's window (2 MiB)
+                let chunk = vec![b'x'; 64 * 1024];
+                for _ in 0..256 {
+                    w.write_all(&chunk)?;
+                }
+                Ok(())
+            },
+        )
+        .unwrap();
+    assert_eq!(out.status, 3);
+    let expected: String = (1..=20000).map(|i| format!("{i}\n")).collect();
+    assert_eq!(out.stdout_text(), expected);
+    assert_eq!(out.stderr_text(), "oops\n");
+    assert!(
+        t.sent() < 64 * 1024 * 256,
+        "the rest of the input was dropped"
+    );
+
+    // the connection is still good for the next command, with all input read
+    let out = t
+        .run("wc -c", &mut |w| w.write_all(&vec![b'y'; 3 * 1024 * 1024]))
+        .unwrap();
+    assert_eq!(out.stdout_text().trim(), (3 * 1024 * 1024).to_string());
+}
