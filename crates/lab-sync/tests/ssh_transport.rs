@@ -2,7 +2,6 @@
 
 use lab_sync::{SshTarget, SshTransport, Transport};
 use lab_testhosts::SshdFixture;
-use std::io::Write;
 use std::time::Duration;
 
 fn connect(sshd: &SshdFixture, io_timeout: Duration) -> SshTransport {
