@@ -23,6 +23,11 @@ G=""
 
 out() { printf '%s\n' "$*"; }
 
+# Copy stdin to stdout with builtins only: the plan's small files are
+# written without starting a program. (Each program started on a small
+# machine costs milliseconds; a sync that changes one file starts few.)
+wr() { while IFS= read -r l; do printf '%s\n' "$l"; done; }
+
 fail() {
   out "fail $*"
   if [ -d "$S/inflight" ]; then
@@ -37,7 +42,7 @@ fail() {
 }
 
 lock() {
-  mkdir -p "$S/gen"
+  [ -d "$S/gen" ] || mkdir -p -- "$S/gen"
   exec 9>"$S/lock"
   if ! flock -n 9; then
     out "waiting for the lock"
@@ -79,6 +84,13 @@ recover() {
     rm -f -- "$S/undoing"
     out "recovered interrupted rollback"
   fi
+  newer=0
+  for d in "$S"/gen/*; do
+    g=${d##*/}
+    case $g in '' | *[!0-9]*) continue ;; esac
+    if [ "$g" -gt "$cur" ]; then newer=1; fi
+  done
+  [ $newer = 1 ] || return 0
   for g in $(ls "$S/gen" 2>/dev/null | sort -n -r); do
     case $g in *[!0-9]*) continue ;; esac
     if [ "$g" -gt "$cur" ]; then
@@ -123,7 +135,9 @@ backup() {
     if [ -L "$R$p" ] || { [ -e "$R$p" ] && [ ! -d "$R$p" ]; }; then set -- "$@" "${p#/}"; fi
   done
   [ $# -eq 0 ] && return 0
-  ( cd "${R:-/}" && cp -a --parents -- "$@" "$G/prev/" ) </dev/null || fail "backup"
+  # (every other path is absolute: the working directory is free to use)
+  cd "${R:-/}" || fail "backup"
+  cp -a --parents -- "$@" "$G/prev/" </dev/null || fail "backup"
 }
 
 # Paths lab writes for the first time: keep what was there before.
@@ -135,7 +149,8 @@ takeover() {
     fi
   done
   [ $# -eq 0 ] && return 0
-  ( cd "${R:-/}" && cp -a --parents -- "$@" "$S/orig/" ) </dev/null || fail "takeover"
+  cd "${R:-/}" || fail "takeover"
+  cp -a --parents -- "$@" "$S/orig/" </dev/null || fail "takeover"
 }
 
 backed_up() { : >"$G/backed-up"; }
@@ -202,14 +217,17 @@ preexisting() {
 }
 
 extract() {
-  ( cd "${R:-/}" && tar -x -p -m --no-same-owner -f - ) || fail "extract"
+  cd "${R:-/}" || fail "extract"
+  tar -x -p -m --no-same-owner -f - || fail "extract"
 }
 
 # Move DIR/.lab-stage/NAME over DIR/NAME for each name (rename(2): atomic).
 place() {
   d=$1
   shift
-  ( cd "$R$d/.lab-stage" && mv -f -- "$@" .. ) </dev/null || fail "place in $d"
+  cd "$R$d/.lab-stage" || fail "place in $d"
+  mv -f -- "$@" .. </dev/null || fail "place in $d"
+  cd /
   rmdir -- "$R$d/.lab-stage" 2>/dev/null || :
 }
 
@@ -220,14 +238,21 @@ commit() { # DIGEST KEEP
   set -- "$(($(current_gen) + 1))" "$1" "$2" "$(sha256sum <"$S/inflight/manifest")"
   [ "${4%% *}" = "$2" ] || fail "incomplete stream: manifest digest mismatch"
   printf '%s\n' "$2" >"$S/inflight/digest"
-  rm -f -- "$S/inflight/backed-up"
+  # (inflight/backed-up goes along: until `current` names it, a generation
+  # in gen/ is undone by recover() anyway)
   mv -- "$S/inflight" "$S/gen/$1"
   set_current "$1" "$2"
   G="$S/gen/$1"
-  for g in $(ls "$S/gen" | sort -n -r | tail -n +$(($3 + 1))); do
-    case $g in *[!0-9]*) continue ;; esac
-    rm -rf -- "$S/gen/$g"
+  n=0
+  for d in "$S"/gen/*; do
+    case ${d##*/} in '' | *[!0-9]*) ;; *) n=$((n + 1)) ;; esac
   done
+  if [ "$n" -gt "$3" ]; then
+    for g in $(ls "$S/gen" | sort -n -r | tail -n +$(($3 + 1))); do
+      case $g in *[!0-9]*) continue ;; esac
+      rm -rf -- "$S/gen/$g"
+    done
+  fi
   out "applied $1 $2"
 }
 

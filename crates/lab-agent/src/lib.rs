@@ -29,6 +29,31 @@ pub const EXECUTOR: &str = include_str!("executor.sh");
 /// Where lab keeps its state on a machine, relative to the machine's root.
 pub const STATE_DIR: &str = "/var/lib/lab";
 
+/// Commands up to this size carry the program themselves (no temporary
+/// file, no `mktemp` and `head` on the machine); longer programs arrive
+/// first on stdin. An SSH packet holds at most 35,000 bytes in libssh2.
+const INLINE_MAX: usize = 32 * 1000;
+
+/// The command that runs `program` on the machine, and the bytes to write
+/// to its stdin before the rest of the input (the tar stream): none when
+/// the program fits in the command.
+pub fn bootstrap<'a>(root: &str, program: &'a str, systemd: bool) -> (String, &'a [u8]) {
+    let cmd = format!(
+        "LAB_ROOT={} LAB_SYSTEMD={} sh -c {}",
+        quote(root),
+        if systemd { 1 } else { 0 },
+        quote(program)
+    );
+    if cmd.len() <= INLINE_MAX {
+        (cmd, b"")
+    } else {
+        (
+            bootstrap_command(root, program.len(), systemd),
+            program.as_bytes(),
+        )
+    }
+}
+
 /// The command that runs a program of `len` bytes arriving first on stdin;
 /// the rest of stdin (the tar stream) is left for the program. `root` is the
 /// machine's root (`""` on a real machine, a directory for local machines).
@@ -72,4 +97,22 @@ pub fn rollback_program(target: u64, units: &[UnitAction], settle_ms: u64) -> St
     s.push_str(&format!("\nrollback {target}\n"));
     plan::push_units(&mut s, units, settle_ms);
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_programs_travel_in_the_command_large_ones_on_stdin() {
+        let (cmd, first) = bootstrap("/r", "echo it's me", true);
+        assert_eq!(cmd, "LAB_ROOT='/r' LAB_SYSTEMD=1 sh -c 'echo it'\\''s me'");
+        assert!(first.is_empty());
+        // the executor and a plan for a few files fit in one SSH packet
+        assert!(bootstrap("", EXECUTOR, true).1.is_empty());
+        let big = "x".repeat(INLINE_MAX);
+        let (cmd, first) = bootstrap("", &big, false);
+        assert_eq!(first, big.as_bytes());
+        assert_eq!(cmd, bootstrap_command("", big.len(), false));
+    }
 }

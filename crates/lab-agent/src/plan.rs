@@ -195,7 +195,7 @@ impl<'a> ApplyPlan<'a> {
         while undo.lines().any(|l| l == delim) {
             delim.push('_');
         }
-        s.push_str(&format!("cat >\"$G/undo.sh\" <<'{delim}'\n{undo}{delim}\n"));
+        s.push_str(&format!("wr >\"$G/undo.sh\" <<'{delim}'\n{undo}{delim}\n"));
         let stages = self.stage_dirs();
         let mut cleanup = String::new();
         for d in &stages {
@@ -209,7 +209,7 @@ impl<'a> ApplyPlan<'a> {
             delim.push('_');
         }
         s.push_str(&format!(
-            "cat >\"$G/cleanup.sh\" <<'{delim}'\n{cleanup}{delim}\n"
+            "wr >\"$G/cleanup.sh\" <<'{delim}'\n{cleanup}{delim}\n"
         ));
 
         // Checks, before anything changes.

@@ -1,7 +1,7 @@
 //! The executor, run for real by `sh` on this host against a directory that
 //! plays a machine's root (the same program runs over SSH on real machines).
 
-use lab_agent::{bootstrap_command, quote, ApplyPlan, Report, EXECUTOR};
+use lab_agent::{bootstrap, bootstrap_command, quote, ApplyPlan, Report, EXECUTOR};
 use lab_graph::Digest;
 use lab_manifest::{Entry, EntryKind, Manifest};
 use lab_testkit::{tree_listing, TestLab};
@@ -86,7 +86,8 @@ impl Machine {
     }
 
     fn run(&self, program: &str, tar: &[u8]) -> Outcome {
-        let cmd = bootstrap_command(self.root.path().to_str().unwrap(), program.len(), false);
+        // the program in the command (as for every plan up to 96 KiB)
+        let (cmd, first) = bootstrap(self.root.path().to_str().unwrap(), program, false);
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&cmd)
@@ -97,7 +98,7 @@ impl Machine {
             .unwrap();
         {
             let mut stdin = child.stdin.take().unwrap();
-            stdin.write_all(program.as_bytes()).unwrap();
+            stdin.write_all(first).unwrap();
             let _ = stdin.write_all(tar);
         }
         let out = child.wait_with_output().unwrap();
@@ -346,6 +347,7 @@ fn killed_at_any_moment_then_converges() {
         let program = program
             .replace("\nextract\n", "\nsleep 0.05; extract\n")
             .replace("\nplace ", "\nsleep 0.02; place ");
+        // the program first on stdin (as for plans over 96 KiB)
         let cmd = bootstrap_command(m.root.path().to_str().unwrap(), program.len(), false);
         let mut child = Command::new("setsid")
             .args(["sh", "-c", &cmd])

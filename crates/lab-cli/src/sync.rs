@@ -202,23 +202,37 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
         });
 
     // 1. One connection per machine; facts gathered over it when none are
-    //    cached yet, since the build needs them.
-    let connected = parallel(machines.clone(), args.jobs, |m| {
-        let bar = spinner(&multi, &m.name, "connecting");
-        let r = lab_sync::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
-            |mut t| {
-                if lab_engine::lab_facts::load(engine.lab_dir(), &m.name)
-                    .map_or(true, |f| f.is_empty())
-                {
-                    bar.set_message("gathering facts");
-                    lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
-                }
-                Ok(t)
-            },
-        );
-        bar.finish_and_clear();
-        (m, r)
-    });
+    //    cached yet, since the build needs them. 2. Build what is
+    //    reachable: while connecting, when every machine's facts are cached.
+    let facts_cached = |m: &Machine| {
+        lab_engine::lab_facts::load(engine.lab_dir(), &m.name).is_ok_and(|f| !f.is_empty())
+    };
+    let connect = || {
+        parallel(machines.clone(), args.jobs, |m| {
+            let bar = spinner(&multi, &m.name, "connecting");
+            let r = lab_sync::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
+                |mut t| {
+                    if !facts_cached(m) {
+                        bar.set_message("gathering facts");
+                        lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
+                    }
+                    Ok(t)
+                },
+            );
+            bar.finish_and_clear();
+            (m, r)
+        })
+    };
+    let (connected, early_build) = if machines.iter().all(|m| facts_cached(m)) {
+        let all: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
+        std::thread::scope(|s| {
+            let b = s.spawn(|| build(engine, style, &all, args.quiet));
+            let c = connect();
+            (c, Some(b.join().expect("the build thread")))
+        })
+    } else {
+        (connect(), None)
+    };
     let mut failed = Vec::new();
     let mut open = Vec::new();
     for (m, r) in connected {
@@ -233,16 +247,18 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
             }
         }
     }
-
-    // 2. Build what is reachable.
     let names: Vec<String> = open.iter().map(|(m, _)| m.name.clone()).collect();
-    let build_failed = if names.is_empty() {
-        Vec::new()
-    } else {
-        build(engine, style, &names, args.quiet)?
+    let build_failed = match early_build {
+        Some(r) => r?,
+        None if names.is_empty() => Vec::new(),
+        None => build(engine, style, &names, args.quiet)?,
     };
     open.retain(|(m, _)| !build_failed.contains(&m.name));
-    failed.extend(build_failed);
+    for b in build_failed {
+        if !failed.contains(&b) {
+            failed.push(b);
+        }
+    }
 
     // 3. Sync over the open connections.
     let results = parallel(open, args.jobs, |(m, mut t)| {

@@ -10,9 +10,7 @@
 use crate::transport::Transport;
 use crate::units;
 use crate::SyncError;
-use lab_agent::{
-    bootstrap_command, manifest_command, probe_command, ApplyPlan, Report, UnitAction,
-};
+use lab_agent::{bootstrap, manifest_command, probe_command, ApplyPlan, Report, UnitAction};
 use lab_config::UnitRule;
 use lab_graph::Digest;
 use lab_manifest::{Entry, EntryKind, Manifest};
@@ -224,10 +222,10 @@ impl MachineSync<'_> {
                 self.target.settle_ms
             };
             let program = plan.program(base.as_ref(), &digest, self.target.keep, &actions, settle);
-            let cmd = bootstrap_command(&self.target.root, program.len(), self.target.systemd);
+            let (cmd, first) = bootstrap(&self.target.root, &program, self.target.systemd);
             let mut tar_error = None;
             let out = self.transport.run(&cmd, &mut |w| {
-                w.write_all(program.as_bytes())?;
+                w.write_all(first)?;
                 if let Err(e) = plan.write_tar(&self.target.out_dir, &new_text, &mut *w) {
                     tar_error = Some(e.to_string());
                 }
@@ -343,10 +341,8 @@ impl MachineSync<'_> {
             &actions,
             self.target.settle_ms.max(ROLLBACK_SETTLE_MS),
         );
-        let cmd = bootstrap_command(&self.target.root, program.len(), self.target.systemd);
-        let out = self
-            .transport
-            .run(&cmd, &mut |w| w.write_all(program.as_bytes()))?;
+        let (cmd, first) = bootstrap(&self.target.root, &program, self.target.systemd);
+        let out = self.transport.run(&cmd, &mut |w| w.write_all(first))?;
         let report = Report::parse(&out.stdout_text());
         if out.status != 0 {
             return Err(SyncError::Rollback(if report.failures.is_empty() {
@@ -384,10 +380,8 @@ impl MachineSync<'_> {
                 prog.push_str(&lab_agent::quote(p));
             }
             prog.push_str(" 2>/dev/null\n");
-            let cmd = bootstrap_command(&self.target.root, prog.len(), false);
-            let out = self
-                .transport
-                .run(&cmd, &mut |w| w.write_all(prog.as_bytes()))?;
+            let (cmd, first) = bootstrap(&self.target.root, &prog, false);
+            let out = self.transport.run(&cmd, &mut |w| w.write_all(first))?;
             let mut ar = tar::Archive::new(out.stdout.as_slice());
             if let Ok(entries) = ar.entries() {
                 for e in entries.flatten() {
