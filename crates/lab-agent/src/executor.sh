@@ -18,6 +18,8 @@
 set -eu
 umask 022
 R=${LAB_ROOT:-}
+# the executor changes directory: a relative root is taken from where it starts
+case $R in '' | /*) ;; *) R=$PWD/$R ;; esac
 S="$R/var/lib/lab"
 G=""
 

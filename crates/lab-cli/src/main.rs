@@ -162,7 +162,9 @@ fn main() -> ExitCode {
 
 fn open(cli: &Cli, style: Style) -> Result<Engine, Failure> {
     let dir = match &cli.project {
-        Some(p) => p.clone(),
+        // absolute, so that paths derived from it (a local machine's root)
+        // mean the same in every process lab starts
+        Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
     Engine::open(&dir).map_err(|e| {

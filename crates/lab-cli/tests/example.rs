@@ -68,3 +68,42 @@ fn show_names_the_winning_source_and_the_facts_read() {
          dev: a local directory playing a machine (dev.example.org).\n"
     );
 }
+
+/// `lab -C DIR` with a relative DIR: the local machine's root (relative to
+/// the project) is the same directory for lab and for the executor.
+#[test]
+fn sync_of_the_local_machine_from_another_directory() {
+    let t = example();
+    let parent = t.path().parent().unwrap().to_path_buf();
+    let name = t.path().file_name().unwrap().to_str().unwrap().to_string();
+    let sync = || {
+        Command::cargo_bin("lab")
+            .unwrap()
+            .current_dir(&parent)
+            .env("NO_COLOR", "1")
+            .args(["-C", &name, "sync", "-m", "dev"])
+            .assert()
+            .success()
+    };
+    sync();
+    let root = t.join(".lab/dev-root");
+    let built = tree_listing(&t.join(".lab/out/dev"));
+    let synced: String = tree_listing(&root)
+        .lines()
+        // lab's own state on the machine
+        .filter(|l| !l.starts_with("var/lib/"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(synced, built);
+    // a one-file change goes through the same way
+    std::fs::write(
+        t.join("machines/dev/etc/motd.j2"),
+        "{{ machine }} changed\n",
+    )
+    .unwrap();
+    sync();
+    assert_eq!(
+        std::fs::read_to_string(root.join("etc/motd")).unwrap(),
+        "dev changed\n"
+    );
+}
