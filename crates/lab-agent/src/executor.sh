@@ -230,7 +230,15 @@ place() {
   cd "$R$d/.lab-stage" || fail "place in $d"
   mv -f -- "$@" .. </dev/null || fail "place in $d"
   cd /
-  rmdir -- "$R$d/.lab-stage" 2>/dev/null || :
+}
+
+# Remove the emptied DIR/.lab-stage directories (one program for all).
+unstage() {
+  for d do
+    shift
+    set -- "$@" "$R$d/.lab-stage"
+  done
+  rmdir -- "$@" 2>/dev/null || :
 }
 
 # The new generation is the current one plus one (`begin` checked that the

@@ -283,6 +283,7 @@ impl<'a> ApplyPlan<'a> {
                 .or_default()
                 .push(e.path.rsplit('/').next().unwrap().to_string());
         }
+        let stages: Vec<String> = by_dir.keys().map(|d| abs_dir(d)).collect();
         for (d, names) in by_dir {
             for chunk in names.chunks(CHUNK) {
                 s.push_str("place ");
@@ -294,6 +295,7 @@ impl<'a> ApplyPlan<'a> {
                 s.push('\n');
             }
         }
+        call(&mut s, "unstage", &stages);
         s.push_str(&format!("commit {} {keep}\n", digest.to_hex()));
         push_units(&mut s, units, settle_ms);
         s

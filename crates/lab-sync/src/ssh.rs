@@ -449,21 +449,36 @@ impl ChannelInput<'_> {
     }
 }
 
+impl ChannelInput<'_> {
+    /// One non-blocking write: `None` when the channel has no room.
+    fn try_write(&mut self, buf: &[u8]) -> std::io::Result<Option<usize>> {
+        match self.ch.write(buf) {
+            Ok(n) if n > 0 || buf.is_empty() => Ok(Some(n)),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
 impl Write for ChannelInput<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let since = Instant::now();
         loop {
-            match self.ch.write(buf) {
-                Ok(n) if n > 0 || buf.is_empty() => return Ok(n),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e),
+            if let Some(n) = self.try_write(buf)? {
+                return Ok(n);
             }
             if self.drain()? {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::BrokenPipe,
                     "the command stopped reading its input",
                 ));
+            }
+            // Reading may have taken in the window adjustment that was
+            // awaited: then the socket has nothing more to say until this
+            // side sends, and waiting on it would only time out.
+            if let Some(n) = self.try_write(buf)? {
+                return Ok(n);
             }
             let left = self.timeout.saturating_sub(since.elapsed());
             if left.is_zero() {
