@@ -285,34 +285,22 @@ impl Project {
             hint,
         };
 
-        let generations = match raw.settings.generations {
-            None => 5,
-            Some(g) if (1..=1000).contains(g.get_ref()) => *g.get_ref() as usize,
-            Some(g) => {
-                return Err(invalid(
-                    g.span(),
-                    format!(
-                        "`generations` must be between 1 and 1000, not {}",
-                        g.get_ref()
-                    ),
-                    None,
-                ))
-            }
+        // An optional integer setting within bounds.
+        let bounded = |v: &Option<Spanned<i64>>, name: &str, lo: i64, hi: i64, default: i64| match v
+        {
+            None => Ok(default),
+            Some(v) if (lo..=hi).contains(v.get_ref()) => Ok(*v.get_ref()),
+            Some(v) => Err(invalid(
+                v.span(),
+                format!(
+                    "`{name}` must be between {lo} and {hi}, not {}",
+                    v.get_ref()
+                ),
+                None,
+            )),
         };
-        let settle_ms = match raw.settings.settle_ms {
-            None => 0,
-            Some(s) if (0..=60_000).contains(s.get_ref()) => *s.get_ref() as u64,
-            Some(s) => {
-                return Err(invalid(
-                    s.span(),
-                    format!(
-                        "`settle_ms` must be between 0 and 60000, not {}",
-                        s.get_ref()
-                    ),
-                    None,
-                ))
-            }
-        };
+        let generations = bounded(&raw.settings.generations, "generations", 1, 1000, 5)? as usize;
+        let settle_ms = bounded(&raw.settings.settle_ms, "settle_ms", 0, 60_000, 0)? as u64;
         let settings = Settings {
             known_hosts: raw.settings.known_hosts.map(|p| root.join(p)),
             identity: raw.settings.identity.map(|p| expand_home(&p)),
