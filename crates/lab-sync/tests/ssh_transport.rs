@@ -52,3 +52,24 @@ fn a_command_that_stops_reading_does_not_stall_the_writer() {
         .unwrap();
     assert_eq!(out.stdout_text().trim(), (3 * 1024 * 1024).to_string());
 }
+
+/// What a command prints before it has read its input arrives whole (lab
+/// must never discard output it has not read yet, such as the executor's
+/// "waiting for the lock").
+#[test]
+fn output_printed_before_the_input_is_read_is_kept() {
+    let sshd = SshdFixture::start().unwrap();
+    let mut t = connect(&sshd, Duration::from_secs(60));
+    let out = t
+        .run("echo early; cat >/dev/null; echo late", &mut |w| {
+            w.write_all(b"first part\n")?;
+            w.flush()?;
+            // the command's first line arrives meanwhile
+            std::thread::sleep(Duration::from_millis(300));
+            w.write_all(b"second part\n")?;
+            w.flush()
+        })
+        .unwrap();
+    assert_eq!(out.status, 0);
+    assert_eq!(out.stdout_text(), "early\nlate\n");
+}
