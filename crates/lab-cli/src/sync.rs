@@ -204,15 +204,19 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     // 1. One connection per machine; facts gathered over it when none are
     //    cached yet, since the build needs them. 2. Build what is
     //    reachable: while connecting, when every machine's facts are cached.
-    let facts_cached = |m: &Machine| {
-        lab_engine::lab_facts::load(engine.lab_dir(), &m.name).is_ok_and(|f| !f.is_empty())
-    };
+    let uncached: Vec<&str> = machines
+        .iter()
+        .filter(|m| {
+            !lab_engine::lab_facts::load(engine.lab_dir(), &m.name).is_ok_and(|f| !f.is_empty())
+        })
+        .map(|m| m.name.as_str())
+        .collect();
     let connect = || {
         parallel(machines.clone(), args.jobs, |m| {
             let bar = spinner(&multi, &m.name, "connecting");
             let r = lab_sync::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
                 |mut t| {
-                    if !facts_cached(m) {
+                    if uncached.contains(&m.name.as_str()) {
                         bar.set_message("gathering facts");
                         lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
                     }
@@ -223,7 +227,7 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
             (m, r)
         })
     };
-    let (connected, early_build) = if machines.iter().all(|m| facts_cached(m)) {
+    let (connected, early_build) = if uncached.is_empty() {
         let all: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
         std::thread::scope(|s| {
             let b = s.spawn(|| build(engine, style, &all, args.quiet));
