@@ -260,3 +260,70 @@ fn make_world_writable(root: &std::path::Path) {
         }
     }
 }
+
+/// A local machine's root that would make a sync write into the project,
+/// into lab's own outputs or into this host is refused where it is written,
+/// and nothing is synced. (`root = ""` once synced into the project, `/`
+/// into this host's own file system.)
+#[test]
+fn dangerous_local_roots_are_refused_where_they_are_written() {
+    for (root, message) in [
+        ("", "`root` is empty"),
+        (".", "is the project directory itself"),
+        (
+            ".lab/out/dev",
+            "is inside `.lab/`, lab's own state and outputs",
+        ),
+        ("/", "is outside the project (it is this host's own `/`)"),
+        ("..", "contains the project"),
+        ("afile", "`root = \"afile\"` is a file, not a directory"),
+        ("dangling", "which does not exist"),
+    ] {
+        let t = TestLab::new();
+        t.file(
+            "lab.toml",
+            &format!("[machines.dev]\ntransport = \"local\"\nroot = \"{root}\"\n"),
+        )
+        .file("machines/dev/etc/x", "x\n")
+        .file("afile", "not a directory\n");
+        std::os::unix::fs::symlink(t.path().join("nowhere"), t.path().join("dangling")).unwrap();
+        let before = tree_listing(t.path());
+        for cmd in [&["build"][..], &["sync", "-m", "dev"]] {
+            let (code, _, err) = run(&t, cmd);
+            assert_eq!(code, 2, "root {root:?}, {cmd:?}: {err}");
+            assert!(err.contains(message), "root {root:?}: {err}");
+            assert!(err.contains("--> lab.toml:3:8"), "root {root:?}: {err}");
+        }
+        assert_eq!(
+            tree_listing(t.path()),
+            before,
+            "root {root:?}: nothing written"
+        );
+    }
+}
+
+/// Outside the project is fine when lab.toml says so.
+#[test]
+fn a_root_outside_the_project_needs_saying_so() {
+    let outside = tempfile::tempdir().unwrap();
+    let t = TestLab::new();
+    let toml = |extra: &str| {
+        format!(
+            "[machines.dev]\ntransport = \"local\"\nroot = \"{}\"\n{extra}",
+            outside.path().join("m").display()
+        )
+    };
+    t.file("lab.toml", &toml(""))
+        .file("machines/dev/etc/x", "x\n");
+    let (code, _, err) = run(&t, &["sync", "-m", "dev"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("hint: a sync writes and deletes there; if that is meant, add `root_outside_project = true`"), "{err}");
+    assert!(!outside.path().join("m").exists());
+    t.file("lab.toml", &toml("root_outside_project = true\n"));
+    let (code, _, err) = run(&t, &["sync", "-m", "dev"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(outside.path().join("m/etc/x")).unwrap(),
+        "x\n"
+    );
+}

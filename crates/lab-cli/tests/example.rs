@@ -86,7 +86,7 @@ fn sync_of_the_local_machine_from_another_directory() {
             .success()
     };
     sync();
-    let root = t.join(".lab/dev-root");
+    let root = t.join("dev-root");
     let built = tree_listing(&t.join(".lab/out/dev"));
     let synced: String = tree_listing(&root)
         .lines()

@@ -159,7 +159,7 @@ fn local_project(root: &std::path::Path) -> TestLab {
     lab.file(
         "lab.toml",
         &format!(
-            "[facts]\ndomain = \"example.org\"\n\n[machines.box]\ntransport = \"local\"\nroot = \"{}\"\nlayers = [\"web\", \"app\"]\n",
+            "[facts]\ndomain = \"example.org\"\n\n[machines.box]\ntransport = \"local\"\nroot = \"{}\"\nroot_outside_project = true\nlayers = [\"web\", \"app\"]\n",
             root.display()
         ),
     )

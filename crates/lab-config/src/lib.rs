@@ -7,6 +7,7 @@
 
 pub mod compat;
 mod error;
+mod local_root;
 mod located;
 mod project;
 

@@ -171,6 +171,7 @@ struct RawMachine {
     facts: IndexMap<String, Spanned<toml::Value>>,
     transport: Option<Spanned<String>>,
     root: Option<Spanned<String>>,
+    root_outside_project: Option<Spanned<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -339,22 +340,35 @@ impl Project {
                 ),
             };
             let port = port_set.unwrap_or(22);
-            let transport =
-                match m.transport.as_ref().map(|t| t.get_ref().as_str()) {
-                    None | Some("ssh") => {
-                        if let Some(r) = &m.root {
-                            return Err(invalid(
-                                r.span(),
-                                "`root` only applies to `transport = \"local\"`".into(),
-                                None,
-                            ));
-                        }
-                        Transport::Ssh
+            let transport = match m.transport.as_ref().map(|t| t.get_ref().as_str()) {
+                None | Some("ssh") => {
+                    if let Some(r) = &m.root {
+                        return Err(invalid(
+                            r.span(),
+                            "`root` only applies to `transport = \"local\"`".into(),
+                            None,
+                        ));
                     }
-                    Some("local") => match &m.root {
-                        Some(r) => Transport::Local {
-                            root: root.join(expand_home(r.get_ref())),
-                        },
+                    if let Some(o) = &m.root_outside_project {
+                        return Err(invalid(
+                            o.span(),
+                            "`root_outside_project` only applies to `transport = \"local\"`".into(),
+                            None,
+                        ));
+                    }
+                    Transport::Ssh
+                }
+                Some("local") => {
+                    match &m.root {
+                        Some(r) => {
+                            let outside = m
+                                .root_outside_project
+                                .as_ref()
+                                .is_some_and(|o| *o.get_ref());
+                            let dir = crate::local_root::check(root, r.get_ref(), outside)
+                                .map_err(|(message, hint)| invalid(r.span(), message, hint))?;
+                            Transport::Local { root: dir }
+                        }
                         None => return Err(invalid(
                             m.transport.as_ref().unwrap().span(),
                             format!("machine `{name}` has `transport = \"local\"` but no `root`"),
@@ -363,15 +377,16 @@ impl Project {
                                     .into(),
                             ),
                         )),
-                    },
-                    Some(other) => {
-                        return Err(invalid(
-                            m.transport.as_ref().unwrap().span(),
-                            format!("unknown transport `{other}`"),
-                            Some("use `ssh` (the default) or `local`".into()),
-                        ))
                     }
-                };
+                }
+                Some(other) => {
+                    return Err(invalid(
+                        m.transport.as_ref().unwrap().span(),
+                        format!("unknown transport `{other}`"),
+                        Some("use `ssh` (the default) or `local`".into()),
+                    ))
+                }
+            };
             if raw.compat.is_some() {
                 if let Some(l) = m.layers.first() {
                     return Err(invalid(
@@ -586,7 +601,7 @@ pub(crate) fn toml_to_json(v: &toml::Value) -> Value {
     }
 }
 
-fn expand_home(p: &str) -> PathBuf {
+pub(crate) fn expand_home(p: &str) -> PathBuf {
     match p.strip_prefix("~/") {
         Some(rest) => std::env::var_os("HOME")
             .map(PathBuf::from)
