@@ -327,3 +327,57 @@ fn a_root_outside_the_project_needs_saying_so() {
         "x\n"
     );
 }
+
+/// A source tree 1,500 directories deep once overflowed the stack (exit
+/// 134). It builds, and syncs to a local machine.
+#[test]
+fn a_very_deep_source_tree_builds_and_syncs() {
+    let root = tempfile::tempdir().unwrap();
+    let t = TestLab::new();
+    t.file(
+        "lab.toml",
+        &format!(
+            "[machines.dev]\ntransport = \"local\"\nroot = \"{}\"\nroot_outside_project = true\n",
+            root.path().display()
+        ),
+    );
+    let deep = "d/".repeat(1500);
+    t.file(&format!("machines/dev/{deep}leaf"), "bottom\n");
+    let (code, _, err) = run(&t, &["build", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(t.path().join(format!(".lab/out/dev/{deep}leaf"))).unwrap(),
+        "bottom\n"
+    );
+    let (code, _, err) = run(&t, &["sync", "-m", "dev"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join(format!("{deep}leaf"))).unwrap(),
+        "bottom\n"
+    );
+}
+
+/// `..j2` and `...j2` would produce `.` and `..`: refused, naming the
+/// source; the other machine still builds.
+#[test]
+fn templates_whose_output_would_be_dot_or_dotdot() {
+    for (name, out) in [("..j2", "."), ("...j2", ".."), ("etc/..j2", "etc/.")] {
+        let t = TestLab::new();
+        t.file("lab.toml", "[machines.a]\n[machines.b]\n")
+            .file(&format!("machines/a/{name}"), "x\n")
+            .file("machines/b/etc/ok", "ok\n");
+        let (code, _, err) = run(&t, &["build"]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(
+            err.contains(&format!(
+                "`machines/a/{name}` would produce `/{out}`, which names a directory itself, not a file"
+            )),
+            "{name}: {err}"
+        );
+        assert!(err.contains("hint: rename the template"), "{err}");
+        assert!(
+            t.path().join(".lab/out/b/etc/ok").exists(),
+            "{name}: b builds"
+        );
+    }
+}

@@ -69,6 +69,11 @@ pub enum MachineError {
         first: PathBuf,
         second: PathBuf,
     },
+    #[error("`{}` would produce `/{output}`, which names a directory itself, not a file", source_path.display())]
+    DotOutput {
+        source_path: PathBuf,
+        output: String,
+    },
     #[error("`{}` has a name that is not UTF-8", path.display())]
     NotUtf8 { path: PathBuf },
     #[error("`{}` is not a regular file, directory or symlink", path.display())]
@@ -149,6 +154,9 @@ impl Diagnose for MachineError {
                 "make's result would depend on the order it copied them in; remove or rename one"
                     .into(),
             ),
+            MachineError::DotOutput { .. } => {
+                Some("rename the template: the name without `.j2` must not be `.` or `..`".into())
+            }
             MachineError::Conflict { .. } => {
                 Some("a layer may hold `NAME` or `NAME.j2`, not both; remove one of them".into())
             }

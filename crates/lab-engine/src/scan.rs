@@ -80,7 +80,33 @@ pub fn default_ignores() -> GlobSet {
     b.build().expect("valid globs")
 }
 
+/// Every entry below `dir` (its path relative to the root is `rel`). The
+/// walk goes one depth at a time, each depth's directories in parallel, and
+/// never recurses: a tree thousands of directories deep costs no stack.
 fn list_dir(dir: &Path, rel: &str, ignore: &GlobSet) -> Result<Vec<Listed>, MachineError> {
+    let mut all = Vec::new();
+    let mut level = vec![(dir.to_path_buf(), rel.to_string())];
+    while !level.is_empty() {
+        let listed: Vec<(Vec<Listed>, Vec<(PathBuf, String)>)> = level
+            .par_iter()
+            .map(|(p, r)| list_one(p, r, ignore))
+            .collect::<Result<_, _>>()?;
+        level = Vec::new();
+        for (here, subdirs) in listed {
+            all.extend(here);
+            level.extend(subdirs);
+        }
+    }
+    Ok(all)
+}
+
+/// The entries of one directory, and its subdirectories to list next.
+#[allow(clippy::type_complexity)]
+fn list_one(
+    dir: &Path,
+    rel: &str,
+    ignore: &GlobSet,
+) -> Result<(Vec<Listed>, Vec<(PathBuf, String)>), MachineError> {
     let rd = std::fs::read_dir(dir).map_err(MachineError::io(dir))?;
     let mut here = Vec::new();
     let mut subdirs = Vec::new();
@@ -109,14 +135,7 @@ fn list_dir(dir: &Path, rel: &str, ignore: &GlobSet) -> Result<Vec<Listed>, Mach
         }
         here.push(Listed { rel, meta });
     }
-    let nested: Vec<Vec<Listed>> = subdirs
-        .par_iter()
-        .map(|(p, r)| list_dir(p, r, ignore))
-        .collect::<Result<_, _>>()?;
-    for n in nested {
-        here.extend(n);
-    }
-    Ok(here)
+    Ok((here, subdirs))
 }
 
 pub fn stat_of(meta: &Metadata) -> Stat {

@@ -57,6 +57,16 @@ impl<'a> Stack<'a> {
                 let Some((out, template)) = output_path(rel, e.kind) else {
                     continue;
                 };
+                if out
+                    .rsplit('/')
+                    .next()
+                    .is_some_and(|n| n == "." || n == "..")
+                {
+                    return Err(MachineError::DotOutput {
+                        source_path: root.path_of(rel),
+                        output: out.to_string(),
+                    });
+                }
                 if let Some(other) = here.insert(out, rel) {
                     let (a, b) = if other < rel.as_str() {
                         (other, rel.as_str())
