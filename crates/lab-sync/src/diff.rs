@@ -1,20 +1,8 @@
 //! Unified diffs of what a sync would change, with secrets masked.
 
 use crate::machine::Change;
+use crate::secrets::mask_secrets;
 use lab_manifest::{describe, EntryKind};
-
-/// Words that mark a line as carrying a secret (case-insensitive).
-const SECRET_WORDS: &[&str] = &[
-    "password",
-    "passwd",
-    "passphrase",
-    "secret",
-    "token",
-    "api_key",
-    "apikey",
-    "private_key",
-    "credential",
-];
 
 /// Paths whose whole content is secret.
 fn secret_path(path: &str) -> bool {
@@ -25,43 +13,6 @@ fn secret_path(path: &str) -> bool {
         || name == "shadow"
         || name == "gshadow"
         || path.contains("/secrets/")
-}
-
-/// Replace the values of secret-looking lines with `********`, and the body
-/// of PEM private keys.
-pub fn mask_secrets(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut in_pem = false;
-    for line in text.split_inclusive('\n') {
-        let body = line.trim_end_matches('\n');
-        if body.contains("-----BEGIN") && body.contains("PRIVATE KEY") {
-            in_pem = true;
-            out.push_str(line);
-            continue;
-        }
-        if in_pem {
-            if body.contains("-----END") {
-                in_pem = false;
-                out.push_str(line);
-            } else {
-                out.push_str("********\n");
-            }
-            continue;
-        }
-        let lower = body.to_ascii_lowercase();
-        if SECRET_WORDS.iter().any(|w| lower.contains(w)) {
-            if let Some(i) = body.find(['=', ':']) {
-                out.push_str(&body[..=i]);
-                out.push_str(" ********");
-                if line.ends_with('\n') {
-                    out.push('\n');
-                }
-                continue;
-            }
-        }
-        out.push_str(line);
-    }
-    out
 }
 
 /// One line of a rendered diff, tagged for colouring.
@@ -153,15 +104,6 @@ pub fn render(c: &Change) -> Vec<DiffLine> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn masks_values_and_keys() {
-        let t = "user = bob\npassword = hunter2\nAPI_KEY: abc\n-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\nBBBB\n-----END OPENSSH PRIVATE KEY-----\n";
-        assert_eq!(
-            mask_secrets(t),
-            "user = bob\npassword = ********\nAPI_KEY: ********\n-----BEGIN OPENSSH PRIVATE KEY-----\n********\n********\n-----END OPENSSH PRIVATE KEY-----\n"
-        );
-    }
 
     #[test]
     fn secret_paths() {

@@ -8,6 +8,7 @@
 pub mod diff;
 mod error;
 mod machine;
+pub mod secrets;
 pub mod ssh;
 mod transport;
 pub mod units;
