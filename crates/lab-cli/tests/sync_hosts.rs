@@ -363,6 +363,34 @@ fn ssh_config_host_aliases_and_proxy_jump() {
     );
     assert_eq!(run(h1, "cat /etc/motd"), "web via ssh config\n");
     assert_eq!(run(h2, "cat /etc/motd"), "behind via ssh config\n");
+
+    // A config value never reaches ssh's command line as an option.
+    let marker = lab.join("pwned");
+    for jump in [
+        format!("-oProxyCommand=touch${{IFS}}{}", marker.display()),
+        format!(
+            "root@{},-oProxyCommand=touch${{IFS}}{}",
+            h2.address,
+            marker.display()
+        ),
+    ] {
+        lab.file(
+            "ssh_config",
+            &format!("Host behind\n  HostName localhost\n  ProxyJump {jump}\n  IdentityFile {}\n\n{config}", h1.identity.display()),
+        );
+        let out = lab_cmd(&lab)
+            .env("LAB_SSH_CONFIG", lab.join("ssh_config"))
+            .args(["sync", "-m", "behind"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains("refusing ProxyJump `-oProxyCommand=touch${IFS}"),
+            "{err}"
+        );
+        assert!(!marker.exists());
+    }
 }
 
 #[test]

@@ -223,10 +223,19 @@ mod tests {
         ("client_secret = 'a b c'", "client_secret = '********'"),
         ("\"token\": \"abc123\",", "\"token\": \"********\","),
         ("token => 'abc'", "token => '********'"),
-        ("Environment=DB_PASS=x OTHER=y", "Environment=DB_PASS=******** OTHER=y"),
-        ("Environment=\"PGPASSWORD=x y\"", "Environment=\"PGPASSWORD=******** y\""),
+        (
+            "Environment=DB_PASS=x OTHER=y",
+            "Environment=DB_PASS=******** OTHER=y",
+        ),
+        (
+            "Environment=\"PGPASSWORD=x y\"",
+            "Environment=\"PGPASSWORD=******** y\"",
+        ),
         ("ssh-key = AAAAC3Nz", "ssh-key = ********"),
-        ("aws_secret_access_key=AKIA", "aws_secret_access_key=********"),
+        (
+            "aws_secret_access_key=AKIA",
+            "aws_secret_access_key=********",
+        ),
         (
             "DATABASE_URL=postgres://app:hunter2@db.internal:5432/app",
             "DATABASE_URL=postgres://app:********@db.internal:5432/app",
@@ -240,11 +249,17 @@ mod tests {
             "Environment=POSTGRES_PASSWORD_FILE=/run/secrets/pg",
             "Environment=POSTGRES_PASSWORD_FILE=/run/secrets/pg",
         ),
-        ("token_url = https://example.org/t", "token_url = https://example.org/t"),
+        (
+            "token_url = https://example.org/t",
+            "token_url = https://example.org/t",
+        ),
         ("keyfile = /etc/x.key", "keyfile = /etc/x.key"),
         ("bypass = true", "bypass = true"),
         ("user = bob", "user = bob"),
-        ("url = https://example.org:8443/", "url = https://example.org:8443/"),
+        (
+            "url = https://example.org:8443/",
+            "url = https://example.org:8443/",
+        ),
         ("# set the password below", "# set the password below"),
         ("the password", "the password"),
         ("password =", "password ="),

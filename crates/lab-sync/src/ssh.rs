@@ -175,6 +175,25 @@ impl SshTransport {
     ) -> Result<SshTransport, SyncError> {
         let mut session = Session::new().map_err(|e| SyncError::ssh(t, "cannot start ssh", e))?;
         let fd: RawFd;
+        // Values from a config file reach `ssh`'s command line: one that
+        // starts with `-` would be taken as an option (`-oProxyCommand=...`).
+        for (what, v) in
+            std::iter::once(("host", &t.host)).chain(t.proxy_jump.iter().map(|j| ("ProxyJump", j)))
+        {
+            if v.starts_with('-')
+                || v.is_empty()
+                || v.chars().any(|c| c.is_whitespace() || c.is_control())
+            {
+                return Err(SyncError::Connect {
+                    host: t.host.clone(),
+                    port: t.port,
+                    message: format!(
+                        "refusing {what} `{}`: it is empty, starts with `-` or holds blanks, so ssh would read it as something else",
+                        v.escape_debug()
+                    ),
+                });
+            }
+        }
         let proxy = if let Some(jump) = t.proxy_jump.first() {
             let (mine, theirs) = UnixStream::pair().map_err(|e| SyncError::Connect {
                 host: t.host.clone(),
@@ -193,6 +212,7 @@ impl SshTransport {
                 } else {
                     vec![]
                 })
+                .arg("--")
                 .arg(jump)
                 .stdin(Stdio::from(std::os::fd::OwnedFd::from(
                     theirs
