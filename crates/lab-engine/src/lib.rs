@@ -119,6 +119,11 @@ impl Engine {
         self.lab_dir.join("out").join(machine)
     }
 
+    /// `.lab/stage/NAME/`: a build's new outputs before they switch in.
+    pub fn stage_dir(&self, machine: &str) -> PathBuf {
+        self.lab_dir.join("stage").join(machine)
+    }
+
     /// `.lab/out/NAME.manifest`
     pub fn manifest_path(&self, machine: &str) -> PathBuf {
         self.lab_dir.join("out").join(format!("{machine}.manifest"))
@@ -246,8 +251,10 @@ impl Engine {
             }
             let io = |p: PathBuf| move |e| EngineError::Io { path: p, source: e };
             let dir = self.out_dir(machine);
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(io(dir.clone()))?;
+            for dir in [dir, self.stage_dir(machine)] {
+                if dir.exists() {
+                    std::fs::remove_dir_all(&dir).map_err(io(dir.clone()))?;
+                }
             }
             self.state
                 .forget_machine(machine)
@@ -434,7 +441,7 @@ impl Engine {
             stack: Stack { roots },
             scope: scope.clone(),
             summary,
-            out: output::OutTree::new(self.out_dir(&m.name)),
+            out: output::OutTree::new(self.out_dir(&m.name), self.stage_dir(&m.name)),
             manifest_path: self.manifest_path(&m.name),
             state: &self.state,
             prev_scan_id,
@@ -537,7 +544,7 @@ impl Engine {
             files: &ctx.files,
             scanned_at_ns: ctx.scanned_at_ns,
             render_pool: &ctx.render_pool,
-            out: output::OutTree::new(self.out_dir(&m.name)),
+            out: output::OutTree::new(self.out_dir(&m.name), self.stage_dir(&m.name)),
             manifest_path: self.manifest_path(&m.name),
             state: &self.state,
             scan_id,
@@ -573,7 +580,11 @@ impl Engine {
     /// Remove outputs and state (not gathered facts).
     pub fn clean(&self) -> Result<(), EngineError> {
         let _lock = self.lock()?;
-        for d in [self.lab_dir.join("out"), self.lab_dir.join("state")] {
+        for d in [
+            self.lab_dir.join("out"),
+            self.lab_dir.join("stage"),
+            self.lab_dir.join("state"),
+        ] {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

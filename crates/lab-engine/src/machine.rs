@@ -163,7 +163,14 @@ impl MachineJob<'_> {
             .ok()
             .map(|m| scan::stat_of(&m));
         let summary = self.state.load_summary(self.name);
-        if !self.force {
+        self.out.remove_leftover_stage();
+        // Outputs changed behind lab's back (see `output`) are made again.
+        let tampered = match (&summary, manifest_stat) {
+            (Some(s), Some(m)) if s.manifest == m => self.out.changed_since(m.mtime_ns),
+            _ => false,
+        };
+
+        if !self.force && !tampered {
             if let Some(s) = &summary {
                 if s.summary == self.summary && Some(s.manifest) == manifest_stat {
                     return Ok(MachineReport {
@@ -175,11 +182,17 @@ impl MachineJob<'_> {
         }
 
         // What was built before. Outputs behind lab's back (manifest missing
-        // or changed) mean the graph cannot be trusted; the old entries still
-        // say what lab created and may remove.
+        // or changed, or entries changed after it) mean the graph cannot be
+        // trusted; the old entries still say what lab created and may remove.
         let prev = self.state.load_machine(self.name);
-        let trusted =
-            manifest_stat.is_some() && summary.is_some_and(|s| Some(s.manifest) == manifest_stat);
+        let trusted = !tampered
+            && manifest_stat.is_some()
+            && summary.is_some_and(|s| Some(s.manifest) == manifest_stat);
+        if !trusted {
+            // (a build from scratch is the time to sweep what a killed
+            // build of an older lab left in the tree)
+            self.out.remove_old_temporaries();
+        }
         let names = self.root_names();
         let listings: Vec<Digest> = self.stack.roots.iter().map(|r| r.listing).collect();
         let prior = match prev {
@@ -483,24 +496,6 @@ impl MachineJob<'_> {
             }
         }
 
-        // Write: removals, directories, then files and symlinks in parallel.
-        // The tree's root exists even when the tree is empty.
-        std::fs::create_dir_all(&self.out.root)
-            .map_err(|e| vec![MachineError::io(&self.out.root)(e)])?;
-        let is_dir = |p: &str| -> Option<bool> {
-            winners
-                .get(p)
-                .map(|w| self.stack.entry(w).kind == SrcKind::Dir)
-                .or_else(|| entries.get(p).map(|e| e.is_dir()))
-        };
-        // (a fast build changes no path's existence or kind)
-        let removed = if fast {
-            Vec::new()
-        } else {
-            self.out
-                .remove_stale(&old_entries, &is_dir)
-                .map_err(|e| vec![e])?
-        };
         for (out, _, reason) in &dirty {
             reporter.node_ran(self.name, &Key::Output((*out).clone()), reason);
         }
@@ -534,8 +529,30 @@ impl MachineJob<'_> {
             }
         }
         if !errors.is_empty() {
+            self.out.discard();
             return Err(errors);
         }
+
+        // Everything new is staged: switch. Removals, directories, then the
+        // staged files and symlinks. The tree's root exists even when the
+        // tree is empty.
+        std::fs::create_dir_all(&self.out.root)
+            .map_err(|e| vec![MachineError::io(&self.out.root)(e)])?;
+        let is_dir = |p: &str| -> Option<bool> {
+            winners
+                .get(p)
+                .map(|w| self.stack.entry(w).kind == SrcKind::Dir)
+                .or_else(|| entries.get(p).map(|e| e.is_dir()))
+        };
+        // (a fast build changes no path's existence or kind)
+        let removed = if fast {
+            Vec::new()
+        } else {
+            self.out
+                .remove_stale(&old_entries, &is_dir)
+                .map_err(|e| vec![e])?
+        };
+        self.out.commit().map_err(|e| vec![e])?;
         for p in &gone {
             entries.remove(p);
         }

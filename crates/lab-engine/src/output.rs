@@ -1,32 +1,62 @@
 //! Writing a machine's output tree under `.lab/out/NAME/`.
 //!
-//! Every file and symlink is created under a temporary name in its final
-//! directory and renamed into place, so a reader (or a crash) sees the old
-//! entry or the new one. Only paths that the previous manifest lists are
-//! ever removed; a directory holding anything else is left alone.
+//! A build first stages every new file and symlink under
+//! `.lab/stage/NAME/` and only when all of them are there (a full disk or
+//! an unreadable source fails the build before the tree is touched) does it
+//! switch: remove what is gone, create directories, rename each staged
+//! entry over its output (rename(2): a reader sees the old entry or the
+//! new). A build that fails before the switch leaves the previous outputs
+//! as they were; whatever a killed build left in the stage is removed by
+//! the next one. Only paths that the previous manifest lists are ever
+//! removed; a directory holding anything else is left alone.
+//!
+//! The manifest is written after the switch, so every entry of a tree that
+//! lab finished has its ctime at or before the manifest's mtime: an entry
+//! changed later (by hand, by a tool, by a build killed mid-switch) is
+//! found by [`OutTree::changed_since`] without any recorded state.
 
 use crate::MachineError;
 use lab_manifest::{Entry, EntryKind};
+use rayon::prelude::*;
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+/// Prefix of the temporary names earlier versions of lab used inside the
+/// output tree; such a leftover is lab's own and is removed.
+const OLD_TMP_PREFIX: &str = ".lab~";
 
 pub struct OutTree {
     pub root: PathBuf,
+    stage: PathBuf,
+    stage_ready: OnceLock<Result<(), String>>,
+    counter: AtomicU64,
+    /// Staged files and symlinks: (staged path, output path).
+    staged: Mutex<Vec<(PathBuf, PathBuf)>>,
+    /// Directory entries to create or fix at the switch.
+    dirs: Mutex<Vec<Entry>>,
 }
 
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-fn tmp_name(dir: &Path) -> PathBuf {
-    let n = TMP_COUNTER.fetch_add(1, Ordering::Relaxed);
-    dir.join(format!(".lab~{}.{n}", std::process::id()))
+impl Drop for OutTree {
+    fn drop(&mut self) {
+        self.discard();
+    }
 }
 
 impl OutTree {
-    pub fn new(root: PathBuf) -> OutTree {
-        OutTree { root }
+    /// The tree at `root`, staging under `stage`.
+    pub fn new(root: PathBuf, stage: PathBuf) -> OutTree {
+        OutTree {
+            root,
+            stage,
+            stage_ready: OnceLock::new(),
+            counter: AtomicU64::new(0),
+            staged: Mutex::new(Vec::new()),
+            dirs: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {
@@ -77,9 +107,9 @@ impl OutTree {
         Ok(removed)
     }
 
-    /// Create (or fix the mode of) a directory entry. Anything but a real
-    /// directory at that path is replaced: lab created it (it was in the old
-    /// manifest), or the tree is lab's own.
+    /// Create (or fix the mode of) a directory entry now. Anything but a
+    /// real directory at that path is replaced: lab created it (it was in
+    /// the old manifest), or the tree is lab's own.
     pub fn make_dir(&self, e: &Entry) -> Result<(), MachineError> {
         let p = self.path(&e.path);
         match std::fs::symlink_metadata(&p) {
@@ -93,40 +123,169 @@ impl OutTree {
             }
             Err(err) => return Err(MachineError::io(&p)(err)),
         }
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(e.mode))
-            .map_err(MachineError::io(&p))
+        let mode = std::fs::Permissions::from_mode(e.mode);
+        std::fs::set_permissions(&p, mode).map_err(MachineError::io(&p))
     }
 
-    /// Write a file or symlink entry atomically. `bytes` is the file's
-    /// content (ignored for symlinks).
+    /// The stage directory, emptied of what a killed build left, once per
+    /// build.
+    fn stage_dir(&self) -> Result<&Path, MachineError> {
+        let ready = self.stage_ready.get_or_init(|| {
+            match std::fs::remove_dir_all(&self.stage) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            std::fs::create_dir_all(&self.stage).map_err(|e| e.to_string())
+        });
+        match ready {
+            Ok(()) => Ok(&self.stage),
+            Err(e) => Err(MachineError::io(&self.stage)(std::io::Error::other(
+                e.clone(),
+            ))),
+        }
+    }
+
+    /// Stage a file or symlink entry (`bytes` is a file's content); a
+    /// directory entry is remembered. Nothing in the tree changes before
+    /// [`OutTree::commit`].
     pub fn write(&self, e: &Entry, bytes: &[u8]) -> Result<(), MachineError> {
         let p = self.path(&e.path);
-        let dir = p.parent().expect("entry paths are below the root");
-        self.check_parent(dir)?;
-        match &e.kind {
-            EntryKind::File { .. } => {
-                let mut tmp = tempfile::Builder::new()
-                    .prefix(".lab~")
-                    .tempfile_in(dir)
-                    .map_err(MachineError::io(dir))?;
-                tmp.write_all(bytes).map_err(MachineError::io(&p))?;
-                tmp.as_file()
-                    .set_permissions(std::fs::Permissions::from_mode(e.mode))
-                    .map_err(MachineError::io(&p))?;
-                tmp.persist(&p)
-                    .map_err(|err| MachineError::io(&p)(err.error))?;
+        if let EntryKind::Dir = e.kind {
+            self.dirs.lock().expect("not poisoned").push(e.clone());
+            return Ok(());
+        }
+        let n = self.counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.stage_dir()?.join(n.to_string());
+        let staged = match &e.kind {
+            EntryKind::File { .. } => (|| {
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(bytes)?;
+                f.set_permissions(std::fs::Permissions::from_mode(e.mode))
+            })(),
+            EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &tmp),
+            EntryKind::Dir => unreachable!("handled above"),
+        };
+        if let Err(err) = staged {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(MachineError::io(&p)(err));
+        }
+        self.staged.lock().expect("not poisoned").push((tmp, p));
+        Ok(())
+    }
+
+    /// The switch: create the remembered directories (parents first), then
+    /// rename every staged entry into place.
+    pub fn commit(&self) -> Result<(), MachineError> {
+        let mut dirs = std::mem::take(&mut *self.dirs.lock().expect("not poisoned"));
+        dirs.sort_by(|a, b| a.path.cmp(&b.path));
+        for d in &dirs {
+            self.make_dir(d)?;
+        }
+        let staged = std::mem::take(&mut *self.staged.lock().expect("not poisoned"));
+        let mut failed = None;
+        for (i, (tmp, dest)) in staged.iter().enumerate() {
+            let dir = dest.parent().expect("entry paths are below the root");
+            if let Err(e) = self
+                .check_parent(dir)
+                .and_then(|()| std::fs::rename(tmp, dest).map_err(MachineError::io(dest)))
+            {
+                failed = Some((i, e));
+                break;
             }
-            EntryKind::Symlink { target } => {
-                let tmp = tmp_name(dir);
-                std::os::unix::fs::symlink(target, &tmp).map_err(MachineError::io(&tmp))?;
-                if let Err(err) = std::fs::rename(&tmp, &p) {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(MachineError::io(&p)(err));
+        }
+        match failed {
+            None => {
+                if self.stage_ready.get().is_some() {
+                    let _ = std::fs::remove_dir(&self.stage);
+                }
+                Ok(())
+            }
+            Some((i, e)) => {
+                for (tmp, _) in &staged[i..] {
+                    let _ = std::fs::remove_file(tmp);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Remove what a killed build left in the stage (before any staging).
+    pub fn remove_leftover_stage(&self) {
+        if self.stage_ready.get().is_none() && self.stage.exists() {
+            let _ = std::fs::remove_dir_all(&self.stage);
+        }
+    }
+
+    /// Remove the temporary files earlier versions of lab left in the tree
+    /// (a whole walk; only after [`OutTree::changed_since`] found a change).
+    pub fn remove_old_temporaries(&self) {
+        let mut level = vec![self.root.clone()];
+        while let Some(dir) = level.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for ent in rd.flatten() {
+                let Ok(ft) = ent.file_type() else { continue };
+                if ft.is_dir() {
+                    level.push(ent.path());
+                } else if ent
+                    .file_name()
+                    .as_encoded_bytes()
+                    .starts_with(OLD_TMP_PREFIX.as_bytes())
+                {
+                    let _ = std::fs::remove_file(ent.path());
                 }
             }
-            EntryKind::Dir => self.make_dir(e)?,
         }
-        Ok(())
+    }
+
+    /// Forget what was staged and not committed.
+    pub fn discard(&self) {
+        let staged = std::mem::take(&mut *self.staged.lock().expect("not poisoned"));
+        for (tmp, _) in staged {
+            let _ = std::fs::remove_file(tmp);
+        }
+        self.dirs.lock().expect("not poisoned").clear();
+    }
+
+    /// Whether any entry of the tree (the root included) changed after
+    /// `t_ns` (ctime, ns since the epoch), or the tree is not there. One
+    /// lstat per entry, a depth at a time; stops at the first change.
+    pub fn changed_since(&self, t_ns: i64) -> bool {
+        let ctime = |m: &std::fs::Metadata| m.ctime() * 1_000_000_000 + m.ctime_nsec();
+        match std::fs::symlink_metadata(&self.root) {
+            Ok(m) if m.is_dir() && ctime(&m) <= t_ns => {}
+            _ => return true,
+        }
+        let mut level = vec![self.root.clone()];
+        while !level.is_empty() {
+            let found: Vec<Option<Vec<PathBuf>>> = level
+                .par_iter()
+                .map(|dir| {
+                    let mut subdirs = Vec::new();
+                    for ent in std::fs::read_dir(dir).ok()? {
+                        let ent = ent.ok()?;
+                        let meta = ent.metadata().ok()?;
+                        if ctime(&meta) > t_ns {
+                            return None;
+                        }
+                        if meta.is_dir() {
+                            subdirs.push(ent.path());
+                        }
+                    }
+                    Some(subdirs)
+                })
+                .collect();
+            level = Vec::new();
+            for f in found {
+                match f {
+                    Some(subdirs) => level.extend(subdirs),
+                    None => return true,
+                }
+            }
+        }
+        false
     }
 
     /// Never write through a symlink: the parent must be a real directory.

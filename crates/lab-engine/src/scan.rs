@@ -87,7 +87,7 @@ fn list_dir(dir: &Path, rel: &str, ignore: &GlobSet) -> Result<Vec<Listed>, Mach
     let mut all = Vec::new();
     let mut level = vec![(dir.to_path_buf(), rel.to_string())];
     while !level.is_empty() {
-        let listed: Vec<(Vec<Listed>, Vec<(PathBuf, String)>)> = level
+        let listed: Vec<Listing> = level
             .par_iter()
             .map(|(p, r)| list_one(p, r, ignore))
             .collect::<Result<_, _>>()?;
@@ -101,12 +101,9 @@ fn list_dir(dir: &Path, rel: &str, ignore: &GlobSet) -> Result<Vec<Listed>, Mach
 }
 
 /// The entries of one directory, and its subdirectories to list next.
-#[allow(clippy::type_complexity)]
-fn list_one(
-    dir: &Path,
-    rel: &str,
-    ignore: &GlobSet,
-) -> Result<(Vec<Listed>, Vec<(PathBuf, String)>), MachineError> {
+type Listing = (Vec<Listed>, Vec<(PathBuf, String)>);
+
+fn list_one(dir: &Path, rel: &str, ignore: &GlobSet) -> Result<Listing, MachineError> {
     let rd = std::fs::read_dir(dir).map_err(MachineError::io(dir))?;
     let mut here = Vec::new();
     let mut subdirs = Vec::new();

@@ -392,7 +392,7 @@ impl Session {
                     stack: Stack { roots: stack_roots },
                     scope: scopes[&m.name].clone(),
                     summary: lab_graph::Digest::ABSENT,
-                    out: output::OutTree::new(engine.out_dir(&m.name)),
+                    out: output::OutTree::new(engine.out_dir(&m.name), engine.stage_dir(&m.name)),
                     manifest_path: engine.manifest_path(&m.name),
                     state: &engine.state,
                     prev_scan_id: 0,

@@ -6,6 +6,7 @@
 //! .lab/state/machines/NAME.graph  one machine's graph, manifest and inputs
 //! .lab/out/NAME/                  the machine's output tree
 //! .lab/out/NAME.manifest          its manifest (see lab-manifest)
+//! .lab/stage/NAME/                a build's outputs before they switch in
 //! ```
 //!
 //! Every state file is `MAGIC` (8 bytes: `LABSTATE`), a format version (u32
@@ -35,7 +36,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"LABSTATE";
 /// Bump when any state type changes shape or meaning.
-const VERSION: u32 = 4;
+const VERSION: u32 = 5;
 
 /// One source root's fingerprints.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

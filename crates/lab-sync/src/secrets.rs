@@ -132,7 +132,7 @@ fn mask_line(line: &str) -> (String, bool) {
             }
         }
         let line_initial = start == first_start;
-        if !sep && !(line_initial && k > before_sep) {
+        if !(sep || line_initial && k > before_sep) {
             i = j;
             continue;
         }

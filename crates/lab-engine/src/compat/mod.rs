@@ -138,7 +138,14 @@ impl CompatJob<'_> {
             self.files
                 .digest(p, prev_files.get(p).map(|f| (f, prev_stamp)))
         };
-        if !self.force {
+        self.out.remove_leftover_stage();
+        // Outputs changed behind lab's back (see `output`) are made again.
+        let tampered = match (&summary, manifest_stat) {
+            (Some(s), Some(m)) if s.manifest == m => self.out.changed_since(m.mtime_ns),
+            _ => false,
+        };
+
+        if !self.force && !tampered {
             if let Some(s) = &summary {
                 let now: Vec<(String, Digest)> = s
                     .files
@@ -157,8 +164,14 @@ impl CompatJob<'_> {
         }
 
         let prev = self.state.load_machine(self.name);
-        let trusted =
-            manifest_stat.is_some() && summary.is_some_and(|s| Some(s.manifest) == manifest_stat);
+        let trusted = !tampered
+            && manifest_stat.is_some()
+            && summary.is_some_and(|s| Some(s.manifest) == manifest_stat);
+        if !trusted {
+            // (a build from scratch is the time to sweep what a killed
+            // build of an older lab left in the tree)
+            self.out.remove_old_temporaries();
+        }
         let (mut graph, old_entries) = match prev {
             Some(ms) => {
                 let entries: BTreeMap<String, Entry> = ms
@@ -259,7 +272,20 @@ impl CompatJob<'_> {
             return Err(errors);
         }
 
-        // Write: removals, then files and symlinks in parallel.
+        // Stage files and symlinks in parallel; then switch (see `output`):
+        // removals, then the staged entries.
+        let results: Vec<Result<(), MachineError>> = built
+            .par_iter()
+            .map(|(_, b)| {
+                self.out
+                    .write(&b.entry, b.bytes.as_deref().unwrap_or_default())
+            })
+            .collect();
+        let errors: Vec<MachineError> = results.into_iter().filter_map(Result::err).collect();
+        if !errors.is_empty() {
+            self.out.discard();
+            return Err(errors);
+        }
         std::fs::create_dir_all(&self.out.root)
             .map_err(|e| vec![MachineError::io(&self.out.root)(e)])?;
         let is_dir = |p: &str| -> Option<bool> {
@@ -275,17 +301,7 @@ impl CompatJob<'_> {
             .out
             .remove_stale(&old_entries, &is_dir)
             .map_err(|e| vec![e])?;
-        let results: Vec<Result<(), MachineError>> = built
-            .par_iter()
-            .map(|(_, b)| {
-                self.out
-                    .write(&b.entry, b.bytes.as_deref().unwrap_or_default())
-            })
-            .collect();
-        let errors: Vec<MachineError> = results.into_iter().filter_map(Result::err).collect();
-        if !errors.is_empty() {
-            return Err(errors);
-        }
+        self.out.commit().map_err(|e| vec![e])?;
         let mut written = Vec::new();
         let mut rendered = 0;
         for (path, b) in built {
