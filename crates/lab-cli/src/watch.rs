@@ -194,6 +194,29 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
         ssh_config.as_ref(),
     );
 
+    // Ctrl-C or SIGTERM ends the watch after the cycle under way, with the
+    // session's state saved, so the next `lab build` starts from it; a
+    // second one ends it at once.
+    let stopper = watcher.stopper();
+    match signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ]) {
+        Ok(mut signals) => {
+            std::thread::spawn(move || {
+                let mut seen = 0;
+                for _ in signals.forever() {
+                    seen += 1;
+                    if seen > 1 {
+                        std::process::exit(130);
+                    }
+                    stopper.stop();
+                }
+            });
+        }
+        Err(e) => eprintln!("{} cannot handle signals: {e}", style.yellow("warning:")),
+    }
+
     // What changed while the first build ran.
     let mut carried = watcher.pending();
     loop {
@@ -233,6 +256,12 @@ pub fn watch(engine: Engine, style: Style, args: &WatchArgs) -> Result<(), Failu
             }
             continue;
         };
+        if batch.stop {
+            return session.persist().map_err(|e| {
+                eprint!("{}", diag::render(style, &e, None));
+                Failure::Partial
+            });
+        }
         cycle_no += 1;
         let debounce = batch.first_event.elapsed().as_millis();
         let t = Instant::now();

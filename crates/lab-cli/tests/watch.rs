@@ -263,6 +263,53 @@ fn every_edit_pattern_converges_on_a_local_machine() {
     assert!(extra.is_empty(), "{extra:#?}");
 }
 
+/// Stopped with Ctrl-C or SIGTERM right after an edit (well within the
+/// 2 s after which an idle session saves its state), a watch saves its
+/// state on the way out: the next `lab build` has nothing to do.
+#[test]
+fn a_stopped_watch_leaves_state_the_next_build_uses() {
+    for signal in [libc_signal::SIGINT, libc_signal::SIGTERM] {
+        let root = tempfile::tempdir().unwrap();
+        let lab = local_project(root.path());
+        lab.file("layers/web/etc/other.j2", "other {{ domain }}\n");
+        let mut w = Watch::start(&lab, &["--machine", "box", "--no-sync"]);
+        lab.file(
+            "layers/web/etc/site.conf.j2",
+            "server {{ domain }}; # edited\n",
+        );
+        w.until_log("the edit's cycle", 0, |v| {
+            v["changed"]
+                .as_array()
+                .is_some_and(|c| c.iter().any(|p| p == "layers/web/etc/site.conf.j2"))
+        });
+        let pid = w.child.id() as i32;
+        assert_eq!(unsafe { libc_signal::kill(pid, signal) }, 0);
+        let status = w.child.wait().unwrap();
+        assert!(status.success(), "signal {signal}: {status:?}");
+        let out = assert_cmd::Command::cargo_bin("lab")
+            .unwrap()
+            .current_dir(lab.path())
+            .args(["build", "--explain"])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        assert!(
+            stdout.contains("box") && stdout.contains("up to date") && !stdout.contains("because"),
+            "signal {signal}: the next build is a no-op:\n{stdout}"
+        );
+    }
+}
+
+/// The two signals and kill(2), without a dependency for a test.
+mod libc_signal {
+    pub const SIGINT: i32 = 2;
+    pub const SIGTERM: i32 = 15;
+    extern "C" {
+        pub fn kill(pid: i32, sig: i32) -> i32;
+    }
+}
+
 #[test]
 fn a_git_checkout_and_a_burst_are_coalesced() {
     let root = tempfile::tempdir().unwrap();

@@ -7,7 +7,7 @@
 use notify::{RecursiveMode, Watcher as _};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
@@ -27,6 +27,25 @@ pub struct Batch {
     /// The kernel dropped events (queue overflow): the caller must look at
     /// everything again.
     pub overflow: bool,
+    /// [`Stopper::stop`] was called: the caller should finish (the paths
+    /// gathered so far are still in the batch).
+    pub stop: bool,
+}
+
+enum Msg {
+    Event(notify::Result<notify::Event>),
+    Stop,
+}
+
+/// Ends a watch from another thread (a signal handler's, say): the
+/// watcher's current or next wait returns a batch with `stop` set.
+#[derive(Clone)]
+pub struct Stopper(Sender<Msg>);
+
+impl Stopper {
+    pub fn stop(&self) {
+        let _ = self.0.send(Msg::Stop);
+    }
 }
 
 /// Watches a project: its top directory (for `lab.toml`), and the given
@@ -34,7 +53,8 @@ pub struct Batch {
 /// watched, so a big `target/` or `.git/` costs nothing.
 pub struct ProjectWatcher {
     watcher: std::cell::RefCell<notify::RecommendedWatcher>,
-    rx: Receiver<notify::Result<notify::Event>>,
+    rx: Receiver<Msg>,
+    tx: Sender<Msg>,
     root: PathBuf,
     subdirs: Vec<PathBuf>,
     watched: std::cell::RefCell<BTreeSet<PathBuf>>,
@@ -47,8 +67,9 @@ pub struct ProjectWatcher {
 impl ProjectWatcher {
     pub fn new(root: &Path, subdirs: &[&str]) -> Result<ProjectWatcher, WatchError> {
         let (tx, rx) = channel();
+        let events = tx.clone();
         let mut w = notify::recommended_watcher(move |e| {
-            let _ = tx.send(e);
+            let _ = events.send(Msg::Event(e));
         })
         .map_err(|e| WatchError::Watch {
             path: root.to_path_buf(),
@@ -62,6 +83,7 @@ impl ProjectWatcher {
         let me = ProjectWatcher {
             watcher: std::cell::RefCell::new(w),
             rx,
+            tx,
             root: root.to_path_buf(),
             subdirs: subdirs.iter().map(|d| root.join(d)).collect(),
             watched: Default::default(),
@@ -77,6 +99,11 @@ impl ProjectWatcher {
             me.watch_subdir(d)?;
         }
         Ok(me)
+    }
+
+    /// A handle that ends the watch from another thread.
+    pub fn stopper(&self) -> Stopper {
+        Stopper(self.tx.clone())
     }
 
     /// Start watching a subdirectory once it exists.
@@ -130,6 +157,7 @@ impl ProjectWatcher {
         let started = Instant::now();
         let mut paths = BTreeSet::new();
         let mut overflow = false;
+        let mut stop = false;
         let mut first: Option<Instant> = None;
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
@@ -158,13 +186,18 @@ impl ProjectWatcher {
                 wait
             };
             match self.rx.recv_timeout(wait) {
+                Ok(Msg::Stop) => {
+                    stop = true;
+                    first.get_or_insert_with(Instant::now);
+                    break;
+                }
                 // Reads (lab's own, when it builds) are not changes.
-                Ok(Ok(ev)) if matches!(ev.kind, notify::EventKind::Access(_)) => {
+                Ok(Msg::Event(Ok(ev))) if matches!(ev.kind, notify::EventKind::Access(_)) => {
                     if !drain && first.is_none() && deadline.is_some_and(|d| Instant::now() >= d) {
                         return None;
                     }
                 }
-                Ok(Ok(ev)) => {
+                Ok(Msg::Event(Ok(ev))) => {
                     if ev.need_rescan() {
                         overflow = true;
                     }
@@ -182,7 +215,7 @@ impl ProjectWatcher {
                         first = Some(Instant::now());
                     }
                 }
-                Ok(Err(_)) => {
+                Ok(Msg::Event(Err(_))) => {
                     overflow = true;
                     first.get_or_insert_with(Instant::now);
                 }
@@ -201,6 +234,7 @@ impl ProjectWatcher {
             paths: paths.into_iter().collect(),
             first_event: first?,
             overflow,
+            stop,
         })
     }
 }
@@ -235,5 +269,13 @@ mod tests {
         let b = w.next_batch(Some(Duration::from_secs(5))).unwrap();
         assert_eq!(b.paths, vec![d.path().join("lab.toml")]);
         assert!(w.next_batch(Some(Duration::from_millis(100))).is_none());
+        // a stop ends a wait at once, from any thread
+        let stopper = w.stopper();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            stopper.stop();
+        });
+        let b = w.next_batch(None).unwrap();
+        assert!(b.stop && b.paths.is_empty());
     }
 }
