@@ -2,7 +2,7 @@
 //! executor program and the tar stream for one apply.
 
 use crate::{EXECUTOR, STATE_DIR};
-use lab_graph::Digest;
+use lab_core::Digest;
 use lab_manifest::{Entry, EntryKind, Manifest};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};

@@ -1,6 +1,6 @@
 //! Reading what the executor printed.
 
-use lab_graph::Digest;
+use lab_core::Digest;
 
 /// What happened to one unit.
 #[derive(Clone, Debug, PartialEq, Eq)]

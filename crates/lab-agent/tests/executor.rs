@@ -2,7 +2,7 @@
 //! plays a machine's root (the same program runs over SSH on real machines).
 
 use lab_agent::{bootstrap, bootstrap_command, quote, ApplyPlan, Report, EXECUTOR};
-use lab_graph::Digest;
+use lab_core::Digest;
 use lab_manifest::{Entry, EntryKind, Manifest};
 use lab_testkit::{tree_listing, TestLab};
 use std::io::Write;

@@ -8,11 +8,10 @@
 pub mod compat;
 mod error;
 mod local_root;
-mod located;
 mod project;
 
 pub use error::ConfigError;
-pub use located::{Diagnose, Located};
+pub use lab_core::{Diagnose, Located};
 pub use project::{
     valid_name, LayerRef, Machine, Project, Settings, Transport, UnitAction, UnitRule, CONFIG_FILE,
     RESERVED_VARIABLES,

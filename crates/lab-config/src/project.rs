@@ -557,7 +557,7 @@ impl Project {
 
     /// `.lab/`, lab's own state and outputs.
     pub fn state_dir(&self) -> PathBuf {
-        self.root.join(".lab")
+        self.root.join(lab_core::LAB_DIR)
     }
 }
 

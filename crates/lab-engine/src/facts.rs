@@ -10,23 +10,13 @@ use std::sync::Arc;
 
 /// Where the gathered facts of `machine` are cached.
 pub fn gathered_path(lab_dir: &Path, machine: &str) -> PathBuf {
-    lab_dir.join("facts").join(format!("{machine}.json"))
+    lab_facts::cache_path(lab_dir, machine)
 }
 
 /// The cached gathered facts of a machine; empty when never gathered. A
 /// file that is not a JSON object is an error naming it.
 pub fn load_gathered(lab_dir: &Path, machine: &str) -> Result<IndexMap<String, Value>, String> {
-    let p = gathered_path(lab_dir, machine);
-    let text = match std::fs::read_to_string(&p) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(IndexMap::new()),
-        Err(e) => return Err(format!("{}: {e}", p.display())),
-    };
-    match serde_json::from_str::<Value>(&text) {
-        Ok(Value::Object(m)) => Ok(m.into_iter().collect()),
-        Ok(_) => Err(format!("{}: not a JSON object", p.display())),
-        Err(e) => Err(format!("{}:{}:{}: {e}", p.display(), e.line(), e.column())),
-    }
+    lab_facts::load(lab_dir, machine).map_err(|e| e.to_string())
 }
 
 /// Merge the three levels of facts for `m`.

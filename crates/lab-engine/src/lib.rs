@@ -33,6 +33,7 @@ pub use stack::PARTIALS_DIR;
 
 use indexmap::IndexMap;
 use lab_config::{Machine, Project};
+use lab_core::LabDir;
 use lab_graph::{Digest, Hasher};
 use rayon::prelude::*;
 use scan::RootScan;
@@ -103,7 +104,7 @@ impl Engine {
             scan::default_ignores()
         };
         Engine {
-            state: StateDir::new(&lab_dir),
+            state: StateDir::new(&LabDir::at(&lab_dir)),
             lab_dir,
             project,
             ignore,
@@ -114,19 +115,24 @@ impl Engine {
         &self.lab_dir
     }
 
+    /// The layout of `.lab/`.
+    pub fn layout(&self) -> LabDir {
+        LabDir::at(&self.lab_dir)
+    }
+
     /// `.lab/out/NAME/`
     pub fn out_dir(&self, machine: &str) -> PathBuf {
-        self.lab_dir.join("out").join(machine)
+        self.layout().out_dir(machine)
     }
 
     /// `.lab/stage/NAME/`: a build's new outputs before they switch in.
     pub fn stage_dir(&self, machine: &str) -> PathBuf {
-        self.lab_dir.join("stage").join(machine)
+        self.layout().stage_dir(machine)
     }
 
     /// `.lab/out/NAME.manifest`
     pub fn manifest_path(&self, machine: &str) -> PathBuf {
-        self.lab_dir.join("out").join(format!("{machine}.manifest"))
+        self.layout().manifest_path(machine)
     }
 
     pub(crate) fn lock(&self) -> Result<Lock, EngineError> {
@@ -135,7 +141,7 @@ impl Engine {
             source: e,
         };
         std::fs::create_dir_all(&self.lab_dir).map_err(io)?;
-        let path = self.lab_dir.join("lock");
+        let path = self.layout().lock_path();
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -237,13 +243,13 @@ impl Engine {
     /// Outputs and state of machines that are no longer in lab.toml: a
     /// clean build would not have them, so neither does an incremental one.
     pub(crate) fn remove_orphans(&self, reporter: &dyn Reporter) -> Result<(), EngineError> {
-        let out = self.lab_dir.join("out");
+        let out = self.layout().out_root();
         let Ok(rd) = std::fs::read_dir(&out) else {
             return Ok(());
         };
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(machine) = name.strip_suffix(".manifest") else {
+            let Some(machine) = LabDir::manifest_machine(&name) else {
                 continue;
             };
             if self.project.machine(machine).is_some() {
@@ -581,9 +587,9 @@ impl Engine {
     pub fn clean(&self) -> Result<(), EngineError> {
         let _lock = self.lock()?;
         for d in [
-            self.lab_dir.join("out"),
-            self.lab_dir.join("stage"),
-            self.lab_dir.join("state"),
+            self.layout().out_root(),
+            self.layout().stage_root(),
+            self.layout().state_dir(),
         ] {
             match std::fs::remove_dir_all(&d) {
                 Ok(()) => {}

@@ -91,9 +91,9 @@ pub struct StateDir {
 }
 
 impl StateDir {
-    pub fn new(lab_dir: &Path) -> StateDir {
+    pub fn new(lab: &lab_core::LabDir) -> StateDir {
         StateDir {
-            dir: lab_dir.join("state"),
+            dir: lab.state_dir(),
         }
     }
 

@@ -132,7 +132,7 @@ pub fn parse(output: &str) -> Result<Facts, FactsError> {
 
 /// `.lab/facts/MACHINE.json` under `lab_dir` (`.lab/`).
 pub fn cache_path(lab_dir: &Path, machine: &str) -> PathBuf {
-    lab_dir.join("facts").join(format!("{machine}.json"))
+    lab_core::LabDir::at(lab_dir).facts_path(machine)
 }
 
 /// Write the cache file atomically (temporary file, then rename), pretty

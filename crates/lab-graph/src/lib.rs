@@ -32,12 +32,11 @@
 //! being read; see [`Fingerprint::reusable`] for the one exception (a file
 //! modified within the clock granularity of the previous scan).
 
-mod digest;
 mod fingerprint;
 mod graph;
 mod key;
 
-pub use digest::{Digest, Hasher};
 pub use fingerprint::{Fingerprint, Stat};
 pub use graph::{Graph, GraphState, Reason, Trace, Verdict};
 pub use key::Key;
+pub use lab_core::{Digest, Hasher};

@@ -21,7 +21,7 @@
 //! always serializes to the same bytes, so the file's sha256 identifies the
 //! tree.
 
-use lab_graph::{Digest, Hasher};
+use lab_core::{Digest, Hasher};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt::Write as _;

@@ -1,4 +1,4 @@
-use lab_config::{Diagnose, Located};
+use lab_core::{Diagnose, Located};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {

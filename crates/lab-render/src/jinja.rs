@@ -1,6 +1,6 @@
 use crate::{Included, Includes, RenderError, Rendered, Scope};
 use indexmap::{IndexMap, IndexSet};
-use lab_config::Located;
+use lab_core::Located;
 use lab_graph::{Digest, Key};
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value};
 use minijinja::{AutoEscape, Environment, ErrorKind, UndefinedBehavior};
@@ -350,7 +350,7 @@ fn find_cycle(main: &str, rec: &Recorder) -> Option<(Vec<String>, Located)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lab_config::Diagnose;
+    use lab_core::Diagnose;
     use serde_json::json;
     use std::collections::HashMap;
 

@@ -9,7 +9,7 @@
 //! find those with [`literal_includes`].
 
 use crate::RenderError;
-use lab_config::Located;
+use lab_core::Located;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -171,7 +171,7 @@ pub fn literal_includes(text: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use lab_config::Diagnose;
+    use lab_core::Diagnose;
 
     fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();

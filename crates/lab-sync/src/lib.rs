@@ -31,9 +31,9 @@ pub fn target(project: &Project, m: &Machine, lab_dir: &Path) -> Target {
     };
     Target {
         name: m.name.clone(),
-        out_dir: lab_dir.join("out").join(&m.name),
-        manifest_path: lab_dir.join("out").join(format!("{}.manifest", m.name)),
-        cache_path: lab_dir.join("sync").join(format!("{}.applied", m.name)),
+        out_dir: lab_core::LabDir::at(lab_dir).out_dir(&m.name),
+        manifest_path: lab_core::LabDir::at(lab_dir).manifest_path(&m.name),
+        cache_path: lab_core::LabDir::at(lab_dir).applied_path(&m.name),
         root,
         systemd,
         keep: project.settings.generations,

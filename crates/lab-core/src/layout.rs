@@ -1,0 +1,113 @@
+//! The layout of a project's `.lab/` directory: every path under it is
+//! built here and nowhere else.
+//!
+//! ```text
+//! .lab/lock                       held by a build or watch session
+//! .lab/out/NAME/                  a machine's output tree
+//! .lab/out/NAME.manifest          its manifest (lab-manifest's format)
+//! .lab/stage/NAME/                a build's new outputs before they switch in
+//! .lab/state/                     the engine's state (see lab-engine's `state`)
+//! .lab/facts/NAME.json            facts gathered from a machine (user-editable)
+//! .lab/sync/NAME.applied          the generation lab last saw applied on it
+//! ```
+
+use std::path::{Path, PathBuf};
+
+/// The name of lab's directory in a project.
+pub const LAB_DIR: &str = ".lab";
+
+/// A project's `.lab/` directory.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabDir {
+    root: PathBuf,
+}
+
+impl LabDir {
+    /// `.lab/` of the project in `project`.
+    pub fn of_project(project: &Path) -> LabDir {
+        LabDir {
+            root: project.join(LAB_DIR),
+        }
+    }
+
+    /// A `.lab/` directory at `dir` itself.
+    pub fn at(dir: &Path) -> LabDir {
+        LabDir {
+            root: dir.to_path_buf(),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn lock_path(&self) -> PathBuf {
+        self.root.join("lock")
+    }
+
+    /// `.lab/out/`: every machine's tree and manifest.
+    pub fn out_root(&self) -> PathBuf {
+        self.root.join("out")
+    }
+
+    /// `.lab/out/NAME/`
+    pub fn out_dir(&self, machine: &str) -> PathBuf {
+        self.out_root().join(machine)
+    }
+
+    /// `.lab/out/NAME.manifest`
+    pub fn manifest_path(&self, machine: &str) -> PathBuf {
+        self.out_root().join(format!("{machine}{MANIFEST_SUFFIX}"))
+    }
+
+    /// The machine whose manifest a file of `.lab/out/` is, if it is one.
+    pub fn manifest_machine(file_name: &str) -> Option<&str> {
+        file_name.strip_suffix(MANIFEST_SUFFIX)
+    }
+
+    /// `.lab/stage/`
+    pub fn stage_root(&self) -> PathBuf {
+        self.root.join("stage")
+    }
+
+    /// `.lab/stage/NAME/`
+    pub fn stage_dir(&self, machine: &str) -> PathBuf {
+        self.stage_root().join(machine)
+    }
+
+    /// `.lab/state/`
+    pub fn state_dir(&self) -> PathBuf {
+        self.root.join("state")
+    }
+
+    /// `.lab/sync/NAME.applied`: what lab last saw applied on the machine.
+    pub fn applied_path(&self, machine: &str) -> PathBuf {
+        self.root.join("sync").join(format!("{machine}.applied"))
+    }
+
+    /// `.lab/facts/NAME.json`
+    pub fn facts_path(&self, machine: &str) -> PathBuf {
+        self.root.join("facts").join(format!("{machine}.json"))
+    }
+}
+
+const MANIFEST_SUFFIX: &str = ".manifest";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths() {
+        let l = LabDir::of_project(Path::new("/p"));
+        assert_eq!(l.out_dir("web"), Path::new("/p/.lab/out/web"));
+        assert_eq!(
+            l.manifest_path("web"),
+            Path::new("/p/.lab/out/web.manifest")
+        );
+        assert_eq!(l.stage_dir("web"), Path::new("/p/.lab/stage/web"));
+        assert_eq!(l.facts_path("web"), Path::new("/p/.lab/facts/web.json"));
+        assert_eq!(LabDir::manifest_machine("web.manifest"), Some("web"));
+        assert_eq!(LabDir::manifest_machine("web"), None);
+    }
+}
