@@ -204,7 +204,8 @@ pub fn parse_layer_list(path: &Path, text: &str) -> Result<Vec<LayerRef>, Config
         let Some(name) = fields.next() else {
             continue;
         };
-        let at = Located::from_line(path, text, i + 1, Some(name));
+        // (located without its `\r`, which the shown line does not have)
+        let at = Located::from_line(path, text, i + 1, Some(name.trim_end_matches('\r')));
         if !valid_name(name) {
             return Err(ConfigError::Invalid {
                 at,
