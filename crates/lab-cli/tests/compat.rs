@@ -241,7 +241,11 @@ fn one_broken_machine_fails_alone_and_odd_names_are_arguments() {
     // a machine named `-` is selected like any other, as is a healthy
     // machine while another one is broken
     std::fs::remove_dir_all(t.join(".lab")).unwrap();
-    for args in [&["build", "-q", "-m", "-"][..], &["build", "-q", "--machine=-"], &["build", "-q", "-m", "b"]] {
+    for args in [
+        &["build", "-q", "-m", "-"][..],
+        &["build", "-q", "--machine=-"],
+        &["build", "-q", "-m", "b"],
+    ] {
         let (code, _, err) = run(&t, args);
         assert_eq!(code, 0, "{args:?}: {err}");
     }

@@ -540,18 +540,32 @@ fn null_inventory_entries_read_as_empty() {
 #[test]
 fn a_machine_and_a_layer_named_dash_and_other_odd_names() {
     let t = messy();
-    t.file("machines/-/usr/local/opt/initd/layers/l.txt", "+ -\n+ -x\n+ base\n")
-        .file("layers/-/etc/dash.m4.conf", "machine ENV_MACHINE\n")
-        .file("layers/-x/etc/--help", "not an option\n")
-        .file("machines/with space/usr/local/opt/initd/layers/l.txt", "+ -\n");
+    t.file(
+        "machines/-/usr/local/opt/initd/layers/l.txt",
+        "+ -\n+ -x\n+ base\n",
+    )
+    .file("layers/-/etc/dash.m4.conf", "machine ENV_MACHINE\n")
+    .file("layers/-x/etc/--help", "not an option\n")
+    .file(
+        "machines/with space/usr/local/opt/initd/layers/l.txt",
+        "+ -\n",
+    );
     let engine = Engine::open(t.path()).unwrap();
-    let names: Vec<&str> = engine.project.machines.iter().map(|m| m.name.as_str()).collect();
+    let names: Vec<&str> = engine
+        .project
+        .machines
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
     assert_eq!(names, ["-", "ok", "with space"]);
     build(t.path());
     assert_eq!(t.read(".lab/out/-/etc/dash.conf"), "machine -\n");
     assert_eq!(t.read(".lab/out/-/etc/--help"), "not an option\n");
     assert_eq!(t.read(".lab/out/-/etc/motd.txt"), "hi -\n");
-    assert_eq!(t.read(".lab/out/with space/etc/dash.conf"), "machine with space\n");
+    assert_eq!(
+        t.read(".lab/out/with space/etc/dash.conf"),
+        "machine with space\n"
+    );
     // `--machine -` selects it
     let engine = Engine::open(t.path()).unwrap();
     let r = engine
@@ -565,7 +579,10 @@ fn a_machine_and_a_layer_named_dash_and_other_odd_names() {
         .unwrap();
     assert_eq!(r.machines.len(), 1);
     // what cannot be a directory name is still refused, at its line
-    t.file("machines/-/usr/local/opt/initd/layers/l.txt", "+ -\n+ ../x\n");
+    t.file(
+        "machines/-/usr/local/opt/initd/layers/l.txt",
+        "+ -\n+ ../x\n",
+    );
     let r = build_with(t.path(), &Recorder::default());
     assert_eq!(r[0].1, Err("invalid layer name `../x`".to_string()));
 }
@@ -579,20 +596,29 @@ fn an_empty_fact_file_is_skipped() {
     // a fact file that is not empty is still checked
     t.file(".facts/ok.json", "{\"A\": }\n");
     let r = build_with(t.path(), &Recorder::default());
-    assert!(r[0].1.as_ref().unwrap_err().starts_with("invalid JSON"), "{r:?}");
+    assert!(
+        r[0].1.as_ref().unwrap_err().starts_with("invalid JSON"),
+        "{r:?}"
+    );
 }
 
 #[test]
 fn identical_sources_for_one_path_are_not_a_conflict() {
     let t = messy();
-    t.file("machines/ok/usr/local/opt/initd/layers/l.txt", "+ base\n+ more\n")
-        .file("layers/base/etc/shared.conf", "same\n")
-        .chmod("layers/base/etc/shared.conf", 0o640)
-        // a `!` link to that very file, at the same path
-        .symlink("layers/more/etc/!shared.conf", "../../base/etc/shared.conf")
-        // a plain symlink and a link-list line with the same target
-        .symlink("layers/base/etc/l", "/dev/null")
-        .file("layers/more/usr/local/opt/initd/links/l.txt", "/etc/l /dev/null\n");
+    t.file(
+        "machines/ok/usr/local/opt/initd/layers/l.txt",
+        "+ base\n+ more\n",
+    )
+    .file("layers/base/etc/shared.conf", "same\n")
+    .chmod("layers/base/etc/shared.conf", 0o640)
+    // a `!` link to that very file, at the same path
+    .symlink("layers/more/etc/!shared.conf", "../../base/etc/shared.conf")
+    // a plain symlink and a link-list line with the same target
+    .symlink("layers/base/etc/l", "/dev/null")
+    .file(
+        "layers/more/usr/local/opt/initd/links/l.txt",
+        "/etc/l /dev/null\n",
+    );
     build(t.path());
     let out = t.join(".lab/out/ok/etc/shared.conf");
     assert_eq!(t.read(".lab/out/ok/etc/shared.conf"), "same\n");
@@ -613,7 +639,10 @@ fn identical_sources_for_one_path_are_not_a_conflict() {
     assert!(r[0].1.is_err(), "{r:?}");
     t.chmod("layers/more/etc/other", 0o640);
     build(t.path());
-    t.file("layers/more/usr/local/opt/initd/links/l.txt", "/etc/l /dev/zero\n");
+    t.file(
+        "layers/more/usr/local/opt/initd/links/l.txt",
+        "/etc/l /dev/zero\n",
+    );
     let r = build_with(t.path(), &Recorder::default());
     assert_eq!(
         r[0].1,
@@ -626,9 +655,15 @@ fn make_s_final_mode_fix_up() {
     let t = messy();
     t.file("secrets/key", "k\n")
         .chmod("secrets/key", 0o600)
-        .symlink("layers/base/usr/local/opt/app/!key", "../../../../../../secrets/key")
+        .symlink(
+            "layers/base/usr/local/opt/app/!key",
+            "../../../../../../secrets/key",
+        )
         .symlink("layers/base/etc/!key", "../../../secrets/key")
-        .file("layers/base/usr/local/lib/systemd/system/x.service", "[Unit]\n")
+        .file(
+            "layers/base/usr/local/lib/systemd/system/x.service",
+            "[Unit]\n",
+        )
         .chmod("layers/base/usr/local/lib/systemd/system/x.service", 0o700)
         .file("layers/base/usr/local/optional/key", "k\n")
         .chmod("layers/base/usr/local/optional/key", 0o600);
@@ -663,22 +698,43 @@ fn only_the_style_s_gathered_facts_reach_m4() {
 #[test]
 fn one_bad_machine_does_not_stop_the_others() {
     let t = messy();
-    t.file("machines/badlist/usr/local/opt/initd/layers/l.txt", "+ base\n+ a/b\n")
-        .file("machines/badfacts/usr/local/opt/initd/layers/l.txt", "+ base\n")
-        .file(".facts/badfacts.json", "{\"A\": 1,,}\n")
-        .file("machines/conflict/usr/local/opt/initd/layers/l.txt", "+ base\n")
-        .file("machines/conflict/etc/motd.txt", "mine\n")
-        .file("machines/badinv/usr/local/opt/initd/layers/l.txt", "+ base\n")
-        .file("inventory.json", r#"{"badinv": {"host": 5}, "ok": null}"#);
+    t.file(
+        "machines/badlist/usr/local/opt/initd/layers/l.txt",
+        "+ base\n+ a/b\n",
+    )
+    .file(
+        "machines/badfacts/usr/local/opt/initd/layers/l.txt",
+        "+ base\n",
+    )
+    .file(".facts/badfacts.json", "{\"A\": 1,,}\n")
+    .file(
+        "machines/conflict/usr/local/opt/initd/layers/l.txt",
+        "+ base\n",
+    )
+    .file("machines/conflict/etc/motd.txt", "mine\n")
+    .file(
+        "machines/badinv/usr/local/opt/initd/layers/l.txt",
+        "+ base\n",
+    )
+    .file("inventory.json", r#"{"badinv": {"host": 5}, "ok": null}"#);
     let r = build_with(t.path(), &Recorder::default());
     let by: std::collections::HashMap<&str, &Result<(), String>> =
         r.iter().map(|(m, r)| (m.as_str(), r)).collect();
     assert_eq!(*by["ok"], Ok(()));
     assert_eq!(t.read(".lab/out/ok/etc/motd.txt"), "hi ok\n");
     assert_eq!(*by["badlist"], Err("invalid layer name `a/b`".to_string()));
-    assert!(by["badinv"].as_ref().unwrap_err().contains("invalid inventory entry for `badinv`"));
-    assert!(by["badfacts"].as_ref().unwrap_err().starts_with("invalid JSON"));
-    assert!(by["conflict"].as_ref().unwrap_err().contains("both produce `/etc/motd.txt`"));
+    assert!(by["badinv"]
+        .as_ref()
+        .unwrap_err()
+        .contains("invalid inventory entry for `badinv`"));
+    assert!(by["badfacts"]
+        .as_ref()
+        .unwrap_err()
+        .starts_with("invalid JSON"));
+    assert!(by["conflict"]
+        .as_ref()
+        .unwrap_err()
+        .contains("both produce `/etc/motd.txt`"));
     assert_eq!(r.len(), 5);
     // `--machine ok` builds it though others are broken
     std::fs::remove_dir_all(t.join(".lab")).unwrap();

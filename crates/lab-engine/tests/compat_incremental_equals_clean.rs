@@ -295,7 +295,11 @@ fn apply(lab: &TestLab, op: &Op) {
             for (i, on) in layers.iter().enumerate() {
                 let name = ["l1", "l2", "l3", "-"][i];
                 let sign = if *on { "+" } else { "-" };
-                let comment = if *comments && i % 2 == 0 { " # why" } else { "" };
+                let comment = if *comments && i % 2 == 0 {
+                    " # why"
+                } else {
+                    ""
+                };
                 text.push_str(&format!("{sign} {name}{comment}{eol}"));
                 if *twice {
                     text.push_str(&format!("{sign}\t{name}{eol}"));

@@ -84,7 +84,9 @@ pub fn missing_layer_warning(name: &str, at: &lab_config::Located) -> String {
         name.escape_debug()
     );
     if name.ends_with('\r') {
-        w.push_str(" (the layer list has CRLF line endings; make reads the name with its `\\r` too)");
+        w.push_str(
+            " (the layer list has CRLF line endings; make reads the name with its `\\r` too)",
+        );
     }
     w
 }

@@ -308,7 +308,10 @@ mod tests {
     #[test]
     fn final_modes() {
         assert_eq!(final_mode("usr/local/opt/x/secret", 0o600), 0o644);
-        assert_eq!(final_mode("usr/local/lib/systemd/system/a.service", 0o700), 0o744);
+        assert_eq!(
+            final_mode("usr/local/lib/systemd/system/a.service", 0o700),
+            0o744
+        );
         assert_eq!(final_mode("usr/local/optional/secret", 0o600), 0o600);
         assert_eq!(final_mode("etc/secret", 0o600), 0o600);
         assert_eq!(final_mode("usr/local/lib/systemd-x/f", 0o600), 0o600);
