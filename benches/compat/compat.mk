@@ -38,7 +38,9 @@ else
 # their recipe runs.
 $(foreach m,$(MACHINES),$(eval DEFS_$(m) = $$(file <$(OUT)/.facts/$(m).defs)))
 $(foreach m,$(MACHINES),$(eval FACTS_$(m) := $(OUT)/.facts/$(m).defs))
-$(OUT)/.facts/%.defs: $(wildcard .facts/*) | $(OUT)/.facts
+# each machine's .defs depends on its own fact files and the shared ones
+$(foreach m,$(MACHINES),$(eval $(OUT)/.facts/$(m).defs: $(wildcard .facts/example*.env .facts/$(m).json .facts/$(m).env)))
+$(OUT)/.facts/%.defs: | $(OUT)/.facts
 	sh $(HERE)facts.sh $* > $@
 $(OUT)/.facts:
 	mkdir -p $@

@@ -1,8 +1,13 @@
 #!/usr/bin/env python3
 """Generate a synthetic make-style lab (the layout of DESIGN.md's
-"Compatibility with make-based labs"): 8 machines, 40 layers, about 1,000
-sources of which about 10% are m4 templates, plus fact files, preludes, an
-m4_include'd partial, link lists, `!` links, `.pin` files and symlinks.
+"Compatibility with make-based labs") shaped like a real one: 8 machines,
+40 layers, about 3,300 output files and links of which about 6% are
+rendered m4 templates (about 210 renders), four preludes read by every
+render (one with ~40 macro definitions), an m4_include'd partial,
+m4_esyscmd calls in a third of the templates, link lists in every layer,
+`!` links (to files of other layers, and to a 0600 secret under
+/usr/local/opt that make's final mode fix-up opens to 0644), unit files
+under /usr/local/lib/systemd, `.pin` files and symlinks.
 
 usage: gen.py DIR [--seed N]
 """
@@ -35,6 +40,10 @@ def template(rng, layer, i):
     t.append("workers ENV_WORKERS peers ENV_PEERS\n")
     if i % 3 == 0:
         t.append("m4_include(`layers/_/usr/local/include/m4/partials/common.inc')m4_dnl\n")
+    if i % 3 == 1:
+        # a shell-out, as real templates do (deterministic, so both tools agree)
+        t.append("upper m4_esyscmd(`printf %s 'ENV_MACHINE` | tr a-z A-Z')\n")
+    t.append("MACRO07(x) MACRO21(y)\n")
     t.append(body(rng, rng.randint(5, 30)))
     return "".join(t)
 
@@ -52,10 +61,16 @@ def main():
           "m4_define(`HEADER', `;; generated for ENV_MACHINE -- do not edit')m4_dnl\n")
     write(f"{out}/layers/_/usr/local/include/m4/10-upper.m4",
           "m4_define(`UPPER', `m4_translit(`$1', `a-z', `A-Z')')m4_dnl\n")
+    write(f"{out}/layers/_/usr/local/include/m4/20-macros.m4",
+          "m4_dnl shared macros, read by every render\n" + "".join(
+              f"m4_define(`MACRO{i:02d}', `macro {i} of ENV_MACHINE: $1')m4_dnl\n" for i in range(40)))
+    write(f"{out}/layers/_/usr/local/include/m4/30-lists.m4",
+          "m4_define(`FOREACH', `m4_ifelse(`$2', `', `', `$1(`$2')FOREACH(`$1', m4_shift(m4_shift($@)))')')m4_dnl\n")
     write(f"{out}/layers/_/usr/local/include/m4/partials/common.inc",
           "common ENV_MACHINE ENV_DOMAIN\n")
-    n_src += 3
-    for i in range(52):
+    write(f"{out}/shared/secret.key", "s3cret\n", 0o600)
+    n_src += 5
+    for i in range(80):
         write(f"{out}/layers/_/etc/base/file{i:02d}.conf", body(rng, rng.randint(5, 60)))
         n_src += 1
     for i in range(6):
@@ -63,15 +78,19 @@ def main():
         n_src += 1
         n_tmpl += 1
     write(f"{out}/layers/_/usr/local/opt/initd/links/base.txt",
-          "# base links\n/etc/base/sh-link /bin/sh\n")
-    n_src += 1
+          "# base links\n/etc/base/sh-link /bin/sh\n/usr/local/bin/python /usr/bin/python3\n"
+          "/etc/localtime /usr/share/zoneinfo/UTC\n")
+    for i in range(8):
+        write(f"{out}/layers/_/usr/local/lib/systemd/system/base{i}.service",
+              f"[Service]\nExecStart=/bin/true {i}\n", 0o600 if i % 2 else 0o644)
+    n_src += 9
 
     # 40 layers, 22 sources each: ~2 templates, a symlink, sometimes a
     # `!` link, a `.pin`, a service with `@`, a link list
     for li, layer in enumerate(layers):
         d = f"{out}/layers/{layer}"
         k = 0
-        for i in range(16):
+        for i in range(26):
             write(f"{d}/etc/{layer}/conf{i:02d}.conf", body(rng, rng.randint(5, 80)))
             k += 1
         write(f"{d}/usr/local/bin/{layer}-run", "#!/bin/sh\nexec true\n", 0o755)
@@ -92,10 +111,21 @@ def main():
             os.symlink(f"../../etc/{layer}/conf01.conf", f"{d}/srv/{layer}/!conf01.copy")
             write(f"{d}/srv/{layer}/.pin", "")
             k += 2
-        if li % 5 == 0:
-            write(f"{d}/usr/local/opt/initd/links/{layer}.txt",
-                  f"/usr/local/bin/{layer.lower()} /usr/bin/env\n")
-            k += 1
+        # `!` links: a file of another layer, and the secret under
+        # /usr/local/opt (0644 there after make's final mode fix-up)
+        other = layers[(li + 1) % LAYERS]
+        os.symlink(f"../../../{other}/etc/{other}/conf02.conf", f"{d}/etc/{layer}/!from-{other}.conf")
+        os.makedirs(f"{d}/usr/local/opt/{layer}", exist_ok=True)
+        os.symlink("../../../../../../shared/secret.key", f"{d}/usr/local/opt/{layer}/!secret.key")
+        write(f"{d}/usr/local/lib/systemd/system/{layer.lower()}.service",
+              f"[Service]\nExecStart=/usr/local/bin/{layer}-run\n")
+        k += 3
+        write(f"{d}/usr/local/opt/initd/links/{layer}.txt",
+              f"# {layer}\n/usr/local/bin/{layer.lower()} /usr/bin/env\n"
+              f"/etc/{layer}/enabled.conf   ../{layer}/conf00.conf\n"
+              f"/usr/local/lib/systemd/system/multi-user.target.wants/{layer.lower()}.service "
+              f"/usr/local/lib/systemd/system/{layer.lower()}.service\n")
+        k += 1
         n_src += k
 
     # 8 machines: layer lists, a few files, a template, a link list; facts
@@ -103,7 +133,10 @@ def main():
     for mi in range(1, MACHINES + 1):
         m = f"m{mi}"
         d = f"{out}/machines/{m}"
-        chosen = rng.sample(layers, 8)
+        # as in real labs, some layers are common: L01 everywhere, L02 on
+        # every other machine
+        common = ["L01"] + (["L02"] if mi % 2 else [])
+        chosen = common + rng.sample(layers[2:], 8 - len(common))
         write(f"{d}/usr/local/opt/initd/layers/main.txt",
               "# layers\n" + "".join(f"+ {l}\n" for l in chosen[:5]))
         write(f"{d}/usr/local/opt/initd/layers/extra.txt",

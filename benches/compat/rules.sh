@@ -1,7 +1,8 @@
 #!/bin/sh
 # Make rules for machine $1 with outputs under $2/$1: one rule per source
 # (m4 for templates, cp for files and `!` links, ln for symlinks), one per
-# link-list line, mkdir for directories, and `local-$1` for all of them.
+# link-list line, mkdir for directories, and `local-$1` for all of them,
+# which ends with the style's final mode fix-up (`find ... -exec chmod g+r,o+r`).
 m=$1; out=$2
 layers=$(cat machines/"$m"/usr/local/opt/initd/layers/*.txt 2>/dev/null |
   awk '$1 == "+" && NF >= 2 && !seen[$2]++ { print $2 }')
@@ -47,4 +48,8 @@ roots="$roots machines/$m"
     }
     all = all " " t
   }
-  END { print "local-" m ":" all }'
+  END {
+    # the style'"'"'s final mode fix-up, once the tree is assembled
+    print "local-" m ":" all
+    print "\t@find " out "/usr/local/lib/systemd " out "/usr/local/opt -type f -exec chmod g+r,o+r {} + 2>/dev/null || :"
+  }'

@@ -3,13 +3,15 @@
 
 Generates the synthetic lab of gen.py, checks that make (compat.mk) and
 `lab build --out` produce identical trees (paths, kinds, modes, link
-targets, contents), then times three scenarios for each tool, alternating
-the tools run by run, and prints the medians as a Markdown table:
+targets, contents), then times five scenarios for each tool in one
+interleaved run (alternating which tool goes first), and prints the
+medians and ratios as a Markdown table, beside the goals:
 
-  cold      no outputs, no state (make: rm -rf build; lab: rm -rf .lab)
-  no-op     nothing changed since the last build
-  edit      one plain file of a layer used by several machines changed
-  edit-m4   one m4 template of that layer changed
+  cold           no outputs, no state (make: rm -rf build; lab: rm -rf .lab)
+  no-op          nothing changed since the last build
+  plain edit     one plain file of a layer used by several machines changed
+  template edit  one m4 template of that layer changed
+  fact change    one machine's .facts/NAME.env gained a line
 
 usage: run.py [--lab PATH] [--runs N] [--work DIR] [--jobs N] [--facts-every-run]
 
@@ -88,11 +90,16 @@ def main():
             diff = [l for l in x if l not in y][:5] + ["---"] + [l for l in y if l not in x][:5]
             sys.exit(f"{m}: make and lab trees differ:\n" + "\n".join(diff))
     n_entries = sum(len(listing(os.path.join(d, "build", m))) for m in os.listdir(os.path.join(d, "machines")))
-    print(f"make and lab produce identical trees ({n_entries} entries in 8 machines)")
+    n_files = sum(
+        1 for m in os.listdir(os.path.join(d, "machines"))
+        for l in listing(os.path.join(d, "build", m)) if " d " not in l
+    )
+    print(f"make and lab produce identical trees ({n_entries} entries in 8 machines, "
+          f"{n_files} of them files and links)")
 
-    # The edited files: in the first layer of m1.
+    # The edited files: in the second layer of m1 (L02, on half the machines).
     with open(os.path.join(d, "machines/m1/usr/local/opt/initd/layers/main.txt")) as f:
-        layer = [l.split()[1] for l in f if l.startswith("+ ")][0]
+        layer = [l.split()[1] for l in f if l.startswith("+ ")][1]
     plain = os.path.join(d, f"layers/{layer}/etc/{layer}/conf03.conf")
     tmpl = os.path.join(d, f"layers/{layer}/etc/{layer}/t1.m4.conf")
     users = sum(
@@ -120,14 +127,21 @@ def main():
             return timed(make if tool == "make" else lab, d)
         return run
 
+    def fact(tool):
+        counter[0] += 1
+        with open(os.path.join(d, ".facts/m1.env"), "a") as f:
+            f.write(f"ENV_EDIT{counter[0]}={counter[0]}\n")
+        return timed(make if tool == "make" else lab, d)
+
     scenarios = [
-        ("cold", cold, max(3, a.runs // 2)),
-        ("no-op", noop, a.runs * 2),
-        (f"edit (1 file, {users} machines)", edit(plain), a.runs * 2),
-        (f"edit-m4 (1 template, {users} machines)", edit(tmpl), a.runs * 2),
+        ("cold", cold, max(3, a.runs // 2), 40),
+        ("no-op", noop, a.runs * 2, 50),
+        (f"plain edit (1 file, {users} machines)", edit(plain), a.runs * 2, 100),
+        (f"template edit (1 template, {users} machines)", edit(tmpl), a.runs * 2, 50),
+        ("fact change (1 machine's .env)", fact, a.runs * 2, 20),
     ]
     rows = []
-    for name, fn, n in scenarios:
+    for name, fn, n, goal in scenarios:
         times = {"make": [], "lab": []}
         for tool in ("make", "lab"):  # warm up: both up to date
             noop(tool)
@@ -135,7 +149,7 @@ def main():
             for tool in (("make", "lab") if i % 2 == 0 else ("lab", "make")):
                 times[tool].append(fn(tool))
         mm, ll = statistics.median(times["make"]), statistics.median(times["lab"])
-        rows.append((name, mm, ll, n))
+        rows.append((name, mm, ll, n, goal))
         print(f"{name}: make {mm*1000:.1f} ms, lab {ll*1000:.1f} ms, {mm/ll:.1f}x", flush=True)
 
     # Where lab's cold build goes: m4 processes, and everything else (the
@@ -172,10 +186,10 @@ def main():
 
     print()
     variant = ", facts flattened every run" if a.facts_every_run else ""
-    print(f"| scenario | GNU make -j{a.jobs}{variant} | lab | lab is | runs |")
-    print("|---|---:|---:|---:|---:|")
-    for name, mm, ll, n in rows:
-        print(f"| {name} | {mm*1000:.0f} ms | {ll*1000:.1f} ms | {mm/ll:.0f}x faster | {n} |")
+    print(f"| scenario | GNU make -j{a.jobs}{variant} | lab | lab is | goal | runs |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for name, mm, ll, n, goal in rows:
+        print(f"| {name} | {mm*1000:.0f} ms | {ll*1000:.1f} ms | {mm/ll:.1f}x faster | {goal}x | {n} |")
 
 
 main()

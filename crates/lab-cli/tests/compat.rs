@@ -221,3 +221,34 @@ fn show_names_the_source_and_the_files_m4_read() {
     let (code, out, _) = run(&t, &["show", "-m", "a", "/etc"]);
     assert_eq!((code, out.as_str()), (0, "/etc on a (dir 0755)\n"));
 }
+
+#[test]
+fn one_broken_machine_fails_alone_and_odd_names_are_arguments() {
+    let t = small();
+    t.file("inventory.json", r#"{"-": null}"#)
+        .file("machines/-/usr/local/opt/initd/layers/l.txt", "+ web\n")
+        .file("machines/bad/usr/local/opt/initd/layers/l.txt", "+ ..\n");
+    let (code, _, err) = run(&t, &["build", "-q"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("error: machine `bad`: invalid layer name `..`")
+            && err.contains("machines/bad/usr/local/opt/initd/layers/l.txt:1:3")
+            && err.ends_with("error: 1 machine failed: `bad`\n"),
+        "{err}"
+    );
+    assert_eq!(t.read(".lab/out/-/etc/motd.txt"), "hi - none\n");
+    assert_eq!(t.read(".lab/out/a/etc/motd.txt"), "hi a none\n");
+    // a machine named `-` is selected like any other, as is a healthy
+    // machine while another one is broken
+    std::fs::remove_dir_all(t.join(".lab")).unwrap();
+    for args in [
+        &["build", "-q", "-m", "-"][..],
+        &["build", "-q", "--machine=-"],
+        &["build", "-q", "-m", "b"],
+    ] {
+        let (code, _, err) = run(&t, args);
+        assert_eq!(code, 0, "{args:?}: {err}");
+    }
+    assert!(t.join(".lab/out/-/etc/web.conf").exists());
+    assert!(!t.join(".lab/out/bad.manifest").exists());
+}

@@ -5,8 +5,9 @@
 //! The rules follow DESIGN.md, "Compatibility with make-based labs"; the
 //! choices it leaves open are written down in `docs/compat.md`.
 
-use crate::{valid_name, ConfigError, LayerRef, Located, Machine, Transport};
+use crate::{ConfigError, LayerRef, Located, Machine, Transport};
 use indexmap::IndexMap;
+use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::path::{Path, PathBuf};
 
@@ -38,6 +39,10 @@ pub struct Compat {
     pub copies: Vec<CompatCopy>,
     /// The inventory file (absolute).
     pub inventory: PathBuf,
+    /// Problems that belong to one machine (its layer lists, its inventory
+    /// entry), by machine name: that machine fails with it, the others
+    /// build (see [`make_machines`]).
+    pub problems: IndexMap<String, std::sync::Arc<ConfigError>>,
 }
 
 impl Compat {
@@ -48,6 +53,7 @@ impl Compat {
             shared_facts: vec![DEFAULT_SHARED_FACTS.into()],
             copies: Vec::new(),
             inventory: root.join(INVENTORY_FILE),
+            problems: IndexMap::new(),
         }
     }
 }
@@ -63,6 +69,38 @@ pub struct CompatCopy {
     /// Machines that get it; empty means all.
     pub machines: Vec<String>,
     pub at: Located,
+}
+
+/// Is `name` usable as a machine or layer name of this style? Names are
+/// whatever the directories are called (a real lab has a machine and a
+/// layer named `-`; names with spaces or leading dashes are file names
+/// like any other), so only what cannot be one directory entry is refused:
+/// the empty name, `.`, `..`, and names with `/` or NUL. Where a name
+/// reaches a program it is one argument (never through a shell), after
+/// `--` where options could be parsed.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name != "." && name != ".." && !name.contains(['/', '\0'])
+}
+
+/// A copy of a configuration error (the original stays where it was
+/// recorded; I/O errors keep their kind and message).
+pub fn copy_error(e: &ConfigError) -> ConfigError {
+    match e {
+        ConfigError::Read { path, source } => ConfigError::Read {
+            path: path.clone(),
+            source: std::io::Error::new(source.kind(), source.to_string()),
+        },
+        ConfigError::NotFound { dir } => ConfigError::NotFound { dir: dir.clone() },
+        ConfigError::Toml { at, message } => ConfigError::Toml {
+            at: at.clone(),
+            message: message.clone(),
+        },
+        ConfigError::Invalid { at, message, hint } => ConfigError::Invalid {
+            at: at.clone(),
+            message: message.clone(),
+            hint: hint.clone(),
+        },
+    }
 }
 
 /// Is `dir` a make-style lab: does some `machines/*/usr/local/opt/initd/layers/*.txt` exist?
@@ -151,23 +189,31 @@ fn read(path: &Path) -> Result<String, ConfigError> {
 }
 
 /// The layers a layer list names: the second field of each `+ NAME` line;
-/// lines starting with `#` or `-` (and any other line) are ignored.
+/// lines starting with `#` or `-` (and any other line) are ignored. Fields
+/// are separated by blanks (spaces and tabs) as make's tools split them
+/// (awk, `$(shell)` words), not by other white space: in a file with CRLF
+/// line endings the name keeps its carriage return (`web\r`), names a
+/// layer that does not exist and contributes nothing, as it does for make.
 pub fn parse_layer_list(path: &Path, text: &str) -> Result<Vec<LayerRef>, ConfigError> {
     let mut out = Vec::new();
-    for (i, line) in text.lines().enumerate() {
-        let mut fields = line.split_whitespace();
+    for (i, line) in text.split('\n').enumerate() {
+        let mut fields = line.split([' ', '\t']).filter(|f| !f.is_empty());
         if fields.next() != Some("+") {
             continue;
         }
         let Some(name) = fields.next() else {
             continue;
         };
-        let at = Located::from_line(path, text, i + 1, Some(name));
+        // (located without its `\r`, which the shown line does not have)
+        let at = Located::from_line(path, text, i + 1, Some(name.trim_end_matches('\r')));
         if !valid_name(name) {
             return Err(ConfigError::Invalid {
                 at,
-                message: format!("invalid layer name `{name}`"),
-                hint: Some("layer names are letters, digits, `.`, `_`, `-` and `@`".into()),
+                message: format!("invalid layer name `{}`", name.escape_debug()),
+                hint: Some(
+                    "a layer is a directory under `layers/`: its name cannot be empty, `.`, `..` or contain `/`"
+                        .into(),
+                ),
             });
         }
         out.push(LayerRef {
@@ -368,8 +414,14 @@ pub fn load_facts(
     }
     let json = root.join(".facts").join(format!("{machine}.json"));
     if json.is_file() {
-        for (k, v) in flatten_json(&json, &read(&json)?)? {
-            facts.insert(k, v);
+        let text = read(&json)?;
+        // The style's own rule creates it with `touch`, and jq reads an
+        // empty input as no document at all: an empty (or blank) file
+        // contributes nothing.
+        if !text.trim().is_empty() {
+            for (k, v) in flatten_json(&json, &text)? {
+                facts.insert(k, v);
+            }
         }
     }
     let env = root.join(".facts").join(format!("{machine}.env"));
@@ -381,9 +433,9 @@ pub fn load_facts(
     Ok(facts)
 }
 
-/// One machine of `inventory.json`.
+/// One machine of `inventory.json`. Fields the style does not use are
+/// ignored, as its tools ignore them.
 #[derive(Clone, Debug, Default, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
 struct InventoryEntry {
     host: Option<String>,
     user: Option<String>,
@@ -395,37 +447,77 @@ struct InventoryEntry {
 /// order), then the directories under `machines/` not in it (sorted).
 /// Host, user and ssh options come from the inventory; layers from the
 /// machine's layer lists.
-pub fn make_machines(root: &Path, inventory: &Path) -> Result<Vec<Machine>, ConfigError> {
-    let mut inv: IndexMap<String, InventoryEntry> = IndexMap::new();
+///
+/// A problem that belongs to one machine (its layer lists, its inventory
+/// entry) does not stop the others: the machine is kept (without layers)
+/// and the problem is returned beside it, by name, for the build to report
+/// as that machine's failure. An inventory that is not JSON, or not an
+/// object, is everyone's problem and an error.
+#[allow(clippy::type_complexity)]
+pub fn make_machines(
+    root: &Path,
+    inventory: &Path,
+) -> Result<(Vec<Machine>, IndexMap<String, std::sync::Arc<ConfigError>>), ConfigError> {
+    let mut inv: IndexMap<String, serde_json::Value> = IndexMap::new();
     let mut inv_text = String::new();
+    let hint = || {
+        Some(
+            "the inventory is `{\"NAME\": {\"host\": \"..\", \"user\": \"..\", \"options\": [..]}}`"
+                .into(),
+        )
+    };
     if inventory.is_file() {
         inv_text = read(inventory)?;
-        inv = serde_json::from_str(&inv_text).map_err(|e| ConfigError::Invalid {
-            at: Located::from_line(inventory, &inv_text, e.line().max(1), None),
-            message: format!("invalid inventory: {e}"),
-            hint: Some(
-                "the inventory is `{\"NAME\": {\"host\": \"..\", \"user\": \"..\", \"options\": [..]}}`"
-                    .into(),
-            ),
-        })?;
+        // An empty inventory is what the style's rule makes with `touch`.
+        if !inv_text.trim().is_empty() {
+            inv = serde_json::from_str(&inv_text).map_err(|e| ConfigError::Invalid {
+                at: Located::from_line(inventory, &inv_text, e.line().max(1), None),
+                message: format!("invalid inventory: {e}"),
+                hint: hint(),
+            })?;
+        }
     }
-    let mut names: Vec<(String, Located)> = Vec::new();
-    for name in inv.keys() {
+    let mut problems: IndexMap<String, std::sync::Arc<ConfigError>> = IndexMap::new();
+    let mut names: Vec<(String, Located, InventoryEntry)> = Vec::new();
+    for (name, value) in &inv {
         let at = Located::from_span(
             inventory,
             &inv_text,
-            inv_text
-                .find(&format!("\"{name}\""))
-                .map_or(0..0, |i| i..i + name.len() + 2),
+            serde_json::to_string(name)
+                .ok()
+                .and_then(|q| inv_text.find(&q).map(|i| i..i + q.len()))
+                .unwrap_or(0..0),
         );
         if !valid_name(name) {
             return Err(ConfigError::Invalid {
                 at,
-                message: format!("invalid machine name `{name}`"),
-                hint: Some("use letters, digits, `.`, `_`, `-` and `@`".into()),
+                message: format!("invalid machine name `{}`", name.escape_debug()),
+                hint: Some(
+                    "a machine is a directory under `machines/`: its name cannot be empty, `.`, `..` or contain `/`"
+                        .into(),
+                ),
             });
         }
-        names.push((name.clone(), at));
+        // make reads a missing or `null` entry as `{}` (a generator with a
+        // jq precedence slip writes `{"-": null}`).
+        let entry = match value {
+            serde_json::Value::Null => InventoryEntry::default(),
+            v => match InventoryEntry::deserialize(v) {
+                Ok(e) => e,
+                Err(e) => {
+                    problems.insert(
+                        name.clone(),
+                        std::sync::Arc::new(ConfigError::Invalid {
+                            at: at.clone(),
+                            message: format!("invalid inventory entry for `{name}`: {e}"),
+                            hint: hint(),
+                        }),
+                    );
+                    InventoryEntry::default()
+                }
+            },
+        };
+        names.push((name.clone(), at, entry));
     }
     let mut dirs: Vec<String> = std::fs::read_dir(root.join("machines"))
         .map(|rd| {
@@ -438,15 +530,23 @@ pub fn make_machines(root: &Path, inventory: &Path) -> Result<Vec<Machine>, Conf
         .unwrap_or_default();
     dirs.sort();
     for d in dirs {
-        if !names.iter().any(|(n, _)| *n == d) {
+        if !names.iter().any(|(n, _, _)| *n == d) {
             let at = Located::file(&root.join("machines").join(&d));
-            names.push((d, at));
+            names.push((d, at, InventoryEntry::default()));
         }
     }
     let mut out = Vec::new();
-    for (name, at) in names {
-        let e = inv.get(&name).cloned().unwrap_or_default();
+    for (name, at, e) in names {
         let (port, identity) = ssh_options(&e.options);
+        let layers = match machine_layers(&root.join("machines").join(&name)) {
+            Ok(l) => l,
+            Err(err) => {
+                problems
+                    .entry(name.clone())
+                    .or_insert_with(|| std::sync::Arc::new(err));
+                Vec::new()
+            }
+        };
         out.push(Machine {
             host: e.host.unwrap_or_else(|| name.clone()),
             user: e.user.clone().unwrap_or_else(|| "root".into()),
@@ -454,7 +554,7 @@ pub fn make_machines(root: &Path, inventory: &Path) -> Result<Vec<Machine>, Conf
             port: port.unwrap_or(22),
             port_set: port,
             identity,
-            layers: machine_layers(&root.join("machines").join(&name))?,
+            layers,
             facts: IndexMap::new(),
             transport: Transport::Ssh,
             ssh_options: e.options,
@@ -462,7 +562,7 @@ pub fn make_machines(root: &Path, inventory: &Path) -> Result<Vec<Machine>, Conf
             name,
         });
     }
-    Ok(out)
+    Ok((out, problems))
 }
 
 /// The port (`-p N`, `-oPort=N`, `-o Port=N`) and identity (`-i FILE`) an

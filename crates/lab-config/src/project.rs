@@ -256,8 +256,11 @@ impl Project {
 
     /// A make-style project in `dir`: machines from `inventory.json` and
     /// `machines/*/`, layers from their layer lists.
-    pub fn load_make(dir: &Path, compat: Compat) -> Result<Project, ConfigError> {
-        let machines = compat::make_machines(dir, &compat.inventory)?;
+    pub fn load_make(dir: &Path, mut compat: Compat) -> Result<Project, ConfigError> {
+        // One machine's problems are kept with the settings: that machine
+        // fails when built, the others build.
+        let (machines, problems) = compat::make_machines(dir, &compat.inventory)?;
+        compat.problems = problems;
         Ok(Project {
             root: dir.to_path_buf(),
             file: dir.join(CONFIG_FILE),

@@ -473,6 +473,13 @@ impl Engine {
     ) -> Result<MachineReport, Vec<MachineError>> {
         let compat = self.project.compat.as_ref().expect("compat project");
         let root = &self.project.root;
+        // Its layer lists or inventory entry could not be read: this
+        // machine fails, the others build.
+        if let Some(e) = compat.problems.get(&m.name) {
+            return Err(vec![MachineError::Config(Box::new(
+                lab_config::compat::copy_error(e),
+            ))]);
+        }
         if let Some(e) = bad_gathered {
             return Err(vec![MachineError::Io {
                 path: facts::gathered_path(&self.lab_dir, &m.name),
@@ -503,10 +510,7 @@ impl Engine {
                             }
                             reporter.warning(
                                 Some(&m.name),
-                                &format!(
-                                    "layer `{}` (listed at {at}) does not exist; it contributes nothing",
-                                    l.name
-                                ),
+                                &compat::missing_layer_warning(&l.name, &at),
                             );
                         }
                     }

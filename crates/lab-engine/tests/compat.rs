@@ -61,6 +61,9 @@ fn fixture() -> Fixture {
         .file("layers/web/usr/local/bin/setuid-tool", "#!/bin/sh\n")
         .chmod("layers/web/usr/local/bin/setuid-tool", 0o4775)
         .dir("layers/web/var/empty")
+        // a secret `!` links point at: 0600 under /etc, 0644 under
+        // /usr/local/opt after make's final mode fix-up
+        .chmod("shared/secret", 0o600)
         .file("layers/web/etc/odd name:*?.txt", "odd\n")
         .symlink(
             "layers/web/etc/!external.conf",
@@ -69,7 +72,7 @@ fn fixture() -> Fixture {
         // gathered facts, under their native names
         .file(
             ".lab/facts/db.json",
-            r#"{"arch": "aarch64", "os_id": "debian", "os_version_id": "12", "nproc": 4}"#,
+            r#"{"arch": "aarch64", "kernel": "6.1.0-18-amd64", "os_id": "debian", "os_version_id": "12", "nproc": 4}"#,
         );
     Fixture { lab, outside }
 }
@@ -154,30 +157,45 @@ fn the_fixture_is_detected_as_a_make_style_lab() {
     assert_eq!(
         m,
         [
+            ("-", "-", "root", 22),
             ("web", "203.0.113.5", "admin", 2222),
             ("db", "db.example.org", "root", 22)
         ]
     );
-    let layers: Vec<&str> = p.machines[0]
+    let layers: Vec<&str> = p.machines[1]
         .layers
         .iter()
         .map(|l| l.name.as_str())
         .collect();
     assert_eq!(layers, ["web", "monitoring"]);
+    // CRLF line endings: the name keeps its `\r` (as in awk and make)
+    let layers: Vec<&str> = p.machines[0]
+        .layers
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(layers, ["-", "db\r", "db"]);
 }
 
 #[test]
 fn fixture_trees() {
     let f = fixture();
     let rec = build(f.lab.path());
+    let mut warnings = rec.warnings.lock().unwrap().clone();
+    warnings.sort();
     assert_eq!(
-        *rec.warnings.lock().unwrap(),
-        ["web: layer `monitoring` (listed at machines/web/usr/local/opt/initd/layers/web.txt:3:3) \
-          does not exist; it contributes nothing"]
+        warnings,
+        [
+            "-: layer `db\\r` (listed at machines/-/usr/local/opt/initd/layers/-.txt:3:3) \
+             does not exist; it contributes nothing (the layer list has CRLF line endings; \
+             make reads the name with its `\\r` too)",
+            "web: layer `monitoring` (listed at machines/web/usr/local/opt/initd/layers/web.txt:3:3) \
+             does not exist; it contributes nothing"
+        ]
     );
-    for m in ["web", "db"] {
+    for m in ["web", "db", "-"] {
         insta::assert_snapshot!(
-            format!("compat_{m}"),
+            format!("compat_{}", if m == "-" { "dash" } else { m }),
             tree_listing(&f.lab.join(".lab/out").join(m))
         );
     }
@@ -210,13 +228,14 @@ fn two_sources_for_one_path_is_an_error_naming_both() {
     f.lab.file("layers/web/etc/hostname", "from the layer\n");
     let r = build_with(f.lab.path(), &Recorder::default());
     assert_eq!(
-        r[0],
+        r[1],
         (
             "web".to_string(),
             Err("`layers/web/etc/hostname` and `machines/web/etc/hostname` both produce `/etc/hostname`".to_string())
         )
     );
-    assert_eq!(r[1], ("db".to_string(), Ok(())));
+    assert_eq!(r[2], ("db".to_string(), Ok(())));
+    assert_eq!(r[0], ("-".to_string(), Ok(())));
     // a template and a link-list line, too
     f.lab.remove("layers/web/etc/hostname").file(
         "machines/web/usr/local/opt/initd/links/more.txt",
@@ -224,7 +243,7 @@ fn two_sources_for_one_path_is_an_error_naming_both() {
     );
     let r = build_with(f.lab.path(), &Recorder::default());
     assert_eq!(
-        r[0].1,
+        r[1].1,
         Err("`machines/web/etc/greeting.m4.txt` and `machines/web/usr/local/opt/initd/links/more.txt:1` both produce `/etc/greeting.txt`".to_string())
     );
     // and a file where another source needs a directory
@@ -232,7 +251,7 @@ fn two_sources_for_one_path_is_an_error_naming_both() {
         .remove("machines/web/usr/local/opt/initd/links/more.txt")
         .file("machines/web/etc/nginx", "not a directory\n");
     let r = build_with(f.lab.path(), &Recorder::default());
-    let e = r[0].1.as_ref().unwrap_err();
+    let e = r[1].1.as_ref().unwrap_err();
     assert!(
         e.starts_with(
             "`machines/web/etc/nginx` makes `/etc/nginx` a file, but `layers/web/etc/nginx/"
@@ -399,7 +418,8 @@ fn a_layer_added_or_removed_by_a_plus_line() {
     f.lab
         .file("layers/monitoring/etc/monit.conf", "check ENV_MACHINE\n");
     let rec = assert_incremental_equals_clean(&f);
-    assert!(rec.warnings.lock().unwrap().is_empty());
+    let w = rec.warnings.lock().unwrap().clone();
+    assert!(w.iter().all(|w| !w.starts_with("web:")), "{w:?}");
     assert!(f.lab.join(".lab/out/web/etc/monit.conf").exists());
 }
 
@@ -466,4 +486,288 @@ fn a_watch_session_sees_fact_files_layer_lists_and_followed_files() {
         "nameserver 192.0.2.99\n"
     );
     assert_incremental_equals_clean(&f);
+}
+
+// Issue 11: what real make-style labs contain. One test per class.
+
+/// A make-style lab with one healthy machine `ok` (layer `base`, a
+/// template) and nothing else.
+fn messy() -> TestLab {
+    let t = TestLab::new();
+    t.file(
+        "layers/_/usr/local/include/m4/p.m4",
+        "m4_define(`HI', `hi $1')m4_dnl\n",
+    )
+    .file("layers/base/etc/motd.m4.txt", "HI(ENV_MACHINE)\n")
+    .file("machines/ok/usr/local/opt/initd/layers/l.txt", "+ base\n");
+    t
+}
+
+fn mode_of(p: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
+}
+
+#[test]
+fn null_inventory_entries_read_as_empty() {
+    let t = messy();
+    t.file(
+        "inventory.json",
+        r#"{"-": null, "ok": {"host": "10.0.0.1", "user": "admin"}, "gone": null}"#,
+    );
+    let engine = Engine::open(t.path()).unwrap();
+    let m: Vec<(&str, &str, &str)> = engine
+        .project
+        .machines
+        .iter()
+        .map(|m| (m.name.as_str(), m.host.as_str(), m.user.as_str()))
+        .collect();
+    assert_eq!(
+        m,
+        [
+            ("-", "-", "root"),
+            ("ok", "10.0.0.1", "admin"),
+            ("gone", "gone", "root")
+        ]
+    );
+    t.file("layers/_/etc/name.m4.txt", "ENV_MACHINE\n");
+    build(t.path());
+    // machines of the inventory without a directory get `layers/_`
+    assert_eq!(t.read(".lab/out/-/etc/name.txt"), "-\n");
+    assert_eq!(t.read(".lab/out/gone/etc/name.txt"), "gone\n");
+}
+
+#[test]
+fn a_machine_and_a_layer_named_dash_and_other_odd_names() {
+    let t = messy();
+    t.file(
+        "machines/-/usr/local/opt/initd/layers/l.txt",
+        "+ -\n+ -x\n+ base\n",
+    )
+    .file("layers/-/etc/dash.m4.conf", "machine ENV_MACHINE\n")
+    .file("layers/-x/etc/--help", "not an option\n")
+    .file(
+        "machines/with space/usr/local/opt/initd/layers/l.txt",
+        "+ -\n",
+    );
+    let engine = Engine::open(t.path()).unwrap();
+    let names: Vec<&str> = engine
+        .project
+        .machines
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(names, ["-", "ok", "with space"]);
+    build(t.path());
+    assert_eq!(t.read(".lab/out/-/etc/dash.conf"), "machine -\n");
+    assert_eq!(t.read(".lab/out/-/etc/--help"), "not an option\n");
+    assert_eq!(t.read(".lab/out/-/etc/motd.txt"), "hi -\n");
+    assert_eq!(
+        t.read(".lab/out/with space/etc/dash.conf"),
+        "machine with space\n"
+    );
+    // `--machine -` selects it
+    let engine = Engine::open(t.path()).unwrap();
+    let r = engine
+        .build(
+            &BuildOptions {
+                machines: vec!["-".into()],
+                ..Default::default()
+            },
+            &Recorder::default(),
+        )
+        .unwrap();
+    assert_eq!(r.machines.len(), 1);
+    // what cannot be a directory name is still refused, at its line
+    t.file(
+        "machines/-/usr/local/opt/initd/layers/l.txt",
+        "+ -\n+ ../x\n",
+    );
+    let r = build_with(t.path(), &Recorder::default());
+    assert_eq!(r[0].1, Err("invalid layer name `../x`".to_string()));
+}
+
+#[test]
+fn an_empty_fact_file_is_skipped() {
+    let t = messy();
+    t.file(".facts/ok.json", "").file(".facts/ok.env", "");
+    build(t.path());
+    assert_eq!(t.read(".lab/out/ok/etc/motd.txt"), "hi ok\n");
+    // a fact file that is not empty is still checked
+    t.file(".facts/ok.json", "{\"A\": }\n");
+    let r = build_with(t.path(), &Recorder::default());
+    assert!(
+        r[0].1.as_ref().unwrap_err().starts_with("invalid JSON"),
+        "{r:?}"
+    );
+}
+
+#[test]
+fn identical_sources_for_one_path_are_not_a_conflict() {
+    let t = messy();
+    t.file(
+        "machines/ok/usr/local/opt/initd/layers/l.txt",
+        "+ base\n+ more\n",
+    )
+    .file("layers/base/etc/shared.conf", "same\n")
+    .chmod("layers/base/etc/shared.conf", 0o640)
+    // a `!` link to that very file, at the same path
+    .symlink("layers/more/etc/!shared.conf", "../../base/etc/shared.conf")
+    // a plain symlink and a link-list line with the same target
+    .symlink("layers/base/etc/l", "/dev/null")
+    .file(
+        "layers/more/usr/local/opt/initd/links/l.txt",
+        "/etc/l /dev/null\n",
+    );
+    build(t.path());
+    let out = t.join(".lab/out/ok/etc/shared.conf");
+    assert_eq!(t.read(".lab/out/ok/etc/shared.conf"), "same\n");
+    assert_eq!(mode_of(&out), 0o640);
+    // sources that really differ are still an error naming both, also
+    // when only the second one changed since the last build
+    t.remove("layers/more/etc/!shared.conf")
+        .file("layers/more/etc/other", "other\n")
+        .symlink("layers/more/etc/!shared.conf", "other");
+    let r = build_with(t.path(), &Recorder::default());
+    assert_eq!(
+        r[0].1,
+        Err("`layers/base/etc/shared.conf` and `layers/more/etc/!shared.conf` both produce `/etc/shared.conf`".to_string())
+    );
+    // same bytes, other mode: differ
+    t.file("layers/more/etc/other", "same\n");
+    let r = build_with(t.path(), &Recorder::default());
+    assert!(r[0].1.is_err(), "{r:?}");
+    t.chmod("layers/more/etc/other", 0o640);
+    build(t.path());
+    t.file(
+        "layers/more/usr/local/opt/initd/links/l.txt",
+        "/etc/l /dev/zero\n",
+    );
+    let r = build_with(t.path(), &Recorder::default());
+    assert_eq!(
+        r[0].1,
+        Err("`layers/base/etc/l` and `layers/more/usr/local/opt/initd/links/l.txt:1` both produce `/etc/l`".to_string())
+    );
+}
+
+#[test]
+fn make_s_final_mode_fix_up() {
+    let t = messy();
+    t.file("secrets/key", "k\n")
+        .chmod("secrets/key", 0o600)
+        .symlink(
+            "layers/base/usr/local/opt/app/!key",
+            "../../../../../../secrets/key",
+        )
+        .symlink("layers/base/etc/!key", "../../../secrets/key")
+        .file(
+            "layers/base/usr/local/lib/systemd/system/x.service",
+            "[Unit]\n",
+        )
+        .chmod("layers/base/usr/local/lib/systemd/system/x.service", 0o700)
+        .file("layers/base/usr/local/optional/key", "k\n")
+        .chmod("layers/base/usr/local/optional/key", 0o600);
+    build(t.path());
+    let m = |p: &str| mode_of(&t.join(&format!(".lab/out/ok/{p}")));
+    assert_eq!(m("usr/local/opt/app/key"), 0o644);
+    assert_eq!(m("usr/local/lib/systemd/system/x.service"), 0o744);
+    assert_eq!(m("etc/key"), 0o600);
+    assert_eq!(m("usr/local/optional/key"), 0o600);
+    let manifest = t.read(".lab/out/ok.manifest");
+    assert!(manifest.contains("usr/local/opt/app/key"), "{manifest}");
+}
+
+#[test]
+fn only_the_style_s_gathered_facts_reach_m4() {
+    let t = messy();
+    t.file(
+        "layers/base/etc/cmdline.m4.txt",
+        "--kernel ${KERNEL} on ENV_HOSTTYPE ENV_RACK\n",
+    )
+    .file(
+        ".lab/facts/ok.json",
+        r#"{"arch": "x86_64", "kernel": "6.1.0-18-amd64", "ENV_RACK": "b2"}"#,
+    );
+    build(t.path());
+    assert_eq!(
+        t.read(".lab/out/ok/etc/cmdline.txt"),
+        "--kernel ${KERNEL} on x86_64 ENV_RACK\n"
+    );
+}
+
+#[test]
+fn one_bad_machine_does_not_stop_the_others() {
+    let t = messy();
+    t.file(
+        "machines/badlist/usr/local/opt/initd/layers/l.txt",
+        "+ base\n+ a/b\n",
+    )
+    .file(
+        "machines/badfacts/usr/local/opt/initd/layers/l.txt",
+        "+ base\n",
+    )
+    .file(".facts/badfacts.json", "{\"A\": 1,,}\n")
+    .file(
+        "machines/conflict/usr/local/opt/initd/layers/l.txt",
+        "+ base\n",
+    )
+    .file("machines/conflict/etc/motd.txt", "mine\n")
+    .file(
+        "machines/badinv/usr/local/opt/initd/layers/l.txt",
+        "+ base\n",
+    )
+    .file("inventory.json", r#"{"badinv": {"host": 5}, "ok": null}"#);
+    let r = build_with(t.path(), &Recorder::default());
+    let by: std::collections::HashMap<&str, &Result<(), String>> =
+        r.iter().map(|(m, r)| (m.as_str(), r)).collect();
+    assert_eq!(*by["ok"], Ok(()));
+    assert_eq!(t.read(".lab/out/ok/etc/motd.txt"), "hi ok\n");
+    assert_eq!(*by["badlist"], Err("invalid layer name `a/b`".to_string()));
+    assert!(by["badinv"]
+        .as_ref()
+        .unwrap_err()
+        .contains("invalid inventory entry for `badinv`"));
+    assert!(by["badfacts"]
+        .as_ref()
+        .unwrap_err()
+        .starts_with("invalid JSON"));
+    assert!(by["conflict"]
+        .as_ref()
+        .unwrap_err()
+        .contains("both produce `/etc/motd.txt`"));
+    assert_eq!(r.len(), 5);
+    // `--machine ok` builds it though others are broken
+    std::fs::remove_dir_all(t.join(".lab")).unwrap();
+    let engine = Engine::open(t.path()).unwrap();
+    let rep = engine
+        .build(
+            &BuildOptions {
+                machines: vec!["ok".into()],
+                ..Default::default()
+            },
+            &Recorder::default(),
+        )
+        .unwrap();
+    assert!(rep.machines[0].result.is_ok());
+    assert_eq!(t.read(".lab/out/ok/etc/motd.txt"), "hi ok\n");
+}
+
+#[test]
+fn a_crlf_layer_list_reads_as_make_reads_it() {
+    let t = messy();
+    // awk and make split fields at blanks only: the name keeps its `\r`
+    t.file(
+        "machines/ok/usr/local/opt/initd/layers/l.txt",
+        "+ base # a comment after the entry\r\n+ extra\r\n+ base\n",
+    )
+    .file("layers/extra/etc/extra", "x\n");
+    let rec = build(t.path());
+    assert!(!t.join(".lab/out/ok/etc/extra").exists());
+    assert_eq!(t.read(".lab/out/ok/etc/motd.txt"), "hi ok\n");
+    let w = rec.warnings.lock().unwrap().clone();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(
+        w[0].starts_with("ok: layer `extra\\r` (listed at ") && w[0].contains("CRLF"),
+        "{w:?}"
+    );
 }

@@ -6,8 +6,17 @@
 //! changed `m4_include`d files and preludes, changed targets of `!` links,
 //! layers added and removed through `+ NAME` lines, fact files.
 //!
+//! And what real labs of this style contain (issue 11): a machine `-` that
+//! only a `null` inventory entry names, a layer named `-`, layer lists with
+//! CRLF line endings, comments after entries and duplicate `+` lines, empty
+//! fact files, names with a leading dash and a space, files under the
+//! directories of make's final mode fix-up, a gathered `kernel` fact that
+//! must not reach m4, and two sources of one path that agree (a `!` link to
+//! the very file another layer provides there).
+//!
 //! Each root writes below its own directory (`r0/`, `r1/`, ...): two
-//! sources for one path are an error in this style, tested elsewhere.
+//! sources for one path that differ are an error in this style, tested
+//! elsewhere; `dup/d` is the one path two layers share, always agreeing.
 
 use lab_engine::{BuildOptions, Engine, Silent};
 use lab_testkit::{tree_listing, TestLab};
@@ -21,9 +30,25 @@ const ROOTS: &[&str] = &[
     "layers/l2",
     "machines/m1",
     "machines/m2",
+    "layers/-",
 ];
+/// Machines: two with directories, and `-`, named by the inventory only
+/// until a layer list gives it a directory.
+const MACHINES: &[&str] = &["m1", "m2", "-"];
 /// Paths inside a root's own directory. Templates: `*.m4.*`; followed: `!`.
-const PATHS: &[&str] = &["a", "b.m4.conf", "!c", "d/x", "!e/f", "d/.pin", ".m4.rc"];
+/// `opt:` paths lie under `usr/local/opt/` (make's final mode fix-up).
+const PATHS: &[&str] = &[
+    "a",
+    "b.m4.conf",
+    "!c",
+    "d/x",
+    "!e/f",
+    "d/.pin",
+    ".m4.rc",
+    "-x y",
+    "opt:k",
+    "opt:!s",
+];
 const BODIES: &[&str] = &[
     "one\n",
     "ENV_ROLE on ENV_MACHINE\n",
@@ -31,6 +56,7 @@ const BODIES: &[&str] = &[
     "m4_sinclude(`shared/maybe.m4')x\n",
     "HDR ENV_MACHINE\n",
     "",
+    "--kernel ENV_HOSTTYPE\n",
 ];
 const MODES: &[u32] = &[0o644, 0o600, 0o755, 0o664];
 const SHARED: &[&str] = &["shared/t1", "shared/t2", "shared/inc.m4", "shared/maybe.m4"];
@@ -78,11 +104,21 @@ enum Op {
     Layers {
         machine: usize,
         layers: Vec<bool>,
+        crlf: bool,
+        comments: bool,
+        twice: bool,
     },
     Facts {
         machine: usize,
         role: usize,
         json: bool,
+        empty: bool,
+    },
+    /// `layers/l1/dup/d` changes (content, mode); `layers/l2/dup/!d`
+    /// follows it, so the two sources of `dup/d` agree.
+    Dup {
+        body: usize,
+        mode: usize,
     },
     Gathered {
         machine: usize,
@@ -103,9 +139,12 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..MODES.len()).prop_map(|mode| Op::ChmodShared { mode }),
         1 => (0..3usize).prop_map(|body| Op::Prelude { body }),
         2 => (r, proptest::collection::vec((0..3u8, 0..3u8), 0..3)).prop_map(|(root, lines)| Op::LinkList { root, lines }),
-        2 => (0..2usize, proptest::collection::vec(any::<bool>(), 3)).prop_map(|(machine, layers)| Op::Layers { machine, layers }),
-        2 => (0..2usize, 0..3usize, any::<bool>()).prop_map(|(machine, role, json)| Op::Facts { machine, role, json }),
-        1 => (0..2usize, proptest::option::of(0..2usize)).prop_map(|(machine, arch)| Op::Gathered { machine, arch }),
+        2 => (0..MACHINES.len(), proptest::collection::vec(any::<bool>(), 4), any::<bool>(), any::<bool>(), any::<bool>())
+            .prop_map(|(machine, layers, crlf, comments, twice)| Op::Layers { machine, layers, crlf, comments, twice }),
+        2 => (0..MACHINES.len(), 0..3usize, any::<bool>(), proptest::bool::weighted(0.25))
+            .prop_map(|(machine, role, json, empty)| Op::Facts { machine, role, json, empty }),
+        1 => (0..BODIES.len(), 0..MODES.len()).prop_map(|(body, mode)| Op::Dup { body, mode }),
+        1 => (0..MACHINES.len(), proptest::option::of(0..2usize)).prop_map(|(machine, arch)| Op::Gathered { machine, arch }),
     ]
 }
 
@@ -143,10 +182,15 @@ fn write(p: &Path, body: &str) {
 
 fn apply(lab: &TestLab, op: &Op) {
     let base = lab.path();
-    let at = |root: usize, i: usize| {
-        base.join(ROOTS[root])
+    let at = |root: usize, i: usize| match PATHS[i].strip_prefix("opt:") {
+        Some(p) => base
+            .join(ROOTS[root])
+            .join(format!("usr/local/opt/r{root}"))
+            .join(p),
+        None => base
+            .join(ROOTS[root])
             .join(format!("r{root}"))
-            .join(PATHS[i])
+            .join(PATHS[i]),
     };
     match op {
         Op::Write { root, path, body } => {
@@ -232,15 +276,34 @@ fn apply(lab: &TestLab, op: &Op) {
             }
             write(&p, &text);
         }
-        Op::Layers { machine, layers } => {
+        Op::Layers {
+            machine,
+            layers,
+            crlf,
+            comments,
+            twice,
+        } => {
             let p = base.join(format!(
-                "machines/m{}/usr/local/opt/initd/layers/a.txt",
-                machine + 1
+                "machines/{}/usr/local/opt/initd/layers/a.txt",
+                MACHINES[*machine]
             ));
             make_parent(base, &p);
-            let mut text = String::from("# layers\n");
+            // with CRLF, a name at the end of its line keeps the `\r` (and
+            // names no layer), one followed by a comment does not
+            let eol = if *crlf { "\r\n" } else { "\n" };
+            let mut text = format!("# layers{eol}");
             for (i, on) in layers.iter().enumerate() {
-                text.push_str(&format!("{} l{}\n", if *on { "+" } else { "-" }, i + 1));
+                let name = ["l1", "l2", "l3", "-"][i];
+                let sign = if *on { "+" } else { "-" };
+                let comment = if *comments && i % 2 == 0 {
+                    " # why"
+                } else {
+                    ""
+                };
+                text.push_str(&format!("{sign} {name}{comment}{eol}"));
+                if *twice {
+                    text.push_str(&format!("{sign}\t{name}{eol}"));
+                }
             }
             write(&p, &text);
         }
@@ -248,8 +311,9 @@ fn apply(lab: &TestLab, op: &Op) {
             machine,
             role,
             json,
+            empty,
         } => {
-            let m = format!("m{}", machine + 1);
+            let m = MACHINES[*machine];
             let (keep, drop) = if *json {
                 ("json", "env")
             } else {
@@ -258,21 +322,31 @@ fn apply(lab: &TestLab, op: &Op) {
             clear(&base.join(format!(".facts/{m}.{drop}")));
             let p = base.join(format!(".facts/{m}.{keep}"));
             let role = ["web", "db", "ENV_MACHINE-ish"][*role];
-            let text = if *json {
+            let text = if *empty {
+                String::new()
+            } else if *json {
                 format!("{{\"ENV_ROLE\": \"{role}\", \"ENV_N\": [1, null]}}\n")
             } else {
                 format!("ENV_ROLE='{role}'\n")
             };
             write(&p, &text);
         }
+        Op::Dup { body, mode } => {
+            let p = base.join("layers/l1/dup/d");
+            write(&p, BODIES[*body]);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(MODES[*mode])).unwrap();
+        }
         Op::Gathered { machine, arch } => {
-            let p = base.join(format!(".lab/facts/m{}.json", machine + 1));
+            let p = base.join(format!(".lab/facts/{}.json", MACHINES[*machine]));
             match arch {
                 Some(a) => {
                     make_parent(base, &p);
                     write(
                         &p,
-                        &format!("{{\"arch\": \"{}\"}}\n", ["x86_64", "aarch64"][*a]),
+                        &format!(
+                            "{{\"arch\": \"{}\", \"kernel\": \"6.1.0-{a}\"}}\n",
+                            ["x86_64", "aarch64"][*a]
+                        ),
                     );
                 }
                 None => clear(&p),
@@ -326,8 +400,13 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .file("machines/m1/usr/local/opt/initd/layers/a.txt", "+ l1\n")
         .file(
             "machines/m2/usr/local/opt/initd/layers/a.txt",
-            "+ l2\n+ l1\n+ l3\n",
-        );
+            "+ l2\n+ l1\n+ l3\n+ -\n",
+        )
+        .file("layers/-/r5/a", "dash\n")
+        .file("layers/l1/dup/d", "shared\n")
+        .symlink("layers/l2/dup/!d", "../../l1/dup/d")
+        .file("inventory.json", r#"{"-": null, "m1": null}"#)
+        .file(".facts/m2.json", "");
     build(lab.path());
     for (i, op) in ops.iter().enumerate() {
         apply(&lab, op);

@@ -6,8 +6,9 @@
 //! stock Linux over a plain ssh session), the parser of its output
 //! ([`parse`]), the per-machine cache file `.lab/facts/NAME.json`
 //! ([`store`], [`load`]) and the names make-style labs use for the same
-//! facts ([`to_compat`]). It does not know how the script reaches a machine
-//! (locally with `sh`, or over SSH): callers run it and hand the output here.
+//! facts, exactly the nine that style gathers ([`to_compat`]). It does not
+//! know how the script reaches a machine (locally with `sh`, or over SSH):
+//! callers run it and hand the output here.
 
 use indexmap::IndexMap;
 use serde_json::Value;
@@ -210,17 +211,18 @@ pub fn value_text(v: &Value) -> String {
     }
 }
 
-/// The facts as a make-style lab names them (`ENV_HOSTTYPE`, ...), as text.
-/// Keys without a make-style name are kept as they are, so a fact added by
-/// hand to the cache file (`"ENV_ROLE": "web"`) reaches the templates too.
+/// The facts as a make-style lab names them (`ENV_HOSTTYPE`, ...), as text,
+/// and only those: the style gathers exactly the nine [`COMPAT_NAMES`], and
+/// m4 expands every name it is given, so any other key (`kernel`, or one
+/// added to the cache by hand) would rewrite that word wherever a template
+/// uses it. A key of the cache that already is a make name (pinned by hand)
+/// is taken as it is; a native name wins over it when both are present.
 pub fn to_compat(facts: &Facts) -> IndexMap<String, String> {
     let mut out = IndexMap::new();
-    for (k, v) in facts {
-        let name = COMPAT_NAMES
-            .iter()
-            .find(|(n, _)| n == k)
-            .map_or(k.as_str(), |(_, c)| c);
-        out.insert(name.to_string(), value_text(v));
+    for (native, make) in COMPAT_NAMES {
+        if let Some(v) = facts.get(*native).or_else(|| facts.get(*make)) {
+            out.insert(make.to_string(), value_text(v));
+        }
     }
     out
 }
@@ -242,8 +244,15 @@ mod tests {
         assert_eq!(c["ENV_HOSTTYPE"], "x86_64");
         assert_eq!(c["ENV_MEMBYTES"], "25165824000");
         assert_eq!(c["ENV_VERSION_CODENAME"], "bookworm");
-        assert_eq!(c.len(), 10 - 1 + 1, "kernel has no make name and stays");
-        assert!(c.contains_key("kernel"));
+        assert_eq!(c.len(), 9, "kernel has no make name and does not reach m4");
+        assert!(!c.contains_key("kernel"));
+        let mut hand = f.clone();
+        hand.insert("ENV_RACK".into(), Value::from("b2"));
+        hand.shift_remove("home");
+        hand.insert("ENV_HOME".into(), Value::from("/home/pinned"));
+        let c = to_compat(&hand);
+        assert!(!c.contains_key("ENV_RACK"));
+        assert_eq!(c["ENV_HOME"], "/home/pinned");
     }
 
     #[test]

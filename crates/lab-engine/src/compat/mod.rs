@@ -74,6 +74,23 @@ impl RenderPool {
     }
 }
 
+/// The warning for a listed layer that does not exist. A name that ends in
+/// a carriage return comes from a layer list with CRLF line endings: make
+/// reads that name as it is (and finds no such layer) and so does lab, but
+/// the warning says why.
+pub fn missing_layer_warning(name: &str, at: &lab_config::Located) -> String {
+    let mut w = format!(
+        "layer `{}` (listed at {at}) does not exist; it contributes nothing",
+        name.escape_debug()
+    );
+    if name.ends_with('\r') {
+        w.push_str(
+            " (the layer list has CRLF line endings; make reads the name with its `\\r` too)",
+        );
+    }
+    w
+}
+
 /// The digest of a fact set as m4 gets it.
 pub fn facts_digest(facts: &IndexMap<String, String>) -> Digest {
     let mut h = Hasher::new("lab-compat-facts-v1");
@@ -437,8 +454,48 @@ impl CompatJob<'_> {
         })
     }
 
-    /// Make one output entry in memory.
+    /// Make one output entry in memory. A path with several sources makes
+    /// each of them: they must agree (same kind, mode, bytes or link
+    /// target), or the machine fails naming the first two that differ. The
+    /// entry then depends on everything any of them read.
     fn make_one(
+        &self,
+        path: &str,
+        out: &Out,
+        file_digest: &dyn Fn(&str) -> Digest,
+        facts_d: Digest,
+    ) -> Result<Built, MachineError> {
+        let mut b = self.make_single(path, out, file_digest, facts_d)?;
+        if out.also.is_empty() {
+            return Ok(b);
+        }
+        for other in &out.also {
+            let o = self.make_single(path, other, file_digest, facts_d)?;
+            if o.entry != b.entry {
+                return Err(MachineError::CompatConflict {
+                    output: path.to_string(),
+                    first: out.origin.clone(),
+                    second: other.origin.clone(),
+                });
+            }
+            b.rendered |= o.rendered;
+            for (k, d) in o.trace.deps {
+                if !b.trace.deps.iter().any(|(x, _)| *x == k) {
+                    b.trace.deps.push((k, d));
+                }
+            }
+        }
+        let all = plan::source_digest(out, &self.roots, None);
+        for (k, d) in &mut b.trace.deps {
+            if matches!(k, Key::Source(_)) {
+                *d = all;
+            }
+        }
+        Ok(b)
+    }
+
+    /// Make the entry one source gives for `path`.
+    fn make_single(
         &self,
         path: &str,
         out: &Out,
@@ -543,6 +600,10 @@ impl CompatJob<'_> {
                 (file_entry(path, 0o644, &r.bytes), Some(r.bytes), deps, true)
             }
         };
+        let mut entry = entry;
+        if matches!(entry.kind, EntryKind::File { .. }) {
+            entry.mode = plan::final_mode(path, entry.mode);
+        }
         Ok(Built {
             trace: Trace {
                 deps,

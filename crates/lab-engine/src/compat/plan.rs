@@ -8,7 +8,12 @@
 //! `.` and then one leading `!` is dropped; a file whose name minus its last
 //! extension ends in `.m4` is an m4 template; a `!` anywhere in the path
 //! means "follow symlinks". Link lists add symlinks. Two sources for one
-//! path are an error naming both.
+//! path are kept side by side here ([`Out::also`]); they are an error naming
+//! both unless they give the same bytes, kind and mode, which only making
+//! them can tell (a `!` link to the very file another layer provides at the
+//! same path is not a conflict: make's result does not depend on the order).
+//! After a tree is assembled the style's recipe makes every regular file
+//! under two directories group- and other-readable ([`final_mode`]).
 
 use crate::scan::{RootScan, SrcKind};
 use crate::MachineError;
@@ -45,6 +50,9 @@ pub struct Out {
     /// The source as a person reads it: `layers/x/etc/a` or
     /// `machines/m/usr/local/opt/initd/links/a.txt:3`.
     pub origin: String,
+    /// Other sources of the same path, in the order make would meet them.
+    /// Allowed only when each makes exactly this entry.
+    pub also: Vec<Out>,
 }
 
 impl Out {
@@ -94,14 +102,12 @@ pub fn resolve(
 ) -> Result<Plan, MachineError> {
     let mut plan = Plan::default();
     let insert = |plan: &mut Plan, path: String, out: Out| -> Result<(), MachineError> {
-        if let Some(prev) = plan.outs.get(&path) {
-            return Err(MachineError::CompatConflict {
-                output: path,
-                first: prev.origin.clone(),
-                second: out.origin,
-            });
+        match plan.outs.get_mut(&path) {
+            Some(prev) => prev.also.push(out),
+            None => {
+                plan.outs.insert(path, out);
+            }
         }
-        plan.outs.insert(path, out);
         Ok(())
     };
     for (ri, root) in roots.iter().enumerate() {
@@ -145,6 +151,7 @@ pub fn resolve(
                     src: rel.clone(),
                     how,
                     origin,
+                    also: Vec::new(),
                 },
             )?;
         }
@@ -171,6 +178,7 @@ pub fn resolve(
                         src: rel.clone(),
                         how: How::ListLink { target: l.target },
                         origin: format!("{}/{rel}:{}", root.name, l.at.line),
+                        also: Vec::new(),
                     },
                 )?;
             }
@@ -190,6 +198,7 @@ pub fn resolve(
                     from: c.from.clone(),
                 },
                 origin: format!("{}:{} (compat.copy)", c.at.path.display(), c.at.line),
+                also: Vec::new(),
             },
         )?;
     }
@@ -223,9 +232,12 @@ pub fn resolve(
 }
 
 /// The current digest of an output's [`Key::Source`](lab_graph::Key::Source):
-/// where it comes from, how, and the source entry's own digest and mode.
+/// where it comes from, how, and the source entry's own digest and mode;
+/// and the same of every other source of the path ([`Out::also`]), so a
+/// change of any of them makes the output dirty and the sources are
+/// compared again.
 pub fn source_digest(out: &Out, roots: &[&RootScan], content: Option<Digest>) -> Digest {
-    let mut h = Hasher::new("lab-compat-source-v1");
+    let mut h = Hasher::new("lab-compat-source-v2");
     h.str(&out.origin);
     match &out.how {
         How::ListLink { target } => {
@@ -247,7 +259,26 @@ pub fn source_digest(out: &Out, roots: &[&RootScan], content: Option<Digest>) ->
             .digest(&content.unwrap_or(e.digest));
         }
     }
+    for a in &out.also {
+        h.digest(&source_digest(a, roots, None));
+    }
     h.finish()
+}
+
+/// Directories whose regular files the style's recipe makes group- and
+/// other-readable once a machine's tree is assembled:
+/// `find fs/usr/local/lib/systemd fs/usr/local/opt -type f -exec chmod g+r,o+r {} +`.
+const READABLE_DIRS: &[&str] = &["usr/local/lib/systemd/", "usr/local/opt/"];
+
+/// The mode a regular file at `path` ends with, after that fix-up (a `!`
+/// copy of a 0600 secret under `usr/local/opt/` ends 0644; elsewhere it
+/// stays 0600). `find` does not follow symlinks, and only files are changed.
+pub fn final_mode(path: &str, mode: u32) -> u32 {
+    if READABLE_DIRS.iter().any(|d| path.starts_with(d)) {
+        mode | 0o044
+    } else {
+        mode
+    }
 }
 
 #[cfg(test)]
@@ -272,5 +303,17 @@ mod tests {
         assert!(is_link_list("usr/local/opt/initd/links/a.txt"));
         assert!(!is_link_list("usr/local/opt/initd/links/x/a.txt"));
         assert!(!is_link_list("usr/local/opt/initd/links/a.txt.bak"));
+    }
+
+    #[test]
+    fn final_modes() {
+        assert_eq!(final_mode("usr/local/opt/x/secret", 0o600), 0o644);
+        assert_eq!(
+            final_mode("usr/local/lib/systemd/system/a.service", 0o700),
+            0o744
+        );
+        assert_eq!(final_mode("usr/local/optional/secret", 0o600), 0o600);
+        assert_eq!(final_mode("etc/secret", 0o600), 0o600);
+        assert_eq!(final_mode("usr/local/lib/systemd-x/f", 0o600), 0o600);
     }
 }

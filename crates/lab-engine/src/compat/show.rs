@@ -1,6 +1,6 @@
 //! `lab show` for make-style machines: the source that produces a path
-//! (there is exactly one: two would be an error), how it is made, and for
-//! a template the rendered content and the files m4 read.
+//! (and any others that make exactly the same entry), how it is made, and
+//! for a template the rendered content and the files m4 read.
 
 use super::plan::{self, How};
 use crate::scan::{self, RootScan};
@@ -39,20 +39,22 @@ impl Engine {
                 shadowed: false,
             });
         };
-        show.sources.push(match &o.how {
-            How::Extra { from } => ShowSource {
-                root: ".".into(),
-                src: from.clone(),
-            },
-            How::ListLink { .. } => ShowSource {
-                root: refs[o.root].name.clone(),
-                src: o.origin[refs[o.root].name.len() + 1..].to_string(),
-            },
-            _ => ShowSource {
-                root: refs[o.root].name.clone(),
-                src: o.src.clone(),
-            },
-        });
+        for o in std::iter::once(o).chain(&o.also) {
+            show.sources.push(match &o.how {
+                How::Extra { from } => ShowSource {
+                    root: ".".into(),
+                    src: from.clone(),
+                },
+                How::ListLink { .. } => ShowSource {
+                    root: refs[o.root].name.clone(),
+                    src: o.origin[refs[o.root].name.len() + 1..].to_string(),
+                },
+                _ => ShowSource {
+                    root: refs[o.root].name.clone(),
+                    src: o.src.clone(),
+                },
+            });
+        }
         let src = root.join(o.src_path(&refs));
         let io = |e| ShowError::Machine(MachineError::io(&src)(e));
         match &o.how {
@@ -68,13 +70,13 @@ impl Engine {
             }
             How::Copy => {
                 show.kind = "file";
-                show.mode = refs[o.root].entries[&o.src].perm() & 0o755;
+                show.mode = plan::final_mode(out, refs[o.root].entries[&o.src].perm() & 0o755);
                 show.content = std::fs::read(&src).map_err(io)?;
             }
             How::Follow | How::Extra { .. } => {
                 show.kind = "file";
                 let meta = std::fs::metadata(&src).map_err(io)?;
-                show.mode = scan::stat_of(&meta).mode & 0o755;
+                show.mode = plan::final_mode(out, scan::stat_of(&meta).mode & 0o755);
                 show.content = std::fs::read(&src).map_err(io)?;
             }
             How::Template => {
