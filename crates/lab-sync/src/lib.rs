@@ -8,6 +8,7 @@
 pub mod diff;
 mod error;
 mod machine;
+mod openssh;
 pub mod secrets;
 pub mod ssh;
 mod transport;

@@ -1,8 +1,9 @@
 //! One SSH connection per machine (libssh2 through the `ssh2` crate): where
-//! to connect (lab.toml, then `~/.ssh/config`: `HostName`, `User`, `Port`,
-//! `IdentityFile`, `ProxyJump`), host key verification against
-//! `known_hosts`, authentication (identity files, then the agent, then the
-//! default keys), and running commands over the connection.
+//! to connect (lab.toml, then the OpenSSH client's own resolution, see
+//! [`crate::openssh`]), proxies (`ProxyJump`, `ProxyCommand`), host key
+//! verification against the known_hosts files, authentication (identity
+//! files, then the agent, then the default keys), and running commands
+//! over the connection.
 
 use crate::transport::{Counting, Input, Output, Transport};
 use crate::SyncError;
@@ -28,10 +29,55 @@ pub struct SshTarget {
     pub identities: Vec<PathBuf>,
     /// `ProxyJump` hosts, `[user@]host[:port]`, outermost first.
     pub proxy_jump: Vec<String>,
+    /// `ProxyCommand`, tokens not yet expanded (`%h`, `%p`, `%r`, `%n`).
+    pub proxy_command: Option<String>,
+    /// The known_hosts file new keys are written to (and errors name).
     pub known_hosts: PathBuf,
+    /// Further known_hosts files that are read (`UserKnownHostsFile`'s
+    /// others, `GlobalKnownHostsFile`).
+    pub known_hosts_also: Vec<PathBuf>,
+    /// `HostKeyAlias`: the name the host key is looked up and saved under.
+    pub host_key_alias: Option<String>,
+    /// `StrictHostKeyChecking accept-new` (or `no`): unknown keys are added.
+    pub accept_new: bool,
+    /// `IdentitiesOnly yes`: only the identity files, never the agent's keys.
+    pub identities_only: bool,
+    /// `IdentityAgent`: `None` for `$SSH_AUTH_SOCK`, `Some("none")` for no
+    /// agent, else the agent's socket.
+    pub identity_agent: Option<PathBuf>,
+    /// `ConnectTimeout`.
+    pub connect_timeout: Option<Duration>,
+    /// `Host` alias as written in lab.toml (`%n`).
+    pub alias: String,
+    /// A directive lab cannot honour (`path:line` or the directive, and
+    /// why): the machine is refused rather than reached another way.
+    pub refused: Option<(String, String)>,
 }
 
-fn home() -> PathBuf {
+impl SshTarget {
+    /// A target with OpenSSH's defaults for everything but these.
+    pub fn new(host: &str, port: u16, user: &str, known_hosts: PathBuf) -> SshTarget {
+        SshTarget {
+            host: host.to_string(),
+            port,
+            user: user.to_string(),
+            identities: Vec::new(),
+            proxy_jump: Vec::new(),
+            proxy_command: None,
+            known_hosts,
+            known_hosts_also: Vec::new(),
+            host_key_alias: None,
+            accept_new: false,
+            identities_only: false,
+            identity_agent: None,
+            connect_timeout: None,
+            alias: host.to_string(),
+            refused: None,
+        }
+    }
+}
+
+pub(crate) fn home() -> PathBuf {
     std::env::var_os("HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/root"))
@@ -59,7 +105,7 @@ pub fn load_ssh_config() -> Result<Option<ssh2_config::SshConfig>, SyncError> {
         })
 }
 
-fn expand(p: &Path) -> PathBuf {
+pub(crate) fn expand(p: &Path) -> PathBuf {
     match p.to_str().and_then(|s| s.strip_prefix("~/")) {
         Some(rest) => home().join(rest),
         None => p.to_path_buf(),
@@ -70,6 +116,33 @@ impl SshTarget {
     /// Values set in lab.toml win; then `~/.ssh/config` for the machine's
     /// host; then the defaults (port 22, user root).
     pub fn resolve(
+        m: &Machine,
+        settings: &Settings,
+        config: Option<&ssh2_config::SshConfig>,
+    ) -> SshTarget {
+        let path = std::env::var_os("LAB_SSH_CONFIG").map(PathBuf::from);
+        match SshTarget::resolve_from(m, settings, path.as_deref()) {
+            Some(t) => t,
+            None => SshTarget::resolve_parsed(m, settings, config),
+        }
+    }
+
+    /// As OpenSSH's client resolves it with config file `config` (`None`:
+    /// `~/.ssh/config` and `/etc/ssh/ssh_config`); `None` without the
+    /// OpenSSH client.
+    pub fn resolve_from(
+        m: &Machine,
+        settings: &Settings,
+        config: Option<&Path>,
+    ) -> Option<SshTarget> {
+        let g = crate::openssh::effective(&m.host, m.port_set, m.user_set.as_deref(), config)?;
+        Some(crate::openssh::target(m, settings, &g, config))
+    }
+
+    /// Without the OpenSSH client: the settings of `~/.ssh/config` as the
+    /// `ssh2_config` parser reads them (`HostName`, `User`, `Port`,
+    /// `IdentityFile`, `ProxyJump`).
+    fn resolve_parsed(
         m: &Machine,
         settings: &Settings,
         config: Option<&ssh2_config::SshConfig>,
@@ -97,22 +170,24 @@ impl SshTarget {
             .into_iter()
             .filter(|j| !j.eq_ignore_ascii_case("none"))
             .collect();
+        let known_hosts = settings
+            .known_hosts
+            .clone()
+            .unwrap_or_else(|| home().join(".ssh/known_hosts"));
         SshTarget {
-            host,
-            port,
-            user,
             identities,
             proxy_jump,
-            known_hosts: settings
-                .known_hosts
-                .clone()
-                .unwrap_or_else(|| home().join(".ssh/known_hosts")),
+            alias: m.host.clone(),
+            ..SshTarget::new(&host, port, &user, known_hosts)
         }
     }
 
-    /// `host` or `[host]:port`, as known_hosts writes it.
+    /// `host` or `[host]:port` (or the `HostKeyAlias`), as known_hosts
+    /// writes it.
     pub fn known_hosts_name(&self) -> String {
-        if self.port == 22 {
+        if let Some(a) = &self.host_key_alias {
+            a.clone()
+        } else if self.port == 22 {
             self.host.clone()
         } else {
             format!("[{}]:{}", self.host, self.port)
@@ -173,6 +248,14 @@ impl SshTransport {
         timeout: Duration,
         io_timeout: Duration,
     ) -> Result<SshTransport, SyncError> {
+        if let Some((place, message)) = &t.refused {
+            return Err(SyncError::SshConfig {
+                path: place.clone(),
+                message: message.clone(),
+            });
+        }
+        let accept_new = accept_new || t.accept_new;
+        let timeout = t.connect_timeout.map_or(timeout, |c| c.min(timeout));
         let mut session = Session::new().map_err(|e| SyncError::ssh(t, "cannot start ssh", e))?;
         let fd: RawFd;
         // Values from a config file reach `ssh`'s command line: one that
@@ -194,18 +277,17 @@ impl SshTransport {
                 });
             }
         }
-        let proxy = if let Some(jump) = t.proxy_jump.first() {
-            let (mine, theirs) = UnixStream::pair().map_err(|e| SyncError::Connect {
-                host: t.host.clone(),
-                port: t.port,
-                message: e.to_string(),
-            })?;
+        let proxy_command = t.proxy_command.as_ref().map(|c| {
+            let mut sh = Command::new("sh");
+            sh.arg("-c").arg(proxy_tokens(c, t));
+            (sh, format!("ProxyCommand {c}"))
+        });
+        let proxy_jump = t.proxy_jump.first().map(|jump| {
             let mut ssh = Command::new("ssh");
             if let Some(cfg) = std::env::var_os("LAB_SSH_CONFIG") {
                 ssh.arg("-F").arg(cfg);
             }
-            let child = ssh
-                .args(["-o", "BatchMode=yes", "-W"])
+            ssh.args(["-o", "BatchMode=yes", "-W"])
                 .arg(format!("{}:{}", t.host, t.port))
                 .args(if t.proxy_jump.len() > 1 {
                     vec!["-J".to_string(), t.proxy_jump[1..].join(",")]
@@ -213,7 +295,18 @@ impl SshTransport {
                     vec![]
                 })
                 .arg("--")
-                .arg(jump)
+                .arg(jump);
+            (ssh, format!("ProxyJump {jump}"))
+        });
+        // OpenSSH: ProxyJump and ProxyCommand exclude each other, the first
+        // one given wins; `ssh -G` has resolved that already.
+        let proxy = if let Some((mut cmd, what)) = proxy_command.or(proxy_jump) {
+            let (mine, theirs) = UnixStream::pair().map_err(|e| SyncError::Connect {
+                host: t.host.clone(),
+                port: t.port,
+                message: e.to_string(),
+            })?;
+            let child = cmd
                 .stdin(Stdio::from(std::os::fd::OwnedFd::from(
                     theirs
                         .try_clone()
@@ -225,7 +318,7 @@ impl SshTransport {
                 .map_err(|e| SyncError::Connect {
                     host: t.host.clone(),
                     port: t.port,
-                    message: format!("cannot run `ssh -W` for ProxyJump {jump}: {e}"),
+                    message: format!("cannot run {what}: {e}"),
                 })?;
             fd = mine.as_raw_fd();
             session.set_tcp_stream(mine);
@@ -266,7 +359,7 @@ impl SshTransport {
                 }
                 let _ = p.wait();
                 if !err.trim().is_empty() {
-                    msg = format!("{msg} (ssh -W: {})", err.trim());
+                    msg = format!("{msg} (proxy: {})", err.trim());
                 }
             }
             return Err(SyncError::Connect {
@@ -310,14 +403,53 @@ impl SshTransport {
             .session
             .known_hosts()
             .map_err(|e| SyncError::ssh(t, "known_hosts", e))?;
-        if t.known_hosts.exists() {
-            kh.read_file(&t.known_hosts, KnownHostFileKind::OpenSSH)
-                .map_err(|e| SyncError::KnownHosts {
-                    path: t.known_hosts.display().to_string(),
-                    message: e.message().to_string(),
-                })?;
+        let (lookup, lookup_port) = match &t.host_key_alias {
+            Some(a) => (a.as_str(), 22),
+            None => (t.host.as_str(), t.port),
+        };
+        let mut cert_authority = None;
+        for file in std::iter::once(&t.known_hosts).chain(&t.known_hosts_also) {
+            let Ok(text) = std::fs::read_to_string(file) else {
+                continue;
+            };
+            for (i, line) in text.lines().enumerate() {
+                let l = line.trim_start();
+                if l.is_empty() || l.starts_with('#') {
+                    continue;
+                }
+                if let Some(rest) = l.strip_prefix('@') {
+                    let mut f = rest.split_whitespace();
+                    let (marker, hosts, blob) = (f.next(), f.next(), f.nth(1));
+                    let names = hosts.unwrap_or_default();
+                    if !host_pattern_matches(names, lookup, lookup_port) {
+                        continue;
+                    }
+                    match marker {
+                        Some("revoked")
+                            if blob.is_some_and(|b| {
+                                base64::engine::general_purpose::STANDARD
+                                    .decode(b)
+                                    .is_ok_and(|b| b == key)
+                            }) =>
+                        {
+                            return Err(SyncError::HostKeyChanged {
+                                host: t.known_hosts_name(),
+                                fingerprint: format!("{fingerprint}, marked @revoked"),
+                                known_hosts: format!("{}:{}", file.display(), i + 1),
+                            });
+                        }
+                        Some("cert-authority") => {
+                            cert_authority = Some(format!("{}:{}", file.display(), i + 1));
+                        }
+                        _ => {}
+                    }
+                    continue;
+                }
+                // a line libssh2 cannot read is skipped, as OpenSSH does
+                let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+            }
         }
-        match kh.check_port(&t.host, t.port, key) {
+        match kh.check_port(lookup, lookup_port, key) {
             CheckResult::Match => Ok(()),
             CheckResult::Mismatch => Err(SyncError::HostKeyChanged {
                 host: t.known_hosts_name(),
@@ -349,6 +481,16 @@ impl SshTransport {
                     })?;
                 Ok(())
             }
+            CheckResult::NotFound | CheckResult::Failure if cert_authority.is_some() => {
+                Err(SyncError::SshConfig {
+                    path: cert_authority.unwrap_or_default(),
+                    message: format!(
+                        "`{}` is vouched for by a @cert-authority line; lab cannot check host \
+                         certificates, so it does not trust the host ({fingerprint}) another way",
+                        t.known_hosts_name()
+                    ),
+                })
+            }
             CheckResult::NotFound | CheckResult::Failure => Err(SyncError::HostKeyUnknown {
                 host: t.known_hosts_name(),
                 fingerprint,
@@ -371,11 +513,24 @@ impl SshTransport {
                 }
             }
         }
-        if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+        let agent = match &t.identity_agent {
+            _ if t.identities_only => None,
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some(Some(p.clone())),
+            None => std::env::var_os("SSH_AUTH_SOCK").map(|_| None),
+        };
+        if let Some(socket) = agent {
             tried.push("ssh-agent".into());
-            if self.session.userauth_agent(&t.user).is_ok() && self.session.authenticated() {
+            if self.agent_auth(&t.user, socket.as_deref()).is_ok() && self.session.authenticated() {
                 return Ok(());
             }
+        }
+        if t.identities_only {
+            return Err(SyncError::Auth {
+                user: t.user.clone(),
+                host: t.known_hosts_name(),
+                tried,
+            });
         }
         for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
             let id = home().join(".ssh").join(name);
@@ -395,6 +550,91 @@ impl SshTransport {
             host: t.known_hosts_name(),
             tried,
         })
+    }
+}
+
+impl SshTransport {
+    /// Try each key of the agent at `socket` (`$SSH_AUTH_SOCK` when `None`).
+    fn agent_auth(&self, user: &str, socket: Option<&Path>) -> Result<(), ssh2::Error> {
+        let mut agent = self.session.agent()?;
+        if let Some(s) = socket {
+            agent.set_identity_path(s)?;
+        }
+        agent.connect()?;
+        agent.list_identities()?;
+        for id in agent.identities()? {
+            if agent.userauth(user, &id).is_ok() {
+                let _ = agent.disconnect();
+                return Ok(());
+            }
+        }
+        let _ = agent.disconnect();
+        Err(ssh2::Error::from_errno(ssh2::ErrorCode::Session(-18)))
+    }
+}
+
+/// `ProxyCommand`'s tokens: `%h` host, `%p` port, `%r` user, `%n` the
+/// alias as written, `%%`.
+fn proxy_tokens(cmd: &str, t: &SshTarget) -> String {
+    let mut out = String::new();
+    let mut chars = cmd.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('h') => out.push_str(&t.host),
+            Some('p') => out.push_str(&t.port.to_string()),
+            Some('r') => out.push_str(&t.user),
+            Some('n') => out.push_str(&t.alias),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    out
+}
+
+/// Does a known_hosts host field (`a,b,[c]:2222,*.example.org,!x`) name
+/// this host? (Hashed names are not matched here; libssh2 reads those.)
+fn host_pattern_matches(field: &str, host: &str, port: u16) -> bool {
+    let name = if port == 22 {
+        host.to_string()
+    } else {
+        format!("[{host}]:{port}")
+    };
+    let mut hit = false;
+    for p in field.split(',') {
+        let (neg, p) = match p.strip_prefix('!') {
+            Some(p) => (true, p),
+            None => (false, p),
+        };
+        if glob_match(p, &name) {
+            if neg {
+                return false;
+            }
+            hit = true;
+        }
+    }
+    hit
+}
+
+fn glob_match(p: &str, s: &str) -> bool {
+    match (p.chars().next(), s.chars().next()) {
+        (None, None) => true,
+        (Some('*'), _) => {
+            glob_match(&p[1..], s)
+                || (!s.is_empty() && glob_match(p, &s[s.chars().next().unwrap().len_utf8()..]))
+        }
+        (Some('?'), Some(c)) => glob_match(&p[1..], &s[c.len_utf8()..]),
+        (Some(a), Some(b)) if a.eq_ignore_ascii_case(&b) => {
+            glob_match(&p[a.len_utf8()..], &s[b.len_utf8()..])
+        }
+        _ => false,
     }
 }
 

@@ -6,12 +6,13 @@ use std::time::Duration;
 
 fn connect(sshd: &SshdFixture, io_timeout: Duration) -> SshTransport {
     let t = SshTarget {
-        host: sshd.address().to_string(),
-        port: sshd.port(),
-        user: sshd.user().to_string(),
         identities: vec![sshd.identity().to_path_buf()],
-        proxy_jump: vec![],
-        known_hosts: sshd.known_hosts().to_path_buf(),
+        ..SshTarget::new(
+            sshd.address(),
+            sshd.port(),
+            sshd.user(),
+            sshd.known_hosts().to_path_buf(),
+        )
     };
     SshTransport::connect(&t, false, Duration::from_secs(10), io_timeout).unwrap()
 }

@@ -1,0 +1,300 @@
+//! A machine's SSH settings exactly as OpenSSH resolves them: `ssh -G`
+//! answers `Host` and `Match` blocks, `Include`, first-value-wins and the
+//! defaults, the way `ssh` itself would. Values set in lab.toml go in as
+//! `-p` and `-l`, which win over the config file, as on ssh's command line.
+//! Without the OpenSSH client, lab falls back to parsing the file itself
+//! (see [`crate::ssh::SshTarget::resolve`]).
+//!
+//! Honoured: `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`,
+//! `IdentityAgent`, `ProxyJump`, `ProxyCommand`, `UserKnownHostsFile`,
+//! `GlobalKnownHostsFile`, `StrictHostKeyChecking` (`accept-new`, and `no`
+//! taken as `accept-new`: a changed key is always refused), `HostKeyAlias`,
+//! `ConnectTimeout`. Refused (the machine is not reached another way):
+//! `CertificateFile`, `PKCS11Provider`, `SecurityKeyProvider` other than
+//! the built-in one.
+
+use crate::ssh::{expand, home, SshTarget};
+use lab_config::{Machine, Settings};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// `ssh -G`'s answer: (keyword in lower case, value), in its order.
+pub(crate) type Effective = Vec<(String, String)>;
+
+/// Ask the OpenSSH client (`None` when there is none, or it refused).
+pub(crate) fn effective(
+    host: &str,
+    port: Option<u16>,
+    user: Option<&str>,
+    config: Option<&Path>,
+) -> Option<Effective> {
+    let mut c = Command::new("ssh");
+    c.arg("-G");
+    if let Some(f) = config {
+        c.arg("-F").arg(f);
+    }
+    if let Some(p) = port {
+        c.arg("-p").arg(p.to_string());
+    }
+    if let Some(u) = user {
+        c.arg("-l").arg(u);
+    }
+    let out = c
+        .arg("--")
+        .arg(host)
+        .stdin(Stdio::null())
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(parse(&String::from_utf8_lossy(&out.stdout)))
+}
+
+pub(crate) fn parse(text: &str) -> Effective {
+    text.lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_ascii_lowercase(), v.to_string()))
+        })
+        .collect()
+}
+
+fn first<'a>(g: &'a Effective, key: &str) -> Option<&'a str> {
+    g.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+}
+
+fn all<'a>(g: &'a Effective, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    g.iter()
+        .filter(move |(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// `%d`, `%u`, `%h`, `%r`, `%n`, `%%` and a leading `~` in a file name.
+fn expand_tokens(v: &str, host: &str, user: &str, alias: &str) -> PathBuf {
+    let local_user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let mut out = String::new();
+    let mut chars = v.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('d') => out.push_str(&home().display().to_string()),
+            Some('u') => out.push_str(&local_user),
+            Some('h') => out.push_str(host),
+            Some('r') => out.push_str(user),
+            Some('n') => out.push_str(alias),
+            Some('%') => out.push('%'),
+            Some(o) => {
+                out.push('%');
+                out.push(o);
+            }
+            None => out.push('%'),
+        }
+    }
+    expand(Path::new(&out))
+}
+
+/// A `ProxyJump` hop as `ssh -G` prints it (`user@[10.0.0.1]`,
+/// `[::1]:2222`) as a destination `ssh` takes on its command line.
+fn jump_destination(hop: &str) -> String {
+    if hop.starts_with("ssh://") {
+        return hop.to_string();
+    }
+    let (user, rest) = match hop.rsplit_once('@') {
+        Some((u, r)) => (Some(u), r),
+        None => (None, hop),
+    };
+    let (host, port) = match rest.strip_prefix('[').and_then(|r| r.split_once(']')) {
+        Some((h, tail)) => (h, tail.strip_prefix(':')),
+        None => match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => (h, Some(p)),
+            _ => (rest, None),
+        },
+    };
+    let host = if host.contains(':') {
+        format!("[{host}]")
+    } else {
+        host.to_string()
+    };
+    match (user, port) {
+        (None, None) => host,
+        (u, p) => format!(
+            "ssh://{}{host}{}",
+            u.map(|u| format!("{u}@")).unwrap_or_default(),
+            p.map(|p| format!(":{p}")).unwrap_or_default()
+        ),
+    }
+}
+
+/// The target for machine `m` from `ssh -G`'s answer `g`.
+pub(crate) fn target(
+    m: &Machine,
+    settings: &Settings,
+    g: &Effective,
+    config: Option<&Path>,
+) -> SshTarget {
+    let host = first(g, "hostname").unwrap_or(&m.host).to_string();
+    let port = first(g, "port").and_then(|p| p.parse().ok()).unwrap_or(22);
+    let user = first(g, "user").unwrap_or("root").to_string();
+    // lab.toml's user wins; without one lab's default is root, not the
+    // local user that ssh would take
+    let user = match (&m.user_set, config_sets(config, "user")) {
+        (Some(u), _) => u.clone(),
+        (None, true) => user,
+        (None, false) => "root".into(),
+    };
+    let exp = |v: &str| expand_tokens(v, &host, &user, &m.host);
+    let mut identities: Vec<PathBuf> = Vec::new();
+    identities.extend(m.identity.iter().map(|p| expand(p)));
+    identities.extend(settings.identity.iter().map(|p| expand(p)));
+    identities.extend(all(g, "identityfile").map(exp));
+    let mut user_files: Vec<PathBuf> = match &settings.known_hosts {
+        Some(k) => vec![k.clone()],
+        None => first(g, "userknownhostsfile")
+            .map(|v| v.split_whitespace().map(exp).collect())
+            .unwrap_or_else(|| vec![home().join(".ssh/known_hosts")]),
+    };
+    if user_files.is_empty() {
+        user_files.push(home().join(".ssh/known_hosts"));
+    }
+    let known_hosts = user_files.remove(0);
+    let mut also = user_files;
+    also.extend(
+        first(g, "globalknownhostsfile")
+            .map(|v| v.split_whitespace().map(exp).collect::<Vec<_>>())
+            .unwrap_or_default(),
+    );
+    let none = |v: &str| v.eq_ignore_ascii_case("none");
+    let proxy_jump = first(g, "proxyjump")
+        .filter(|v| !none(v))
+        .map(|v| v.split(',').map(jump_destination).collect())
+        .unwrap_or_default();
+    let proxy_command = first(g, "proxycommand")
+        .filter(|v| !none(v))
+        .map(str::to_string);
+    let strict = first(g, "stricthostkeychecking").unwrap_or("ask");
+    let identity_agent = first(g, "identityagent").and_then(|v| {
+        if v == "SSH_AUTH_SOCK" {
+            None
+        } else if none(v) {
+            Some(PathBuf::from("none"))
+        } else if let Some(var) = v.strip_prefix('$') {
+            std::env::var_os(var).map(PathBuf::from)
+        } else {
+            Some(exp(v))
+        }
+    });
+    let refused = ["certificatefile", "pkcs11provider"]
+        .iter()
+        .find_map(|d| first(g, d).filter(|v| !none(v)).map(|v| (*d, v)))
+        .or_else(|| {
+            first(g, "securitykeyprovider")
+                .filter(|v| *v != "internal")
+                .map(|v| ("securitykeyprovider", v))
+        })
+        .map(|(d, v)| refusal(d, v, config));
+    SshTarget {
+        identities,
+        proxy_jump,
+        proxy_command,
+        known_hosts_also: also,
+        host_key_alias: first(g, "hostkeyalias").map(str::to_string),
+        accept_new: matches!(strict, "accept-new" | "no" | "off" | "false"),
+        identities_only: first(g, "identitiesonly") == Some("yes"),
+        identity_agent,
+        connect_timeout: first(g, "connecttimeout")
+            .and_then(|v| v.parse().ok())
+            .map(Duration::from_secs),
+        alias: m.host.clone(),
+        refused,
+        ..SshTarget::new(&host, port, &user, known_hosts)
+    }
+}
+
+/// Whether a config file could set `key` for some host: `ssh -G` always
+/// answers a `User` (the local user when nothing says otherwise), and lab's
+/// own default is root.
+fn config_sets(config: Option<&Path>, key: &str) -> bool {
+    let user_file = config
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| home().join(".ssh/config"));
+    let mut files = vec![user_file];
+    if config.is_none() {
+        files.push(PathBuf::from("/etc/ssh/ssh_config"));
+    }
+    files.iter().any(|f| {
+        std::fs::read_to_string(f).is_ok_and(|t| {
+            t.lines().any(|l| {
+                l.split(|c: char| c.is_whitespace() || c == '=')
+                    .find(|w| !w.is_empty())
+                    .is_some_and(|w| {
+                        w.eq_ignore_ascii_case(key) || w.eq_ignore_ascii_case("include")
+                    })
+            })
+        })
+    })
+}
+
+/// Where the config says `directive` (its first line), for the refusal.
+fn refusal(directive: &str, value: &str, config: Option<&Path>) -> (String, String) {
+    let path = config
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| home().join(".ssh/config"));
+    let place = std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| {
+            t.lines().position(|l| {
+                l.trim_start()
+                    .split(|c: char| c.is_whitespace() || c == '=')
+                    .next()
+                    .is_some_and(|w| w.eq_ignore_ascii_case(directive))
+            })
+        })
+        .map(|i| format!("{}:{}", path.display(), i + 1))
+        .unwrap_or_else(|| format!("{} (or a file it includes)", path.display()));
+    let name = match directive {
+        "certificatefile" => "CertificateFile",
+        "pkcs11provider" => "PKCS11Provider",
+        _ => "SecurityKeyProvider",
+    };
+    (
+        place,
+        format!(
+            "`{name} {value}`: lab cannot authenticate this way, so it does not reach this machine \
+             at all rather than another way"
+        ),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        std::env::set_var("USER", "me");
+        let p = expand_tokens("/k/%h-%r-%n-%u-%%", "10.0.0.1", "root", "web");
+        assert_eq!(p, PathBuf::from("/k/10.0.0.1-root-web-me-%"));
+    }
+
+    #[test]
+    fn jump_destinations() {
+        assert_eq!(jump_destination("root@[10.0.0.1]"), "ssh://root@10.0.0.1");
+        assert_eq!(jump_destination("[::1]:2222"), "ssh://[::1]:2222");
+        assert_eq!(jump_destination("h1:2222"), "ssh://h1:2222");
+        assert_eq!(jump_destination("h2"), "h2");
+        assert_eq!(jump_destination("ssh://a@b:1"), "ssh://a@b:1");
+    }
+
+    #[test]
+    fn parsing() {
+        let g = parse("hostname 10.0.0.1\nidentityfile ~/.ssh/a\nidentityfile ~/.ssh/b\n");
+        assert_eq!(first(&g, "hostname"), Some("10.0.0.1"));
+        assert_eq!(all(&g, "identityfile").count(), 2);
+    }
+}

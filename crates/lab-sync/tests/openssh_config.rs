@@ -1,0 +1,268 @@
+//! SSH settings as OpenSSH resolves them, each directive proven against a
+//! real sshd on loopback: the connection only works when the directive is
+//! honoured. Refused directives give their exact message.
+
+use lab_config::Project;
+use lab_sync::{SshTarget, SshTransport, SyncError, Transport};
+use lab_testhosts::SshdFixture;
+use std::path::Path;
+use std::time::Duration;
+
+/// A project with one machine `web` (lab.toml text after `[machines.web]`).
+fn project(dir: &Path, machine: &str) -> Project {
+    let text = format!("[machines.web]\n{machine}");
+    Project::parse(dir, &dir.join("lab.toml"), text).unwrap()
+}
+
+fn resolve(dir: &Path, config: &str, machine: &str) -> SshTarget {
+    let cfg = dir.join("ssh_config");
+    std::fs::write(&cfg, config).unwrap();
+    let p = project(dir, machine);
+    SshTarget::resolve_from(p.machine("web").unwrap(), &p.settings, Some(&cfg))
+        .expect("the OpenSSH client is installed")
+}
+
+fn connect(t: &SshTarget) -> Result<SshTransport, SyncError> {
+    SshTransport::connect(t, false, Duration::from_secs(10), Duration::from_secs(30))
+}
+
+fn works(t: &SshTarget) {
+    let mut c = connect(t).unwrap_or_else(|e| panic!("{e}: {t:#?}"));
+    let out = c.run("echo ok", &mut |_| Ok(())).unwrap();
+    assert_eq!(out.stdout_text(), "ok\n");
+}
+
+fn err(t: &SshTarget) -> String {
+    match connect(t) {
+        Ok(_) => panic!("connected: {t:#?}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// `Match host`, `Include`, and first-value-wins all decide the route.
+#[test]
+fn match_include_and_first_value_wins() {
+    let sshd = SshdFixture::start().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(
+        d.path().join("extra.conf"),
+        format!("Host web\n  IdentityFile {}\n", sshd.identity().display()),
+    )
+    .unwrap();
+    let config = format!(
+        "Host web\n  HostName {}\n  Port {}\n  Port 1\n  User {}\n\
+         Match host {}\n  UserKnownHostsFile {}\n\
+         Include {}/extra.conf\n",
+        sshd.address(),
+        sshd.port(),
+        sshd.user(),
+        sshd.address(),
+        sshd.known_hosts().display(),
+        d.path().display(),
+    );
+    let t = resolve(d.path(), &config, "");
+    assert_eq!((t.host.as_str(), t.port), (sshd.address(), sshd.port()));
+    assert_eq!(t.known_hosts, sshd.known_hosts());
+    assert!(t.identities.contains(&sshd.identity().to_path_buf()));
+    works(&t);
+    // lab.toml's port wins over the file's, as ssh's -p would
+    let t = resolve(d.path(), &config, "port = 1\n");
+    assert_eq!(t.port, 1);
+}
+
+/// `ProxyCommand` carries the connection (here through OpenSSH's own
+/// `ssh -W` to the same sshd), with its tokens expanded.
+#[test]
+fn proxy_command() {
+    let sshd = SshdFixture::start().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let marker = d.path().join("proxy-ran");
+    let jump_cfg = d.path().join("jump_config");
+    std::fs::write(
+        &jump_cfg,
+        format!(
+            "Host jump\n  HostName {}\n  Port {}\n  User {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n  BatchMode yes\n",
+            sshd.address(),
+            sshd.port(),
+            sshd.user(),
+            sshd.identity().display(),
+            sshd.known_hosts().display()
+        ),
+    )
+    .unwrap();
+    let config = format!(
+        "Host web\n  HostName {}\n  Port {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n  \
+         ProxyCommand sh -c 'echo %n %r > {}; exec ssh -F {} -W %h:%p jump'\n",
+        sshd.address(),
+        sshd.port(),
+        sshd.identity().display(),
+        sshd.known_hosts().display(),
+        marker.display(),
+        jump_cfg.display(),
+    );
+    let t = resolve(d.path(), &config, "user = \"root\"\n");
+    assert!(t.proxy_command.is_some());
+    works(&t);
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "web root\n");
+}
+
+/// `GlobalKnownHostsFile` is read; `HostKeyAlias` names the key; a key
+/// marked `@revoked` and a host vouched for by `@cert-authority` are refused.
+#[test]
+fn known_hosts_files_alias_revoked_and_cert_authority() {
+    let sshd = SshdFixture::start().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let empty = d.path().join("empty");
+    std::fs::write(&empty, "").unwrap();
+    let global = d.path().join("global");
+    std::fs::write(&global, format!("# comment\n{}\n", sshd.known_hosts_line())).unwrap();
+    let base = format!(
+        "Host web\n  HostName {}\n  Port {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+        sshd.address(),
+        sshd.port(),
+        sshd.identity().display(),
+        empty.display()
+    );
+    let e = err(&resolve(d.path(), &base, ""));
+    assert!(e.starts_with("host key for"), "{e}");
+    works(&resolve(
+        d.path(),
+        &format!("{base}  GlobalKnownHostsFile {}\n", global.display()),
+        "",
+    ));
+
+    let aliased = d.path().join("aliased");
+    std::fs::write(&aliased, format!("webkey {}\n", sshd.host_public_key())).unwrap();
+    let t = resolve(
+        d.path(),
+        &format!(
+            "{base}  HostKeyAlias webkey\n  GlobalKnownHostsFile {}\n",
+            aliased.display()
+        ),
+        "",
+    );
+    assert_eq!(t.known_hosts_name(), "webkey");
+    works(&t);
+
+    let revoked = d.path().join("revoked");
+    std::fs::write(
+        &revoked,
+        format!(
+            "{}\n@revoked * {}\n",
+            sshd.known_hosts_line(),
+            sshd.host_public_key()
+        ),
+    )
+    .unwrap();
+    let e = err(&resolve(
+        d.path(),
+        &format!("{base}  GlobalKnownHostsFile {}\n", revoked.display()),
+        "",
+    ));
+    assert!(e.contains("marked @revoked"), "{e}");
+    assert!(e.contains(&format!("{}:2", revoked.display())), "{e}");
+
+    let ca = d.path().join("ca");
+    std::fs::write(
+        &ca,
+        format!(
+            "@cert-authority [{}]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDWg1ZkUlSj8nUqN2LBgG+BRgi1BSpnKYFUfKOM8qfZw\n",
+            sshd.address(),
+            sshd.port()
+        ),
+    )
+    .unwrap();
+    let e = err(&resolve(
+        d.path(),
+        &format!("{base}  GlobalKnownHostsFile {}\n", ca.display()),
+        "",
+    ));
+    assert_eq!(
+        e,
+        format!(
+            "`{}:1`: `[{}]:{}` is vouched for by a @cert-authority line; lab cannot check host \
+             certificates, so it does not trust the host ({}) another way",
+            ca.display(),
+            sshd.address(),
+            sshd.port(),
+            e.split(" another way")
+                .next()
+                .unwrap()
+                .rsplit('(')
+                .next()
+                .unwrap()
+                .trim_end_matches(')')
+        )
+    );
+}
+
+/// `IdentitiesOnly yes` keeps the agent's keys out; `IdentityAgent` names
+/// the agent.
+#[test]
+fn identities_only_and_identity_agent() {
+    let sshd = SshdFixture::start().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let sock = d.path().join("agent.sock");
+    let mut agent = std::process::Command::new("ssh-agent")
+        .args(["-D", "-a"])
+        .arg(&sock)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if sock.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let added = std::process::Command::new("ssh-add")
+        .arg(sshd.identity())
+        .env("SSH_AUTH_SOCK", &sock)
+        .output()
+        .unwrap();
+    assert!(added.status.success(), "{added:?}");
+    let base = format!(
+        "Host web\n  HostName {}\n  Port {}\n  UserKnownHostsFile {}\n  IdentityFile {}\n  IdentityAgent {}\n",
+        sshd.address(),
+        sshd.port(),
+        sshd.known_hosts().display(),
+        d.path().join("no-such-key").display(),
+        sock.display()
+    );
+    let t = resolve(d.path(), &base, "");
+    assert_eq!(t.identity_agent.as_deref(), Some(sock.as_path()));
+    works(&t);
+    let e = err(&resolve(
+        d.path(),
+        &format!("{base}  IdentitiesOnly yes\n"),
+        "",
+    ));
+    assert!(e.starts_with("authentication as"), "{e}");
+    assert!(!e.contains("ssh-agent"), "{e}");
+    let _ = agent.kill();
+    let _ = agent.wait();
+}
+
+/// A directive that changes authentication and that lab cannot honour
+/// refuses the machine, naming the directive and its line.
+#[test]
+fn certificate_file_is_refused_with_its_line() {
+    let sshd = SshdFixture::start().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let config = format!(
+        "Host web\n  HostName {}\n  Port {}\n  UserKnownHostsFile {}\n  IdentityFile {}\n  CertificateFile ~/.ssh/id-cert.pub\n",
+        sshd.address(),
+        sshd.port(),
+        sshd.known_hosts().display(),
+        sshd.identity().display(),
+    );
+    let e = err(&resolve(d.path(), &config, ""));
+    assert_eq!(
+        e,
+        format!(
+            "`{}:6`: `CertificateFile ~/.ssh/id-cert.pub`: lab cannot authenticate this way, \
+             so it does not reach this machine at all rather than another way",
+            d.path().join("ssh_config").display()
+        )
+    );
+}
