@@ -8,6 +8,7 @@
 mod diag;
 mod facts;
 mod progress;
+mod prompt;
 mod sync;
 mod watch;
 
@@ -153,6 +154,7 @@ pub(crate) enum Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let style = Style::stderr();
+    lab_sync::ssh::set_passphrase_prompt(Box::new(prompt::TtyPassphrase));
     match run(cli, style) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Partial) => ExitCode::from(1),

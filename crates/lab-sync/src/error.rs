@@ -25,6 +25,12 @@ pub enum SyncError {
     KnownHosts { path: String, message: String },
     #[error("`{path}`: {message}")]
     SshConfig { path: String, message: String },
+    #[error("authentication as `{user}` on `{host}` needs the passphrase of {}, and there is no terminal to ask for it on", keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))]
+    Passphrase {
+        user: String,
+        host: String,
+        keys: Vec<String>,
+    },
     #[error("authentication as `{user}` on `{host}` failed (tried: {})", if tried.is_empty() { "nothing".to_string() } else { tried.join(", ") })]
     Auth {
         user: String,
@@ -76,6 +82,10 @@ impl Diagnose for SyncError {
                  (`ssh-keygen -R HOST`); otherwise someone may be intercepting the connection"
                     .into(),
             ),
+            SyncError::Passphrase { keys, .. } => Some(format!(
+                "add the key to ssh-agent (`ssh-add {}`), or run lab on a terminal",
+                keys[0]
+            )),
             SyncError::Auth { .. } => Some(
                 "set `identity` for the machine in lab.toml, `IdentityFile` in ~/.ssh/config, \
                  or load the key into ssh-agent"

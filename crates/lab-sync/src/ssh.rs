@@ -501,16 +501,23 @@ impl SshTransport {
 
     fn authenticate(&self, t: &SshTarget) -> Result<(), SyncError> {
         let mut tried = Vec::new();
+        let mut protected = Vec::new();
+        let try_file = |id: &Path, tried: &mut Vec<String>, protected: &mut Vec<PathBuf>| {
+            if !id.exists() {
+                return false;
+            }
+            if key_is_encrypted(id) {
+                protected.push(id.to_path_buf());
+                return false;
+            }
+            tried.push(id.display().to_string());
+            self.session
+                .userauth_pubkey_file(&t.user, None, id, None)
+                .is_ok()
+        };
         for id in &t.identities {
-            if id.exists() {
-                tried.push(id.display().to_string());
-                if self
-                    .session
-                    .userauth_pubkey_file(&t.user, None, id, None)
-                    .is_ok()
-                {
-                    return Ok(());
-                }
+            if try_file(id, &mut tried, &mut protected) {
+                return Ok(());
             }
         }
         let agent = match &t.identity_agent {
@@ -525,25 +532,37 @@ impl SshTransport {
                 return Ok(());
             }
         }
-        if t.identities_only {
-            return Err(SyncError::Auth {
-                user: t.user.clone(),
-                host: t.known_hosts_name(),
-                tried,
-            });
-        }
-        for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
-            let id = home().join(".ssh").join(name);
-            if id.exists() && !t.identities.contains(&id) {
-                tried.push(id.display().to_string());
-                if self
-                    .session
-                    .userauth_pubkey_file(&t.user, None, &id, None)
-                    .is_ok()
-                {
+        if !t.identities_only {
+            for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+                let id = home().join(".ssh").join(name);
+                if !t.identities.contains(&id) && try_file(&id, &mut tried, &mut protected) {
                     return Ok(());
                 }
             }
+        }
+        // Keys protected by a passphrase last: the agent may hold them.
+        let mut unasked = Vec::new();
+        for id in protected {
+            match ask_passphrase(&id) {
+                Some(pass) => {
+                    tried.push(format!("{} (with its passphrase)", id.display()));
+                    if self
+                        .session
+                        .userauth_pubkey_file(&t.user, None, &id, Some(&pass))
+                        .is_ok()
+                    {
+                        return Ok(());
+                    }
+                }
+                None => unasked.push(id.display().to_string()),
+            }
+        }
+        if !unasked.is_empty() {
+            return Err(SyncError::Passphrase {
+                user: t.user.clone(),
+                host: t.known_hosts_name(),
+                keys: unasked,
+            });
         }
         Err(SyncError::Auth {
             user: t.user.clone(),
@@ -571,6 +590,60 @@ impl SshTransport {
         let _ = agent.disconnect();
         Err(ssh2::Error::from_errno(ssh2::ErrorCode::Session(-18)))
     }
+}
+
+/// Asks for the passphrase of a protected private key (the CLI asks on the
+/// terminal, without echo); `None` when it cannot ask.
+pub trait PassphrasePrompt: Send + Sync {
+    fn passphrase(&self, key: &Path) -> Option<String>;
+}
+
+static PROMPT: std::sync::OnceLock<Box<dyn PassphrasePrompt>> = std::sync::OnceLock::new();
+/// Passphrases given in this run, by key (one question per key, however
+/// many machines use it); asked one at a time.
+static GIVEN: std::sync::Mutex<Vec<(PathBuf, String)>> = std::sync::Mutex::new(Vec::new());
+
+/// Install the prompt for protected keys (once per process).
+pub fn set_passphrase_prompt(p: Box<dyn PassphrasePrompt>) {
+    let _ = PROMPT.set(p);
+}
+
+fn ask_passphrase(key: &Path) -> Option<String> {
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, p)) = given.iter().find(|(k, _)| k == key) {
+        return Some(p.clone());
+    }
+    let p = PROMPT.get()?.passphrase(key)?;
+    given.push((key.to_path_buf(), p.clone()));
+    Some(p)
+}
+
+/// Is the private key at `path` protected by a passphrase? (OpenSSH's own
+/// format names its cipher; PEM keys say `ENCRYPTED`.)
+pub fn key_is_encrypted(path: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    if text.contains("ENCRYPTED") {
+        return true;
+    }
+    let body: String = text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect::<Vec<_>>()
+        .concat();
+    let Ok(bytes) = base64::engine::general_purpose::STANDARD.decode(body.trim()) else {
+        return false;
+    };
+    let magic = b"openssh-key-v1\0";
+    if !bytes.starts_with(magic) || bytes.len() < magic.len() + 4 {
+        return false;
+    }
+    let at = magic.len();
+    let len = u32::from_be_bytes(bytes[at..at + 4].try_into().expect("4 bytes")) as usize;
+    bytes
+        .get(at + 4..at + 4 + len)
+        .is_some_and(|cipher| cipher != b"none")
 }
 
 /// `ProxyCommand`'s tokens: `%h` host, `%p` port, `%r` user, `%n` the

@@ -266,3 +266,72 @@ fn certificate_file_is_refused_with_its_line() {
         )
     );
 }
+
+/// A key protected by a passphrase: without a way to ask, a clear error
+/// naming the key; with the passphrase given (the CLI asks on the
+/// terminal), the login works, and the key is asked for once.
+#[test]
+fn a_passphrase_protected_key() {
+    let sshd = SshdFixture::start().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let key = d.path().join("id_protected");
+    let ok = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "correct horse", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    assert!(lab_sync::ssh::key_is_encrypted(&key));
+    assert!(!lab_sync::ssh::key_is_encrypted(sshd.identity()));
+    let public = std::fs::read_to_string(d.path().join("id_protected.pub")).unwrap();
+    let mut auth = std::fs::OpenOptions::new()
+        .append(true)
+        .open(sshd.dir().join("authorized_keys"))
+        .unwrap();
+    std::io::Write::write_all(&mut auth, public.as_bytes()).unwrap();
+    let config = format!(
+        "Host web\n  HostName {}\n  Port {}\n  UserKnownHostsFile {}\n  IdentityFile {}\n  IdentitiesOnly yes\n",
+        sshd.address(),
+        sshd.port(),
+        sshd.known_hosts().display(),
+        key.display(),
+    );
+    let t = resolve(d.path(), &config, "");
+    let e = err(&t);
+    assert_eq!(
+        e,
+        format!(
+            "authentication as `{}` on `[{}]:{}` needs the passphrase of `{}`, and there is no terminal to ask for it on",
+            sshd.user(),
+            sshd.address(),
+            sshd.port(),
+            key.display()
+        )
+    );
+
+    struct Given(std::sync::atomic::AtomicUsize);
+    impl lab_sync::ssh::PassphrasePrompt for Given {
+        fn passphrase(&self, _: &Path) -> Option<String> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Some("correct horse".into())
+        }
+    }
+    static ASKED: std::sync::OnceLock<&'static Given> = std::sync::OnceLock::new();
+    let given: &'static Given = Box::leak(Box::new(Given(0.into())));
+    ASKED.set(given).ok();
+    struct Shared;
+    impl lab_sync::ssh::PassphrasePrompt for Shared {
+        fn passphrase(&self, key: &Path) -> Option<String> {
+            ASKED.get().unwrap().passphrase(key)
+        }
+    }
+    lab_sync::ssh::set_passphrase_prompt(Box::new(Shared));
+    works(&t);
+    works(&t);
+    assert_eq!(
+        given.0.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "asked once"
+    );
+}
