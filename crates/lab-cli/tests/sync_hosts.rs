@@ -431,3 +431,77 @@ fn facts_are_gathered_over_ssh_and_feed_templates() {
     let cached: serde_json::Value = serde_json::from_str(&lab.read(".lab/facts/h1.json")).unwrap();
     assert_eq!(cached["hostname"], "renamed-by-test");
 }
+
+/// A machine reached as a non-root user with passwordless sudo
+/// (`become = "sudo"`): sync, unit actions and rollback work as for root,
+/// the files belong to root. A sudo that wants a password is a clear error
+/// and changes nothing.
+#[test]
+fn a_non_root_user_with_sudo() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    run(
+        h,
+        "id deploy >/dev/null 2>&1 || useradd -m -s /bin/sh deploy; \
+         install -d -m 700 -o deploy -g deploy /home/deploy/.ssh; \
+         install -m 600 -o deploy -g deploy /root/.ssh/authorized_keys /home/deploy/.ssh/authorized_keys; \
+         echo 'deploy ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/deploy; chmod 440 /etc/sudoers.d/deploy",
+    );
+    let lab = project(fleet.hosts());
+    let toml = lab
+        .read("lab.toml")
+        .replace("user = \"root\"", "user = \"deploy\"\nbecome = \"sudo\"");
+    assert!(toml.contains("become"), "{toml}");
+    lab.file("lab.toml", &toml);
+    let sync = |lab: &TestLab| lab_cmd(lab).args(["sync", "-m", "h1"]).output().unwrap();
+    let out = sync(&lab);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(run(h, "stat -c '%U %a' /etc/motd"), "root 644\n");
+    assert_eq!(run(h, "systemctl is-active probe.service"), "active\n");
+    assert_eq!(run(h, "cat /etc/probe/version"), "1\n");
+    lab.file("layers/base/etc/probe/version", "2\n");
+    let out = sync(&lab);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        run(h, "cat /run/probe.reloads"),
+        "2\n",
+        "the unit action ran as root"
+    );
+    let out = lab_cmd(&lab)
+        .args(["rollback", "-m", "h1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(run(h, "cat /etc/probe/version"), "1\n");
+
+    // sudo that asks for a password
+    run(h, "echo 'deploy ALL=(ALL) ALL' > /etc/sudoers.d/deploy");
+    lab.file("layers/base/etc/probe/version", "3\n");
+    let out = sync(&lab);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!(
+            "error: machine `h1`: `sudo -n` as `deploy` on `{}` did not run lab's command: sudo: a password is required",
+            if h.port == 22 { h.address.clone() } else { format!("[{}]:{}", h.address, h.port) }
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("hint: lab cannot type a password: give `deploy` passwordless sudo"),
+        "{err}"
+    );
+    assert_eq!(run(h, "cat /etc/probe/version"), "1\n", "nothing changed");
+}

@@ -558,6 +558,7 @@ pub fn make_machines(
             facts: IndexMap::new(),
             transport: Transport::Ssh,
             ssh_options: e.options,
+            become_method: None,
             at,
             name,
         });

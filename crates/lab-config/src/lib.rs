@@ -13,6 +13,6 @@ mod project;
 pub use error::ConfigError;
 pub use lab_core::{Diagnose, Located};
 pub use project::{
-    valid_name, LayerRef, Machine, Project, Settings, Transport, UnitAction, UnitRule, CONFIG_FILE,
-    RESERVED_VARIABLES,
+    valid_name, Become, LayerRef, Machine, Project, Settings, Transport, UnitAction, UnitRule,
+    CONFIG_FILE, RESERVED_VARIABLES,
 };

@@ -78,6 +78,15 @@ pub struct Machine {
     pub transport: Transport,
     /// Extra ssh options (make-style `inventory.json`'s `options`).
     pub ssh_options: Vec<String>,
+    /// How lab becomes root on the machine when `user` is not root.
+    pub become_method: Option<Become>,
+}
+
+/// `become = "sudo"`: the executor, fact gathering and unit actions run
+/// through `sudo -n` (sudo must not ask for a password).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Become {
+    Sudo,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -156,6 +165,8 @@ struct RawSettings {
     identity: Option<String>,
     generations: Option<Spanned<i64>>,
     settle_ms: Option<Spanned<i64>>,
+    #[serde(rename = "become")]
+    become_method: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -172,6 +183,8 @@ struct RawMachine {
     transport: Option<Spanned<String>>,
     root: Option<Spanned<String>>,
     root_outside_project: Option<Spanned<bool>>,
+    #[serde(rename = "become")]
+    become_method: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +326,19 @@ impl Project {
         };
 
         let facts = convert_facts(&raw.facts, &invalid)?;
+        let become_of = |v: &Option<Spanned<String>>| -> Result<Option<Become>, ConfigError> {
+            match v.as_ref().map(|b| (b.span(), b.get_ref().as_str())) {
+                None => Ok(None),
+                Some((_, "sudo")) => Ok(Some(Become::Sudo)),
+                Some((_, "none")) => Ok(None),
+                Some((span, other)) => Err(invalid(
+                    span,
+                    format!("unknown `become` method `{other}`"),
+                    Some("use `sudo` (or `none` to log in as root)".into()),
+                )),
+            }
+        };
+        let default_become = become_of(&raw.settings.become_method)?;
 
         let mut machines = Vec::new();
         for (name, m) in raw.machines {
@@ -418,7 +444,12 @@ impl Project {
                     at: at(span),
                 });
             }
+            let become_method = match &m.become_method {
+                Some(_) => become_of(&m.become_method)?,
+                None => default_become,
+            };
             machines.push(Machine {
+                become_method,
                 ssh_options: Vec::new(),
                 at: at(m_span.start..m_span.start),
                 host: m.host.unwrap_or_else(|| name.clone()),

@@ -25,6 +25,13 @@ pub enum SyncError {
     KnownHosts { path: String, message: String },
     #[error("`{path}`: {message}")]
     SshConfig { path: String, message: String },
+    #[error("`sudo -n` as `{user}` on `{host}` did not run lab's command: {message}")]
+    Sudo {
+        user: String,
+        host: String,
+        message: String,
+        missing: bool,
+    },
     #[error("authentication as `{user}` on `{host}` needs the passphrase of {}, and there is no terminal to ask for it on", keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "))]
     Passphrase {
         user: String,
@@ -82,6 +89,15 @@ impl Diagnose for SyncError {
                  (`ssh-keygen -R HOST`); otherwise someone may be intercepting the connection"
                     .into(),
             ),
+            SyncError::Sudo { missing: true, .. } => Some(
+                "install sudo on the machine (`apt-get install sudo`, `dnf install sudo`), \
+                 or log in as root"
+                    .into(),
+            ),
+            SyncError::Sudo { user, .. } => Some(format!(
+                "lab cannot type a password: give `{user}` passwordless sudo, e.g. \
+                 `{user} ALL=(ALL) NOPASSWD: ALL` in /etc/sudoers.d/{user}"
+            )),
             SyncError::Passphrase { keys, .. } => Some(format!(
                 "add the key to ssh-agent (`ssh-add {}`), or run lab on a terminal",
                 keys[0]

@@ -52,6 +52,8 @@ pub struct SshTarget {
     /// A directive lab cannot honour (`path:line` or the directive, and
     /// why): the machine is refused rather than reached another way.
     pub refused: Option<(String, String)>,
+    /// Every command runs through `sudo -n` (`become = "sudo"`).
+    pub sudo: bool,
 }
 
 impl SshTarget {
@@ -73,6 +75,7 @@ impl SshTarget {
             connect_timeout: None,
             alias: host.to_string(),
             refused: None,
+            sudo: false,
         }
     }
 }
@@ -121,9 +124,13 @@ impl SshTarget {
         config: Option<&ssh2_config::SshConfig>,
     ) -> SshTarget {
         let path = std::env::var_os("LAB_SSH_CONFIG").map(PathBuf::from);
-        match SshTarget::resolve_from(m, settings, path.as_deref()) {
+        let t = match SshTarget::resolve_from(m, settings, path.as_deref()) {
             Some(t) => t,
             None => SshTarget::resolve_parsed(m, settings, config),
+        };
+        SshTarget {
+            sudo: m.become_method == Some(lab_config::Become::Sudo),
+            ..t
         }
     }
 
@@ -200,6 +207,8 @@ pub struct SshTransport {
     session: Session,
     /// The `ssh -W` process carrying the connection through a jump host.
     proxy: Option<Child>,
+    /// Commands run through `sudo -n` (user and host, for errors).
+    sudo: Option<(String, String)>,
     /// The connection's socket (for waiting on it without blocking in
     /// libssh2), and how long a command's input may make no progress.
     fd: RawFd,
@@ -369,6 +378,7 @@ impl SshTransport {
             });
         }
         let me = SshTransport {
+            sudo: t.sudo.then(|| (t.user.clone(), t.known_hosts_name())),
             session,
             proxy,
             fd,
@@ -838,7 +848,13 @@ impl Transport for SshTransport {
         self.commands += 1;
         let err = |e: ssh2::Error| SyncError::Channel(e.message().to_string());
         let mut ch = self.session.channel_session().map_err(err)?;
-        ch.exec(command).map_err(err)?;
+        // `become = "sudo"`: `-n` never asks (no one could answer); sudo's
+        // own refusal is told from the command's failure by its words
+        let command = match &self.sudo {
+            Some(_) => format!("exec sudo -n -- sh -c {}", lab_agent::quote(command)),
+            None => command.to_string(),
+        };
+        ch.exec(&command).map_err(err)?;
         self.session.set_blocking(false);
         let mut stdin = ChannelInput {
             ch: &mut ch,
@@ -871,6 +887,28 @@ impl Transport for SshTransport {
         let _ = ch.stderr().read_to_end(&mut stderr);
         ch.wait_close().map_err(err)?;
         let status = ch.exit_status().map_err(err)?;
+        if let Some((user, host)) = &self.sudo {
+            let said = String::from_utf8_lossy(&stderr);
+            let refused = status == 1
+                && said.starts_with("sudo: ")
+                && [
+                    "password is required",
+                    "not in the sudoers",
+                    "not allowed",
+                    "a terminal is required",
+                ]
+                .iter()
+                .any(|w| said.contains(w));
+            let missing = status == 127 && said.contains("sudo") && said.contains("not found");
+            if refused || missing {
+                return Err(SyncError::Sudo {
+                    user: user.clone(),
+                    host: host.clone(),
+                    message: said.lines().next().unwrap_or_default().to_string(),
+                    missing,
+                });
+            }
+        }
         Ok(Output {
             status,
             stdout,
