@@ -5,6 +5,7 @@
 //! other machines were done); 2 the invocation or the project is wrong
 //! (usage, `lab.toml`, unknown machine, lock held).
 
+mod bootstrap;
 mod diag;
 mod facts;
 mod progress;
@@ -141,6 +142,10 @@ enum Command {
         #[arg(long)]
         accept_new: bool,
     },
+    /// Make a fresh machine (its address and root password) a machine of
+    /// this project: a user of your own with your key and passwordless
+    /// sudo, password and root logins off, added to lab.toml.
+    Bootstrap(bootstrap::BootstrapArgs),
 }
 
 /// How a command ended.
@@ -177,6 +182,10 @@ fn open(cli: &Cli, style: Style) -> Result<Engine, Failure> {
 
 fn run(cli: Cli, style: Style) -> Result<(), Failure> {
     match &cli.command {
+        Command::Bootstrap(args) => {
+            let engine = open(&cli, style)?;
+            bootstrap::run(&engine, style, args, cli.quiet)
+        }
         Command::Build {
             select,
             jobs,

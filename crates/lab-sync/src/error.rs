@@ -21,6 +21,14 @@ pub enum SyncError {
         fingerprint: String,
         known_hosts: String,
     },
+    #[error("host key for `{host}` is {fingerprint}, not the expected {expected}")]
+    HostKeyUnexpected {
+        host: String,
+        fingerprint: String,
+        expected: String,
+    },
+    #[error("bootstrap stopped while {step}: {message}")]
+    Bootstrap { step: String, message: String },
     #[error("cannot read `{path}`: {message}")]
     KnownHosts { path: String, message: String },
     #[error("`{path}`: {message}")]

@@ -5,6 +5,7 @@
 //! that runs on the machine lives in `lab-agent`. Returns typed errors;
 //! never prints.
 
+pub mod bootstrap;
 pub mod diff;
 mod error;
 mod machine;
@@ -16,7 +17,7 @@ pub mod units;
 
 pub use error::SyncError;
 pub use machine::{Change, MachineSync, Outcome, SyncOptions, SyncReport, Target};
-pub use ssh::{SshTarget, SshTransport};
+pub use ssh::{HostKeyPolicy, Login, SshTarget, SshTransport};
 pub use ssh2_config;
 pub use transport::{LocalTransport, Output, Transport};
 

@@ -249,11 +249,47 @@ fn short_type(t: HostKeyType) -> &'static str {
     }
 }
 
+/// What to do with a host key that no known_hosts file has.
+pub enum HostKeyPolicy<'a> {
+    /// Refuse it.
+    Known,
+    /// Add it to the known_hosts file (`--accept-new`).
+    AcceptNew,
+    /// Add it when this answers yes to its fingerprint (`ED25519 SHA256:…`).
+    Confirm(&'a dyn Fn(&str) -> bool),
+    /// Add it when its fingerprint is this one (`SHA256:…`).
+    Expect(&'a str),
+}
+
+/// How to log in.
+pub enum Login<'a> {
+    /// Identity files, the agent, the default keys.
+    Keys,
+    /// A password (password or keyboard-interactive authentication).
+    Password(&'a str),
+}
+
 impl SshTransport {
     /// Connect, verify the host key, authenticate.
     pub fn connect(
         t: &SshTarget,
         accept_new: bool,
+        timeout: Duration,
+        io_timeout: Duration,
+    ) -> Result<SshTransport, SyncError> {
+        let policy = if accept_new {
+            HostKeyPolicy::AcceptNew
+        } else {
+            HostKeyPolicy::Known
+        };
+        SshTransport::connect_as(t, &policy, &Login::Keys, timeout, io_timeout)
+    }
+
+    /// [`SshTransport::connect`] with a host key policy and a way to log in.
+    pub fn connect_as(
+        t: &SshTarget,
+        policy: &HostKeyPolicy<'_>,
+        login: &Login<'_>,
         timeout: Duration,
         io_timeout: Duration,
     ) -> Result<SshTransport, SyncError> {
@@ -263,7 +299,10 @@ impl SshTransport {
                 message: message.clone(),
             });
         }
-        let accept_new = accept_new || t.accept_new;
+        let policy = match policy {
+            HostKeyPolicy::Known if t.accept_new => &HostKeyPolicy::AcceptNew,
+            p => p,
+        };
         let timeout = t.connect_timeout.map_or(timeout, |c| c.min(timeout));
         let mut session = Session::new().map_err(|e| SyncError::ssh(t, "cannot start ssh", e))?;
         let fd: RawFd;
@@ -386,8 +425,11 @@ impl SshTransport {
             commands: 0,
             sent: 0,
         };
-        me.verify_host_key(t, accept_new)?;
-        me.authenticate(t)?;
+        me.verify_host_key(t, policy)?;
+        match login {
+            Login::Keys => me.authenticate(t)?,
+            Login::Password(p) => me.authenticate_password(t, p)?,
+        }
         // After login, a blocking read or write that makes no progress for
         // this long means the connection is dead (a unit restart that takes
         // long still sends nothing back until it is done, hence generous).
@@ -395,7 +437,7 @@ impl SshTransport {
         Ok(me)
     }
 
-    fn verify_host_key(&self, t: &SshTarget, accept_new: bool) -> Result<(), SyncError> {
+    fn verify_host_key(&self, t: &SshTarget, policy: &HostKeyPolicy<'_>) -> Result<(), SyncError> {
         let (key, ktype) = self
             .session
             .host_key()
@@ -466,30 +508,44 @@ impl SshTransport {
                 fingerprint,
                 known_hosts: t.known_hosts.display().to_string(),
             }),
-            CheckResult::NotFound | CheckResult::Failure if accept_new => {
-                let line = format!(
-                    "{} {} {}\n",
-                    t.known_hosts_name(),
-                    key_type_name(ktype),
-                    base64::engine::general_purpose::STANDARD.encode(key)
-                );
-                if let Some(dir) = t.known_hosts.parent() {
-                    let _ = std::fs::create_dir_all(dir);
+            CheckResult::NotFound | CheckResult::Failure
+                if matches!(policy, HostKeyPolicy::Expect(_)) =>
+            {
+                let HostKeyPolicy::Expect(want) = policy else {
+                    unreachable!()
+                };
+                let got = fingerprint.split(' ').next_back().unwrap_or_default();
+                let want = want.trim();
+                if got == want || got.strip_prefix("SHA256:") == Some(want) {
+                    self.record_host_key(t, key, ktype)
+                } else {
+                    Err(SyncError::HostKeyUnexpected {
+                        host: t.known_hosts_name(),
+                        fingerprint,
+                        expected: want.to_string(),
+                    })
                 }
-                let mut f = std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(&t.known_hosts)
-                    .map_err(|e| SyncError::KnownHosts {
-                        path: t.known_hosts.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                f.write_all(line.as_bytes())
-                    .map_err(|e| SyncError::KnownHosts {
-                        path: t.known_hosts.display().to_string(),
-                        message: e.to_string(),
-                    })?;
-                Ok(())
+            }
+            CheckResult::NotFound | CheckResult::Failure
+                if matches!(policy, HostKeyPolicy::Confirm(_)) =>
+            {
+                let HostKeyPolicy::Confirm(ask) = policy else {
+                    unreachable!()
+                };
+                if ask(&fingerprint) {
+                    self.record_host_key(t, key, ktype)
+                } else {
+                    Err(SyncError::HostKeyUnknown {
+                        host: t.known_hosts_name(),
+                        fingerprint,
+                        known_hosts: t.known_hosts.display().to_string(),
+                    })
+                }
+            }
+            CheckResult::NotFound | CheckResult::Failure
+                if matches!(policy, HostKeyPolicy::AcceptNew) =>
+            {
+                self.record_host_key(t, key, ktype)
             }
             CheckResult::NotFound | CheckResult::Failure if cert_authority.is_some() => {
                 Err(SyncError::SshConfig {
@@ -507,6 +563,74 @@ impl SshTransport {
                 known_hosts: t.known_hosts.display().to_string(),
             }),
         }
+    }
+
+    /// Append the host key to the known_hosts file lab writes to.
+    fn record_host_key(
+        &self,
+        t: &SshTarget,
+        key: &[u8],
+        ktype: HostKeyType,
+    ) -> Result<(), SyncError> {
+        let line = format!(
+            "{} {} {}\n",
+            t.known_hosts_name(),
+            key_type_name(ktype),
+            base64::engine::general_purpose::STANDARD.encode(key)
+        );
+        if let Some(dir) = t.known_hosts.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let kh_err = |e: std::io::Error| SyncError::KnownHosts {
+            path: t.known_hosts.display().to_string(),
+            message: e.to_string(),
+        };
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&t.known_hosts)
+            .map_err(kh_err)?;
+        f.write_all(line.as_bytes()).map_err(kh_err)
+    }
+
+    /// Log in with a password: `password` authentication, else
+    /// `keyboard-interactive` answering the password to its prompts.
+    fn authenticate_password(&self, t: &SshTarget, password: &str) -> Result<(), SyncError> {
+        struct Answer<'a>(&'a str);
+        impl ssh2::KeyboardInteractivePrompt for Answer<'_> {
+            fn prompt<'b>(
+                &mut self,
+                _user: &str,
+                _instructions: &str,
+                prompts: &[ssh2::Prompt<'b>],
+            ) -> Vec<String> {
+                prompts.iter().map(|_| self.0.to_string()).collect()
+            }
+        }
+        let methods = self
+            .session
+            .auth_methods(&t.user)
+            .unwrap_or_default()
+            .to_string();
+        if methods.split(',').any(|m| m == "password")
+            && self.session.userauth_password(&t.user, password).is_ok()
+        {
+            return Ok(());
+        }
+        if methods.split(',').any(|m| m == "keyboard-interactive")
+            && self
+                .session
+                .userauth_keyboard_interactive(&t.user, &mut Answer(password))
+                .is_ok()
+            && self.session.authenticated()
+        {
+            return Ok(());
+        }
+        Err(SyncError::Auth {
+            user: t.user.clone(),
+            host: t.known_hosts_name(),
+            tried: vec![format!("a password (the server offers: {methods})")],
+        })
     }
 
     fn authenticate(&self, t: &SshTarget) -> Result<(), SyncError> {
