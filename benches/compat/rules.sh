@@ -21,11 +21,11 @@ roots="$roots machines/$m"
   done
 } | awk -v m="$m" -v out="$out/$m" '
   function dir_of(p) { sub(/\/[^\/]*$/, "", p); return p }
-  function need_dir(d) { if (!(d in dirs)) { dirs[d] = 1; print d ":\n\tmkdir -p $@" } }
+  function need_dir(d) { if (!(d in dirs)) { dirs[d] = 1; print d ":\n\tmkdir -p -- $@" } }
   $1 == "L" {
     t = out $2; target = substr($0, length($2) + 4)
     d = dir_of(t); need_dir(d)
-    print t ": | " d "\n\tln -sfn \x27" target "\x27 $@"
+    print t ": | " d "\n\tln -sfn -- \x27" target "\x27 $@"
     all = all " " t; next
   }
   {
@@ -40,11 +40,11 @@ roots="$roots machines/$m"
     if (stem != name && stem ~ /\.m4$/) {
       print t ": " src " $(PRELUDES) $(FACTS_" m ") | " d "\n\t$(M4) $(DEFS_" m ") -- $(PRELUDES) $< > $@"
     } else if (type == "l" && index(src, "!") == 0) {
-      print t ": " src " | " d "\n\tln -sfn \"$$(readlink $<)\" $@"
+      print t ": " src " | " d "\n\tln -sfn -- \"$$(readlink -- $<)\" $@"
     } else if (oname == ".pin") {
-      print t ": " src " | " d "\n\tcp $< $@ && chmod +t $(@D)"
+      print t ": " src " | " d "\n\tcp -- $< $@ && chmod +t -- $(@D)"
     } else {
-      print t ": " src " | " d "\n\tcp $< $@"
+      print t ": " src " | " d "\n\tcp -- $< $@"
     }
     all = all " " t
   }

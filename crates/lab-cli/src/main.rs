@@ -41,8 +41,14 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Select {
-    /// Machine to work on (repeatable; default: all).
-    #[arg(short, long = "machine", value_name = "NAME")]
+    /// Machine to work on (repeatable; default: all). Make-style labs
+    /// name machines after their directories, `-x` and `-` included.
+    #[arg(
+        short,
+        long = "machine",
+        value_name = "NAME",
+        allow_hyphen_values = true
+    )]
     machines: Vec<String>,
 }
 
@@ -69,7 +75,7 @@ enum Command {
     /// Show which source wins a path on a machine, what it renders to, and
     /// which facts it read.
     Show {
-        #[arg(short, long, value_name = "NAME")]
+        #[arg(short, long, value_name = "NAME", allow_hyphen_values = true)]
         machine: String,
         /// Path on the machine, like /etc/nginx/nginx.conf.
         path: String,
@@ -79,7 +85,7 @@ enum Command {
     /// Gather a machine's facts (arch, OS release, CPUs, memory, ...), cache
     /// them in .lab/facts/NAME.json and print them.
     Facts {
-        #[arg(short, long, value_name = "NAME")]
+        #[arg(short, long, value_name = "NAME", allow_hyphen_values = true)]
         machine: String,
         /// Gather them from this host instead of over SSH.
         #[arg(long)]
@@ -126,14 +132,14 @@ enum Command {
     },
     /// Show what a sync would change on a machine (secrets masked).
     Diff {
-        #[arg(short, long, value_name = "NAME")]
+        #[arg(short, long, value_name = "NAME", allow_hyphen_values = true)]
         machine: String,
         #[arg(long)]
         accept_new: bool,
     },
     /// Put a machine back on an earlier generation.
     Rollback {
-        #[arg(short, long, value_name = "NAME")]
+        #[arg(short, long, value_name = "NAME", allow_hyphen_values = true)]
         machine: String,
         /// Generation to go back to (default: the previous one; 0 = before
         /// lab's first sync).

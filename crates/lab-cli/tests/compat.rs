@@ -227,7 +227,8 @@ fn one_broken_machine_fails_alone_and_odd_names_are_arguments() {
     let t = small();
     t.file("inventory.json", r#"{"-": null}"#)
         .file("machines/-/usr/local/opt/initd/layers/l.txt", "+ web\n")
-        .file("machines/bad/usr/local/opt/initd/layers/l.txt", "+ ..\n");
+        .file("machines/bad/usr/local/opt/initd/layers/l.txt", "+ ..\n")
+        .file("machines/-x/usr/local/opt/initd/layers/l.txt", "+ web\n");
     let (code, _, err) = run(&t, &["build", "-q"]);
     assert_eq!(code, 1, "{err}");
     assert!(
@@ -245,10 +246,12 @@ fn one_broken_machine_fails_alone_and_odd_names_are_arguments() {
         &["build", "-q", "-m", "-"][..],
         &["build", "-q", "--machine=-"],
         &["build", "-q", "-m", "b"],
+        &["build", "-q", "-m", "-x", "-m", "-"],
     ] {
         let (code, _, err) = run(&t, args);
         assert_eq!(code, 0, "{args:?}: {err}");
     }
     assert!(t.join(".lab/out/-/etc/web.conf").exists());
+    assert!(t.join(".lab/out/-x/etc/web.conf").exists());
     assert!(!t.join(".lab/out/bad.manifest").exists());
 }

@@ -618,6 +618,22 @@ mod tests {
         assert_eq!((l[1].at.line, l[1].at.col), (4, 3));
         let e = parse_layer_list(Path::new("l.txt"), "+ ../x\n").unwrap_err();
         assert_eq!(e.to_string(), "invalid layer name `../x`");
+        // blanks separate fields, other white space does not (as in awk)
+        let t = "+ - # why\r\n+\t-x\r\n+ a\x0bb\n";
+        let l = parse_layer_list(Path::new("l.txt"), t).unwrap();
+        let names: Vec<&str> = l.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["-", "-x\r", "a\x0bb"]);
+        assert_eq!((l[1].at.line, l[1].at.col), (2, 3));
+    }
+
+    #[test]
+    fn names_are_directory_names() {
+        for n in ["-", "-x", "with space", "web\r", "@", ".hidden", "a..b"] {
+            assert!(valid_name(n), "{n:?}");
+        }
+        for n in ["", ".", "..", "a/b", "/", "a\0b"] {
+            assert!(!valid_name(n), "{n:?}");
+        }
     }
 
     #[test]

@@ -122,9 +122,11 @@ pub(crate) struct CompatJob<'a> {
 }
 
 /// The summary of a machine: its base summary and the digests of the
-/// followed files it read.
+/// followed files it read. The tag changes when the rules change (v2: the
+/// final mode fix-up, agreeing duplicate sources, only the style's gathered
+/// facts), so outputs of an older lab are not taken as up to date.
 fn full_summary(base: Digest, files: &[(String, Digest)]) -> Digest {
-    let mut h = Hasher::new("lab-compat-summary-v1");
+    let mut h = Hasher::new("lab-compat-summary-v2");
     h.digest(&base);
     for (p, d) in files {
         h.str(p).digest(d);
