@@ -72,10 +72,10 @@ fn all<'a>(g: &'a Effective, key: &'a str) -> impl Iterator<Item = &'a str> + 'a
         .map(|(_, v)| v.as_str())
 }
 
-/// `%d`, `%u`, `%h`, `%r`, `%n`, `%%` and a leading `~` in a file name.
-fn expand_tokens(v: &str, host: &str, user: &str, alias: &str) -> PathBuf {
-    let local_user = std::env::var("USER").unwrap_or_else(|_| "root".into());
-    let mut out = String::new();
+/// OpenSSH's `%` tokens in `v`: each `%c` of `tokens` becomes its value,
+/// `%%` a `%`; any other `%c` stays as it is.
+pub(crate) fn percent_tokens(v: &str, tokens: &[(char, &str)]) -> String {
+    let mut out = String::with_capacity(v.len());
     let mut chars = v.chars();
     while let Some(c) = chars.next() {
         if c != '%' {
@@ -83,19 +83,34 @@ fn expand_tokens(v: &str, host: &str, user: &str, alias: &str) -> PathBuf {
             continue;
         }
         match chars.next() {
-            Some('d') => out.push_str(&home().display().to_string()),
-            Some('u') => out.push_str(&local_user),
-            Some('h') => out.push_str(host),
-            Some('r') => out.push_str(user),
-            Some('n') => out.push_str(alias),
             Some('%') => out.push('%'),
-            Some(o) => {
-                out.push('%');
-                out.push(o);
-            }
+            Some(t) => match tokens.iter().find(|(k, _)| *k == t) {
+                Some((_, value)) => out.push_str(value),
+                None => {
+                    out.push('%');
+                    out.push(t);
+                }
+            },
             None => out.push('%'),
         }
     }
+    out
+}
+
+/// `%d`, `%u`, `%h`, `%r`, `%n`, `%%` and a leading `~` in a file name.
+fn expand_tokens(v: &str, host: &str, user: &str, alias: &str) -> PathBuf {
+    let local_user = std::env::var("USER").unwrap_or_else(|_| "root".into());
+    let home = home().display().to_string();
+    let out = percent_tokens(
+        v,
+        &[
+            ('d', &home),
+            ('u', &local_user),
+            ('h', host),
+            ('r', user),
+            ('n', alias),
+        ],
+    );
     expand(Path::new(&out))
 }
 

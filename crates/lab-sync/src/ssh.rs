@@ -783,27 +783,16 @@ pub fn key_is_encrypted(path: &Path) -> bool {
 /// `ProxyCommand`'s tokens: `%h` host, `%p` port, `%r` user, `%n` the
 /// alias as written, `%%`.
 fn proxy_tokens(cmd: &str, t: &SshTarget) -> String {
-    let mut out = String::new();
-    let mut chars = cmd.chars();
-    while let Some(c) = chars.next() {
-        if c != '%' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('h') => out.push_str(&t.host),
-            Some('p') => out.push_str(&t.port.to_string()),
-            Some('r') => out.push_str(&t.user),
-            Some('n') => out.push_str(&t.alias),
-            Some('%') => out.push('%'),
-            Some(o) => {
-                out.push('%');
-                out.push(o);
-            }
-            None => out.push('%'),
-        }
-    }
-    out
+    let port = t.port.to_string();
+    crate::openssh::percent_tokens(
+        cmd,
+        &[
+            ('h', &t.host),
+            ('p', &port),
+            ('r', &t.user),
+            ('n', &t.alias),
+        ],
+    )
 }
 
 /// Does a known_hosts host field (`a,b,[c]:2222,*.example.org,!x`) name
