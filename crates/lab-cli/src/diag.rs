@@ -114,6 +114,89 @@ fn location_block(style: Style, at: &Located, out: &mut String) {
 
 /// Format a diagnostic. `context` prefixes the message (`machine `web1``).
 pub fn render(style: Style, err: &dyn Diagnose, context: Option<&str>) -> String {
+    render_hinted(style, err, context, err.hint())
+}
+
+/// A machine's build error, with the machine named once, and a "did you
+/// mean" for an undefined variable that is a typo of a fact the machine
+/// has. Returns the text and whether the error is the project's
+/// (`lab.toml` is wrong: exit 2) rather than the machine's.
+pub fn machine_error(
+    style: Style,
+    engine: &lab_engine::Engine,
+    machine: &str,
+    err: &lab_engine::MachineError,
+) -> (String, bool) {
+    use lab_engine::MachineError;
+    let ctx = format!("machine `{machine}`");
+    match err {
+        // its message names the machine already
+        MachineError::UnknownLayer { .. } => (render(style, err, None), true),
+        _ => {
+            let msg = err.to_string();
+            let hint = msg
+                .strip_prefix("undefined variable `")
+                .and_then(|r| r.strip_suffix('`'))
+                .and_then(|name| {
+                    let close = closest(name, &fact_names(engine, machine))?;
+                    Some(match err.hint() {
+                        Some(h) => format!("did you mean `{close}`? or {h}"),
+                        None => format!("did you mean `{close}`?"),
+                    })
+                })
+                .or_else(|| err.hint());
+            (render_hinted(style, err, Some(&ctx), hint), false)
+        }
+    }
+}
+
+/// The names a machine's templates see: lab.toml's facts, the machine's
+/// own, the gathered ones, and lab's own variables.
+fn fact_names(engine: &lab_engine::Engine, machine: &str) -> Vec<String> {
+    let mut names: Vec<String> = engine.project.facts.keys().cloned().collect();
+    if let Some(m) = engine.project.machine(machine) {
+        names.extend(m.facts.keys().cloned());
+    }
+    if let Ok(g) = lab_engine::lab_facts::load(engine.lab_dir(), machine) {
+        names.extend(g.keys().cloned());
+    }
+    names.extend(["machine".to_string(), "machines".to_string()]);
+    names
+}
+
+/// The name within edit distance 2 of `name` (a typo), nearest first.
+pub fn closest(name: &str, known: &[String]) -> Option<String> {
+    known
+        .iter()
+        .filter(|k| k.as_str() != name)
+        .map(|k| (distance(name, k), k))
+        .filter(|(d, _)| *d <= 2)
+        .min()
+        .map(|(_, k)| k.clone())
+}
+
+fn distance(a: &str, b: &str) -> usize {
+    let a: Vec<char> = a.to_lowercase().chars().collect();
+    let b: Vec<char> = b.to_lowercase().chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for i in 1..=a.len() {
+        let mut cur = vec![i; b.len() + 1];
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            cur[j] = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// [`render`] with another hint than the error's own.
+pub fn render_hinted(
+    style: Style,
+    err: &dyn Diagnose,
+    context: Option<&str>,
+    hint: Option<String>,
+) -> String {
     let mut out = String::new();
     let msg = match context {
         Some(c) => format!("{c}: {err}"),
@@ -124,13 +207,14 @@ pub fn render(style: Style, err: &dyn Diagnose, context: Option<&str>) -> String
     if let Some(at) = err.location() {
         location_block(style, at, &mut out);
     }
-    if let Some(h) = err.hint() {
+    if let Some(h) = hint {
         out.push_str(&format!("  {} {}\n", style.cyan("hint:"), relativize(&h)));
     }
     out
 }
 
 pub fn warning(style: Style, context: Option<&str>, message: &str) -> String {
+    let message = relativize(message);
     match context {
         Some(c) => format!("{} {c}: {message}\n", style.yellow("warning:")),
         None => format!("{} {message}\n", style.yellow("warning:")),

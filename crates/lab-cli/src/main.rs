@@ -6,6 +6,7 @@
 //! (usage, `lab.toml`, unknown machine, lock held).
 
 mod diag;
+mod explain;
 mod facts;
 mod progress;
 mod sync;
@@ -67,6 +68,7 @@ enum Command {
     /// Show which source wins a path on a machine, what it renders to, and
     /// which facts it read.
     Show {
+        /// The machine whose tree holds PATH.
         #[arg(short, long, value_name = "NAME")]
         machine: String,
         /// Path on the machine, like /etc/nginx/nginx.conf.
@@ -77,6 +79,7 @@ enum Command {
     /// Gather a machine's facts (arch, OS release, CPUs, memory, ...), cache
     /// them in .lab/facts/NAME.json and print them.
     Facts {
+        /// The machine to gather the facts of.
         #[arg(short, long, value_name = "NAME")]
         machine: String,
         /// Gather them from this host instead of over SSH.
@@ -91,6 +94,9 @@ enum Command {
     },
     /// Build, then ship what changed to the machines and reload the units
     /// it touched.
+    #[command(mut_arg("machines", |a| a.help(
+        "Machine to sync (repeatable); a bare `lab sync` does nothing: name the machines or say --all"
+    )))]
     Sync {
         #[command(flatten)]
         select: Select,
@@ -119,24 +125,29 @@ enum Command {
         /// One JSON object per cycle on stdout.
         #[arg(long)]
         json: bool,
+        /// Trust and record host keys that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
     },
     /// Show what a sync would change on a machine (secrets masked).
     Diff {
+        /// The machine to compare with.
         #[arg(short, long, value_name = "NAME")]
         machine: String,
+        /// Trust and record a host key that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
     },
     /// Put a machine back on an earlier generation.
     Rollback {
+        /// The machine to roll back.
         #[arg(short, long, value_name = "NAME")]
         machine: String,
         /// Generation to go back to (default: the previous one; 0 = before
         /// lab's first sync).
         #[arg(long, value_name = "GEN")]
         to: Option<u64>,
+        /// Trust and record a host key that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
     },
@@ -151,6 +162,7 @@ pub(crate) enum Failure {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
     let style = Style::stderr();
     match run(cli, style) {
@@ -158,6 +170,27 @@ fn main() -> ExitCode {
         Err(Failure::Partial) => ExitCode::from(1),
         Err(Failure::Usage) => ExitCode::from(2),
     }
+}
+
+/// `lab diff | head`: when the reader of stdout goes away, `println!`
+/// panics with "failed printing to stdout: Broken pipe". The reader has
+/// what it wanted, so lab ends quietly (exit 0) instead of with a panic
+/// (exit 101). SIGPIPE stays ignored, as Rust sets it, so that a write to
+/// a dead ssh still comes back as an error the sync can report.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 fn open(cli: &Cli, style: Style) -> Result<Engine, Failure> {
@@ -307,10 +340,11 @@ fn build(
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
     })?;
-    for line in reporter.finish() {
+    for line in explain::lines(engine, reporter.finish()) {
         println!("{line}");
     }
     let mut failed = Vec::new();
+    let mut project_wrong = false;
     for m in &report.machines {
         match &m.result {
             Ok(r) if !quiet => {
@@ -329,9 +363,10 @@ fn build(
             }
             Ok(_) => {}
             Err(errors) => {
-                let ctx = format!("machine `{}`", m.name);
                 for e in errors {
-                    eprint!("{}", diag::render(style, e, Some(&ctx)));
+                    let (text, project) = diag::machine_error(style, engine, &m.name, e);
+                    eprint!("{text}");
+                    project_wrong |= project;
                 }
                 failed.push(m.name.clone());
             }
@@ -364,7 +399,13 @@ fn build(
             report.hashed
         );
     }
-    outcome(style, &failed)
+    let r = outcome(style, &failed);
+    if project_wrong {
+        // lab.toml is wrong (an unknown layer): exit 2 like every other
+        // lab.toml error, though the other machines were built
+        return Err(Failure::Usage);
+    }
+    r
 }
 
 /// The last line of a command that worked on several machines: which of
@@ -374,13 +415,10 @@ pub(crate) fn outcome(style: Style, failed: &[String]) -> Result<(), Failure> {
         return Ok(());
     }
     eprintln!(
-        "{} {} failed: {}",
+        "{} {} machine{} failed: {}",
         style.red("error:"),
-        if failed.len() == 1 {
-            "1 machine"
-        } else {
-            "machines"
-        },
+        failed.len(),
+        if failed.len() == 1 { "" } else { "s" },
         failed
             .iter()
             .map(|f| format!("`{f}`"))

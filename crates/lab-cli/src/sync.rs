@@ -45,9 +45,8 @@ fn build(
     let mut failed = Vec::new();
     for m in &report.machines {
         if let Err(errors) = &m.result {
-            let ctx = format!("machine `{}`", m.name);
             for e in errors {
-                eprint!("{}", diag::render(style, e, Some(&ctx)));
+                eprint!("{}", diag::machine_error(style, engine, &m.name, e).0);
             }
             failed.push(m.name.clone());
         }

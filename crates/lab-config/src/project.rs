@@ -183,6 +183,27 @@ struct RawUnit {
     action: Option<Spanned<String>>,
 }
 
+/// `host = 203.0.113.20`: a line whose value is not TOML at all but
+/// would be as a quoted string (toml's own message, "invalid float,
+/// expected nothing", does not say so). `(key, value)` then.
+fn unquoted_value(line: &str) -> Option<(&str, &str)> {
+    let (key, value) = line.split_once('=')?;
+    let key = key.trim();
+    let value = value.split(" #").next()?.trim();
+    let bare = |c: char| c.is_ascii_alphanumeric() || "._-:/@~+".contains(c);
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        || value.is_empty()
+        || !value.chars().all(bare)
+        || toml::from_str::<toml::Table>(&format!("x = {value}")).is_ok()
+    {
+        return None;
+    }
+    Some((key, value))
+}
+
 /// Machine, layer and unit names: letters, digits, `.`, `_`, `-`, `@`; not
 /// starting with `.` or `-`. They become directory names, so nothing that
 /// could escape a directory.
@@ -275,9 +296,19 @@ impl Project {
 
     /// Parse `text` as the content of `file` in project directory `root`.
     pub fn parse(root: &Path, file: &Path, text: String) -> Result<Project, ConfigError> {
-        let raw: RawProject = toml::from_str(&text).map_err(|e| ConfigError::Toml {
-            at: Located::from_span(file, &text, e.span().unwrap_or(0..0)),
-            message: e.message().trim_end().to_string(),
+        let raw: RawProject = toml::from_str(&text).map_err(|e| {
+            let at = Located::from_span(file, &text, e.span().unwrap_or(0..0));
+            match unquoted_value(&at.line_text) {
+                Some((key, value)) => ConfigError::Invalid {
+                    message: format!("the value of `{key}` must be a quoted string"),
+                    hint: Some(format!("write `{key} = \"{value}\"`")),
+                    at,
+                },
+                None => ConfigError::Toml {
+                    at,
+                    message: e.message().trim_end().to_string(),
+                },
+            }
         })?;
         let at = |span: std::ops::Range<usize>| Located::from_span(file, &text, span);
         let invalid = |span, message: String, hint: Option<String>| ConfigError::Invalid {

@@ -1,0 +1,241 @@
+//! The rough edges a new user hit (issue 14), each pinned: a closed pipe,
+//! help texts that say what the command does, a host that must be quoted,
+//! `--explain` cause first, a second `lab build` that waits, secrets in
+//! `lab diff` at the command line.
+
+use assert_cmd::Command;
+use lab_testkit::TestLab;
+use std::io::{BufRead, BufReader};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::Stdio;
+
+fn lab(t: &TestLab, args: &[&str]) -> Command {
+    let mut c = Command::cargo_bin("lab").unwrap();
+    c.current_dir(t.path()).env("NO_COLOR", "1").args(args);
+    c
+}
+
+fn run(t: &TestLab, args: &[&str]) -> (i32, String, String) {
+    let out = lab(t, args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+/// A local machine `dev` (a directory in the project) with many files, so
+/// that every command has output to write.
+fn local_lab() -> TestLab {
+    let t = TestLab::new();
+    t.file(
+        "lab.toml",
+        "[facts]\ndomain = \"example.org\"\n\n[machines.dev]\ntransport = \"local\"\nroot = \"dev-root\"\nlayers = [\"web\"]\n",
+    );
+    for i in 0..200 {
+        t.file(
+            &format!("layers/web/etc/site{i}.conf.j2"),
+            &format!("server {i}.{{{{ domain }}}};\n"),
+        );
+    }
+    t.dir("dev-root");
+    t
+}
+
+/// Run lab with stdout a pipe whose reading end is already closed.
+fn run_into_closed_pipe(t: &TestLab, args: &[&str]) -> (i32, String) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe() fills two descriptors that we then own.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors are fresh and owned by us alone.
+    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    drop(read);
+    let out = std::process::Command::new(assert_cmd::cargo::cargo_bin("lab"))
+        .current_dir(t.path())
+        .env("NO_COLOR", "1")
+        .args(args)
+        .stdout(Stdio::from(write))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
+
+#[test]
+fn a_closed_pipe_ends_every_command_quietly() {
+    let t = local_lab();
+    let (code, err) = run_into_closed_pipe(&t, &["build", "--explain"]);
+    assert_eq!((code, err.as_str()), (0, ""), "build --explain");
+    let (code, err) = run_into_closed_pipe(&t, &["diff", "-m", "dev"]);
+    assert_eq!((code, err.as_str()), (0, ""), "diff");
+    let (code, err) = run_into_closed_pipe(&t, &["show", "-m", "dev", "/etc/site1.conf"]);
+    assert_eq!((code, err.as_str()), (0, ""), "show");
+    let (code, err) = run_into_closed_pipe(&t, &["facts", "-m", "dev", "--local"]);
+    assert!(!err.contains("panicked"), "facts: {err}");
+    assert_eq!(code, 0, "facts: {err}");
+}
+
+/// The help line of `option` in `lab CMD --help`, after the option itself.
+fn help_of(cmd: &str, option: &str) -> String {
+    let t = TestLab::new();
+    let (code, out, _) = run(&t, &[cmd, "--help"]);
+    assert_eq!(code, 0);
+    let line = out
+        .lines()
+        .find(|l| l.trim_start().starts_with(option))
+        .unwrap_or_else(|| panic!("`lab {cmd} --help` has no {option}:\n{out}"));
+    line.trim_start()
+        .split_once("  ")
+        .map(|(_, h)| h.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_option_has_a_help_text() {
+    for cmd in ["show", "facts", "diff", "rollback"] {
+        assert!(!help_of(cmd, "-m, --machine").is_empty(), "lab {cmd} -m");
+    }
+    for cmd in ["watch", "diff", "rollback"] {
+        assert!(
+            !help_of(cmd, "--accept-new").is_empty(),
+            "lab {cmd} --accept-new"
+        );
+    }
+}
+
+#[test]
+fn sync_help_says_what_a_bare_sync_does() {
+    let h = help_of("sync", "-m, --machine");
+    assert!(!h.contains("default: all"), "{h}");
+    assert!(h.contains("--all"), "{h}");
+    let t = local_lab();
+    let (code, out, err) = run(&t, &["sync"]);
+    assert_eq!(code, 2, "{err}");
+    assert_eq!(out, "");
+    assert!(err.contains("--all"), "{err}");
+    assert!(
+        !t.join("dev-root/etc").exists(),
+        "a bare sync syncs nothing"
+    );
+}
+
+#[test]
+fn an_unquoted_host_says_it_must_be_quoted() {
+    let t = TestLab::new();
+    t.file("lab.toml", "[machines.db1]\nhost = 203.0.113.20\n");
+    let (code, out, err) = run(&t, &["build"]);
+    assert_eq!(code, 2);
+    assert_eq!(out, "");
+    assert_eq!(
+        err,
+        "error: the value of `host` must be a quoted string\n \
+         --> lab.toml:2:13\n  \
+         |\n\
+         2 | host = 203.0.113.20\n  \
+         |             ^^^^^^^\n  \
+         hint: write `host = \"203.0.113.20\"`\n"
+    );
+}
+
+#[test]
+fn explain_names_the_changed_source_file_then_what_it_dirtied() {
+    let t = TestLab::new();
+    t.file(
+        "lab.toml",
+        "[facts]\ndomain = \"example.org\"\n\n[machines.a]\nlayers = [\"web\"]\n",
+    )
+    .file("layers/web/etc/site.conf.j2", "server {{ domain }};\n")
+    .file("layers/web/etc/plain", "x\n");
+    let (code, _, err) = run(&t, &["build"]);
+    assert_eq!(code, 0, "{err}");
+    t.file("layers/web/etc/site.conf.j2", "server www.{{ domain }};\n");
+    let (code, out, err) = run(&t, &["build", "--explain"]);
+    assert_eq!(code, 0, "{err}");
+    let explained: Vec<&str> = out
+        .lines()
+        .take_while(|l| !l.ends_with("entries)"))
+        .collect();
+    assert_eq!(explained.len(), 3, "{out}");
+    assert!(
+        explained[0].starts_with("a: source `layers/web/etc/site.conf.j2` changed ("),
+        "{out}"
+    );
+    assert_eq!(explained[1], "a:   -> render `etc/site.conf`", "{out}");
+    assert_eq!(explained[2], "a:   -> output `etc/site.conf`", "{out}");
+}
+
+#[test]
+fn a_second_build_waits_for_the_first_and_says_so() {
+    let t = local_lab();
+    std::fs::create_dir_all(t.join(".lab")).unwrap();
+    // `flock FILE cat` holds lab's lock until its stdin closes, as a
+    // running `lab build` would.
+    let mut holder = std::process::Command::new("flock")
+        .arg(t.join(".lab/lock"))
+        .arg("cat")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // flock prints nothing; `cat` echoes this line once the lock is held
+    let mut holder_in = holder.stdin.take().unwrap();
+    std::io::Write::write_all(&mut holder_in, b"held\n").unwrap();
+    let mut held = String::new();
+    BufReader::new(holder.stdout.as_mut().unwrap())
+        .read_line(&mut held)
+        .unwrap();
+    assert_eq!(held, "held\n");
+
+    let mut build = std::process::Command::new(assert_cmd::cargo::cargo_bin("lab"))
+        .current_dir(t.path())
+        .env("NO_COLOR", "1")
+        .arg("build")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(build.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    assert_eq!(
+        first,
+        "warning: another lab process holds `.lab/lock`; waiting for it to finish\n"
+    );
+    drop(holder_in);
+    holder.wait().unwrap();
+    let out = build.wait_with_output().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{rest}");
+    assert!(
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .contains("built 1 machine"),
+        "{rest}"
+    );
+}
+
+#[test]
+fn diff_masks_secrets_but_shows_file_references() {
+    let t = TestLab::new();
+    t.file(
+        "lab.toml",
+        "[machines.dev]\ntransport = \"local\"\nroot = \"dev-root\"\nlayers = [\"db\"]\n",
+    )
+    .file(
+        "layers/db/etc/db.env",
+        "POSTGRES_PASSWORD_FILE=/run/secrets/pg\nPOSTGRES_PASSWORD=hunter2\n",
+    )
+    .dir("dev-root");
+    let (code, out, err) = run(&t, &["diff", "-m", "dev"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("+POSTGRES_PASSWORD_FILE=/run/secrets/pg\n"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2"), "{out}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
