@@ -4,6 +4,7 @@ use crate::diag::{self, Style};
 use crate::Failure;
 use lab_engine::{lab_facts, Engine};
 
+#[allow(clippy::too_many_arguments)]
 pub fn facts(
     engine: &Engine,
     style: Style,
@@ -12,6 +13,7 @@ pub fn facts(
     refresh: bool,
     accept_new: bool,
     quiet: bool,
+    several: bool,
 ) -> Result<(), Failure> {
     let usage = |e: &dyn lab_config::Diagnose| {
         eprint!("{}", diag::render(style, e, None));
@@ -48,8 +50,14 @@ pub fn facts(
             .map(|(k, v)| (k.clone(), lab_facts::value_text(v)))
             .collect()
     };
+    // with several machines, each line says whose it is
+    let prefix = if several {
+        format!("{machine}: ")
+    } else {
+        String::new()
+    };
     for (k, v) in &shown {
-        println!("{k}={v}");
+        println!("{prefix}{k}={v}");
     }
     if !quiet {
         eprintln!("saved in {}", diag::shown(&path));

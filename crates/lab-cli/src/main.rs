@@ -8,7 +8,9 @@
 mod diag;
 mod explain;
 mod facts;
+mod ls;
 mod progress;
+mod select;
 mod sync;
 mod watch;
 
@@ -40,10 +42,26 @@ struct Cli {
 
 #[derive(Args, Clone)]
 struct Select {
-    /// Machine to work on (repeatable; default: all).
-    #[arg(short, long = "machine", value_name = "NAME")]
+    /// Machines to work on: NAME, @TAG (every machine with that tag) or a
+    /// glob like 'web*'; repeatable (default: all).
+    #[arg(short, long = "machine", value_name = "NAME|@TAG|GLOB")]
     machines: Vec<String>,
+    /// Every machine in lab.toml.
+    #[arg(long, conflicts_with = "machines")]
+    all: bool,
 }
+
+impl Select {
+    fn selection(&self) -> select::Selection<'_> {
+        select::Selection {
+            patterns: &self.machines,
+            all: self.all,
+        }
+    }
+}
+
+/// The help of `-m` for a command that needs machines named.
+const NAMED: &str = "Machines to work on: NAME, @TAG (every machine with that tag) or a glob like 'web*'; repeatable; -m or --all is required";
 
 #[derive(Subcommand)]
 enum Command {
@@ -67,21 +85,32 @@ enum Command {
     },
     /// Show which source wins a path on a machine, what it renders to, and
     /// which facts it read.
+    #[command(mut_arg("machines", |a| a.help(NAMED)))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["machines", "all"])))]
     Show {
-        /// The machine whose tree holds PATH.
-        #[arg(short, long, value_name = "NAME")]
-        machine: String,
+        #[command(flatten)]
+        select: Select,
         /// Path on the machine, like /etc/nginx/nginx.conf.
         path: String,
     },
     /// Remove lab's outputs and build state (.lab/out, .lab/state).
     Clean,
+    /// List the machines: tags, transport, address, the generation lab last
+    /// applied and when.
+    Ls {
+        #[command(flatten)]
+        select: Select,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// Gather a machine's facts (arch, OS release, CPUs, memory, ...), cache
     /// them in .lab/facts/NAME.json and print them.
+    #[command(mut_arg("machines", |a| a.help(NAMED)))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["machines", "all"])))]
     Facts {
-        /// The machine to gather the facts of.
-        #[arg(short, long, value_name = "NAME")]
-        machine: String,
+        #[command(flatten)]
+        select: Select,
         /// Gather them from this host instead of over SSH.
         #[arg(long)]
         local: bool,
@@ -95,14 +124,11 @@ enum Command {
     /// Build, then ship what changed to the machines and reload the units
     /// it touched.
     #[command(mut_arg("machines", |a| a.help(
-        "Machine to sync (repeatable); a bare `lab sync` does nothing: name the machines or say --all"
+        "Machines to sync: NAME, @TAG or a glob like 'web*'; repeatable; a bare `lab sync` does nothing: name the machines or say --all"
     )))]
     Sync {
         #[command(flatten)]
         select: Select,
-        /// Every machine in lab.toml.
-        #[arg(long, conflicts_with = "machines")]
-        all: bool,
         /// Machines synced in parallel.
         #[arg(short, long, value_name = "N", default_value_t = 8)]
         jobs: usize,
@@ -130,19 +156,21 @@ enum Command {
         accept_new: bool,
     },
     /// Show what a sync would change on a machine (secrets masked).
+    #[command(mut_arg("machines", |a| a.help(NAMED)))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["machines", "all"])))]
     Diff {
-        /// The machine to compare with.
-        #[arg(short, long, value_name = "NAME")]
-        machine: String,
+        #[command(flatten)]
+        select: Select,
         /// Trust and record a host key that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
     },
     /// Put a machine back on an earlier generation.
+    #[command(mut_arg("machines", |a| a.help(NAMED)))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["machines", "all"])))]
     Rollback {
-        /// The machine to roll back.
-        #[arg(short, long, value_name = "NAME")]
-        machine: String,
+        #[command(flatten)]
+        select: Select,
         /// Generation to go back to (default: the previous one; 0 = before
         /// lab's first sync).
         #[arg(long, value_name = "GEN")]
@@ -206,6 +234,35 @@ fn open(cli: &Cli, style: Style) -> Result<Engine, Failure> {
     })
 }
 
+/// Run `f` on each machine, all of them even when one fails; the summary
+/// line names the failed ones when there were several machines.
+fn each(
+    style: Style,
+    names: &[String],
+    mut f: impl FnMut(&str) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let mut failed = Vec::new();
+    let mut usage = false;
+    for n in names {
+        match f(n) {
+            Ok(()) => {}
+            Err(Failure::Usage) => usage = true,
+            Err(Failure::Partial) => failed.push(n.clone()),
+        }
+    }
+    if usage {
+        return Err(Failure::Usage);
+    }
+    if names.len() > 1 {
+        return outcome(style, &failed);
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Partial)
+    }
+}
+
 fn run(cli: Cli, style: Style) -> Result<(), Failure> {
     match &cli.command {
         Command::Build {
@@ -216,10 +273,17 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             out,
         } => {
             let engine = open(&cli, style)?;
+            // all machines are asked for as none, so that the build also
+            // removes the outputs of machines no longer in lab.toml
+            let names = if select.all {
+                Vec::new()
+            } else {
+                select::resolve(&engine, style, &select.selection())?
+            };
             build(
                 &engine,
                 style,
-                &select.machines,
+                &names,
                 *jobs,
                 *explain,
                 *force,
@@ -228,40 +292,46 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             )
         }
         Command::Facts {
-            machine,
+            select,
             local,
             refresh,
             accept_new,
         } => {
             let engine = open(&cli, style)?;
-            facts::facts(
-                &engine,
-                style,
-                machine,
-                *local,
-                *refresh,
-                *accept_new,
-                cli.quiet,
-            )
+            let names = select::resolve(&engine, style, &select.selection())?;
+            let several = names.len() > 1;
+            each(style, &names, |m| {
+                facts::facts(
+                    &engine,
+                    style,
+                    m,
+                    *local,
+                    *refresh,
+                    *accept_new,
+                    cli.quiet,
+                    several,
+                )
+            })
         }
-        Command::Show { machine, path } => {
+        Command::Show { select, path } => {
             let engine = open(&cli, style)?;
-            show(&engine, style, machine, path)
+            let names = select::resolve(&engine, style, &select.selection())?;
+            each(style, &names, |m| show(&engine, style, m, path))
         }
         Command::Sync {
             select,
-            all,
             jobs,
             accept_new,
             rollback_on_failure,
         } => {
             let engine = open(&cli, style)?;
+            let names = select::resolve(&engine, style, &select.selection())?;
             sync::sync(
                 &engine,
                 style,
                 &sync::SyncArgs {
-                    machines: select.machines.clone(),
-                    all: *all,
+                    machines: names,
+                    all: select.all,
                     jobs: *jobs,
                     accept_new: *accept_new,
                     rollback_on_failure: *rollback_on_failure,
@@ -276,11 +346,16 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             accept_new,
         } => {
             let engine = open(&cli, style)?;
+            let names = if select.all {
+                Vec::new()
+            } else {
+                select::resolve(&engine, style, &select.selection())?
+            };
             watch::watch(
                 engine,
                 style,
                 &watch::WatchArgs {
-                    machines: select.machines.clone(),
+                    machines: names,
                     no_sync: *no_sync,
                     json: *json,
                     quiet: cli.quiet,
@@ -288,20 +363,28 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                 },
             )
         }
-        Command::Diff {
-            machine,
-            accept_new,
-        } => {
+        Command::Diff { select, accept_new } => {
             let engine = open(&cli, style)?;
-            sync::diff(&engine, style, machine, *accept_new)
+            let names = select::resolve(&engine, style, &select.selection())?;
+            each(style, &names, |m| {
+                sync::diff(&engine, style, m, *accept_new)
+            })
         }
         Command::Rollback {
-            machine,
+            select,
             to,
             accept_new,
         } => {
             let engine = open(&cli, style)?;
-            sync::rollback(&engine, style, machine, *to, *accept_new)
+            let names = select::resolve(&engine, style, &select.selection())?;
+            each(style, &names, |m| {
+                sync::rollback(&engine, style, m, *to, *accept_new)
+            })
+        }
+        Command::Ls { select, json } => {
+            let engine = open(&cli, style)?;
+            let names = select::resolve(&engine, style, &select.selection())?;
+            ls::ls(&engine, &names, *json)
         }
         Command::Clean => {
             let engine = open(&cli, style)?;

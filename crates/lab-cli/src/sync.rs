@@ -281,6 +281,10 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     for (name, r, ms) in results {
         match r {
             Ok(rep) => {
+                let (Outcome::Unchanged { gen }
+                | Outcome::Applied { gen }
+                | Outcome::RolledBack { gen }) = rep.outcome;
+                crate::ls::record(engine, &name, gen);
                 if !args.quiet || !rep.ok() {
                     print!("{}", summary(style, &name, &rep, ms));
                 }
@@ -371,6 +375,7 @@ pub fn rollback(
     .rollback_to(to, None)
     .map_err(|e| fail_machine(style, name, &e))?;
     let gen = report.now.map(|(g, _)| g).unwrap_or(0);
+    crate::ls::record(engine, name, gen);
     let mut s = format!("{name}: back on generation {gen}\n");
     unit_lines(style, &report, &mut s);
     print!("{s}");

@@ -25,6 +25,9 @@ pub struct Project {
     pub facts: IndexMap<String, Value>,
     /// Machines in file order.
     pub machines: Vec<Machine>,
+    /// A machine's `tags = [...]` (`-m @web` selects them), by machine
+    /// name; machines without tags are absent.
+    pub tags: IndexMap<String, Vec<String>>,
     pub units: Vec<UnitRule>,
     /// Set for a make-style project (detected, or `[compat]` in lab.toml):
     /// machines, layers and facts then come from the make layout.
@@ -168,6 +171,8 @@ struct RawMachine {
     #[serde(default)]
     layers: Vec<Spanned<String>>,
     #[serde(default)]
+    tags: Vec<Spanned<String>>,
+    #[serde(default)]
     facts: IndexMap<String, Spanned<toml::Value>>,
     transport: Option<Spanned<String>>,
     root: Option<Spanned<String>>,
@@ -259,6 +264,7 @@ impl Project {
             }
             made.text = p.text;
             made.settings = p.settings;
+            made.tags = p.tags;
             made.units = p.units;
             return Ok(made);
         }
@@ -289,6 +295,7 @@ impl Project {
             },
             facts: IndexMap::new(),
             machines,
+            tags: IndexMap::new(),
             units: Vec::new(),
             compat: Some(compat),
         })
@@ -343,6 +350,7 @@ impl Project {
         let facts = convert_facts(&raw.facts, &invalid)?;
 
         let mut machines = Vec::new();
+        let mut tags: IndexMap<String, Vec<String>> = IndexMap::new();
         for (name, m) in raw.machines {
             let name_span = name.span();
             let name = name.into_inner();
@@ -445,6 +453,23 @@ impl Project {
                     name: lname,
                     at: at(span),
                 });
+            }
+            let mut machine_tags: Vec<String> = Vec::new();
+            for t in &m.tags {
+                let tag = t.get_ref();
+                if !valid_name(tag) {
+                    return Err(invalid(
+                        t.span(),
+                        format!("invalid tag `{tag}`"),
+                        Some("tags are letters, digits, `.`, `_`, `-`, `@`".into()),
+                    ));
+                }
+                if !machine_tags.contains(tag) {
+                    machine_tags.push(tag.clone());
+                }
+            }
+            if !machine_tags.is_empty() {
+                tags.insert(name.clone(), machine_tags);
             }
             machines.push(Machine {
                 ssh_options: Vec::new(),
@@ -569,6 +594,7 @@ impl Project {
             settings,
             facts,
             machines,
+            tags,
             units,
             compat,
         })
