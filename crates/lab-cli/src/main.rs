@@ -8,6 +8,7 @@
 mod diag;
 mod explain;
 mod facts;
+mod json;
 mod ls;
 mod progress;
 mod select;
@@ -82,6 +83,9 @@ enum Command {
         /// it with the tree make produced.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Show which source wins a path on a machine, what it renders to, and
     /// which facts it read.
@@ -120,6 +124,9 @@ enum Command {
         /// Trust and record a host key that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Build, then ship what changed to the machines and reload the units
     /// it touched.
@@ -139,6 +146,9 @@ enum Command {
         /// previous generation.
         #[arg(long)]
         rollback_on_failure: bool,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Rebuild on every saved file and sync the machines it changes, over
     /// connections kept open.
@@ -164,6 +174,9 @@ enum Command {
         /// Trust and record a host key that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Put a machine back on an earlier generation.
     #[command(mut_arg("machines", |a| a.help(NAMED)))]
@@ -271,6 +284,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             explain,
             force,
             out,
+            json,
         } => {
             let engine = open(&cli, style)?;
             // all machines are asked for as none, so that the build also
@@ -289,6 +303,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                 *force,
                 out.as_deref(),
                 cli.quiet,
+                *json,
             )
         }
         Command::Facts {
@@ -296,22 +311,31 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             local,
             refresh,
             accept_new,
+            json,
         } => {
             let engine = open(&cli, style)?;
             let names = select::resolve(&engine, style, &select.selection())?;
             let several = names.len() > 1;
-            each(style, &names, |m| {
+            let mut doc = Vec::new();
+            let r = each(style, &names, |m| {
                 facts::facts(
                     &engine,
                     style,
                     m,
-                    *local,
-                    *refresh,
-                    *accept_new,
-                    cli.quiet,
-                    several,
+                    &facts::FactsArgs {
+                        local: *local,
+                        refresh: *refresh,
+                        accept_new: *accept_new,
+                        quiet: cli.quiet,
+                        several,
+                    },
+                    json.then_some(&mut doc),
                 )
-            })
+            });
+            if *json {
+                json::print(&serde_json::json!({ "machines": doc }));
+            }
+            r
         }
         Command::Show { select, path } => {
             let engine = open(&cli, style)?;
@@ -323,6 +347,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             jobs,
             accept_new,
             rollback_on_failure,
+            json,
         } => {
             let engine = open(&cli, style)?;
             let names = select::resolve(&engine, style, &select.selection())?;
@@ -336,6 +361,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                     accept_new: *accept_new,
                     rollback_on_failure: *rollback_on_failure,
                     quiet: cli.quiet,
+                    json: *json,
                 },
             )
         }
@@ -363,12 +389,21 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                 },
             )
         }
-        Command::Diff { select, accept_new } => {
+        Command::Diff {
+            select,
+            accept_new,
+            json,
+        } => {
             let engine = open(&cli, style)?;
             let names = select::resolve(&engine, style, &select.selection())?;
-            each(style, &names, |m| {
-                sync::diff(&engine, style, m, *accept_new)
-            })
+            let mut doc = Vec::new();
+            let r = each(style, &names, |m| {
+                sync::diff(&engine, style, m, *accept_new, json.then_some(&mut doc))
+            });
+            if *json {
+                json::print(&serde_json::json!({ "machines": doc }));
+            }
+            r
         }
         Command::Rollback {
             select,
@@ -410,9 +445,13 @@ fn build(
     force: bool,
     out: Option<&std::path::Path>,
     quiet: bool,
+    json: bool,
 ) -> Result<(), Failure> {
     let started = Instant::now();
     let reporter = CliReporter::new(explain, quiet);
+    // with --json, stdout holds the document only
+    let quiet = quiet || json;
+    let mut doc = Vec::new();
     let opts = BuildOptions {
         machines: machines.to_vec(),
         jobs,
@@ -423,12 +462,28 @@ fn build(
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
     })?;
-    for line in explain::lines(engine, reporter.finish()) {
-        println!("{line}");
+    let explained = explain::lines(engine, reporter.finish());
+    if !json {
+        for line in &explained {
+            println!("{line}");
+        }
     }
     let mut failed = Vec::new();
     let mut project_wrong = false;
     for m in &report.machines {
+        if json {
+            let r = match &m.result {
+                Ok(r) => Ok(r.clone()),
+                Err(errors) => Err(errors
+                    .iter()
+                    .map(|e| {
+                        let text = diag::machine_error(Style::plain(), engine, &m.name, e).0;
+                        text.trim_end().to_string()
+                    })
+                    .collect()),
+            };
+            doc.push(json::build_machine(&m.name, &r));
+        }
         match &m.result {
             Ok(r) if !quiet => {
                 if r.up_to_date {
@@ -481,6 +536,15 @@ fn build(
             report.files,
             report.hashed
         );
+    }
+    if json {
+        json::print(&serde_json::json!({
+            "machines": doc,
+            "failed": failed,
+            "sources": report.files,
+            "read": report.hashed,
+            "explain": if explain { Some(explained) } else { None },
+        }));
     }
     let r = outcome(style, &failed);
     if project_wrong {
