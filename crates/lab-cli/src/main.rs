@@ -8,6 +8,7 @@
 mod diag;
 mod explain;
 mod facts;
+mod init;
 mod json;
 mod ls;
 mod progress;
@@ -15,7 +16,7 @@ mod select;
 mod sync;
 mod watch;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use diag::Style;
 use lab_engine::{BuildOptions, Engine};
 use progress::CliReporter;
@@ -99,6 +100,21 @@ enum Command {
     },
     /// Remove lab's outputs and build state (.lab/out, .lab/state).
     Clean,
+    /// Start a new project in DIR (default: here): lab.toml with one local
+    /// machine, a base layer with one template, a .gitignore. Never
+    /// overwrites.
+    Init {
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script: `lab completions bash >
+    /// /etc/bash_completion.d/lab`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print lab's man page (roff): `lab man > lab.1`.
+    Man,
     /// List the machines: tags, transport, address, the generation lab last
     /// applied and when.
     Ls {
@@ -192,6 +208,13 @@ enum Command {
         #[arg(long)]
         accept_new: bool,
     },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// How a command ended.
@@ -420,6 +443,31 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             let engine = open(&cli, style)?;
             let names = select::resolve(&engine, style, &select.selection())?;
             ls::ls(&engine, &names, *json)
+        }
+        Command::Init { dir } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            init::init(style, &dir, cli.quiet)
+        }
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lab", &mut out);
+            // through print!, so that a closed pipe ends lab quietly
+            print!("{}", String::from_utf8_lossy(&out));
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .expect("rendering into memory");
+            // through print!, so that a closed pipe ends lab quietly
+            print!("{}", String::from_utf8_lossy(&out));
+            Ok(())
         }
         Command::Clean => {
             let engine = open(&cli, style)?;

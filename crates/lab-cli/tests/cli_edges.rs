@@ -239,3 +239,62 @@ fn diff_masks_secrets_but_shows_file_references() {
     assert!(!out.contains("hunter2"), "{out}");
     assert!(!err.contains("hunter2"), "{err}");
 }
+
+#[test]
+fn init_then_build_and_sync() {
+    let t = TestLab::new();
+    let (code, out, err) = run(&t, &["init", "new"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.starts_with("created a lab in new"), "{out}");
+    assert_eq!(t.read("new/.gitignore"), ".lab/\nlocal-root/\n");
+    let (code, _, err) = run(&t, &["-C", "new", "build", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&t, &["-C", "new", "sync", "-m", "@local", "-q"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        t.read("new/local-root/etc/motd"),
+        "local.example.org: managed by lab; local edits are overwritten.\n"
+    );
+}
+
+#[test]
+fn init_never_overwrites() {
+    let t = TestLab::new();
+    t.file("p/.gitignore", "mine\n");
+    let (code, out, err) = run(&t, &["init", "p"]);
+    assert_eq!((code, out.as_str()), (2, ""));
+    assert!(err.starts_with("error: `p/.gitignore` exists;"), "{err}");
+    assert_eq!(t.read("p/.gitignore"), "mine\n");
+    assert!(!t.join("p/lab.toml").exists(), "nothing is written");
+}
+
+#[test]
+fn completions_for_three_shells_and_a_man_page() {
+    let t = TestLab::new();
+    for (shell, marker) in [
+        ("bash", "complete -F _lab"),
+        ("zsh", "#compdef lab"),
+        ("fish", "complete -c lab"),
+    ] {
+        let (code, out, err) = run(&t, &["completions", shell]);
+        assert_eq!(code, 0, "{shell}: {err}");
+        assert!(out.contains(marker), "{shell}: {out}");
+        // the subcommands and the new options are in it
+        assert!(out.contains("rollback") && out.contains("--all"), "{shell}");
+    }
+    // bash can load it
+    let (_, bash, _) = run(&t, &["completions", "bash"]);
+    t.file("lab.bash", &bash);
+    let ok = std::process::Command::new("bash")
+        .arg("-n")
+        .arg(t.join("lab.bash"))
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let (code, man, err) = run(&t, &["man"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(man.contains(".TH lab 1"), "{man}");
+    assert!(man.contains("completions"), "{man}");
+    let (code, err) = run_into_closed_pipe(&t, &["completions", "zsh"]);
+    assert_eq!((code, err.as_str()), (0, ""));
+}
