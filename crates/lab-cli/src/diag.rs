@@ -1,9 +1,11 @@
 //! Showing errors and warnings: one message, the file with line and column,
 //! the offending line with a caret under the culprit, and a `hint:` when
-//! the fix is known. Colour only on a terminal and never with `NO_COLOR`.
+//! the fix is known. Colour as `--color` says; by default (`auto`) only on
+//! a terminal and never with `NO_COLOR` (anstream decides, so
+//! `CLICOLOR_FORCE` works too).
 
+use anstyle::{AnsiColor, Color};
 use lab_config::{Diagnose, Located};
-use std::io::IsTerminal;
 use std::path::Path;
 
 #[derive(Clone, Copy)]
@@ -14,8 +16,7 @@ pub struct Style {
 impl Style {
     pub fn stderr() -> Style {
         Style {
-            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::io::stderr().is_terminal(),
+            color: anstream::AutoStream::choice(&std::io::stderr()) != anstream::ColorChoice::Never,
         }
     }
 
@@ -26,36 +27,39 @@ impl Style {
 
     pub fn stdout() -> Style {
         Style {
-            color: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
-                && std::io::stdout().is_terminal(),
+            color: anstream::AutoStream::choice(&std::io::stdout()) != anstream::ColorChoice::Never,
         }
     }
 
-    fn paint(&self, code: &str, s: &str) -> String {
+    fn paint(&self, style: anstyle::Style, s: &str) -> String {
         if self.color {
-            format!("\x1b[{code}m{s}\x1b[0m")
+            format!("{style}{s}{style:#}")
         } else {
             s.to_string()
         }
     }
 
+    fn bold_fg(c: AnsiColor) -> anstyle::Style {
+        anstyle::Style::new().bold().fg_color(Some(Color::Ansi(c)))
+    }
+
     pub fn red(&self, s: &str) -> String {
-        self.paint("1;31", s)
+        self.paint(Style::bold_fg(AnsiColor::Red), s)
     }
     pub fn yellow(&self, s: &str) -> String {
-        self.paint("1;33", s)
+        self.paint(Style::bold_fg(AnsiColor::Yellow), s)
     }
     pub fn blue(&self, s: &str) -> String {
-        self.paint("1;34", s)
+        self.paint(Style::bold_fg(AnsiColor::Blue), s)
     }
     pub fn green(&self, s: &str) -> String {
-        self.paint("1;32", s)
+        self.paint(Style::bold_fg(AnsiColor::Green), s)
     }
     pub fn cyan(&self, s: &str) -> String {
-        self.paint("1;36", s)
+        self.paint(Style::bold_fg(AnsiColor::Cyan), s)
     }
     pub fn bold(&self, s: &str) -> String {
-        self.paint("1", s)
+        self.paint(anstyle::Style::new().bold(), s)
     }
 }
 

@@ -4,6 +4,8 @@
 //! project (`layers/nginx/etc/nginx/nginx.conf.j2`), not by the output path
 //! it wins, since that file is what the user edited.
 
+use crate::diag::Style;
+use crate::Failure;
 use lab_engine::Engine;
 use lab_graph::{Digest, Key, Reason};
 use std::collections::BTreeMap;
@@ -11,7 +13,7 @@ use std::collections::BTreeMap;
 /// The file behind `Key::Source(out)` on `machine`: the first of the
 /// machine's own directory, then its layers from the last, that has
 /// `out.j2` or `out`. `None` when it is gone (a removed source).
-fn source_file(engine: &Engine, machine: &str, out: &str) -> Option<String> {
+pub fn source_file(engine: &Engine, machine: &str, out: &str) -> Option<String> {
     let m = engine.project.machine(machine)?;
     if engine.project.compat.is_some() {
         return None;
@@ -120,4 +122,113 @@ pub fn lines(engine: &Engine, ran: Vec<(String, Key, Reason)>) -> Vec<String> {
         }
     }
     out
+}
+
+/// `path` as a source file of the project (`layers/NAME/...` or
+/// `machines/NAME/...`, relative to the project), when it names one that
+/// exists; relative paths are taken from the working directory first,
+/// then from the project.
+pub fn project_source(engine: &Engine, path: &str) -> Option<String> {
+    let root = std::fs::canonicalize(&engine.project.root).ok()?;
+    let p = std::path::Path::new(path);
+    let candidates = [
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_default(),
+        engine.project.root.join(p),
+    ];
+    for c in candidates {
+        // the file itself need not resolve (a dangling symlink is a source)
+        let (Some(parent), Some(name)) = (c.parent(), c.file_name()) else {
+            continue;
+        };
+        let Ok(dir) = std::fs::canonicalize(parent) else {
+            continue;
+        };
+        let full = dir.join(name);
+        if full.symlink_metadata().is_err() {
+            continue;
+        }
+        let Ok(rel) = full.strip_prefix(&root) else {
+            continue;
+        };
+        let rel = rel.to_string_lossy().into_owned();
+        let mut parts = rel.splitn(3, '/');
+        if matches!(parts.next(), Some("layers" | "machines")) && parts.nth(1).is_some() {
+            return Some(rel);
+        }
+    }
+    None
+}
+
+/// `lab show layers/nginx/etc/nginx/nginx.conf.j2`: for each machine
+/// (of `names`; all when empty) whose stack holds the file's root, where
+/// the file lands, or which file wins that path instead.
+pub fn show_source(
+    engine: &Engine,
+    style: Style,
+    rel: &str,
+    names: &[String],
+) -> Result<(), Failure> {
+    if engine.project.compat.is_some() {
+        eprintln!(
+            "{} `lab show SOURCE` is for labs with a lab.toml; name a path on a machine instead",
+            style.red("error:")
+        );
+        return Err(Failure::Usage);
+    }
+    let mut parts = rel.splitn(3, '/');
+    let (kind, name, inner) = (
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+        parts.next().unwrap_or(""),
+    );
+    let root = format!("{kind}/{name}");
+    let is_dir = engine.project.root.join(rel).is_dir();
+    let template = !is_dir && inner.ends_with(".j2");
+    println!(
+        "{rel} ({})",
+        if is_dir {
+            "directory"
+        } else if template {
+            "template"
+        } else {
+            "file"
+        }
+    );
+    let partial = inner == lab_engine::PARTIALS_DIR
+        || inner.starts_with(&format!("{}/", lab_engine::PARTIALS_DIR));
+    if partial {
+        println!("  a partial: templates include it; it lands nowhere itself");
+        return Ok(());
+    }
+    let out = if template {
+        inner.strip_suffix(".j2").unwrap_or(inner)
+    } else {
+        inner
+    };
+    let mut used = false;
+    for m in &engine.project.machines {
+        if !names.is_empty() && !names.contains(&m.name) {
+            continue;
+        }
+        let in_stack = match kind {
+            "machines" => m.name == name,
+            _ => name == "_" || m.layers.iter().any(|l| l.name == name),
+        };
+        if !in_stack {
+            continue;
+        }
+        used = true;
+        match source_file(engine, &m.name, out) {
+            Some(w) if w != rel && !is_dir => {
+                println!("  {}: /{out}, overridden by {w}", m.name)
+            }
+            _ => println!("  {}: /{out}", m.name),
+        }
+    }
+    if !used {
+        println!("  used by no machine (no machine lists `{root}`)");
+    }
+    Ok(())
 }

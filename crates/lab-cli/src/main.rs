@@ -38,6 +38,9 @@ struct Cli {
     /// Print only errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    color: ColorWhen,
     #[command(subcommand)]
     command: Command,
 }
@@ -89,13 +92,16 @@ enum Command {
         json: bool,
     },
     /// Show which source wins a path on a machine, what it renders to, and
-    /// which facts it read.
-    #[command(mut_arg("machines", |a| a.help(NAMED)))]
-    #[command(group(clap::ArgGroup::new("target").required(true).args(["machines", "all"])))]
+    /// which facts it read; or, given a source file, which machines use it
+    /// and where it lands.
+    #[command(mut_arg("machines", |a| a.help(
+        "Machines to work on: NAME, @TAG (every machine with that tag) or a glob like 'web*'; repeatable; required (or --all) with a path on the machine; with a source file, default: all"
+    )))]
     Show {
         #[command(flatten)]
         select: Select,
-        /// Path on the machine, like /etc/nginx/nginx.conf.
+        /// A path on the machine, like /etc/nginx/nginx.conf, or a source
+        /// file in the project, like layers/nginx/etc/nginx/nginx.conf.j2.
         path: String,
     },
     /// Remove lab's outputs and build state (.lab/out, .lab/state).
@@ -210,6 +216,13 @@ enum Command {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum CompletionShell {
     Bash,
@@ -228,6 +241,12 @@ pub(crate) enum Failure {
 fn main() -> ExitCode {
     quiet_on_closed_pipe();
     let cli = Cli::parse();
+    // every Style made from here on follows it
+    match cli.color {
+        ColorWhen::Auto => {}
+        ColorWhen::Always => anstream::ColorChoice::Always.write_global(),
+        ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
+    }
     let style = Style::stderr();
     match run(cli, style) {
         Ok(()) => ExitCode::SUCCESS,
@@ -363,6 +382,16 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
         Command::Show { select, path } => {
             let engine = open(&cli, style)?;
             let names = select::resolve(&engine, style, &select.selection())?;
+            if let Some(rel) = explain::project_source(&engine, path) {
+                return explain::show_source(&engine, style, &rel, &names);
+            }
+            if names.is_empty() {
+                eprintln!(
+                    "{} `{path}` is not a source file of the project; for a path on a machine, say which machine: `-m NAME` or `--all`",
+                    style.red("error:")
+                );
+                return Err(Failure::Usage);
+            }
             each(style, &names, |m| show(&engine, style, m, path))
         }
         Command::Sync {

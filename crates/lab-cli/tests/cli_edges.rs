@@ -298,3 +298,86 @@ fn completions_for_three_shells_and_a_man_page() {
     let (code, err) = run_into_closed_pipe(&t, &["completions", "zsh"]);
     assert_eq!((code, err.as_str()), (0, ""));
 }
+
+/// Two machines over layers `_` and `web`; `b` overrides the motd.
+fn two_with_override() -> TestLab {
+    let t = TestLab::new();
+    t.file(
+        "lab.toml",
+        "[machines.a]\nlayers = [\"web\"]\n\n[machines.b]\nlayers = [\"web\"]\n\n[machines.c]\n",
+    )
+    .file("layers/_/etc/motd.j2", "{{ machine }}\n")
+    .file("layers/web/etc/site.conf", "x\n")
+    .file("layers/_/_partials/h.j2", "h\n")
+    .file("machines/b/etc/motd", "b's own\n");
+    t
+}
+
+#[test]
+fn show_a_source_file_names_the_machines_and_where_it_lands() {
+    let t = two_with_override();
+    let (code, out, err) = run(&t, &["show", "layers/_/etc/motd.j2"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "layers/_/etc/motd.j2 (template)\n  \
+         a: /etc/motd\n  \
+         b: /etc/motd, overridden by machines/b/etc/motd\n  \
+         c: /etc/motd\n"
+    );
+    let (code, out, _) = run(&t, &["show", "layers/web/etc/site.conf", "-m", "b*"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "layers/web/etc/site.conf (file)\n  b: /etc/site.conf\n"
+    );
+    // from inside the layer, relative to the working directory
+    let out = lab(&t, &["show", "etc/site.conf"])
+        .current_dir(t.join("layers/web"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        "layers/web/etc/site.conf (file)\n  a: /etc/site.conf\n  b: /etc/site.conf\n"
+    );
+    let (code, out, _) = run(&t, &["show", "layers/_/_partials/h.j2"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("a partial"), "{out}");
+    // a path on a machine still needs the machine
+    let (code, _, err) = run(&t, &["show", "/etc/motd"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("-m NAME"), "{err}");
+}
+
+#[test]
+fn color_always_never_and_auto() {
+    let t = TestLab::new();
+    t.file("lab.toml", "[machines.a]\n");
+    let err = |args: &[&str], env: (&str, &str)| {
+        let out = lab(&t, args).env(env.0, env.1).output().unwrap();
+        String::from_utf8(out.stderr).unwrap()
+    };
+    // --color always wins over NO_COLOR and a pipe
+    let e = err(
+        &["build", "-m", "x", "--color", "always"],
+        ("NO_COLOR", "1"),
+    );
+    assert!(e.contains("\u{1b}["), "{e:?}");
+    assert!(e.contains("unknown machine"), "{e:?}");
+    let e = err(
+        &["build", "-m", "x", "--color", "never"],
+        ("CLICOLOR_FORCE", "1"),
+    );
+    assert!(!e.contains('\u{1b}'), "{e:?}");
+    let e = err(&["build", "-m", "x"], ("NO_COLOR", "1"));
+    assert!(!e.contains('\u{1b}'), "{e:?}");
+    // auto: not a terminal, so no colour (unless CLICOLOR_FORCE says so)
+    let mut c = Command::cargo_bin("lab").unwrap();
+    let out = c
+        .current_dir(t.path())
+        .env_remove("NO_COLOR")
+        .args(["build", "-m", "x"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8(out.stderr).unwrap().contains('\u{1b}'));
+}
