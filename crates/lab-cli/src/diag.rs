@@ -20,6 +20,10 @@ impl Style {
         }
     }
 
+    pub fn colored(&self) -> bool {
+        self.color
+    }
+
     /// No colour at all (for text that goes into JSON).
     pub fn plain() -> Style {
         Style { color: false }

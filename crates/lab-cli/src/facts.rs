@@ -50,6 +50,7 @@ pub fn facts(
         (lab_facts::cache_path(engine.lab_dir(), machine), cached)
     } else {
         let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| failed(&e))?;
+        crate::verbose::connecting(m);
         let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
             .map_err(|e| failed(&e))?;
         lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), machine).map_err(|e| failed(&e))?

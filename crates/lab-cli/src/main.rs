@@ -14,6 +14,7 @@ mod ls;
 mod progress;
 mod select;
 mod sync;
+mod verbose;
 mod watch;
 
 use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
@@ -38,6 +39,10 @@ struct Cli {
     /// Print only errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Say what lab does: what it connects to and why, how long things
+    /// take (-vv: the executor's steps, every path written).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
     /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never.
     #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
     color: ColorWhen,
@@ -248,6 +253,7 @@ fn main() -> ExitCode {
         ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
     }
     let style = Style::stderr();
+    verbose::init(cli.verbose, style.colored());
     match run(cli, style) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Partial) => ExitCode::from(1),
@@ -283,10 +289,16 @@ fn open(cli: &Cli, style: Style) -> Result<Engine, Failure> {
         Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
-    Engine::open(&dir).map_err(|e| {
+    let engine = Engine::open(&dir).map_err(|e| {
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
-    })
+    })?;
+    tracing::info!(
+        "project {} ({} machines)",
+        diag::shown(&engine.project.file),
+        engine.project.machines.len()
+    );
+    Ok(engine)
 }
 
 /// Run `f` on each machine, all of them even when one fails; the summary
@@ -539,6 +551,22 @@ fn build(
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
     })?;
+    tracing::info!(
+        "build done in {} ms ({} sources, {} read)",
+        started.elapsed().as_millis(),
+        report.files,
+        report.hashed
+    );
+    for m in &report.machines {
+        if let Ok(r) = &m.result {
+            for p in &r.written {
+                tracing::debug!("{}: wrote /{p}", m.name);
+            }
+            for p in &r.removed {
+                tracing::debug!("{}: removed /{p}", m.name);
+            }
+        }
+    }
     let explained = explain::lines(engine, reporter.finish());
     if !json {
         for line in &explained {

@@ -105,10 +105,18 @@ pub fn resolve(engine: &Engine, style: Style, sel: &Selection) -> Result<Vec<Str
             }
         }
     }
-    Ok(names
+    let picked: Vec<String> = names
         .into_iter()
         .zip(chosen)
         .filter(|(_, c)| *c)
         .map(|(n, _)| n)
-        .collect())
+        .collect();
+    if !sel.patterns.is_empty() {
+        tracing::info!(
+            "-m {} selects {}",
+            sel.patterns.join(" -m "),
+            picked.join(", ")
+        );
+    }
+    Ok(picked)
 }

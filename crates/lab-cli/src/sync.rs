@@ -215,6 +215,7 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     let connect = || {
         parallel(machines.clone(), args.jobs, |m| {
             let bar = spinner(&multi, &m.name, "connecting");
+            crate::verbose::connecting(m);
             let r = lab_sync::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
                 |mut t| {
                     if uncached.contains(&m.name.as_str()) {
@@ -293,6 +294,7 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
                 | Outcome::Applied { gen }
                 | Outcome::RolledBack { gen }) = rep.outcome;
                 crate::ls::record(engine, &name, gen);
+                crate::verbose::synced(&name, &rep, ms);
                 if args.json {
                     doc.push((name.clone(), crate::json::sync_machine(&name, &rep)));
                 } else if !args.quiet || !rep.ok() {
@@ -355,6 +357,7 @@ pub fn diff(
     };
     let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| fail_machine(style, name, &e))?;
     let target = lab_sync::target(&engine.project, m, engine.lab_dir());
+    crate::verbose::connecting(m);
     let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
         .map_err(|e| fail_machine(style, name, &e))?;
     let changes = MachineSync {
@@ -394,6 +397,7 @@ pub fn rollback(
     let m = one(engine, style, name)?;
     let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| fail_machine(style, name, &e))?;
     let target = lab_sync::target(&engine.project, m, engine.lab_dir());
+    crate::verbose::connecting(m);
     let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
         .map_err(|e| fail_machine(style, name, &e))?;
     let report = MachineSync {

@@ -381,3 +381,35 @@ fn color_always_never_and_auto() {
         .unwrap();
     assert!(!String::from_utf8(out.stderr).unwrap().contains('\u{1b}'));
 }
+
+#[test]
+fn verbose_says_what_lab_connects_to_and_why() {
+    let t = TestLab::new();
+    t.file(
+        "lab.toml",
+        "# a comment\n[machines.a]\ntransport = \"local\"\nroot = \"roots/a\"\ntags = [\"web\"]\n",
+    )
+    .file("layers/_/etc/motd", "hi\n")
+    .file("layers/_/etc/issue", "hi\n")
+    .dir("roots/a");
+    let (code, _, err) = run(&t, &["sync", "-m", "@web"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(err, "", "quiet without -v");
+    t.file("layers/_/etc/motd", "hello\n");
+    let (code, _, err) = run(&t, &["-v", "sync", "-m", "@web"]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "INFO project lab.toml (1 machines)",
+        "INFO -m @web selects a",
+        "INFO a: local machine, root roots/a (lab.toml:2)",
+        "INFO a: sync done in ",
+    ] {
+        assert!(err.contains(want), "{want}: {err}");
+    }
+    assert!(!err.contains("DEBUG"), "{err}");
+    t.file("layers/_/etc/motd", "hello again\n");
+    let (code, _, err) = run(&t, &["-vv", "build"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("DEBUG a: wrote /etc/motd"), "{err}");
+    assert!(!err.contains("/etc/issue"), "only what was written: {err}");
+}
