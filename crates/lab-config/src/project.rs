@@ -786,4 +786,27 @@ action = "reload"
         assert!(!valid_name("a/b"));
         assert!(!valid_name("-x"));
     }
+
+    #[test]
+    fn tags_by_machine_deduplicated() {
+        let p = parse(
+            "[machines.a]\ntags = [\"web\", \"eu\", \"web\"]\n[machines.b]\n[machines.c]\ntags = []\n",
+        )
+        .unwrap();
+        assert_eq!(p.tags.get("a").unwrap(), &["web", "eu"]);
+        assert!(p.tags.get("b").is_none() && p.tags.get("c").is_none());
+        let e = parse("[machines.a]\ntags = [\"-x\"]\n").unwrap_err();
+        assert_eq!(e.to_string(), "invalid tag `-x`");
+    }
+
+    #[test]
+    fn an_unquoted_value_says_to_quote_it() {
+        use crate::located::Diagnose;
+        let e = parse("[machines.a]\nhost = 203.0.113.20\n").unwrap_err();
+        assert_eq!(e.to_string(), "the value of `host` must be a quoted string");
+        assert_eq!(e.hint().unwrap(), "write `host = \"203.0.113.20\"`");
+        // a value that is TOML keeps toml's own message
+        let e = parse("[machines.a]\nport = 22 22\n").unwrap_err();
+        assert_ne!(e.to_string(), "the value of `port` must be a quoted string");
+    }
 }
