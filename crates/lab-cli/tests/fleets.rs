@@ -222,3 +222,36 @@ fn ls_lists_tags_transport_address_and_the_last_sync() {
     assert!(lines[1].ends_with('Z'), "{out}");
     assert!(lines[2].ends_with("roots/web2  -    -"), "{out}");
 }
+
+#[test]
+fn ls_shows_what_a_watch_synced() {
+    let t = fleet();
+    let mut w = std::process::Command::new(assert_cmd::cargo::cargo_bin("lab"))
+        .current_dir(t.path())
+        .env("NO_COLOR", "1")
+        .args(["watch", "-m", "@eu", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(w.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    // SAFETY: signalling the child we spawned, by its PID.
+    unsafe { libc::kill(w.id() as i32, libc::SIGTERM) };
+    w.wait().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["machines"]["web1"]["sync"]["generation"], 1, "{line}");
+    let (code, out, err) = run(&t, &["ls"]);
+    assert_eq!(code, 0, "{err}");
+    let gen = |m: &str| {
+        let l = out.lines().find(|l| l.starts_with(m)).unwrap();
+        l.split_whitespace().nth(4).unwrap().to_string()
+    };
+    assert_eq!(
+        (gen("web1"), gen("web2"), gen("db1")),
+        ("1".into(), "-".into(), "1".into()),
+        "{out}"
+    );
+}
