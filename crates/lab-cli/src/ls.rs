@@ -1,6 +1,6 @@
 //! `lab ls`: the machines with their tags, transport, address, and the
 //! generation lab last put on them and when (`.lab/sync/NAME.last`,
-//! written by `lab sync` and `lab rollback` from this project directory;
+//! written by `lab sync`, `lab rollback` and `lab watch` from this project;
 //! a machine never synced from here shows `-`).
 
 use crate::Failure;
