@@ -4,15 +4,30 @@ use crate::diag::{self, Style};
 use crate::Failure;
 use lab_engine::{lab_facts, Engine};
 
+pub struct FactsArgs {
+    pub local: bool,
+    pub refresh: bool,
+    pub accept_new: bool,
+    pub quiet: bool,
+    /// Several machines: each line says whose it is.
+    pub several: bool,
+}
+
+/// `json`: push the machine's facts there instead of printing them.
 pub fn facts(
     engine: &Engine,
     style: Style,
     machine: &str,
-    local: bool,
-    refresh: bool,
-    accept_new: bool,
-    quiet: bool,
+    args: &FactsArgs,
+    json: Option<&mut Vec<serde_json::Value>>,
 ) -> Result<(), Failure> {
+    let FactsArgs {
+        local,
+        refresh,
+        accept_new,
+        quiet,
+        several,
+    } = *args;
     let usage = |e: &dyn lab_config::Diagnose| {
         eprint!("{}", diag::render(style, e, None));
         Failure::Usage
@@ -35,9 +50,16 @@ pub fn facts(
         (lab_facts::cache_path(engine.lab_dir(), machine), cached)
     } else {
         let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| failed(&e))?;
+        crate::verbose::connecting(m);
         let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
             .map_err(|e| failed(&e))?;
         lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), machine).map_err(|e| failed(&e))?
+    };
+    // JSON keeps a native lab's values as they are (numbers stay numbers)
+    let native: serde_json::Map<String, serde_json::Value> = if engine.project.compat.is_some() {
+        serde_json::Map::new()
+    } else {
+        facts.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
     };
     // A make-style lab's templates see them under their ENV_* names.
     let shown = if engine.project.compat.is_some() {
@@ -48,8 +70,30 @@ pub fn facts(
             .map(|(k, v)| (k.clone(), lab_facts::value_text(v)))
             .collect()
     };
+    if let Some(doc) = json {
+        let facts: serde_json::Map<String, serde_json::Value> = if native.is_empty() {
+            shown
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect()
+        } else {
+            native
+        };
+        doc.push(serde_json::json!({
+            "name": machine,
+            "facts": facts,
+            "cache": diag::shown(&path),
+        }));
+        return Ok(());
+    }
+    // with several machines, each line says whose it is
+    let prefix = if several {
+        format!("{machine}: ")
+    } else {
+        String::new()
+    };
     for (k, v) in &shown {
-        println!("{k}={v}");
+        println!("{prefix}{k}={v}");
     }
     if !quiet {
         eprintln!("saved in {}", diag::shown(&path));

@@ -7,13 +7,19 @@
 
 mod bootstrap;
 mod diag;
+mod explain;
 mod facts;
+mod init;
+mod json;
+mod ls;
 mod progress;
 mod prompt;
+mod select;
 mod sync;
+mod verbose;
 mod watch;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 use diag::Style;
 use lab_engine::{BuildOptions, Engine};
 use progress::CliReporter;
@@ -35,22 +41,44 @@ struct Cli {
     /// Print only errors.
     #[arg(short, long, global = true)]
     quiet: bool,
+    /// Say what lab does: what it connects to and why, how long things
+    /// take (-vv: the executor's steps, every path written).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always, never.
+    #[arg(long, global = true, value_enum, default_value_t = ColorWhen::Auto, value_name = "WHEN")]
+    color: ColorWhen,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Args, Clone)]
 struct Select {
-    /// Machine to work on (repeatable; default: all). Make-style labs
-    /// name machines after their directories, `-x` and `-` included.
+    /// Machines to work on: NAME, @TAG (every machine with that tag) or a
+    /// glob like 'web*'; repeatable (default: all).
     #[arg(
         short,
         long = "machine",
-        value_name = "NAME",
+        value_name = "NAME|@TAG|GLOB",
         allow_hyphen_values = true
     )]
     machines: Vec<String>,
+    /// Every machine in lab.toml.
+    #[arg(long, conflicts_with = "machines")]
+    all: bool,
 }
+
+impl Select {
+    fn selection(&self) -> select::Selection<'_> {
+        select::Selection {
+            patterns: &self.machines,
+            all: self.all,
+        }
+    }
+}
+
+/// The help of `-m` for a command that needs machines named.
+const NAMED: &str = "Machines to work on: NAME, @TAG (every machine with that tag) or a glob like 'web*'; repeatable; -m or --all is required";
 
 #[derive(Subcommand)]
 enum Command {
@@ -71,22 +99,56 @@ enum Command {
         /// it with the tree make produced.
         #[arg(long, value_name = "DIR")]
         out: Option<PathBuf>,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Show which source wins a path on a machine, what it renders to, and
-    /// which facts it read.
+    /// which facts it read; or, given a source file, which machines use it
+    /// and where it lands.
+    #[command(mut_arg("machines", |a| a.help(
+        "Machines to work on: NAME, @TAG (every machine with that tag) or a glob like 'web*'; repeatable; required (or --all) with a path on the machine; with a source file, default: all"
+    )))]
     Show {
-        #[arg(short, long, value_name = "NAME", allow_hyphen_values = true)]
-        machine: String,
-        /// Path on the machine, like /etc/nginx/nginx.conf.
+        #[command(flatten)]
+        select: Select,
+        /// A path on the machine, like /etc/nginx/nginx.conf, or a source
+        /// file in the project, like layers/nginx/etc/nginx/nginx.conf.j2.
         path: String,
     },
     /// Remove lab's outputs and build state (.lab/out, .lab/state).
     Clean,
+    /// Start a new project in DIR (default: here): lab.toml with one local
+    /// machine, a base layer with one template, a .gitignore. Never
+    /// overwrites.
+    Init {
+        #[arg(value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+    /// Print a shell completion script: `lab completions bash >
+    /// /etc/bash_completion.d/lab`.
+    Completions {
+        #[arg(value_enum)]
+        shell: CompletionShell,
+    },
+    /// Print lab's man page (roff): `lab man > lab.1`.
+    Man,
+    /// List the machines: tags, transport, address, the generation lab last
+    /// applied and when.
+    Ls {
+        #[command(flatten)]
+        select: Select,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
     /// Gather a machine's facts (arch, OS release, CPUs, memory, ...), cache
     /// them in .lab/facts/NAME.json and print them.
+    #[command(mut_arg("machines", |a| a.help(NAMED)))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["machines", "all"])))]
     Facts {
-        #[arg(short, long, value_name = "NAME", allow_hyphen_values = true)]
-        machine: String,
+        #[command(flatten)]
+        select: Select,
         /// Gather them from this host instead of over SSH.
         #[arg(long)]
         local: bool,
@@ -96,15 +158,18 @@ enum Command {
         /// Trust and record a host key that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Build, then ship what changed to the machines and reload the units
     /// it touched.
+    #[command(mut_arg("machines", |a| a.help(
+        "Machines to sync: NAME, @TAG or a glob like 'web*'; repeatable; a bare `lab sync` does nothing: name the machines or say --all"
+    )))]
     Sync {
         #[command(flatten)]
         select: Select,
-        /// Every machine in lab.toml.
-        #[arg(long, conflicts_with = "machines")]
-        all: bool,
         /// Machines synced in parallel.
         #[arg(short, long, value_name = "N", default_value_t = 8)]
         jobs: usize,
@@ -115,6 +180,9 @@ enum Command {
         /// previous generation.
         #[arg(long)]
         rollback_on_failure: bool,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Rebuild on every saved file and sync the machines it changes, over
     /// connections kept open.
@@ -127,24 +195,34 @@ enum Command {
         /// One JSON object per cycle on stdout.
         #[arg(long)]
         json: bool,
+        /// Trust and record host keys that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
     },
     /// Show what a sync would change on a machine (secrets masked).
+    #[command(mut_arg("machines", |a| a.help(NAMED)))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["machines", "all"])))]
     Diff {
-        #[arg(short, long, value_name = "NAME", allow_hyphen_values = true)]
-        machine: String,
+        #[command(flatten)]
+        select: Select,
+        /// Trust and record a host key that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
     },
     /// Put a machine back on an earlier generation.
+    #[command(mut_arg("machines", |a| a.help(NAMED)))]
+    #[command(group(clap::ArgGroup::new("target").required(true).args(["machines", "all"])))]
     Rollback {
-        #[arg(short, long, value_name = "NAME", allow_hyphen_values = true)]
-        machine: String,
+        #[command(flatten)]
+        select: Select,
         /// Generation to go back to (default: the previous one; 0 = before
         /// lab's first sync).
         #[arg(long, value_name = "GEN")]
         to: Option<u64>,
+        /// Trust and record a host key that known_hosts does not have yet.
         #[arg(long)]
         accept_new: bool,
     },
@@ -152,6 +230,20 @@ enum Command {
     /// this project: a user of your own with your key and passwordless
     /// sudo, password and root logins off, added to lab.toml.
     Bootstrap(bootstrap::BootstrapArgs),
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ColorWhen {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CompletionShell {
+    Bash,
+    Zsh,
+    Fish,
 }
 
 /// How a command ended.
@@ -163,14 +255,43 @@ pub(crate) enum Failure {
 }
 
 fn main() -> ExitCode {
+    quiet_on_closed_pipe();
     let cli = Cli::parse();
+    // every Style made from here on follows it
+    match cli.color {
+        ColorWhen::Auto => {}
+        ColorWhen::Always => anstream::ColorChoice::Always.write_global(),
+        ColorWhen::Never => anstream::ColorChoice::Never.write_global(),
+    }
     let style = Style::stderr();
     lab_sync::ssh::set_passphrase_prompt(Box::new(prompt::TtyPassphrase));
+    verbose::init(cli.verbose, style.colored());
     match run(cli, style) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Partial) => ExitCode::from(1),
         Err(Failure::Usage) => ExitCode::from(2),
     }
+}
+
+/// `lab diff | head`: when the reader of stdout goes away, `println!`
+/// panics with "failed printing to stdout: Broken pipe". The reader has
+/// what it wanted, so lab ends quietly (exit 0) instead of with a panic
+/// (exit 101). SIGPIPE stays ignored, as Rust sets it, so that a write to
+/// a dead ssh still comes back as an error the sync can report.
+fn quiet_on_closed_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if msg.starts_with("failed printing to std") && msg.contains("Broken pipe") {
+            std::process::exit(0);
+        }
+        default(info);
+    }));
 }
 
 fn open(cli: &Cli, style: Style) -> Result<Engine, Failure> {
@@ -180,10 +301,45 @@ fn open(cli: &Cli, style: Style) -> Result<Engine, Failure> {
         Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
-    Engine::open(&dir).map_err(|e| {
+    let engine = Engine::open(&dir).map_err(|e| {
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
-    })
+    })?;
+    tracing::info!(
+        "project {} ({} machines)",
+        diag::shown(&engine.project.file),
+        engine.project.machines.len()
+    );
+    Ok(engine)
+}
+
+/// Run `f` on each machine, all of them even when one fails; the summary
+/// line names the failed ones when there were several machines.
+fn each(
+    style: Style,
+    names: &[String],
+    mut f: impl FnMut(&str) -> Result<(), Failure>,
+) -> Result<(), Failure> {
+    let mut failed = Vec::new();
+    let mut usage = false;
+    for n in names {
+        match f(n) {
+            Ok(()) => {}
+            Err(Failure::Usage) => usage = true,
+            Err(Failure::Partial) => failed.push(n.clone()),
+        }
+    }
+    if usage {
+        return Err(Failure::Usage);
+    }
+    if names.len() > 1 {
+        return outcome(style, &failed);
+    }
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Partial)
+    }
 }
 
 fn run(cli: Cli, style: Style) -> Result<(), Failure> {
@@ -198,58 +354,94 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             explain,
             force,
             out,
+            json,
         } => {
             let engine = open(&cli, style)?;
+            // all machines are asked for as none, so that the build also
+            // removes the outputs of machines no longer in lab.toml
+            let names = if select.all {
+                Vec::new()
+            } else {
+                select::resolve(&engine, style, &select.selection())?
+            };
             build(
                 &engine,
                 style,
-                &select.machines,
+                &names,
                 *jobs,
                 *explain,
                 *force,
                 out.as_deref(),
                 cli.quiet,
+                *json,
             )
         }
         Command::Facts {
-            machine,
+            select,
             local,
             refresh,
             accept_new,
+            json,
         } => {
             let engine = open(&cli, style)?;
-            facts::facts(
-                &engine,
-                style,
-                machine,
-                *local,
-                *refresh,
-                *accept_new,
-                cli.quiet,
-            )
+            let names = select::resolve(&engine, style, &select.selection())?;
+            let several = names.len() > 1;
+            let mut doc = Vec::new();
+            let r = each(style, &names, |m| {
+                facts::facts(
+                    &engine,
+                    style,
+                    m,
+                    &facts::FactsArgs {
+                        local: *local,
+                        refresh: *refresh,
+                        accept_new: *accept_new,
+                        quiet: cli.quiet,
+                        several,
+                    },
+                    json.then_some(&mut doc),
+                )
+            });
+            if *json {
+                json::print(&serde_json::json!({ "machines": doc }));
+            }
+            r
         }
-        Command::Show { machine, path } => {
+        Command::Show { select, path } => {
             let engine = open(&cli, style)?;
-            show(&engine, style, machine, path)
+            let names = select::resolve(&engine, style, &select.selection())?;
+            if let Some(rel) = explain::project_source(&engine, path) {
+                return explain::show_source(&engine, style, &rel, &names);
+            }
+            if names.is_empty() {
+                eprintln!(
+                    "{} `{path}` is not a source file of the project; for a path on a machine, say which machine: `-m NAME` or `--all`",
+                    style.red("error:")
+                );
+                return Err(Failure::Usage);
+            }
+            each(style, &names, |m| show(&engine, style, m, path))
         }
         Command::Sync {
             select,
-            all,
             jobs,
             accept_new,
             rollback_on_failure,
+            json,
         } => {
             let engine = open(&cli, style)?;
+            let names = select::resolve(&engine, style, &select.selection())?;
             sync::sync(
                 &engine,
                 style,
                 &sync::SyncArgs {
-                    machines: select.machines.clone(),
-                    all: *all,
+                    machines: names,
+                    all: select.all,
                     jobs: *jobs,
                     accept_new: *accept_new,
                     rollback_on_failure: *rollback_on_failure,
                     quiet: cli.quiet,
+                    json: *json,
                 },
             )
         }
@@ -260,11 +452,16 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             accept_new,
         } => {
             let engine = open(&cli, style)?;
+            let names = if select.all {
+                Vec::new()
+            } else {
+                select::resolve(&engine, style, &select.selection())?
+            };
             watch::watch(
                 engine,
                 style,
                 &watch::WatchArgs {
-                    machines: select.machines.clone(),
+                    machines: names,
                     no_sync: *no_sync,
                     json: *json,
                     quiet: cli.quiet,
@@ -273,19 +470,61 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             )
         }
         Command::Diff {
-            machine,
+            select,
             accept_new,
+            json,
         } => {
             let engine = open(&cli, style)?;
-            sync::diff(&engine, style, machine, *accept_new)
+            let names = select::resolve(&engine, style, &select.selection())?;
+            let mut doc = Vec::new();
+            let r = each(style, &names, |m| {
+                sync::diff(&engine, style, m, *accept_new, json.then_some(&mut doc))
+            });
+            if *json {
+                json::print(&serde_json::json!({ "machines": doc }));
+            }
+            r
         }
         Command::Rollback {
-            machine,
+            select,
             to,
             accept_new,
         } => {
             let engine = open(&cli, style)?;
-            sync::rollback(&engine, style, machine, *to, *accept_new)
+            let names = select::resolve(&engine, style, &select.selection())?;
+            each(style, &names, |m| {
+                sync::rollback(&engine, style, m, *to, *accept_new)
+            })
+        }
+        Command::Ls { select, json } => {
+            let engine = open(&cli, style)?;
+            let names = select::resolve(&engine, style, &select.selection())?;
+            ls::ls(&engine, &names, *json)
+        }
+        Command::Init { dir } => {
+            let dir = dir.clone().unwrap_or_else(|| PathBuf::from("."));
+            init::init(style, &dir, cli.quiet)
+        }
+        Command::Completions { shell } => {
+            let shell = match shell {
+                CompletionShell::Bash => clap_complete::Shell::Bash,
+                CompletionShell::Zsh => clap_complete::Shell::Zsh,
+                CompletionShell::Fish => clap_complete::Shell::Fish,
+            };
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "lab", &mut out);
+            // through print!, so that a closed pipe ends lab quietly
+            print!("{}", String::from_utf8_lossy(&out));
+            Ok(())
+        }
+        Command::Man => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(Cli::command())
+                .render(&mut out)
+                .expect("rendering into memory");
+            // through print!, so that a closed pipe ends lab quietly
+            print!("{}", String::from_utf8_lossy(&out));
+            Ok(())
         }
         Command::Clean => {
             let engine = open(&cli, style)?;
@@ -311,9 +550,13 @@ fn build(
     force: bool,
     out: Option<&std::path::Path>,
     quiet: bool,
+    json: bool,
 ) -> Result<(), Failure> {
     let started = Instant::now();
     let reporter = CliReporter::new(explain, quiet);
+    // with --json, stdout holds the document only
+    let quiet = quiet || json;
+    let mut doc = Vec::new();
     let opts = BuildOptions {
         machines: machines.to_vec(),
         jobs,
@@ -324,11 +567,44 @@ fn build(
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
     })?;
-    for line in reporter.finish() {
-        println!("{line}");
+    tracing::info!(
+        "build done in {} ms ({} sources, {} read)",
+        started.elapsed().as_millis(),
+        report.files,
+        report.hashed
+    );
+    for m in &report.machines {
+        if let Ok(r) = &m.result {
+            for p in &r.written {
+                tracing::debug!("{}: wrote /{p}", m.name);
+            }
+            for p in &r.removed {
+                tracing::debug!("{}: removed /{p}", m.name);
+            }
+        }
+    }
+    let explained = explain::lines(engine, reporter.finish());
+    if !json {
+        for line in &explained {
+            println!("{line}");
+        }
     }
     let mut failed = Vec::new();
+    let mut project_wrong = false;
     for m in &report.machines {
+        if json {
+            let r = match &m.result {
+                Ok(r) => Ok(r.clone()),
+                Err(errors) => Err(errors
+                    .iter()
+                    .map(|e| {
+                        let text = diag::machine_error(Style::plain(), engine, &m.name, e).0;
+                        text.trim_end().to_string()
+                    })
+                    .collect()),
+            };
+            doc.push(json::build_machine(&m.name, &r));
+        }
         match &m.result {
             Ok(r) if !quiet => {
                 if r.up_to_date {
@@ -346,9 +622,10 @@ fn build(
             }
             Ok(_) => {}
             Err(errors) => {
-                let ctx = format!("machine `{}`", m.name);
                 for e in errors {
-                    eprint!("{}", diag::render(style, e, Some(&ctx)));
+                    let (text, project) = diag::machine_error(style, engine, &m.name, e);
+                    eprint!("{text}");
+                    project_wrong |= project;
                 }
                 failed.push(m.name.clone());
             }
@@ -381,7 +658,22 @@ fn build(
             report.hashed
         );
     }
-    outcome(style, &failed)
+    if json {
+        json::print(&serde_json::json!({
+            "machines": doc,
+            "failed": failed,
+            "sources": report.files,
+            "read": report.hashed,
+            "explain": if explain { Some(explained) } else { None },
+        }));
+    }
+    let r = outcome(style, &failed);
+    if project_wrong {
+        // lab.toml is wrong (an unknown layer): exit 2 like every other
+        // lab.toml error, though the other machines were built
+        return Err(Failure::Usage);
+    }
+    r
 }
 
 /// The last line of a command that worked on several machines: which of
@@ -391,13 +683,10 @@ pub(crate) fn outcome(style: Style, failed: &[String]) -> Result<(), Failure> {
         return Ok(());
     }
     eprintln!(
-        "{} {} failed: {}",
+        "{} {} machine{} failed: {}",
         style.red("error:"),
-        if failed.len() == 1 {
-            "1 machine"
-        } else {
-            "machines"
-        },
+        failed.len(),
+        if failed.len() == 1 { "" } else { "s" },
         failed
             .iter()
             .map(|f| format!("`{f}`"))

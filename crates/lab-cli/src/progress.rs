@@ -13,8 +13,8 @@ pub struct CliReporter {
     pub quiet: bool,
     style: Style,
     bar: Option<ProgressBar>,
-    /// `--explain` lines, sorted before printing so output is stable.
-    explained: Mutex<Vec<String>>,
+    /// The nodes that ran and why, for `--explain` (see [`crate::explain`]).
+    explained: Mutex<Vec<(String, Key, Reason)>>,
 }
 
 impl CliReporter {
@@ -38,13 +38,11 @@ impl CliReporter {
         }
     }
 
-    pub fn finish(&self) -> Vec<String> {
+    pub fn finish(&self) -> Vec<(String, Key, Reason)> {
         if let Some(b) = &self.bar {
             b.finish_and_clear();
         }
-        let mut v = std::mem::take(&mut *self.explained.lock().unwrap());
-        v.sort();
-        v
+        std::mem::take(&mut *self.explained.lock().unwrap())
     }
 
     pub fn println(&self, s: &str) {
@@ -67,7 +65,7 @@ impl Reporter for CliReporter {
             self.explained
                 .lock()
                 .unwrap()
-                .push(format!("{machine}: {key}: {reason}"));
+                .push((machine.to_string(), key.clone(), reason.clone()));
         }
     }
 

@@ -18,6 +18,8 @@ pub struct SyncArgs {
     pub accept_new: bool,
     pub rollback_on_failure: bool,
     pub quiet: bool,
+    /// `--json`: one document on stdout instead of the summaries.
+    pub json: bool,
 }
 
 /// Build the named machines; report and return the ones that failed.
@@ -45,9 +47,8 @@ fn build(
     let mut failed = Vec::new();
     for m in &report.machines {
         if let Err(errors) = &m.result {
-            let ctx = format!("machine `{}`", m.name);
             for e in errors {
-                eprint!("{}", diag::render(style, e, Some(&ctx)));
+                eprint!("{}", diag::machine_error(style, engine, &m.name, e).0);
             }
             failed.push(m.name.clone());
         }
@@ -214,6 +215,7 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     let connect = || {
         parallel(machines.clone(), args.jobs, |m| {
             let bar = spinner(&multi, &m.name, "connecting");
+            crate::verbose::connecting(m);
             let r = lab_sync::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
                 |mut t| {
                     if uncached.contains(&m.name.as_str()) {
@@ -239,14 +241,18 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     };
     let mut failed = Vec::new();
     let mut open = Vec::new();
+    let mut doc: Vec<(String, serde_json::Value)> = Vec::new();
     for (m, r) in connected {
         match r {
             Ok(t) => open.push((m, t)),
             Err(e) => {
-                eprint!(
-                    "{}",
-                    diag::render(style, &e, Some(&format!("machine `{}`", m.name)))
-                );
+                let ctx = format!("machine `{}`", m.name);
+                eprint!("{}", diag::render(style, &e, Some(&ctx)));
+                let text = crate::json::error_text(&e, Some(&ctx));
+                doc.push((
+                    m.name.clone(),
+                    crate::json::failed_machine(&m.name, vec![text]),
+                ));
                 failed.push(m.name.clone());
             }
         }
@@ -260,6 +266,8 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     open.retain(|(m, _)| !build_failed.contains(&m.name));
     for b in build_failed {
         if !failed.contains(&b) {
+            let e = "the build failed (its errors are on stderr)".to_string();
+            doc.push((b.clone(), crate::json::failed_machine(&b, vec![e])));
             failed.push(b);
         }
     }
@@ -282,7 +290,14 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     for (name, r, ms) in results {
         match r {
             Ok(rep) => {
-                if !args.quiet || !rep.ok() {
+                let (Outcome::Unchanged { gen }
+                | Outcome::Applied { gen }
+                | Outcome::RolledBack { gen }) = rep.outcome;
+                crate::ls::record(engine, &name, gen);
+                crate::verbose::synced(&name, &rep, ms);
+                if args.json {
+                    doc.push((name.clone(), crate::json::sync_machine(&name, &rep)));
+                } else if !args.quiet || !rep.ok() {
                     print!("{}", summary(style, &name, &rep, ms));
                 }
                 if !rep.ok() {
@@ -290,16 +305,23 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
                 }
             }
             Err(e) => {
-                eprint!(
-                    "{}",
-                    diag::render(style, &e, Some(&format!("machine `{name}`")))
-                );
+                let ctx = format!("machine `{name}`");
+                eprint!("{}", diag::render(style, &e, Some(&ctx)));
+                let text = crate::json::error_text(&e, Some(&ctx));
+                doc.push((name.clone(), crate::json::failed_machine(&name, vec![text])));
                 failed.push(name);
             }
         }
     }
     let order: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
     failed.sort_by_key(|n| order.iter().position(|o| o == n));
+    if args.json {
+        doc.sort_by_key(|(n, _)| order.iter().position(|o| o == n));
+        crate::json::print(&serde_json::json!({
+            "machines": doc.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
+            "failed": failed,
+        }));
+    }
     crate::outcome(style, &failed)
 }
 
@@ -321,13 +343,21 @@ fn fail_machine(style: Style, name: &str, e: &dyn Diagnose) -> Failure {
     Failure::Partial
 }
 
-pub fn diff(engine: &Engine, style: Style, name: &str, accept_new: bool) -> Result<(), Failure> {
+/// `json`: push the machine's changes there instead of printing them.
+pub fn diff(
+    engine: &Engine,
+    style: Style,
+    name: &str,
+    accept_new: bool,
+    json: Option<&mut Vec<serde_json::Value>>,
+) -> Result<(), Failure> {
     let built = build_first(engine, style, &[name.to_string()], true)?;
     let Some(m) = built.first() else {
         return Err(Failure::Partial);
     };
     let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| fail_machine(style, name, &e))?;
     let target = lab_sync::target(&engine.project, m, engine.lab_dir());
+    crate::verbose::connecting(m);
     let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
         .map_err(|e| fail_machine(style, name, &e))?;
     let changes = MachineSync {
@@ -336,6 +366,10 @@ pub fn diff(engine: &Engine, style: Style, name: &str, accept_new: bool) -> Resu
     }
     .diff()
     .map_err(|e| fail_machine(style, name, &e))?;
+    if let Some(doc) = json {
+        doc.push(crate::json::diff_machine(name, &changes));
+        return Ok(());
+    }
     let out_style = crate::diag::Style::stdout();
     if changes.is_empty() {
         println!("{name}: nothing to change");
@@ -363,6 +397,7 @@ pub fn rollback(
     let m = one(engine, style, name)?;
     let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| fail_machine(style, name, &e))?;
     let target = lab_sync::target(&engine.project, m, engine.lab_dir());
+    crate::verbose::connecting(m);
     let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
         .map_err(|e| fail_machine(style, name, &e))?;
     let report = MachineSync {
@@ -372,6 +407,7 @@ pub fn rollback(
     .rollback_to(to, None)
     .map_err(|e| fail_machine(style, name, &e))?;
     let gen = report.now.map(|(g, _)| g).unwrap_or(0);
+    crate::ls::record(engine, name, gen);
     let mut s = format!("{name}: back on generation {gen}\n");
     unit_lines(style, &report, &mut s);
     print!("{s}");

@@ -426,6 +426,10 @@ fn emit(
                 Some(Ok(rep)) => {
                     link.pending = false;
                     link.failures = 0;
+                    let (Outcome::Unchanged { gen }
+                    | Outcome::Applied { gen }
+                    | Outcome::RolledBack { gen }) = rep.outcome;
+                    crate::ls::record(engine, &name, gen);
                     let e = machines
                         .entry(name.clone())
                         .or_insert_with(|| json!({"rendered": []}));

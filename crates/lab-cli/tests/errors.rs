@@ -108,14 +108,14 @@ fn undefined_fact() {
              |\n\
              1 | server {{{{ domian }}}};\n  \
              |           ^^^^^^\n  \
-             hint: define `domian` under `[facts]` or the machine's `facts` in lab.toml, \
+             hint: did you mean `domain`? or define `domian` under `[facts]` or the machine's `facts` in lab.toml, \
              or test it with `{{% if domian is defined %}}`\n"
         )
     };
     assert_eq!(
         err,
         format!(
-            "{}{}error: machines failed: `a`, `b`\n",
+            "{}{}error: 2 machines failed: `a`, `b`\n",
             expected("a"),
             expected("b")
         )
@@ -137,10 +137,11 @@ fn unknown_layer() {
     );
     t.file("layers/web/etc/new", "new\n");
     let (code, _, err) = run(&t, &["build"]);
-    assert_eq!(code, 1);
+    // lab.toml is wrong: exit 2, as the README says of project errors
+    assert_eq!(code, 2);
     assert_eq!(
         err,
-        "error: machine `a`: unknown layer `extar` for machine `a`\n \
+        "error: unknown layer `extar` for machine `a`\n \
          --> lab.toml:5:18\n  \
          |\n\
          5 | layers = [\"web\", \"extar\"]\n  \

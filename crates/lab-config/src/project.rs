@@ -25,6 +25,9 @@ pub struct Project {
     pub facts: IndexMap<String, Value>,
     /// Machines in file order.
     pub machines: Vec<Machine>,
+    /// A machine's `tags = [...]` (`-m @web` selects them), by machine
+    /// name; machines without tags are absent.
+    pub tags: IndexMap<String, Vec<String>>,
     pub units: Vec<UnitRule>,
     /// Set for a make-style project (detected, or `[compat]` in lab.toml):
     /// machines, layers and facts then come from the make layout.
@@ -179,6 +182,8 @@ struct RawMachine {
     #[serde(default)]
     layers: Vec<Spanned<String>>,
     #[serde(default)]
+    tags: Vec<Spanned<String>>,
+    #[serde(default)]
     facts: IndexMap<String, Spanned<toml::Value>>,
     transport: Option<Spanned<String>>,
     root: Option<Spanned<String>>,
@@ -194,6 +199,27 @@ struct RawUnit {
     unit: Spanned<String>,
     #[serde(default)]
     action: Option<Spanned<String>>,
+}
+
+/// `host = 203.0.113.20`: a line whose value is not TOML at all but
+/// would be as a quoted string (toml's own message, "invalid float,
+/// expected nothing", does not say so). `(key, value)` then.
+fn unquoted_value(line: &str) -> Option<(&str, &str)> {
+    let (key, value) = line.split_once('=')?;
+    let key = key.trim();
+    let value = value.split(" #").next()?.trim();
+    let bare = |c: char| c.is_ascii_alphanumeric() || "._-:/@~+".contains(c);
+    if key.is_empty()
+        || !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        || value.is_empty()
+        || !value.chars().all(bare)
+        || toml::from_str::<toml::Table>(&format!("x = {value}")).is_ok()
+    {
+        return None;
+    }
+    Some((key, value))
 }
 
 /// Machine, layer and unit names: letters, digits, `.`, `_`, `-`, `@`; not
@@ -251,6 +277,7 @@ impl Project {
             }
             made.text = p.text;
             made.settings = p.settings;
+            made.tags = p.tags;
             made.units = p.units;
             return Ok(made);
         }
@@ -284,6 +311,7 @@ impl Project {
             },
             facts: IndexMap::new(),
             machines,
+            tags: IndexMap::new(),
             units: Vec::new(),
             compat: Some(compat),
         })
@@ -291,9 +319,19 @@ impl Project {
 
     /// Parse `text` as the content of `file` in project directory `root`.
     pub fn parse(root: &Path, file: &Path, text: String) -> Result<Project, ConfigError> {
-        let raw: RawProject = toml::from_str(&text).map_err(|e| ConfigError::Toml {
-            at: Located::from_span(file, &text, e.span().unwrap_or(0..0)),
-            message: e.message().trim_end().to_string(),
+        let raw: RawProject = toml::from_str(&text).map_err(|e| {
+            let at = Located::from_span(file, &text, e.span().unwrap_or(0..0));
+            match unquoted_value(&at.line_text) {
+                Some((key, value)) => ConfigError::Invalid {
+                    message: format!("the value of `{key}` must be a quoted string"),
+                    hint: Some(format!("write `{key} = \"{value}\"`")),
+                    at,
+                },
+                None => ConfigError::Toml {
+                    at,
+                    message: e.message().trim_end().to_string(),
+                },
+            }
         })?;
         let at = |span: std::ops::Range<usize>| Located::from_span(file, &text, span);
         let invalid = |span, message: String, hint: Option<String>| ConfigError::Invalid {
@@ -341,6 +379,7 @@ impl Project {
         let default_become = become_of(&raw.settings.become_method)?;
 
         let mut machines = Vec::new();
+        let mut tags: IndexMap<String, Vec<String>> = IndexMap::new();
         for (name, m) in raw.machines {
             let name_span = name.span();
             let name = name.into_inner();
@@ -448,6 +487,23 @@ impl Project {
                 Some(_) => become_of(&m.become_method)?,
                 None => default_become,
             };
+            let mut machine_tags: Vec<String> = Vec::new();
+            for t in &m.tags {
+                let tag = t.get_ref();
+                if !valid_name(tag) {
+                    return Err(invalid(
+                        t.span(),
+                        format!("invalid tag `{tag}`"),
+                        Some("tags are letters, digits, `.`, `_`, `-`, `@`".into()),
+                    ));
+                }
+                if !machine_tags.contains(tag) {
+                    machine_tags.push(tag.clone());
+                }
+            }
+            if !machine_tags.is_empty() {
+                tags.insert(name.clone(), machine_tags);
+            }
             machines.push(Machine {
                 become_method,
                 ssh_options: Vec::new(),
@@ -572,6 +628,7 @@ impl Project {
             settings,
             facts,
             machines,
+            tags,
             units,
             compat,
         })
@@ -762,5 +819,28 @@ action = "reload"
         assert!(!valid_name(".."));
         assert!(!valid_name("a/b"));
         assert!(!valid_name("-x"));
+    }
+
+    #[test]
+    fn tags_by_machine_deduplicated() {
+        let p = parse(
+            "[machines.a]\ntags = [\"web\", \"eu\", \"web\"]\n[machines.b]\n[machines.c]\ntags = []\n",
+        )
+        .unwrap();
+        assert_eq!(p.tags.get("a").unwrap(), &["web", "eu"]);
+        assert!(p.tags.get("b").is_none() && p.tags.get("c").is_none());
+        let e = parse("[machines.a]\ntags = [\"-x\"]\n").unwrap_err();
+        assert_eq!(e.to_string(), "invalid tag `-x`");
+    }
+
+    #[test]
+    fn an_unquoted_value_says_to_quote_it() {
+        use crate::Diagnose;
+        let e = parse("[machines.a]\nhost = 203.0.113.20\n").unwrap_err();
+        assert_eq!(e.to_string(), "the value of `host` must be a quoted string");
+        assert_eq!(e.hint().unwrap(), "write `host = \"203.0.113.20\"`");
+        // a value that is TOML keeps toml's own message
+        let e = parse("[machines.a]\nport = 22 22\n").unwrap_err();
+        assert_ne!(e.to_string(), "the value of `port` must be a quoted string");
     }
 }

@@ -135,7 +135,20 @@ impl Engine {
         self.layout().manifest_path(machine)
     }
 
+    /// Take lab's lock, or fail with [`EngineError::Locked`] when another
+    /// lab holds it (a `lab watch` session: it would never let go).
     pub(crate) fn lock(&self) -> Result<Lock, EngineError> {
+        self.take_lock(None)
+    }
+
+    /// Take lab's lock, waiting for another lab that holds it (a second
+    /// `lab build` waits for the first, as users expect). The reporter is
+    /// told once, so a wait never looks like a hang.
+    pub(crate) fn lock_waiting(&self, reporter: &dyn Reporter) -> Result<Lock, EngineError> {
+        self.take_lock(Some(reporter))
+    }
+
+    fn take_lock(&self, waiting: Option<&dyn Reporter>) -> Result<Lock, EngineError> {
         let io = |e| EngineError::Io {
             path: self.lab_dir.clone(),
             source: e,
@@ -159,7 +172,28 @@ impl Engine {
                 break;
             }
             if attempt == 20 {
-                return Err(EngineError::Locked { path });
+                let Some(reporter) = waiting else {
+                    return Err(EngineError::Locked { path });
+                };
+                reporter.warning(
+                    None,
+                    &format!(
+                        "another lab process holds `{}`; waiting for it to finish",
+                        path.display()
+                    ),
+                );
+                loop {
+                    // SAFETY: flock on a file descriptor we own.
+                    let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+                    if rc == 0 {
+                        break;
+                    }
+                    let e = std::io::Error::last_os_error();
+                    if e.kind() != std::io::ErrorKind::Interrupted {
+                        return Err(EngineError::Io { path, source: e });
+                    }
+                }
+                break;
             }
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
@@ -229,7 +263,7 @@ impl Engine {
         reporter: &dyn Reporter,
     ) -> Result<BuildReport, EngineError> {
         let machines = self.select(&opts.machines)?;
-        let _lock = self.lock()?;
+        let _lock = self.lock_waiting(reporter)?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.jobs.unwrap_or(0))
             .build()
