@@ -45,6 +45,9 @@ pub struct Settings {
     /// How long a sync watches a (re)started unit whose start does not wait
     /// for readiness (`Type=simple`) before it reports the unit's state.
     pub settle_ms: u64,
+    /// age identity files that decrypt `*.age` sources (besides
+    /// `$LAB_AGE_IDENTITY`).
+    pub age_identities: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -170,6 +173,8 @@ struct RawSettings {
     settle_ms: Option<Spanned<i64>>,
     #[serde(rename = "become")]
     become_method: Option<Spanned<String>>,
+    #[serde(default)]
+    age_identities: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -361,6 +366,12 @@ impl Project {
             identity: raw.settings.identity.map(|p| expand_home(&p)),
             generations,
             settle_ms,
+            age_identities: raw
+                .settings
+                .age_identities
+                .iter()
+                .map(|p| root.join(expand_home(p)))
+                .collect(),
         };
 
         let facts = convert_facts(&raw.facts, &invalid)?;

@@ -74,6 +74,8 @@ pub enum MachineError {
         source_path: PathBuf,
         output: String,
     },
+    #[error("`{}` cannot be decrypted: {message}", path.display())]
+    Age { path: PathBuf, message: String },
     #[error("`{}` has a name that is not UTF-8", path.display())]
     NotUtf8 { path: PathBuf },
     #[error("`{}` is not a regular file, directory or symlink", path.display())]
@@ -154,11 +156,16 @@ impl Diagnose for MachineError {
                 "make's result would depend on the order it copied them in; remove or rename one"
                     .into(),
             ),
+            MachineError::Age { .. } => Some(
+                "name an age identity file in `LAB_AGE_IDENTITY` or in `age_identities` under \
+                 [settings] in lab.toml"
+                    .into(),
+            ),
             MachineError::DotOutput { .. } => {
                 Some("rename the template: the name without `.j2` must not be `.` or `..`".into())
             }
             MachineError::Conflict { .. } => {
-                Some("a layer may hold `NAME` or `NAME.j2`, not both; remove one of them".into())
+                Some("a layer may hold one of `NAME`, `NAME.j2`, `NAME.age`, `NAME.j2.age`; remove the others".into())
             }
             _ => None,
         }

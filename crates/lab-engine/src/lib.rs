@@ -17,6 +17,7 @@ mod machine;
 mod output;
 mod reporter;
 mod scan;
+mod secret;
 mod session;
 mod show;
 mod stack;
@@ -84,6 +85,7 @@ pub struct Engine {
     lab_dir: PathBuf,
     state: StateDir,
     ignore: globset::GlobSet,
+    age: secret::AgeKeys,
 }
 
 /// Held while building; released on drop.
@@ -105,6 +107,7 @@ impl Engine {
         };
         Engine {
             state: StateDir::new(&LabDir::at(&lab_dir)),
+            age: secret::AgeKeys::new(&project.settings.age_identities),
             lab_dir,
             project,
             ignore,
@@ -487,6 +490,7 @@ impl Engine {
             prev_scan_id,
             scan_id,
             force,
+            age: &self.age,
         }
         .run(reporter)
     }

@@ -2,6 +2,7 @@
 
 use crate::output::OutTree;
 use crate::scan::{self, SrcKind};
+use crate::secret::{self, AgeKeys};
 use crate::stack::{output_path, source_digest, Stack, Winner};
 use crate::state::{self, MachineState, MachineSummary, StateDir};
 use crate::{MachineError, Reporter};
@@ -44,6 +45,8 @@ pub(crate) struct MachineJob<'a> {
     pub prev_scan_id: u64,
     pub scan_id: u64,
     pub force: bool,
+    /// Identities for encrypted sources.
+    pub age: &'a AgeKeys,
 }
 
 /// Partials looked up directly on disk through the stack, highest root
@@ -603,12 +606,27 @@ impl MachineJob<'_> {
         ))
     }
 
+    /// The mode of the output of `w`: the source's, or 0600 when the
+    /// source is encrypted (see `secret`).
+    fn mode_of(&self, w: &Winner) -> u32 {
+        if secret::encrypted(&w.src) {
+            secret::SECRET_MODE
+        } else {
+            self.stack.entry(w).perm()
+        }
+    }
+
     fn render(&self, w: &Winner, includes: &Arc<dyn Includes>) -> Result<Rendered, MachineError> {
         let root = self.stack.roots[w.root];
         let path = root.path_of(&w.src);
         let shown = Path::new(&root.name).join(&w.src);
         let bytes = std::fs::read(&path).map_err(MachineError::io(&shown))?;
         let content = Digest::of(&bytes);
+        let bytes = if secret::encrypted(&w.src) {
+            self.age.decrypt(&shown, &bytes)?
+        } else {
+            bytes
+        };
         let text = String::from_utf8(bytes).map_err(|_| MachineError::TemplateNotUtf8 {
             path: shown.clone(),
         })?;
@@ -630,7 +648,7 @@ impl MachineJob<'_> {
         Ok(Rendered {
             trace: Trace {
                 deps,
-                value: render_value(&out.bytes, entry.perm()),
+                value: render_value(&out.bytes, self.mode_of(w)),
             },
             bytes: out.bytes,
         })
@@ -646,7 +664,7 @@ impl MachineJob<'_> {
         let root = self.stack.roots[w.root];
         let src_entry = self.stack.entry(w);
         let src_path = root.path_of(&w.src);
-        let mode = src_entry.perm();
+        let mode = self.mode_of(w);
         let (entry, bytes, dep) = if w.template {
             let bytes = &rendered[out];
             let render_key = Key::Render(out.to_string());
@@ -690,12 +708,18 @@ impl MachineJob<'_> {
                 SrcKind::File => {
                     let data = std::fs::read(&src_path).map_err(MachineError::io(&src_path))?;
                     let sha = Digest::of(&data);
+                    let data = if secret::encrypted(&w.src) {
+                        let shown = Path::new(&root.name).join(&w.src);
+                        self.age.decrypt(&shown, &data)?
+                    } else {
+                        data
+                    };
                     let entry = Entry {
                         path: out.to_string(),
                         mode,
                         kind: EntryKind::File {
                             size: data.len() as u64,
-                            sha256: sha,
+                            sha256: Digest::of(&data),
                         },
                     };
                     self.out.write(&entry, &data)?;

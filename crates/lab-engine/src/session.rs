@@ -398,6 +398,7 @@ impl Session {
                     prev_scan_id: 0,
                     scan_id: 0,
                     force: false,
+                    age: &self.engine.age,
                 };
                 reporter.machine_started(&m.name, 0);
                 match job.execute(prior, reporter) {

@@ -112,6 +112,11 @@ impl Engine {
         };
         match entry.kind {
             SrcKind::Dir => {}
+            // an encrypted source's plaintext is never shown
+            SrcKind::File if crate::secret::encrypted(&w.src) => {
+                show.mode = crate::secret::SECRET_MODE;
+                show.content = b"(decrypted from an age-encrypted source: not shown)\n".to_vec();
+            }
             SrcKind::Symlink => show.content = scan::link_target(&src_path)?.into_bytes(),
             SrcKind::File if !w.template => {
                 show.content = std::fs::read(&src_path).map_err(io(&src_path))?

@@ -31,11 +31,17 @@ pub fn output_path(rel: &str, kind: SrcKind) -> Option<(&str, bool)> {
         return None;
     }
     if kind == SrcKind::File {
+        // `NAME.age` is NAME encrypted; `NAME.j2.age` an encrypted template
+        let rel = match rel.strip_suffix(crate::secret::AGE_SUFFIX) {
+            Some(stem) if !stem.is_empty() && !stem.ends_with('/') => stem,
+            _ => rel,
+        };
         if let Some(stem) = rel.strip_suffix(".j2") {
             if !stem.is_empty() && !stem.ends_with('/') {
                 return Some((stem, true));
             }
         }
+        return Some((rel, false));
     }
     Some((rel, false))
 }
@@ -114,15 +120,23 @@ impl<'a> Stack<'a> {
     /// Only valid when no root's listing changed since the last full
     /// resolution (then shadowing is unchanged too).
     pub fn winner_of(&self, out: &str) -> Option<Winner> {
-        let tmpl = format!("{out}.j2");
+        let candidates = [
+            (format!("{out}.j2"), true),
+            (format!("{out}.j2.age"), true),
+            (format!("{out}.age"), false),
+        ];
         for (ri, root) in self.roots.iter().enumerate().rev() {
-            if let Some(e) = root.entries.get(&tmpl) {
-                if e.kind == SrcKind::File && output_path(&tmpl, e.kind).is_some() {
-                    return Some(Winner {
-                        root: ri,
-                        src: tmpl,
-                        template: true,
-                    });
+            for (src, template) in &candidates {
+                if let Some(e) = root.entries.get(src) {
+                    if e.kind == SrcKind::File
+                        && output_path(src, e.kind).is_some_and(|(o, _)| o == out)
+                    {
+                        return Some(Winner {
+                            root: ri,
+                            src: src.clone(),
+                            template: *template,
+                        });
+                    }
                 }
             }
             if let Some(e) = root.entries.get(out) {

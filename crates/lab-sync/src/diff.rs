@@ -49,7 +49,12 @@ pub fn render(c: &Change) -> Vec<DiffLine> {
     if !is_file(&c.before) && !is_file(&c.after) {
         return out;
     }
-    if secret_path(p) {
+    // a file only its owner may read (a decrypted age source is 0600)
+    let private = |e: &Option<lab_manifest::Entry>| {
+        e.as_ref()
+            .is_some_and(|e| matches!(e.kind, EntryKind::File { .. }) && e.mode & 0o077 == 0)
+    };
+    if secret_path(p) || private(&c.before) || private(&c.after) {
         out.push(DiffLine::Header(
             "  (secret file: content not shown)".into(),
         ));
