@@ -96,6 +96,7 @@ pub fn rollback_program(target: u64, units: &[UnitAction], settle_ms: u64) -> St
     s.push_str(EXECUTOR);
     s.push_str(&format!("\nrollback {target}\n"));
     plan::push_units(&mut s, units, settle_ms);
+    s.push_str("finish\n");
     s
 }
 

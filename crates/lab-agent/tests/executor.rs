@@ -345,7 +345,7 @@ fn killed_at_any_moment_then_converges() {
         let (program, tar) = m.prepare(v2.path());
         // slow the executor down a little so kills land in different phases
         let program = program
-            .replace("\nextract\n", "\nsleep 0.05; extract\n")
+            .replace("\nextract ", "\nsleep 0.05; extract ")
             .replace("\nplace ", "\nsleep 0.02; place ");
         // the program first on stdin (as for plans over 96 KiB)
         let cmd = bootstrap_command(m.root.path().to_str().unwrap(), program.len(), false);
