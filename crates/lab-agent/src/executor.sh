@@ -381,6 +381,8 @@ extract() { # BYTES
       l=/${l%%: *}
       case $l in */.lab-stage/*) l=${l%%/.lab-stage/*}/${l##*/.lab-stage/} ;; esac
       case $l in /var/lib/lab/*) l=/var/lib/lab ;; esac
+      # (free space counted without the stage directories this run filled)
+      ( MODE=undo CHECK=0; . "$G/cleanup.sh" ) </dev/null >/dev/null 2>&1 || :
       fail "nospace ${1:-0} $(free_bytes "$R${l%/*}") $l" ;;
   esac
   fail "extract: $(printf '%s' "$err" | head -n 3)"
@@ -561,7 +563,9 @@ rollback() { # TARGET_GEN
   lock
   recover
   cur=$(current_gen)
-  if [ "$1" -ge "$cur" ]; then out "fail generation $1 is not older than the current $cur"; exit 10; fi
+  # (the recovery of an interrupted rollback may have got there already)
+  if [ "$1" -eq "$cur" ]; then out "rolledback $1 $(current_digest)"; return 0; fi
+  if [ "$1" -gt "$cur" ]; then out "fail generation $1 is not older than the current $cur"; exit 10; fi
   g=$cur
   while [ "$g" -gt "$1" ]; do
     [ -d "$S/gen/$g" ] || { out "fail generation $g is gone (only the last few are kept)"; exit 10; }

@@ -80,6 +80,38 @@ pub fn probe_command(root: &str) -> String {
     )
 }
 
+/// An id for one run of the executor (`[0-9a-z-]`, starting with the
+/// time, so that the machine can keep the last few reports by name).
+pub fn run_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{:011}-{:x}-{:x}",
+        t.as_secs(),
+        t.subsec_nanos(),
+        std::process::id()
+    )
+}
+
+/// `program` run as `run` (see [`run_id`]): it keeps its report on the
+/// machine, where [`outcome_command`] finds it.
+pub fn with_run(run: &str, program: &str) -> String {
+    format!("RUN={run}\n{program}")
+}
+
+/// The command that prints the report of run `run` once the run is over
+/// (it waits for lab's lock): after a lost connection, what the machine
+/// did. Prints nothing when the run left no report.
+pub fn outcome_command(root: &str, run: &str) -> String {
+    let s = format!("{root}{STATE_DIR}");
+    let lock = quote(&format!("{s}/lock"));
+    format!(
+        "if [ -e {lock} ]; then flock -w 600 {lock} cat {} 2>/dev/null; fi; true",
+        quote(&format!("{s}/reports/{run}"))
+    )
+}
+
 /// The command that prints the manifest of generation `gen`.
 pub fn manifest_command(root: &str, gen: u64) -> String {
     format!(

@@ -131,6 +131,10 @@ pub struct SshTransport {
     io_timeout: Duration,
     commands: u64,
     sent: u64,
+    /// How it connected, to connect again after a lost connection (the
+    /// host key is known by then: no `accept_new`).
+    target: SshTarget,
+    timeout: Duration,
 }
 
 impl Drop for SshTransport {
@@ -262,6 +266,8 @@ impl SshTransport {
             io_timeout,
             commands: 0,
             sent: 0,
+            target: t.clone(),
+            timeout,
         };
         me.verify_host_key(t, accept_new)?;
         me.authenticate(t)?;
@@ -551,5 +557,15 @@ impl Transport for SshTransport {
 
     fn sent(&self) -> u64 {
         self.sent
+    }
+
+    fn reconnect(&mut self) -> Result<(), SyncError> {
+        let mut fresh =
+            SshTransport::connect(&self.target, false, self.timeout, self.io_timeout)?;
+        fresh.commands = self.commands;
+        fresh.sent = self.sent;
+        // (the old session and its proxy go with the swapped-out value)
+        std::mem::swap(self, &mut fresh);
+        Ok(())
     }
 }
