@@ -374,9 +374,10 @@ extract() { # BYTES
   # (tar's messages through a pipe: a file would need the space that is
   # missing)
   if err=$(tar -x -p -m --no-same-owner -f - 2>&1 >/dev/null); then return 0; fi
+  # (a short write is a full disk too: tar says "Wrote only N of M bytes")
   case $err in
-    *"No space left on device"* | *"Disk quota exceeded"*)
-      l=$(printf '%s\n' "$err" | grep -m 1 -e 'No space left' -e 'quota exceeded')
+    *"No space left on device"* | *"Disk quota exceeded"* | *": Wrote only "*)
+      l=$(printf '%s\n' "$err" | grep -m 1 -e 'No space left' -e 'quota exceeded' -e ': Wrote only ')
       l=${l#tar: }
       l=/${l%%: *}
       case $l in */.lab-stage/*) l=${l%%/.lab-stage/*}/${l##*/.lab-stage/} ;; esac

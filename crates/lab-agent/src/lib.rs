@@ -71,12 +71,17 @@ pub fn bootstrap_command(root: &str, len: usize, systemd: bool) -> String {
 }
 
 /// The command that prints `GEN DIGEST` of the machine's applied generation
-/// (`0 none` before the first sync): the whole of a no-change sync.
+/// (`0 none` before the first sync): the whole of a no-change sync. A
+/// second line `interrupted` says that a run was killed half way: the
+/// machine is not what `current` says until an executor recovers it.
 pub fn probe_command(root: &str) -> String {
     let s = format!("{root}{STATE_DIR}");
     format!(
-        "cat {} 2>/dev/null || echo '0 none'",
-        quote(&format!("{s}/current"))
+        "cat {} 2>/dev/null || echo '0 none'; \
+         if [ -e {} ] || [ -e {} ]; then echo interrupted; fi",
+        quote(&format!("{s}/current")),
+        quote(&format!("{s}/inflight")),
+        quote(&format!("{s}/undoing"))
     )
 }
 

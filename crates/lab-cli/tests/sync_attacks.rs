@@ -33,21 +33,22 @@ fn labrun(lab: &TestLab, args: &[&str]) -> (i32, String, String) {
 /// SIGKILL the executor on the host: its whole process group (the shell,
 /// and its tar, cp, mv), i.e. every process holding lab's lock.
 const KILL_EXECUTOR: &str = r#"p=$(pgrep -o -f '[l]ab[.][A-Za-z0-9]*/run[.]sh|^sh -c RUN=')
-if [ -n "$p" ]; then g=$(ps -o pgid= -p "$p" | tr -d ' '); kill -KILL -- "-$g"; echo killed; fi"#;
+if [ -n "$p" ]; then g=$(ps -o pgid= -p "$p" | tr -d ' '); kill -KILL "-$g" && echo killed; fi"#;
 
 /// Drop every ssh connection to the host (lab's included).
 const DROP_CONNECTIONS: &str = "pkill -KILL -f 'sshd: root@notty'; echo dropped";
 
-/// On the host: wait (up to 120 s) until the shell condition `cond` holds,
-/// then run `then`. Returns once the watcher is running; join the handle
-/// for what `then` printed.
+/// On the host: wait until the shell condition `cond` holds, then run
+/// `then`. Returns once the watcher is running; [`stop`] ends it (if
+/// `cond` never held) and returns what `then` printed.
 fn when(h: &Host, cond: &str, then: &str) -> std::thread::JoinHandle<String> {
-    let _ = h.run("rm -f /run/lab-watch.ready");
+    let _ = h.run("rm -f /run/lab-watch.ready /run/lab-watch.stop");
     let script = format!(
-        ": >/run/lab-watch.ready; n=0; until {cond}; do n=$((n + 1)); [ $n -lt 50000000 ] || exit 0; done; {then}"
+        ": >/run/lab-watch.ready; until {cond} || [ -e /run/lab-watch.stop ]; do :; done; \
+         [ -e /run/lab-watch.stop ] || {{ {then}\n}}"
     );
     let mut c = h.ssh_command();
-    c.arg(format!("timeout 120 sh -c {}", lab_agent::quote(&script)));
+    c.arg(format!("timeout 300 sh -c {}", lab_agent::quote(&script)));
     let handle = std::thread::spawn(move || {
         let out = c.output().unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
@@ -58,11 +59,22 @@ fn when(h: &Host, cond: &str, then: &str) -> std::thread::JoinHandle<String> {
     handle
 }
 
+/// End a watcher started by [`when`]: what it printed.
+fn stop(h: &Host, w: std::thread::JoinHandle<String>) -> String {
+    let _ = h.run(": >/run/lab-watch.stop");
+    w.join().unwrap()
+}
+
 /// `N` files of ~1 KiB in 40 directories under /srv/data, of `version`.
 fn data(lab: &TestLab, n: usize, version: u32) {
+    data_in(lab, n, 40, version)
+}
+
+/// `N` files of ~1 KiB in `dirs` directories under /srv/data.
+fn data_in(lab: &TestLab, n: usize, dirs: usize, version: u32) {
     for i in 0..n {
         lab.file(
-            &format!("layers/base/srv/data/d{:02}/f{i}", i % 40),
+            &format!("layers/base/srv/data/d{:02}/f{i}", i % dirs),
             &format!("version {version} file {i}\n{}", "x".repeat(1000)),
         );
     }
@@ -161,9 +173,10 @@ fn recovery_refuses_to_write_through_a_planted_symlink() {
     let fleet = TestHosts::up(1).unwrap();
     let h = &fleet.hosts()[0];
     let lab = project(fleet.hosts());
-    data(&lab, 2000, 1);
+    // (400 directories: placing them takes long enough to be caught)
+    data_in(&lab, 2000, 400, 1);
     sync(&lab, "h1");
-    data(&lab, 2000, 2);
+    data_in(&lab, 2000, 400, 2);
     build(&lab);
     let mut killed = false;
     for _ in 0..3 {
@@ -174,18 +187,18 @@ fn recovery_refuses_to_write_through_a_planted_symlink() {
             KILL_EXECUTOR,
         );
         let (code, _, _) = labrun(&lab, &["sync", "-m", "h1", "-q"]);
-        let said = w.join().unwrap();
-        if said.contains("killed") && code != 0 {
+        let said = stop(h, w);
+        let inflight = run(h, "test -d /var/lib/lab/inflight && echo yes; true") == "yes\n";
+        if said.contains("killed") && code != 0 && inflight {
             killed = true;
             break;
         }
-        data(&lab, 2000, 1);
+        data_in(&lab, 2000, 400, 1);
         sync(&lab, "h1");
-        data(&lab, 2000, 2);
+        data_in(&lab, 2000, 400, 2);
         build(&lab);
     }
     assert!(killed, "the executor was never killed mid-apply");
-    assert_eq!(run(h, "test -d /var/lib/lab/inflight && echo yes"), "yes\n");
     run(
         h,
         "mv /srv/data/d00 /srv/d00.moved && mkdir -p /srv/evil && ln -s /srv/evil /srv/data/d00",
@@ -243,7 +256,7 @@ fn a_dropped_connection_does_not_stop_an_apply_and_lab_reads_the_outcome() {
         DROP_CONNECTIONS,
     );
     let (code, out, err) = labrun(&lab, &["sync", "-m", "h1"]);
-    let _ = w.join();
+    stop(h, w);
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("h1: applied generation 2"), "{out}");
     assert!(
@@ -259,7 +272,7 @@ fn a_dropped_connection_does_not_stop_an_apply_and_lab_reads_the_outcome() {
     build(&lab);
     let w = when(h, "test -s /var/lib/lab/inflight/placed", DROP_CONNECTIONS);
     let (code, out, err) = labrun(&lab, &["sync", "-m", "h1"]);
-    let said = w.join().unwrap();
+    let said = stop(h, w);
     assert_eq!(code, 0, "{said}: {out}{err}");
     assert!(out.contains("h1: applied generation 3"), "{out}");
     converged(h, &lab);
@@ -281,7 +294,7 @@ fn a_killed_rollback_is_a_failure() {
         tried += 1;
         let w = when(h, "test -e /var/lib/lab/undoing", KILL_EXECUTOR);
         let (code, out, err) = labrun(&lab, &["rollback", "-m", "h1"]);
-        let said = w.join().unwrap();
+        let said = stop(h, w);
         let mid = run(h, "test -e /var/lib/lab/undoing && echo yes; true") == "yes\n";
         if said.contains("killed") && mid {
             assert_ne!(code, 0, "{out}{err}");
@@ -360,7 +373,7 @@ fn recovery_undoes_only_what_was_in_flight() {
     for _ in 0..3 {
         let w = when(h, "test -e /var/lib/lab/inflight/backed-up", KILL_EXECUTOR);
         let (code, _, _) = labrun(&lab, &["sync", "-m", "h1", "-q"]);
-        let said = w.join().unwrap();
+        let said = stop(h, w);
         let at_kill = inodes(h);
         let replaced = before
             .iter()
@@ -398,4 +411,243 @@ fn recovery_undoes_only_what_was_in_flight() {
         break;
     }
     assert!(done, "the executor was never killed early enough");
+}
+
+/// xorshift64*: random enough, and the same sequence for the same seed.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) % n
+    }
+}
+
+/// A random build of the machine's /srv: some files of a pool (one of
+/// them a file that existed before lab), a path that is absent, a file, a
+/// directory or a symlink, and 200 files that always change (so that a
+/// kill finds the executor at work).
+fn random_build(lab: &TestLab, rng: &mut Rng, v: u32) {
+    let base = lab.join("layers/base/srv");
+    if base.exists() {
+        lab.remove("layers/base/srv");
+    }
+    let pool = [
+        "p/taken",
+        "p/empty/x",
+        "p/full/y",
+        "t/f0",
+        "t/f1",
+        "t/f2",
+        "t/a/g0",
+        "t/a/g1",
+        "t/a/b/h0",
+        "t/a/b/h1",
+        "u/only",
+    ];
+    for f in pool {
+        if rng.below(10) < 6 {
+            lab.file(&format!("layers/base/srv/{f}"), &format!("v{v} {f}\n"));
+        }
+    }
+    match rng.below(4) {
+        0 => {}
+        1 => {
+            lab.file("layers/base/srv/t/k", &format!("v{v} k\n"));
+        }
+        2 => {
+            lab.file("layers/base/srv/t/k/in", &format!("v{v} k/in\n"));
+        }
+        _ => {
+            lab.symlink("layers/base/srv/t/k", "f0");
+        }
+    }
+    for i in 0..200 {
+        lab.file(
+            &format!("layers/base/srv/data/d{}/f{i}", i % 10),
+            &format!("v{v} {i}\n"),
+        );
+    }
+}
+
+/// Random sequences of syncs, rollbacks, kills of the executor at random
+/// points, foreign symlinks planted at managed directories and foreign
+/// files planted in them. After every step nothing was written through a
+/// foreign symlink, and no file or directory that was not lab's is lost;
+/// at the end a sync gives exactly the last build, and a rollback to 0
+/// gives the machine back as it was. `LAB_PROPTEST_SEED` replays a run,
+/// `LAB_PROPTEST_STEPS` sets its length.
+#[test]
+fn property_random_syncs_rollbacks_kills_and_plants() {
+    let seed: u64 = std::env::var("LAB_PROPTEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+                | 1
+        });
+    let steps: u32 = std::env::var("LAB_PROPTEST_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(16);
+    eprintln!("property test: LAB_PROPTEST_SEED={seed} LAB_PROPTEST_STEPS={steps}");
+    let mut rng = Rng(seed);
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    // not lab's: a pre-existing empty directory (mode 700), one with a
+    // file, a file lab takes over, and where foreign symlinks point
+    run(
+        h,
+        "mkdir -p /srv/p/empty /srv/p/full /srv/evil && chmod 700 /srv/p/empty && \
+         echo mine >/srv/p/full/keep && echo orig >/srv/p/taken",
+    );
+    let snapshot = "cd /srv && find . -path ./evil -prune -o -path './*.away*' -prune -o \
+                    -name 'foreign-*' -prune -o -printf '%p %y %m %l\\n' | sort; \
+                    cat /srv/p/full/keep /srv/p/taken; ls -A /srv/evil";
+    let pristine = run(h, snapshot);
+    let lab = project(fleet.hosts());
+    let mut foreign: Vec<u32> = Vec::new();
+    // (managed directory, where it was moved) for each planted symlink
+    let mut planted: Vec<(String, String)> = Vec::new();
+    let check = |what: &str, foreign: &[u32]| {
+        assert_eq!(run(h, "ls -A /srv/evil"), "", "{what}: written through a foreign symlink");
+        assert_eq!(run(h, "cat /srv/p/full/keep"), "mine\n", "{what}");
+        let found = run(
+            h,
+            "find /srv -name 'foreign-*' -type f -exec cat {} + 2>/dev/null | sort",
+        );
+        let mut want: Vec<String> = foreign.iter().map(|n| format!("foreign {n}")).collect();
+        want.sort();
+        let mut got: Vec<&str> = found.lines().collect();
+        got.sort();
+        assert_eq!(got, want, "{what}: a foreign file was lost");
+    };
+    let unplant = |planted: &mut Vec<(String, String)>| {
+        for (d, away) in planted.drain(..) {
+            run(
+                h,
+                &format!(
+                    "if [ -L {d} ]; then rm {d}; fi; if [ ! -e {d} ] && [ ! -L {d} ]; then mv {away} {d}; fi; true"
+                ),
+            );
+        }
+    };
+    let mut v = 0;
+    random_build(&lab, &mut rng, v);
+    sync(&lab, "h1");
+    for step in 0..steps {
+        let what;
+        match rng.below(10) {
+            0..=3 => {
+                v += 1;
+                random_build(&lab, &mut rng, v);
+                build(&lab);
+                let (code, out, err) = labrun(&lab, &["sync", "-m", "h1"]);
+                what = format!("step {step}: sync v{v} (exit {code})");
+                if planted.is_empty() {
+                    assert_eq!(code, 0, "{what}: {out}{err}");
+                }
+            }
+            4..=5 => {
+                v += 1;
+                random_build(&lab, &mut rng, v);
+                build(&lab);
+                let cond = [
+                    "test -e /var/lib/lab/inflight/backed-up",
+                    "test -s /var/lib/lab/inflight/placed",
+                    "test -e /var/lib/lab/inflight/undo.sh",
+                ][rng.below(3) as usize];
+                let w = when(h, cond, KILL_EXECUTOR);
+                let (code, _, _) = labrun(&lab, &["sync", "-m", "h1", "-q"]);
+                let said = stop(h, w);
+                what = format!("step {step}: sync v{v} killed at `{cond}` ({said:?}, exit {code})");
+            }
+            6..=7 => {
+                let kill = rng.below(2) == 0;
+                let w = kill.then(|| when(h, "test -e /var/lib/lab/undoing", KILL_EXECUTOR));
+                let (code, out, err) = labrun(&lab, &["rollback", "-m", "h1"]);
+                let said = w.map(|w| stop(h, w)).unwrap_or_default();
+                what = format!("step {step}: rollback (kill: {kill} {said:?}, exit {code})");
+                if code == 0 {
+                    assert!(out.contains("back on generation"), "{what}: {out}");
+                }
+                let _ = err;
+            }
+            8 => {
+                let dirs = run(
+                    h,
+                    "for d in /srv/t /srv/t/a /srv/t/a/b /srv/t/k /srv/data/d3 /srv/p/full; do \
+                     [ -d $d ] && [ ! -L $d ] && echo $d; done; true",
+                );
+                let dirs: Vec<&str> = dirs.lines().collect();
+                if dirs.is_empty() {
+                    continue;
+                }
+                let d = dirs[rng.below(dirs.len() as u64) as usize].to_string();
+                let away = format!("{d}.away{step}");
+                run(h, &format!("mv {d} {away} && ln -s /srv/evil {d}"));
+                what = format!("step {step}: symlink planted at {d}");
+                planted.push((d, away));
+            }
+            _ => {
+                let dirs = run(
+                    h,
+                    "for d in /srv/t /srv/t/a /srv/t/a/b /srv/t/k /srv/data/d3 /srv/p/empty /srv/u; do \
+                     [ -d $d ] && [ ! -L $d ] && echo $d; done; true",
+                );
+                let dirs: Vec<&str> = dirs.lines().collect();
+                if dirs.is_empty() {
+                    continue;
+                }
+                let d = dirs[rng.below(dirs.len() as u64) as usize];
+                run(h, &format!("echo 'foreign {step}' >{d}/foreign-{step}"));
+                foreign.push(step);
+                what = format!("step {step}: foreign file planted in {d}");
+            }
+        }
+        eprintln!("{what}");
+        check(&what, &foreign);
+        if !planted.is_empty() && rng.below(2) == 0 {
+            unplant(&mut planted);
+        }
+    }
+    // the end: plants gone, a sync gives exactly the last build
+    unplant(&mut planted);
+    build(&lab);
+    let (code, out, err) = labrun(&lab, &["sync", "-m", "h1"]);
+    assert_eq!(code, 0, "final sync: {out}{err}");
+    converged(h, &lab);
+    check("final sync", &foreign);
+    // and a rollback to 0 gives back what was not lab's
+    let (code, out, err) = labrun(&lab, &["rollback", "-m", "h1", "--to", "0"]);
+    assert_eq!(code, 0, "rollback to 0: {out}{err}");
+    check("rollback to 0", &foreign);
+    let now = run(h, snapshot);
+    // (directories lab created that now hold foreign files stay: kept)
+    let kept: Vec<&str> = now
+        .lines()
+        .filter(|l| !pristine.lines().any(|p| p == *l))
+        .collect();
+    for l in &kept {
+        let p = l.split_whitespace().next().unwrap();
+        let holds_foreign = run(
+            h,
+            &format!("find /srv/{p} -name 'foreign-*' 2>/dev/null | head -1"),
+        );
+        assert!(
+            l.contains(" d ") && !holds_foreign.is_empty(),
+            "after rollback to 0: `{l}` was not there before lab\nbefore:\n{pristine}\nnow:\n{now}"
+        );
+    }
+    for l in pristine.lines() {
+        assert!(
+            now.lines().any(|n| n == l),
+            "after rollback to 0: `{l}` is lost\nnow:\n{now}"
+        );
+    }
 }

@@ -89,7 +89,18 @@ impl SyncReport {
     }
 }
 
+/// Stands for the digest of a machine that a killed run left half way:
+/// equal to no build, so that a sync always sends a plan (the executor
+/// recovers the machine first, then says where it really is).
+fn interrupted_digest() -> Digest {
+    Digest::of(b"lab: a run on this machine was interrupted")
+}
+
 fn parse_current(text: &str) -> Result<(u64, Option<Digest>), SyncError> {
+    if text.lines().any(|l| l == "interrupted") {
+        let gen = text.split_whitespace().next().and_then(|g| g.parse().ok());
+        return Ok((gen.unwrap_or(0), Some(interrupted_digest())));
+    }
     let mut it = text.split_whitespace();
     let gen = it
         .next()
@@ -128,7 +139,7 @@ impl MachineSync<'_> {
         gen: u64,
         digest: Option<&Digest>,
     ) -> Result<Manifest, SyncError> {
-        if gen == 0 {
+        if gen == 0 || digest == Some(&interrupted_digest()) && !self.gen_exists(gen)? {
             return Ok(Manifest::new(&self.target.name));
         }
         if let (Some(d), Ok(text)) = (digest, std::fs::read_to_string(&self.target.cache_path)) {
@@ -151,6 +162,20 @@ impl MachineSync<'_> {
             status: 0,
             output: format!("manifest of generation {gen}: {e}"),
         })
+    }
+
+    /// Whether generation `gen` is still on the machine.
+    fn gen_exists(&mut self, gen: u64) -> Result<bool, SyncError> {
+        let cmd = format!(
+            "test -f {} && echo yes; true",
+            lab_agent::quote(&format!(
+                "{}{}/gen/{gen}/manifest",
+                self.target.root,
+                lab_agent::STATE_DIR
+            ))
+        );
+        let out = self.transport.run(&cmd, &mut |_| Ok(()))?;
+        Ok(out.stdout_text().trim() == "yes")
     }
 
     fn new_manifest(&self) -> Result<(Manifest, String), SyncError> {
