@@ -42,7 +42,11 @@ pub enum SyncError {
     #[error("the machine refused the change: {0}")]
     Remote(String),
     #[error("the machine ran out of disk space writing `{path}`: the change needs {}, {} {} free there", human(*needed), human(*free), if *free == 1 { "is" } else { "are" })]
-    NoSpace { path: String, needed: u64, free: u64 },
+    NoSpace {
+        path: String,
+        needed: u64,
+        free: u64,
+    },
     #[error("the run on the machine stopped before it finished: {0}")]
     Interrupted(String),
     #[error("the machine answered unexpectedly (exit {status}): {output}")]

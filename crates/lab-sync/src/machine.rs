@@ -7,10 +7,10 @@
 //! when its digest matches, else from the machine; then one command carries
 //! the executor program and the tar stream of what changed.
 
+use crate::transport::Output;
 use crate::transport::Transport;
 use crate::units;
 use crate::SyncError;
-use crate::transport::Output;
 use lab_agent::{
     bootstrap, manifest_command, outcome_command, probe_command, run_id, with_run, ApplyPlan,
     Report, UnitAction,
@@ -274,9 +274,9 @@ impl MachineSync<'_> {
             let report = Report::parse(&out.stdout_text());
             if out.status == 0 && !report.finished {
                 return Err(SyncError::Interrupted(match report.now {
-                    Some((g, _)) => format!(
-                        "generation {g} was applied, but its unit actions may not have run"
-                    ),
+                    Some((g, _)) => {
+                        format!("generation {g} was applied, but its unit actions may not have run")
+                    }
                     None => "nothing was committed; the next sync undoes what it had done".into(),
                 }));
             }
@@ -306,7 +306,7 @@ impl MachineSync<'_> {
                         out.stderr_text()
                     } else {
                         report.failures.join("; ")
-                    }))
+                    }));
                 }
                 s => {
                     return Err(SyncError::Protocol {

@@ -560,8 +560,7 @@ impl Transport for SshTransport {
     }
 
     fn reconnect(&mut self) -> Result<(), SyncError> {
-        let mut fresh =
-            SshTransport::connect(&self.target, false, self.timeout, self.io_timeout)?;
+        let mut fresh = SshTransport::connect(&self.target, false, self.timeout, self.io_timeout)?;
         fresh.commands = self.commands;
         fresh.sent = self.sent;
         // (the old session and its proxy go with the swapped-out value)
