@@ -58,9 +58,12 @@ pub fn bootstrap<'a>(root: &str, program: &'a str, systemd: bool) -> (String, &'
 /// the rest of stdin (the tar stream) is left for the program. `root` is the
 /// machine's root (`""` on a real machine, a directory for local machines).
 pub fn bootstrap_command(root: &str, len: usize, systemd: bool) -> String {
+    // (a program cut short by a lost connection is never run: the check
+    // of its length; and a lost connection does not stop this shell)
     let body = format!(
-        "set -eu; d=$(mktemp -d \"${{TMPDIR:-/tmp}}/lab.XXXXXX\"); \
-         trap 'rm -rf \"$d\"' EXIT; head -c {len} >\"$d/run.sh\"; sh \"$d/run.sh\""
+        "set -eu; trap '' HUP PIPE; d=$(mktemp -d \"${{TMPDIR:-/tmp}}/lab.XXXXXX\"); \
+         trap 'rm -rf \"$d\"' EXIT; head -c {len} >\"$d/run.sh\"; \
+         [ $(($(wc -c <\"$d/run.sh\"))) -eq {len} ] || exit 10; sh \"$d/run.sh\""
     );
     format!(
         "LAB_ROOT={} LAB_SYSTEMD={} sh -c {}",

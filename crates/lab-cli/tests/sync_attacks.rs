@@ -32,7 +32,7 @@ fn labrun(lab: &TestLab, args: &[&str]) -> (i32, String, String) {
 
 /// SIGKILL the executor on the host: its whole process group (the shell,
 /// and its tar, cp, mv), i.e. every process holding lab's lock.
-const KILL_EXECUTOR: &str = r#"p=$(pgrep -o -f '[l]ab[.][A-Za-z0-9]*/run[.]sh|^sh -c RUN=')
+const KILL_EXECUTOR: &str = r#"p=$(pgrep -o -f '[l]ab[.][A-Za-z0-9]*/run[.]sh|^sh -c (RUN=|# lab executor)')
 if [ -n "$p" ]; then g=$(ps -o pgid= -p "$p" | tr -d ' '); kill -KILL "-$g" && echo killed; fi"#;
 
 /// Drop every ssh connection to the host (lab's included).

@@ -105,6 +105,10 @@ impl Diagnose for SyncError {
                     .into(),
             ),
             SyncError::Contended(_) => Some("run the sync again".into()),
+            SyncError::Interrupted(_) => Some(
+                "sync again: the machine first finishes or undoes what the stopped run began"
+                    .into(),
+            ),
             SyncError::NoSpace { .. } => Some(
                 "free space on the machine (or make the change smaller) and sync again; \
                  the machine is back where it was"
