@@ -405,3 +405,35 @@ fn quoting_survives_hostile_names() {
     }
     assert!(EXECUTOR.starts_with("# lab executor"));
 }
+
+/// An undo (here: a rollback) checks every path before it writes any: one
+/// planted symlink, and nothing at all is written, nor anything through
+/// the symlink; the rollback says why and can be retried.
+#[test]
+fn an_undo_that_meets_a_planted_symlink_writes_nothing() {
+    let m = Machine::new();
+    let elsewhere = TestLab::new();
+    let v1 = TestLab::new();
+    v1.file("etc/a/x", "1\n").file("srv/b/y", "1\n");
+    let v2 = TestLab::new();
+    v2.file("etc/a/x", "2\n").file("srv/b/y", "2\n");
+    assert_eq!(m.apply(v1.path()).code, 0);
+    assert_eq!(m.apply(v2.path()).code, 0);
+    std::fs::rename(m.root.join("srv/b"), m.root.join("srv/b.moved")).unwrap();
+    m.root.symlink("srv/b", elsewhere.path().to_str().unwrap());
+    let before = m.tree();
+    let r = m.rollback(1);
+    assert_eq!(r.code, 10, "{}", r.stdout);
+    assert_eq!(
+        r.report.failures[0],
+        "unsafe /srv/b is a symlink lab did not create (writing /srv/b/)"
+    );
+    assert_eq!(m.tree(), before, "nothing written");
+    assert_eq!(tree_listing(elsewhere.path()), "");
+    assert_eq!(m.current().0, 2);
+    std::fs::remove_file(m.root.join("srv/b")).unwrap();
+    std::fs::rename(m.root.join("srv/b.moved"), m.root.join("srv/b")).unwrap();
+    let r = m.rollback(1);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    expect_tree(&m, &v1);
+}
