@@ -216,6 +216,7 @@ impl<'a> ApplyPlan<'a> {
             .writes
             .iter()
             .chain(&self.new_dirs)
+            .chain(&self.chmod_dirs)
             .chain(&self.removes)
             .copied()
             .chain(rmdirs)
@@ -225,7 +226,11 @@ impl<'a> ApplyPlan<'a> {
                 dirs.insert(p);
                 p = parent(p);
             }
-            if e.is_dir() && self.new_dirs.iter().any(|n| n.path == e.path) {
+            // (a directory the stream re-modes: tar would follow a symlink)
+            if e.is_dir()
+                && (self.new_dirs.iter().any(|n| n.path == e.path)
+                    || self.chmod_dirs.iter().any(|n| n.path == e.path))
+            {
                 dirs.insert(&e.path);
             }
         }

@@ -437,3 +437,31 @@ fn an_undo_that_meets_a_planted_symlink_writes_nothing() {
     assert_eq!(r.code, 0, "{}", r.stdout);
     expect_tree(&m, &v1);
 }
+
+/// A directory whose mode changes, replaced by a symlink to elsewhere: the
+/// sync refuses, and the mode of what the symlink points to stays.
+#[test]
+fn a_re_moded_directory_that_became_a_symlink_is_refused() {
+    let m = Machine::new();
+    let elsewhere = TestLab::new();
+    elsewhere.file("keep", "k\n").chmod(".", 0o755);
+    let v1 = TestLab::new();
+    v1.file("srv/d/x", "1\n").chmod("srv/d", 0o755);
+    let v2 = TestLab::new();
+    v2.file("srv/d/x", "1\n").chmod("srv/d", 0o700);
+    assert_eq!(m.apply(v1.path()).code, 0);
+    std::fs::remove_dir_all(m.root.join("srv/d")).unwrap();
+    m.root.symlink("srv/d", elsewhere.path().to_str().unwrap());
+    let r = m.apply(v2.path());
+    assert_eq!(r.code, 10, "{}", r.stdout);
+    assert_eq!(
+        r.report.failures,
+        vec!["unsafe /srv/d is a symlink lab did not create"]
+    );
+    let mode = std::fs::metadata(elsewhere.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
+}
