@@ -493,16 +493,50 @@ $d
   fi
   safe "$d/"
   [ "$CHECK" = 0 ] || return 0
-  n=$#
+  u_gone "$d" "$@"
+  if [ "$k" = r ]; then u_origs "$d" "$@"; fi
+  u_back "$d" "$@"
+}
+
+# DIR NAME...: remove, with one program, what the generation wrote where
+# nothing was before.
+u_gone() {
+  d=$1
+  shift
+  for f do
+    shift
+    if [ -L "$G/prev$d/$f" ] || { [ -e "$G/prev$d/$f" ] && [ ! -d "$G/prev$d/$f" ]; }; then
+      :
+    elif [ -L "$R$d/$f" ] || { [ -e "$R$d/$f" ] && [ ! -d "$R$d/$f" ]; }; then
+      set -- "$@" "$R$d/$f"
+    fi
+  done
+  [ $# -gt 0 ] || return 0
+  rm -f -- "$@" </dev/null || { out "fail undo: cannot remove files in ${d:-/}"; exit 1; }
+}
+
+# DIR NAME...: originals that the generation had restored are lab's
+# originals again.
+u_origs() {
+  d=$1
+  shift
+  for f do
+    if [ -e "$G/origs$d/$f" ] || [ -L "$G/origs$d/$f" ]; then
+      mkdir -p -- "$S/orig$d" && mv -f -- "$G/origs$d/$f" "$S/orig$d/$f" ||
+        { out "fail undo: cannot keep the original of $d/$f"; exit 1; }
+    fi
+  done
+}
+
+# DIR NAME...: put back what $G/prev holds, through DIR/.lab-stage, a few
+# programs for the whole directory.
+u_back() {
+  d=$1
+  shift
   for f do
     shift
     if [ -L "$G/prev$d/$f" ] || { [ -e "$G/prev$d/$f" ] && [ ! -d "$G/prev$d/$f" ]; }; then
       set -- "$@" "$G/prev$d/$f"
-    elif [ -L "$R$d/$f" ] || { [ -e "$R$d/$f" ] && [ ! -d "$R$d/$f" ]; }; then
-      rm -f -- "$R$d/$f" || { out "fail undo: cannot remove $d/$f"; exit 1; }
-    fi
-    if [ "$k" = r ] && { [ -e "$G/origs$d/$f" ] || [ -L "$G/origs$d/$f" ]; }; then
-      mkdir -p -- "$S/orig$d" && mv -f -- "$G/origs$d/$f" "$S/orig$d/$f" || { out "fail undo: cannot keep the original of $d/$f"; exit 1; }
     fi
   done
   [ $# -gt 0 ] || return 0
