@@ -11,19 +11,37 @@
 #   orig/             files that existed before lab first wrote their path;
 #                     restored when lab stops managing the path
 #
+#   reports/RUN       what the run RUN printed (kept for the last few runs):
+#                     a client that lost its connection reads it there
+#
 # Exit codes: 0 applied (unit results are in the report), 3 stale base (the
 # machine's generation is not the one the plan was made for), 10 failed (the
-# machine is back where it was).
+# machine is back where it was). The last line of a run that got to its end
+# is `end`: a run killed on the way has none, whatever its exit status says.
 
 set -eu
 umask 022
+# A lost connection must not stop a run half way: once the executor has the
+# whole stream it finishes and commits (as under nohup), and a stream that
+# ends early is undone at once. Writes to a dead stdout fail instead of
+# killing the shell; `out` ignores that failure.
+trap '' HUP PIPE
 R=${LAB_ROOT:-}
 # the executor changes directory: a relative root is taken from where it starts
 case $R in '' | /*) ;; *) R=$PWD/$R ;; esac
 S="$R/var/lib/lab"
 G=""
+RUN=${RUN:-}
+RPT=""
+# apply: a refused path fails the sync (which is then undone); undo: it
+# stops the undo. CHECK=1 while an undo program is only being checked.
+MODE=apply
+CHECK=0
 
-out() { printf '%s\n' "$*"; }
+out() {
+  if [ -n "$RPT" ]; then printf '%s\n' "$*" >>"$RPT" || :; fi
+  printf '%s\n' "$*" 2>/dev/null || :
+}
 
 # Copy stdin to stdout with builtins only: the plan's small files are
 # written without starting a program. (Each program started on a small
@@ -33,10 +51,12 @@ wr() { while IFS= read -r l; do printf '%s\n' "$l"; done; }
 fail() {
   out "fail $*"
   if [ -d "$S/inflight" ]; then
-    [ -f "$S/inflight/cleanup.sh" ] && ( . "$S/inflight/cleanup.sh" ) </dev/null >/dev/null 2>&1
-    if [ -f "$S/inflight/backed-up" ]; then
-      G="$S/inflight"
-      ( . "$S/inflight/undo.sh" ) </dev/null >/dev/null 2>&1 || out "fail undo of the failed sync did not finish"
+    G="$S/inflight"
+    # (an undo that refuses or breaks keeps inflight/: the next run tries
+    # again, and says why it cannot)
+    if ! undo_inflight; then
+      out "fail undo of the failed sync did not finish; the next sync retries it"
+      exit 10
     fi
     rm -rf -- "$S/inflight"
   fi
@@ -44,12 +64,93 @@ fail() {
 }
 
 lock() {
-  [ -d "$S/gen" ] || mkdir -p -- "$S/gen"
+  [ -d "$S/gen" ] && [ -d "$S/reports" ] || mkdir -p -- "$S/gen" "$S/reports"
   exec 9>"$S/lock"
   if ! flock -n 9; then
     out "waiting for the lock"
     flock -w "${LAB_LOCK_WAIT:-600}" 9 || { out "fail another sync holds $S/lock"; exit 10; }
   fi
+  case $RUN in
+    '' | *[!0-9a-z-]*) ;;
+    *) RPT="$S/reports/$RUN"; : >"$RPT" ;;
+  esac
+}
+
+# The last line of every run that got to its end. Reports of all but the
+# last 20 runs go (names start with the time: glob order is age order).
+finish() {
+  out end
+  set -- "$S"/reports/*
+  n=$#
+  while [ "$n" -gt 20 ]; do
+    [ "$1" = "$RPT" ] || rm -f -- "$1"
+    shift
+    n=$((n - 1))
+  done
+}
+
+# The one gate for every path the executor changes on the machine (apply,
+# undo, recovery, rollback): each directory from the root down to the
+# parent of PATH must be a real directory, or not exist yet. lab never puts
+# a managed path below a symlink, so a symlink there (or a file) is someone
+# else's: writing below it would write outside the managed paths. While an
+# undo program is only being checked (CHECK=1), the non-directories it
+# names in `u_lab` count as directories: the undo replaces them first.
+SAFE_LAST=/nonexistent/
+LABOWN=""
+safe() { # PATH... (absolute, below the machine's root)
+  for p do
+    d=${p%/*}
+    [ "$d" != "$SAFE_LAST" ] || continue
+    q=$d
+    while [ -n "$q" ]; do
+      if [ -L "$R$q" ] || { [ -e "$R$q" ] && [ ! -d "$R$q" ]; }; then
+        if [ "$CHECK" = 1 ]; then
+          case $LABOWN in *"
+$q
+"*) q=${q%/*}; continue ;; esac
+        fi
+        if [ -L "$R$q" ]; then refuse "$q is a symlink lab did not create (writing $p)"; fi
+        refuse "$q exists and is not a directory (writing $p)"
+      fi
+      q=${q%/*}
+    done
+    SAFE_LAST=$d
+  done
+}
+
+refuse() {
+  if [ "$MODE" = apply ]; then fail "unsafe $*"; fi
+  out "fail unsafe $*"
+  exit 1
+}
+
+# Undo what the generation in $G did, as far as it got: first only check
+# every path (nothing is written when a check refuses), then do it.
+undo_check() {
+  ( MODE=undo CHECK=1 LABOWN="
+" SAFE_LAST=/nonexistent/; . "$G/undo.sh" ) </dev/null
+}
+undo_do() {
+  ( MODE=undo CHECK=0 SAFE_LAST=/nonexistent/; . "$G/undo.sh" ) </dev/null
+}
+undo_gen() { undo_check && undo_do; }
+
+# inflight/: remove the stage directories and undo what was changed,
+# everything checked first. (Stage directories go first: the undo puts
+# files back through them. Plans of older executors have a cleanup.sh of
+# plain `rm -rf` lines: not run as a check.)
+undo_inflight() {
+  c=0
+  [ -f "$G/cleanup.sh" ] && c=1
+  b=0
+  [ -f "$G/backed-up" ] && b=1
+  if [ $c = 1 ] && [ -f "$G/track" ]; then
+    ( MODE=undo CHECK=1; . "$G/cleanup.sh" ) </dev/null || return 1
+  fi
+  if [ $b = 1 ]; then undo_check || return 1; fi
+  if [ $c = 1 ]; then ( MODE=undo CHECK=0; . "$G/cleanup.sh" ) </dev/null || return 1; fi
+  if [ $b = 1 ]; then undo_do || return 1; fi
 }
 
 current_gen() { if [ -f "$S/current" ]; then read -r g _ <"$S/current"; echo "$g"; else echo 0; fi; }
@@ -64,11 +165,8 @@ set_current() { # GEN DIGEST
 # generation moved into gen/ but never made current, an unfinished rollback.
 recover() {
   if [ -d "$S/inflight" ]; then
-    [ -f "$S/inflight/cleanup.sh" ] && ( . "$S/inflight/cleanup.sh" ) </dev/null
-    if [ -f "$S/inflight/backed-up" ]; then
-      G="$S/inflight"
-      ( . "$S/inflight/undo.sh" ) </dev/null || { out "fail recovery of an interrupted sync failed"; exit 10; }
-    fi
+    G="$S/inflight"
+    undo_inflight || { out "fail recovery of an interrupted sync failed"; exit 10; }
     rm -rf -- "$S/inflight"
     out "recovered interrupted sync"
   fi
@@ -77,7 +175,7 @@ recover() {
     read -r u <"$S/undoing"
     if [ -d "$S/gen/$u" ] && [ "$u" -le "$cur" ]; then
       G="$S/gen/$u"
-      ( . "$G/undo.sh" ) </dev/null || { out "fail recovery of an interrupted rollback failed"; exit 10; }
+      undo_gen || { out "fail recovery of an interrupted rollback failed"; exit 10; }
       p=$((u - 1))
       if [ "$p" -gt 0 ] && [ -f "$S/gen/$p/digest" ]; then set_current "$p" "$(cat "$S/gen/$p/digest")"; else rm -f -- "$S/current"; fi
       rm -rf -- "$S/gen/$u"
@@ -97,7 +195,7 @@ recover() {
     case $g in *[!0-9]*) continue ;; esac
     if [ "$g" -gt "$cur" ]; then
       G="$S/gen/$g"
-      ( . "$G/undo.sh" ) </dev/null || { out "fail recovery of generation $g failed"; exit 10; }
+      undo_gen || { out "fail recovery of generation $g failed"; exit 10; }
       rm -rf -- "$G"
       out "recovered uncommitted generation $g"
     fi
@@ -111,6 +209,8 @@ begin() { # BASE_DIGEST
   if [ "$cur" != "$1" ]; then out "stale $(current_gen) $cur"; exit 3; fi
   mkdir -p "$S/inflight/prev" "$S/orig"
   G="$S/inflight"
+  # undo.sh of this generation undoes only what was done (see `place`)
+  : >"$G/track"
 }
 
 # Each path must be a real directory or not exist: never write through a
@@ -139,7 +239,7 @@ backup() {
   [ $# -eq 0 ] && return 0
   # (every other path is absolute: the working directory is free to use)
   cd "${R:-/}" || fail "backup"
-  cp -a --parents -- "$@" "$G/prev/" </dev/null || fail "backup"
+  err=$(cp -a --parents -- "$@" "$G/prev/" 2>&1 </dev/null) || nospace_cp "$err" backup "$@"
 }
 
 # Paths lab writes for the first time: keep what was there before.
@@ -152,13 +252,37 @@ takeover() {
   done
   [ $# -eq 0 ] && return 0
   cd "${R:-/}" || fail "takeover"
-  cp -a --parents -- "$@" "$S/orig/" </dev/null || fail "takeover"
+  err=$(cp -a --parents -- "$@" "$S/orig/" 2>&1 </dev/null) || nospace_cp "$err" takeover "$@"
+}
+
+# A copy into the state directory failed (MESSAGE WHAT PATH...): say so,
+# and when the disk is full, how much the copies need and how much is free.
+nospace_cp() {
+  e=$1
+  w=$2
+  shift 2
+  case $e in
+    *"No space left on device"* | *"Disk quota exceeded"*)
+      need=$(du -skc -- "$@" 2>/dev/null | tail -n 1) || need=0
+      need=${need%%[!0-9]*}
+      fail "nospace $((${need:-0} * 1024)) $(free_bytes "$S") ${S#"$R"}" ;;
+  esac
+  fail "$w: $(printf '%s' "$e" | head -n 3)"
+}
+
+# Bytes free for root on the file system holding PATH (or its nearest
+# existing parent).
+free_bytes() {
+  q=$1
+  while [ -n "$q" ] && [ ! -d "$q" ]; do q=${q%/*}; done
+  df -Pk -- "${q:-/}" 2>/dev/null | { read -r _ || :; read -r _ _ _ a _ || :; echo $((${a:-0} * 1024)); }
 }
 
 backed_up() { : >"$G/backed-up"; }
 
 # Put the file at $1 (a copy of it) at path $2, atomically.
 put_copy() {
+  safe "$2"
   d=${2%/*}
   mkdir -p -- "$R$d/.lab-stage"
   rm -rf -- "$R$d/.lab-stage/${2##*/}"
@@ -168,13 +292,16 @@ put_copy() {
 }
 
 # Remove files and symlinks lab no longer manages; restore a path's original
-# when lab took it over.
+# when lab took it over (the original moves into $G/origs, so that undoing
+# this generation can make it lab's original again).
 remove() {
+  safe "$@"
+  : >"$G/removed"
   for p do
     shift
     if [ -e "$S/orig$p" ] || [ -L "$S/orig$p" ]; then
       put_copy "$S/orig$p" "$p" || fail "restore $p"
-      rm -rf -- "$S/orig$p"
+      mkdir -p -- "$G/origs${p%/*}" && mv -f -- "$S/orig$p" "$G/origs$p" || fail "restore $p"
       out "restored $p"
     elif [ -e "$R$p" ] || [ -L "$R$p" ]; then
       set -- "$@" "$R$p"
@@ -184,14 +311,43 @@ remove() {
   rm -f -- "$@" </dev/null || fail "remove"
 }
 
+# Directories lab now manages that existed before (mode and owner kept in
+# orig/DIR/.lab-preexisting): never removed by lab, and given back their
+# mode and owner when lab lets go of them.
+preexisting() {
+  for p do
+    shift
+    if [ -d "$R$p" ] && [ ! -L "$R$p" ] && [ ! -e "$S/orig$p/.lab-preexisting" ]; then
+      set -- "$@" "$R$p"
+    fi
+  done
+  [ $# -eq 0 ] && return 0
+  stat -c '%a %u:%g %n' -- "$@" </dev/null | while IFS= read -r l; do
+    q=${l#* }
+    q=${q#* }
+    q=${q#"$R"}
+    mkdir -p -- "$S/orig$q" && printf '%s\n' "${l%% /*}" >"$S/orig$q/.lab-preexisting"
+  done || fail "preexisting"
+}
+
+# A pre-existing directory leaves lab's management: its own mode and owner
+# again (records of older executors are empty: then nothing to do).
+give_back() { # PATH
+  read -r m o <"$S/orig$1/.lab-preexisting" 2>/dev/null || return 0
+  [ -n "${o:-}" ] || return 0
+  chown -- "$o" "$R$1" 2>/dev/null || :
+  chmod -- "$m" "$R$1" 2>/dev/null || :
+}
+
 # Remove directories lab no longer manages, deepest first; a directory that
-# holds files lab did not create stays. With `must`, it has to go (a file
-# takes its place).
+# holds files lab did not create stays, and so does one that existed before
+# lab (the record stays with it: the directory is still not lab's).
 rmdirs() {
+  safe "$@"
   for p do
     if [ -d "$R$p" ] && [ ! -L "$R$p" ]; then
       if [ -e "$S/orig$p/.lab-preexisting" ]; then
-        rm -rf -- "$S/orig$p"
+        give_back "$p"
       elif ! rmdir -- "$R$p" 2>/dev/null; then
         out "kept $p"
       fi
@@ -200,6 +356,7 @@ rmdirs() {
 }
 
 mustrmdir() {
+  safe "$@"
   for p do
     if [ -d "$R$p" ] && [ ! -L "$R$p" ]; then
       rmdir -- "$R$p" 2>/dev/null || fail "cannot replace directory $p: it holds files lab did not create"
@@ -209,24 +366,36 @@ mustrmdir() {
   done
 }
 
-# Directories lab now manages that existed before: never remove them later.
-preexisting() {
-  for p do
-    if [ -d "$R$p" ] && [ ! -L "$R$p" ] && [ ! -e "$S/orig$p/.lab-preexisting" ]; then
-      mkdir -p -- "$S/orig$p" && : >"$S/orig$p/.lab-preexisting"
-    fi
-  done
-}
-
-extract() {
+# Unpack the stream (BYTES of file content): new directories, and new
+# files and symlinks under DIR/.lab-stage/. A full disk is reported as such:
+# where, how much the change needs, how much is free there.
+extract() { # BYTES
   cd "${R:-/}" || fail "extract"
-  tar -x -p -m --no-same-owner -f - || fail "extract"
+  # (tar's messages through a pipe: a file would need the space that is
+  # missing)
+  if err=$(tar -x -p -m --no-same-owner -f - 2>&1 >/dev/null); then return 0; fi
+  # (a short write is a full disk too: tar says "Wrote only N of M bytes")
+  case $err in
+    *"No space left on device"* | *"Disk quota exceeded"* | *": Wrote only "*)
+      l=$(printf '%s\n' "$err" | grep -m 1 -e 'No space left' -e 'quota exceeded' -e ': Wrote only ')
+      l=${l#tar: }
+      l=/${l%%: *}
+      case $l in */.lab-stage/*) l=${l%%/.lab-stage/*}/${l##*/.lab-stage/} ;; esac
+      case $l in /var/lib/lab/*) l=/var/lib/lab ;; esac
+      # (free space counted without the stage directories this run filled)
+      ( MODE=undo CHECK=0; . "$G/cleanup.sh" ) </dev/null >/dev/null 2>&1 || :
+      fail "nospace ${1:-0} $(free_bytes "$R${l%/*}") $l" ;;
+  esac
+  fail "extract: $(printf '%s' "$err" | head -n 3)"
 }
 
 # Move DIR/.lab-stage/NAME over DIR/NAME for each name (rename(2): atomic).
+# DIR goes on $G/placed first: an undo restores only directories there.
 place() {
   d=$1
   shift
+  safe "$d/"
+  printf '%s\n' "$d" >>"$G/placed"
   cd "$R$d/.lab-stage" || fail "place in $d"
   mv -f -- "$@" .. </dev/null || fail "place in $d"
   cd /
@@ -236,17 +405,25 @@ place() {
 unstage() {
   for d do
     shift
+    safe "$d/"
     set -- "$@" "$R$d/.lab-stage"
   done
   rmdir -- "$@" 2>/dev/null || :
 }
 
+# The stream is whole when its last member, the manifest, is there and
+# has the digest the plan names: checked before anything is placed.
+complete() { # DIGEST
+  [ -f "$S/inflight/manifest" ] || fail "incomplete stream: no manifest"
+  set -- "$1" "$(sha256sum <"$S/inflight/manifest")"
+  [ "${2%% *}" = "$1" ] || fail "incomplete stream: manifest digest mismatch"
+}
+
 # The new generation is the current one plus one (`begin` checked that the
 # machine is where the plan expects it).
+# (`complete` checked the manifest before anything was placed)
 commit() { # DIGEST KEEP
-  [ -f "$S/inflight/manifest" ] || fail "incomplete stream: no manifest"
-  set -- "$(($(current_gen) + 1))" "$1" "$2" "$(sha256sum <"$S/inflight/manifest")"
-  [ "${4%% *}" = "$2" ] || fail "incomplete stream: manifest digest mismatch"
+  set -- "$(($(current_gen) + 1))" "$1" "$2"
   printf '%s\n' "$2" >"$S/inflight/digest"
   # (inflight/backed-up goes along: until `current` names it, a generation
   # in gen/ is undone by recover() anyway)
@@ -267,15 +444,122 @@ commit() { # DIGEST KEEP
 }
 
 # --- undo helpers: run with G set to the generation being undone ---
+# (each is run twice: with CHECK=1 it only checks its paths)
+
+# Non-directories of this generation that the undo turns back into
+# directories before it writes below them.
+u_lab() {
+  for p do LABOWN="$LABOWN$p
+"; done
+}
+
+# Remove the stage directories of an interrupted apply.
+u_unstage() {
+  for d do
+    shift
+    # (none can be below a file: the apply had not got there)
+    if [ -e "$R$d/.lab-stage" ] || [ -L "$R$d/.lab-stage" ]; then
+      safe "$d/"
+      set -- "$@" "$R$d/.lab-stage"
+    fi
+  done
+  [ "$CHECK" = 0 ] && [ $# -gt 0 ] || return 0
+  rm -rf -- "$@" || { out "fail undo: cannot remove $*"; exit 1; }
+}
+
+# u_files w|r DIR NAME...: put back each DIR/NAME from $G/prev (or remove
+# it when nothing was there). `w`: the generation wrote them (undone only
+# when DIR was placed, in generations that track it); `r`: it removed
+# them (undone only when removals began); then originals lab had restored
+# become lab's originals again.
+u_files() {
+  k=$1
+  d=$2
+  shift 2
+  if [ -f "$G/track" ]; then
+    if [ "$k" = w ]; then
+      if [ -z "${PLACED+x}" ]; then
+        PLACED="
+"
+        if [ -f "$G/placed" ]; then PLACED="$PLACED$(cat "$G/placed")
+"; fi
+      fi
+      case $PLACED in *"
+$d
+"*) ;; *) return 0 ;; esac
+    elif [ ! -f "$G/removed" ]; then
+      return 0
+    fi
+  fi
+  safe "$d/"
+  [ "$CHECK" = 0 ] || return 0
+  u_gone "$d" "$@"
+  if [ "$k" = r ]; then u_origs "$d" "$@"; fi
+  u_back "$d" "$@"
+}
+
+# DIR NAME...: remove, with one program, what the generation wrote where
+# nothing was before.
+u_gone() {
+  d=$1
+  shift
+  for f do
+    shift
+    if [ -L "$G/prev$d/$f" ] || { [ -e "$G/prev$d/$f" ] && [ ! -d "$G/prev$d/$f" ]; }; then
+      :
+    elif [ -L "$R$d/$f" ] || { [ -e "$R$d/$f" ] && [ ! -d "$R$d/$f" ]; }; then
+      set -- "$@" "$R$d/$f"
+    fi
+  done
+  [ $# -gt 0 ] || return 0
+  rm -f -- "$@" </dev/null || { out "fail undo: cannot remove files in ${d:-/}"; exit 1; }
+}
+
+# DIR NAME...: originals that the generation had restored are lab's
+# originals again.
+u_origs() {
+  d=$1
+  shift
+  for f do
+    if [ -e "$G/origs$d/$f" ] || [ -L "$G/origs$d/$f" ]; then
+      mkdir -p -- "$S/orig$d" && mv -f -- "$G/origs$d/$f" "$S/orig$d/$f" ||
+        { out "fail undo: cannot keep the original of $d/$f"; exit 1; }
+    fi
+  done
+}
+
+# DIR NAME...: put back what $G/prev holds, through DIR/.lab-stage, a few
+# programs for the whole directory.
+u_back() {
+  d=$1
+  shift
+  for f do
+    shift
+    if [ -L "$G/prev$d/$f" ] || { [ -e "$G/prev$d/$f" ] && [ ! -d "$G/prev$d/$f" ]; }; then
+      set -- "$@" "$G/prev$d/$f"
+    fi
+  done
+  [ $# -gt 0 ] || return 0
+  { mkdir -p -- "$R$d/.lab-stage" &&
+    cp -a -- "$@" "$R$d/.lab-stage/" </dev/null &&
+    cd "$R$d/.lab-stage" &&
+    for f do shift; set -- "$@" "${f##*/}"; done &&
+    mv -f -- "$@" .. </dev/null &&
+    cd / &&
+    rmdir -- "$R$d/.lab-stage"; } || { out "fail undo: cannot restore files in ${d:-/}"; exit 1; }
+}
 
 # Restore each path from $G/prev, or remove it when nothing was there.
-# (Directories in prev only hold backed-up children.)
+# (Directories in prev only hold backed-up children.) Undo programs of
+# older executors use it.
 u_path() {
+  safe "$@"
+  [ "$CHECK" = 0 ] || return 0
   for p do
     if [ -L "$G/prev$p" ] || { [ -e "$G/prev$p" ] && [ ! -d "$G/prev$p" ]; }; then
-      put_copy "$G/prev$p" "$p" || return 1
+      put_copy "$G/prev$p" "$p" || { out "fail undo: cannot restore $p"; exit 1; }
     elif [ -L "$R$p" ] || { [ -e "$R$p" ] && [ ! -d "$R$p" ]; }; then
-      rm -f -- "$R$p"
+      rm -f -- "$R$p" || { out "fail undo: cannot remove $p"; exit 1; }
     fi
   done
 }
@@ -283,15 +567,27 @@ u_path() {
 u_mkdir() { # MODE PATH...
   m=$1
   shift
+  safe "$@"
+  [ "$CHECK" = 0 ] || return 0
   for p do
     if [ -L "$R$p" ] || { [ -e "$R$p" ] && [ ! -d "$R$p" ]; }; then rm -f -- "$R$p"; fi
-    mkdir -p -- "$R$p" && chmod "$m" -- "$R$p"
+    mkdir -p -- "$R$p" && chmod "$m" -- "$R$p" || { out "fail undo: cannot make directory $p"; exit 1; }
   done
 }
 
+# Remove directories the generation created; one that existed before lab
+# took it over stays (with its own mode and owner again).
 u_rmdir() {
+  safe "$@"
+  [ "$CHECK" = 0 ] || return 0
   for p do
-    if [ -d "$R$p" ] && [ ! -L "$R$p" ]; then rmdir -- "$R$p" 2>/dev/null || :; fi
+    if [ -d "$R$p" ] && [ ! -L "$R$p" ]; then
+      if [ -e "$S/orig$p/.lab-preexisting" ]; then
+        give_back "$p"
+      else
+        rmdir -- "$R$p" 2>/dev/null || :
+      fi
+    fi
   done
 }
 
@@ -301,7 +597,9 @@ rollback() { # TARGET_GEN
   lock
   recover
   cur=$(current_gen)
-  if [ "$1" -ge "$cur" ]; then out "fail generation $1 is not older than the current $cur"; exit 10; fi
+  # (the recovery of an interrupted rollback may have got there already)
+  if [ "$1" -eq "$cur" ]; then out "rolledback $1 $(current_digest)"; return 0; fi
+  if [ "$1" -gt "$cur" ]; then out "fail generation $1 is not older than the current $cur"; exit 10; fi
   g=$cur
   while [ "$g" -gt "$1" ]; do
     [ -d "$S/gen/$g" ] || { out "fail generation $g is gone (only the last few are kept)"; exit 10; }
@@ -312,7 +610,7 @@ rollback() { # TARGET_GEN
   while [ "$g" -gt "$1" ]; do
     printf '%s\n' "$g" >"$S/undoing"
     G="$S/gen/$g"
-    ( . "$G/undo.sh" ) </dev/null || { out "fail undo of generation $g"; exit 10; }
+    undo_gen || { out "fail undo of generation $g did not finish; the next sync or rollback retries it"; exit 10; }
     p=$((g - 1))
     if [ "$p" -gt 0 ]; then set_current "$p" "$(cat "$S/gen/$p/digest")"; else rm -f -- "$S/current"; fi
     rm -rf -- "$G"
@@ -351,7 +649,8 @@ unit_report() { # ACTION UNIT RESULT, after unit_state of UNIT
   out "unit $2 $1 $res $U_ACTIVE $U_SUB"
   if [ "$res" != ok ] && [ "$res" != skipped ]; then
     out "journal $2"
-    journalctl -u "$2" -n "${LAB_JOURNAL_LINES:-20}" --no-pager -o short-iso 2>&1 </dev/null | sed 's/^/| /'
+    j=$(journalctl -u "$2" -n "${LAB_JOURNAL_LINES:-20}" --no-pager -o short-iso 2>&1 </dev/null | sed 's/^/| /') || :
+    [ -z "$j" ] || out "$j"
     out "endjournal $2"
   fi
 }

@@ -58,9 +58,12 @@ pub fn bootstrap<'a>(root: &str, program: &'a str, systemd: bool) -> (String, &'
 /// the rest of stdin (the tar stream) is left for the program. `root` is the
 /// machine's root (`""` on a real machine, a directory for local machines).
 pub fn bootstrap_command(root: &str, len: usize, systemd: bool) -> String {
+    // (a program cut short by a lost connection is never run: the check
+    // of its length; and a lost connection does not stop this shell)
     let body = format!(
-        "set -eu; d=$(mktemp -d \"${{TMPDIR:-/tmp}}/lab.XXXXXX\"); \
-         trap 'rm -rf \"$d\"' EXIT; head -c {len} >\"$d/run.sh\"; sh \"$d/run.sh\""
+        "set -eu; trap '' HUP PIPE; d=$(mktemp -d \"${{TMPDIR:-/tmp}}/lab.XXXXXX\"); \
+         trap 'rm -rf \"$d\"' EXIT; head -c {len} >\"$d/run.sh\"; \
+         [ $(($(wc -c <\"$d/run.sh\"))) -eq {len} ] || exit 10; sh \"$d/run.sh\""
     );
     format!(
         "LAB_ROOT={} LAB_SYSTEMD={} sh -c {}",
@@ -71,12 +74,49 @@ pub fn bootstrap_command(root: &str, len: usize, systemd: bool) -> String {
 }
 
 /// The command that prints `GEN DIGEST` of the machine's applied generation
-/// (`0 none` before the first sync): the whole of a no-change sync.
+/// (`0 none` before the first sync): the whole of a no-change sync. A
+/// second line `interrupted` says that a run was killed half way: the
+/// machine is not what `current` says until an executor recovers it.
 pub fn probe_command(root: &str) -> String {
     let s = format!("{root}{STATE_DIR}");
     format!(
-        "cat {} 2>/dev/null || echo '0 none'",
-        quote(&format!("{s}/current"))
+        "cat {} 2>/dev/null || echo '0 none'; \
+         if [ -e {} ] || [ -e {} ]; then echo interrupted; fi",
+        quote(&format!("{s}/current")),
+        quote(&format!("{s}/inflight")),
+        quote(&format!("{s}/undoing"))
+    )
+}
+
+/// An id for one run of the executor (`[0-9a-z-]`, starting with the
+/// time, so that the machine can keep the last few reports by name).
+pub fn run_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    format!(
+        "{:011}-{:x}-{:x}",
+        t.as_secs(),
+        t.subsec_nanos(),
+        std::process::id()
+    )
+}
+
+/// `program` run as `run` (see [`run_id`]): it keeps its report on the
+/// machine, where [`outcome_command`] finds it.
+pub fn with_run(run: &str, program: &str) -> String {
+    format!("RUN={run}\n{program}")
+}
+
+/// The command that prints the report of run `run` once the run is over
+/// (it waits for lab's lock): after a lost connection, what the machine
+/// did. Prints nothing when the run left no report.
+pub fn outcome_command(root: &str, run: &str) -> String {
+    let s = format!("{root}{STATE_DIR}");
+    let lock = quote(&format!("{s}/lock"));
+    format!(
+        "if [ -e {lock} ]; then flock -w 600 {lock} cat {} 2>/dev/null; fi; true",
+        quote(&format!("{s}/reports/{run}"))
     )
 }
 
@@ -96,6 +136,7 @@ pub fn rollback_program(target: u64, units: &[UnitAction], settle_ms: u64) -> St
     s.push_str(EXECUTOR);
     s.push_str(&format!("\nrollback {target}\n"));
     plan::push_units(&mut s, units, settle_ms);
+    s.push_str("finish\n");
     s
 }
 

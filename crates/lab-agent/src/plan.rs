@@ -196,14 +196,9 @@ impl<'a> ApplyPlan<'a> {
             delim.push('_');
         }
         s.push_str(&format!("wr >\"$G/undo.sh\" <<'{delim}'\n{undo}{delim}\n"));
-        let stages = self.stage_dirs();
+        let stages: Vec<String> = self.stage_dirs().iter().map(|d| abs_dir(d)).collect();
         let mut cleanup = String::new();
-        for d in &stages {
-            cleanup.push_str(&format!(
-                "rm -rf -- \"$R\"{}\n",
-                quote(&format!("{}/.lab-stage", abs_dir(d)))
-            ));
-        }
+        call(&mut cleanup, "u_unstage", &stages);
         let mut delim = "LAB_CLEANUP".to_string();
         while cleanup.lines().any(|l| l == delim) {
             delim.push('_');
@@ -214,13 +209,28 @@ impl<'a> ApplyPlan<'a> {
 
         // Checks, before anything changes.
         let mut dirs: BTreeSet<&str> = BTreeSet::new();
-        for e in self.writes.iter().chain(&self.new_dirs) {
+        // (parents of what goes away too: a removal below a planted
+        // symlink would delete someone else's file)
+        let rmdirs = self.rmdirs.iter().map(|(e, _)| *e);
+        for e in self
+            .writes
+            .iter()
+            .chain(&self.new_dirs)
+            .chain(&self.chmod_dirs)
+            .chain(&self.removes)
+            .copied()
+            .chain(rmdirs)
+        {
             let mut p = parent(&e.path);
             while !p.is_empty() {
                 dirs.insert(p);
                 p = parent(p);
             }
-            if e.is_dir() {
+            // (a directory the stream re-modes: tar would follow a symlink)
+            if e.is_dir()
+                && (self.new_dirs.iter().any(|n| n.path == e.path)
+                    || self.chmod_dirs.iter().any(|n| n.path == e.path))
+            {
                 dirs.insert(&e.path);
             }
         }
@@ -275,7 +285,11 @@ impl<'a> ApplyPlan<'a> {
                 quote(&abs(&e.path))
             ));
         }
-        s.push_str("extract\n");
+        s.push_str(&format!(
+            "extract {}\ncomplete {}\n",
+            self.content_bytes(),
+            digest.to_hex()
+        ));
         let mut by_dir: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for e in &self.writes {
             by_dir
@@ -298,6 +312,7 @@ impl<'a> ApplyPlan<'a> {
         call(&mut s, "unstage", &stages);
         s.push_str(&format!("commit {} {keep}\n", digest.to_hex()));
         push_units(&mut s, units, settle_ms);
+        s.push_str("finish\n");
         s
     }
 
@@ -307,10 +322,21 @@ impl<'a> ApplyPlan<'a> {
     }
 
     /// The undo program: back from this generation to the previous one.
+    /// Files are put back a directory at a time (a few programs per
+    /// directory, not per file), and only in directories the apply got to:
+    /// undoing an apply killed early costs little.
     fn undo(&self) -> String {
         let mut s = String::new();
-        let writes: Vec<String> = self.writes.iter().map(|e| abs(&e.path)).collect();
-        call(&mut s, "u_path", &writes);
+        // written non-directories where directories were: the undo removes
+        // them before it restores anything below them
+        let own: Vec<String> = self
+            .writes
+            .iter()
+            .filter(|e| self.old_kind_is_dir(&e.path) == Some(true))
+            .map(|e| abs(&e.path))
+            .collect();
+        call(&mut s, "u_lab", &own);
+        files_by_dir(&mut s, "w", &self.writes);
         let mut created: Vec<&Entry> = self.new_dirs.clone();
         created.sort_by(|a, b| b.path.cmp(&a.path));
         let created: Vec<String> = created.iter().map(|e| abs(&e.path)).collect();
@@ -329,8 +355,7 @@ impl<'a> ApplyPlan<'a> {
                 quote(&abs(&e.path))
             ));
         }
-        let removed: Vec<String> = self.removes.iter().map(|e| abs(&e.path)).collect();
-        call(&mut s, "u_path", &removed);
+        files_by_dir(&mut s, "r", &self.removes);
         s
     }
 
@@ -425,6 +450,27 @@ fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     h.set_gid(0);
     h.set_mtime(0);
     h
+}
+
+/// `u_files KIND DIR NAME...` for the entries, a directory at a time.
+fn files_by_dir(s: &mut String, kind: &str, entries: &[&Entry]) {
+    let mut by_dir: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+    for e in entries {
+        by_dir
+            .entry(parent(&e.path))
+            .or_default()
+            .push(e.path.rsplit('/').next().unwrap());
+    }
+    for (d, names) in by_dir {
+        for chunk in names.chunks(CHUNK) {
+            s.push_str(&format!("u_files {kind} {}", quote(&abs_dir(d))));
+            for n in chunk {
+                s.push(' ');
+                s.push_str(&quote(n));
+            }
+            s.push('\n');
+        }
+    }
 }
 
 fn call(s: &mut String, f: &str, args: &[String]) {

@@ -39,6 +39,9 @@ pub struct Report {
     /// Anything else worth showing (`restored PATH`, `kept PATH`,
     /// `recovered ...`).
     pub notes: Vec<String>,
+    /// The run got to its end (`end`, its last line). A run killed on the
+    /// way has none, whatever exit status the connection reports.
+    pub finished: bool,
 }
 
 fn gen_digest(rest: &str) -> Option<(u64, Option<Digest>)> {
@@ -68,6 +71,7 @@ impl Report {
                 "applied" | "rolledback" => r.now = gen_digest(rest),
                 "stale" => r.stale = gen_digest(rest),
                 "fail" => r.failures.push(rest.to_string()),
+                "end" if rest.is_empty() => r.finished = true,
                 "daemon-reload" => r.daemon_reload = Some(rest.to_string()),
                 "unit" => {
                     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -93,6 +97,17 @@ impl Report {
             }
         }
         r
+    }
+
+    /// A disk-full failure: (path on the machine, bytes needed, bytes free).
+    pub fn no_space(&self) -> Option<(String, u64, u64)> {
+        self.failures.iter().find_map(|f| {
+            let rest = f.strip_prefix("nospace ")?;
+            let mut it = rest.splitn(3, ' ');
+            let need = it.next()?.parse().ok()?;
+            let free = it.next()?.parse().ok()?;
+            Some((it.next()?.to_string(), need, free))
+        })
     }
 
     pub fn failed_units(&self) -> impl Iterator<Item = &UnitResult> {
@@ -122,5 +137,9 @@ mod tests {
         assert!(!r.units[1].failed());
         assert_eq!(r.notes, vec!["recovered interrupted sync", "kept /etc/x"]);
         assert_eq!(Report::parse("stale 0 none\n").stale, Some((0, None)));
+        assert!(!r.finished);
+        let r = Report::parse("fail nospace 2097152 1048576 /srv/a b\nend\n");
+        assert!(r.finished);
+        assert_eq!(r.no_space(), Some(("/srv/a b".into(), 2097152, 1048576)));
     }
 }

@@ -345,7 +345,7 @@ fn killed_at_any_moment_then_converges() {
         let (program, tar) = m.prepare(v2.path());
         // slow the executor down a little so kills land in different phases
         let program = program
-            .replace("\nextract\n", "\nsleep 0.05; extract\n")
+            .replace("\nextract ", "\nsleep 0.05; extract ")
             .replace("\nplace ", "\nsleep 0.02; place ");
         // the program first on stdin (as for plans over 96 KiB)
         let cmd = bootstrap_command(m.root.path().to_str().unwrap(), program.len(), false);
@@ -404,4 +404,64 @@ fn quoting_survives_hostile_names() {
         assert_eq!(String::from_utf8(out.stdout).unwrap(), s);
     }
     assert!(EXECUTOR.starts_with("# lab executor"));
+}
+
+/// An undo (here: a rollback) checks every path before it writes any: one
+/// planted symlink, and nothing at all is written, nor anything through
+/// the symlink; the rollback says why and can be retried.
+#[test]
+fn an_undo_that_meets_a_planted_symlink_writes_nothing() {
+    let m = Machine::new();
+    let elsewhere = TestLab::new();
+    let v1 = TestLab::new();
+    v1.file("etc/a/x", "1\n").file("srv/b/y", "1\n");
+    let v2 = TestLab::new();
+    v2.file("etc/a/x", "2\n").file("srv/b/y", "2\n");
+    assert_eq!(m.apply(v1.path()).code, 0);
+    assert_eq!(m.apply(v2.path()).code, 0);
+    std::fs::rename(m.root.join("srv/b"), m.root.join("srv/b.moved")).unwrap();
+    m.root.symlink("srv/b", elsewhere.path().to_str().unwrap());
+    let before = m.tree();
+    let r = m.rollback(1);
+    assert_eq!(r.code, 10, "{}", r.stdout);
+    assert_eq!(
+        r.report.failures[0],
+        "unsafe /srv/b is a symlink lab did not create (writing /srv/b/)"
+    );
+    assert_eq!(m.tree(), before, "nothing written");
+    assert_eq!(tree_listing(elsewhere.path()), "");
+    assert_eq!(m.current().0, 2);
+    std::fs::remove_file(m.root.join("srv/b")).unwrap();
+    std::fs::rename(m.root.join("srv/b.moved"), m.root.join("srv/b")).unwrap();
+    let r = m.rollback(1);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    expect_tree(&m, &v1);
+}
+
+/// A directory whose mode changes, replaced by a symlink to elsewhere: the
+/// sync refuses, and the mode of what the symlink points to stays.
+#[test]
+fn a_re_moded_directory_that_became_a_symlink_is_refused() {
+    let m = Machine::new();
+    let elsewhere = TestLab::new();
+    elsewhere.file("keep", "k\n").chmod(".", 0o755);
+    let v1 = TestLab::new();
+    v1.file("srv/d/x", "1\n").chmod("srv/d", 0o755);
+    let v2 = TestLab::new();
+    v2.file("srv/d/x", "1\n").chmod("srv/d", 0o700);
+    assert_eq!(m.apply(v1.path()).code, 0);
+    std::fs::remove_dir_all(m.root.join("srv/d")).unwrap();
+    m.root.symlink("srv/d", elsewhere.path().to_str().unwrap());
+    let r = m.apply(v2.path());
+    assert_eq!(r.code, 10, "{}", r.stdout);
+    assert_eq!(
+        r.report.failures,
+        vec!["unsafe /srv/d is a symlink lab did not create"]
+    );
+    let mode = std::fs::metadata(elsewhere.path())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777;
+    assert_eq!(mode, 0o755);
 }

@@ -62,12 +62,35 @@ pub enum SyncError {
     Build { machine: String, message: String },
     #[error("the machine refused the change: {0}")]
     Remote(String),
+    #[error("the machine ran out of disk space writing `{path}`: the change needs {}, {} {} free there", human(*needed), human(*free), if *free == 1 { "is" } else { "are" })]
+    NoSpace {
+        path: String,
+        needed: u64,
+        free: u64,
+    },
+    #[error("the run on the machine stopped before it finished: {0}")]
+    Interrupted(String),
     #[error("the machine answered unexpectedly (exit {status}): {output}")]
     Protocol { status: i32, output: String },
     #[error("another sync changed the machine at the same time; tried {0} times")]
     Contended(u32),
     #[error("{0}")]
     Rollback(String),
+}
+
+/// Bytes for people: `512 B`, `1.5 KiB`, `2.0 MiB`, `3.1 GiB`.
+fn human(n: u64) -> String {
+    const K: f64 = 1024.0;
+    let f = n as f64;
+    if f < K {
+        format!("{n} B")
+    } else if f < K * K {
+        format!("{:.1} KiB", f / K)
+    } else if f < K * K * K {
+        format!("{:.1} MiB", f / K / K)
+    } else {
+        format!("{:.1} GiB", f / K / K / K)
+    }
 }
 
 impl SyncError {
@@ -116,6 +139,15 @@ impl Diagnose for SyncError {
                     .into(),
             ),
             SyncError::Contended(_) => Some("run the sync again".into()),
+            SyncError::Interrupted(_) => Some(
+                "sync again: the machine first finishes or undoes what the stopped run began"
+                    .into(),
+            ),
+            SyncError::NoSpace { .. } => Some(
+                "free space on the machine (or make the change smaller) and sync again; \
+                 the machine is back where it was"
+                    .into(),
+            ),
             _ => None,
         }
     }

@@ -7,10 +7,14 @@
 //! when its digest matches, else from the machine; then one command carries
 //! the executor program and the tar stream of what changed.
 
+use crate::transport::Output;
 use crate::transport::Transport;
 use crate::units;
 use crate::SyncError;
-use lab_agent::{bootstrap, manifest_command, probe_command, ApplyPlan, Report, UnitAction};
+use lab_agent::{
+    bootstrap, manifest_command, outcome_command, probe_command, run_id, with_run, ApplyPlan,
+    Report, UnitAction,
+};
 use lab_config::UnitRule;
 use lab_graph::Digest;
 use lab_manifest::{Entry, EntryKind, Manifest};
@@ -85,7 +89,18 @@ impl SyncReport {
     }
 }
 
+/// Stands for the digest of a machine that a killed run left half way:
+/// equal to no build, so that a sync always sends a plan (the executor
+/// recovers the machine first, then says where it really is).
+fn interrupted_digest() -> Digest {
+    Digest::of(b"lab: a run on this machine was interrupted")
+}
+
 fn parse_current(text: &str) -> Result<(u64, Option<Digest>), SyncError> {
+    if text.lines().any(|l| l == "interrupted") {
+        let gen = text.split_whitespace().next().and_then(|g| g.parse().ok());
+        return Ok((gen.unwrap_or(0), Some(interrupted_digest())));
+    }
     let mut it = text.split_whitespace();
     let gen = it
         .next()
@@ -124,7 +139,7 @@ impl MachineSync<'_> {
         gen: u64,
         digest: Option<&Digest>,
     ) -> Result<Manifest, SyncError> {
-        if gen == 0 {
+        if gen == 0 || digest == Some(&interrupted_digest()) && !self.gen_exists(gen)? {
             return Ok(Manifest::new(&self.target.name));
         }
         if let (Some(d), Ok(text)) = (digest, std::fs::read_to_string(&self.target.cache_path)) {
@@ -147,6 +162,20 @@ impl MachineSync<'_> {
             status: 0,
             output: format!("manifest of generation {gen}: {e}"),
         })
+    }
+
+    /// Whether generation `gen` is still on the machine.
+    fn gen_exists(&mut self, gen: u64) -> Result<bool, SyncError> {
+        let cmd = format!(
+            "test -f {} && echo yes; true",
+            lab_agent::quote(&format!(
+                "{}{}/gen/{gen}/manifest",
+                self.target.root,
+                lab_agent::STATE_DIR
+            ))
+        );
+        let out = self.transport.run(&cmd, &mut |_| Ok(()))?;
+        Ok(out.stdout_text().trim() == "yes")
     }
 
     fn new_manifest(&self) -> Result<(Manifest, String), SyncError> {
@@ -221,7 +250,11 @@ impl MachineSync<'_> {
             } else {
                 self.target.settle_ms
             };
-            let program = plan.program(base.as_ref(), &digest, self.target.keep, &actions, settle);
+            let run = run_id();
+            let program = with_run(
+                &run,
+                &plan.program(base.as_ref(), &digest, self.target.keep, &actions, settle),
+            );
             let (cmd, first) = bootstrap(&self.target.root, &program, self.target.systemd);
             let mut tar_error = None;
             let out = self.transport.run(&cmd, &mut |w| {
@@ -230,14 +263,23 @@ impl MachineSync<'_> {
                     tar_error = Some(e.to_string());
                 }
                 Ok(())
-            })?;
+            });
             if let Some(e) = tar_error {
                 return Err(SyncError::Build {
                     machine: self.target.name.clone(),
                     message: e,
                 });
             }
+            let out = self.outcome(out, &run)?;
             let report = Report::parse(&out.stdout_text());
+            if out.status == 0 && !report.finished {
+                return Err(SyncError::Interrupted(match report.now {
+                    Some((g, _)) => {
+                        format!("generation {g} was applied, but its unit actions may not have run")
+                    }
+                    None => "nothing was committed; the next sync undoes what it had done".into(),
+                }));
+            }
             match out.status {
                 0 => {}
                 3 => {
@@ -257,11 +299,14 @@ impl MachineSync<'_> {
                     continue;
                 }
                 10 => {
+                    if let Some((path, needed, free)) = report.no_space() {
+                        return Err(SyncError::NoSpace { path, needed, free });
+                    }
                     return Err(SyncError::Remote(if report.failures.is_empty() {
                         out.stderr_text()
                     } else {
                         report.failures.join("; ")
-                    }))
+                    }));
                 }
                 s => {
                     return Err(SyncError::Protocol {
@@ -341,18 +386,68 @@ impl MachineSync<'_> {
             &actions,
             self.target.settle_ms.max(ROLLBACK_SETTLE_MS),
         );
+        let run = run_id();
+        let program = with_run(&run, &program);
         let (cmd, first) = bootstrap(&self.target.root, &program, self.target.systemd);
-        let out = self.transport.run(&cmd, &mut |w| w.write_all(first))?;
+        let out = self.transport.run(&cmd, &mut |w| w.write_all(first));
+        let out = self.outcome(out, &run)?;
         let report = Report::parse(&out.stdout_text());
-        if out.status != 0 {
-            return Err(SyncError::Rollback(if report.failures.is_empty() {
-                format!("exit {}: {}", out.status, out.stderr_text())
-            } else {
-                report.failures.join("; ")
-            }));
+        if !report.failures.is_empty() {
+            return Err(SyncError::Rollback(report.failures.join("; ")));
+        }
+        // Success only from the executor's own last word: a run killed on
+        // the way may leave an exit status of 0 behind it.
+        if out.status != 0 || !report.finished || report.now.is_none() {
+            return Err(SyncError::Interrupted(format!(
+                "the rollback to generation {to} did not finish (exit {}); the machine is \
+                 between generations until the next sync or rollback finishes the undo{}",
+                out.status,
+                if out.stderr.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", out.stderr_text().trim())
+                }
+            )));
         }
         self.remember(&target.to_text());
         Ok(report)
+    }
+
+    /// The output of executor run `run`; when the connection was lost on
+    /// the way, connect again and read what the run reported on the
+    /// machine (waiting for it to end: it finishes without us).
+    fn outcome(&mut self, out: Result<Output, SyncError>, run: &str) -> Result<Output, SyncError> {
+        let lost = match out {
+            Ok(o) => return Ok(o),
+            Err(SyncError::Channel(m)) => m,
+            Err(e) => return Err(e),
+        };
+        let lost_err = |extra: &str| SyncError::Channel(format!("{lost}{extra}"));
+        self.transport
+            .reconnect()
+            .map_err(|e| lost_err(&format!("; connecting again to read the outcome: {e}")))?;
+        let o = self
+            .transport
+            .run(&outcome_command(&self.target.root, run), &mut |_| Ok(()))
+            .map_err(|e| lost_err(&format!("; reading the outcome: {e}")))?;
+        let r = Report::parse(&o.stdout_text());
+        let status = if r.stale.is_some() {
+            3
+        } else if !r.failures.is_empty() {
+            10
+        } else if r.now.is_some() || r.finished {
+            0
+        } else {
+            return Err(lost_err(
+                "; the machine has no report of the run (it did not start, or was killed \
+                 before it changed anything)",
+            ));
+        };
+        Ok(Output {
+            status,
+            stdout: o.stdout,
+            stderr: Vec::new(),
+        })
     }
 
     /// What a sync would change: for each touched path, the machine's

@@ -215,6 +215,10 @@ pub struct SshTransport {
     io_timeout: Duration,
     commands: u64,
     sent: u64,
+    /// How it connected, to connect again after a lost connection (the
+    /// host key is known by then: no `accept_new`).
+    target: SshTarget,
+    timeout: Duration,
 }
 
 impl Drop for SshTransport {
@@ -424,6 +428,8 @@ impl SshTransport {
             io_timeout,
             commands: 0,
             sent: 0,
+            target: t.clone(),
+            timeout,
         };
         me.verify_host_key(t, policy)?;
         match login {
@@ -1035,5 +1041,14 @@ impl Transport for SshTransport {
 
     fn sent(&self) -> u64 {
         self.sent
+    }
+
+    fn reconnect(&mut self) -> Result<(), SyncError> {
+        let mut fresh = SshTransport::connect(&self.target, false, self.timeout, self.io_timeout)?;
+        fresh.commands = self.commands;
+        fresh.sent = self.sent;
+        // (the old session and its proxy go with the swapped-out value)
+        std::mem::swap(self, &mut fresh);
+        Ok(())
     }
 }

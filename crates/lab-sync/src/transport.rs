@@ -39,6 +39,12 @@ pub trait Transport: Send {
 
     /// Bytes written to commands' stdin so far.
     fn sent(&self) -> u64;
+
+    /// Connect again after the connection was lost (to read the outcome of
+    /// a command whose output was lost with it).
+    fn reconnect(&mut self) -> Result<(), SyncError> {
+        Ok(())
+    }
 }
 
 /// Counts bytes on their way to a command's stdin, and swallows the error
