@@ -720,9 +720,11 @@ fn show(engine: &Engine, style: Style, machine: &str, path: &str) -> Result<(), 
     if !s.includes.is_empty() {
         println!("  includes: {}", s.includes.join(", "));
     }
+    // (facts decrypted from secret_facts files are never shown)
+    let masked = |t: &str| lab_core::secrets::mask(t, "********");
     for (k, v) in &s.reads {
         match v {
-            Some(v) => println!("  reads: {k} = {v}"),
+            Some(v) => println!("  reads: {k} = {}", masked(&v.to_string())),
             None => println!("  reads: {k} (undefined)"),
         }
     }
@@ -730,7 +732,7 @@ fn show(engine: &Engine, style: Style, machine: &str, path: &str) -> Result<(), 
         "symlink" => println!("  -> {}", String::from_utf8_lossy(&s.content)),
         "file" => {
             println!("---");
-            print!("{}", String::from_utf8_lossy(&s.content));
+            print!("{}", masked(&String::from_utf8_lossy(&s.content)));
             if !s.content.ends_with(b"\n") && !s.content.is_empty() {
                 println!();
             }

@@ -50,7 +50,12 @@ fn age_sources_round_trip_and_never_print() {
                 "user = app\nsecret_sauce = s3cr3t-{{ machine }}-sauce\n",
             ),
         );
-    let secrets = ["hunter2-plaintext-secret", "s3cr3t-h1-sauce"];
+    let secrets = [
+        "hunter2-plaintext-secret",
+        "s3cr3t-h1-sauce",
+        "facts-secret-4711",
+        "tok-h1-0815",
+    ];
     let clean = |what: &str, out: &str| {
         for s in secrets {
             assert!(!out.contains(s), "{what} printed a secret:\n{out}");
@@ -73,6 +78,31 @@ fn age_sources_round_trip_and_never_print() {
         "{out}"
     );
 
+    // facts from an encrypted file, read by an ordinary template
+    t.bytes(
+        "secrets.toml.age",
+        &encrypt(
+            &r,
+            "db_password = \"facts-secret-4711\"\n[machines.h1]\napi_token = \"tok-h1-0815\"\n",
+        ),
+    )
+    .file(
+        "layers/base/etc/app/env.j2",
+        "DB_URL=postgres://app:{{ db_password }}@db/app\nX={{ api_token }}\n",
+    );
+    let toml = t.read("lab.toml").replacen(
+        "[settings]\n",
+        "[settings]\nsecret_facts = [\"secrets.toml.age\"]\n",
+        1,
+    );
+    t.file("lab.toml", &toml);
+    let (code, out) = lab(&t, &["build"], None);
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("`secrets.toml.age` (secret facts) cannot be read: no age identity is set"),
+        "{out}"
+    );
+
     let id = Some(idfile.as_path());
     let (code, out) = lab(&t, &["build", "--explain"], id);
     assert_eq!(code, 0, "{out}");
@@ -91,6 +121,7 @@ fn age_sources_round_trip_and_never_print() {
     for args in [
         &["show", "-m", "h1", "/etc/app/password"][..],
         &["show", "-m", "h1", "/etc/app/db.conf"],
+        &["show", "-m", "h1", "/etc/app/env"],
         &["diff", "-m", "h1"],
         &["diff", "-m", "h1", "--json"],
         &["build", "--json", "--force"],

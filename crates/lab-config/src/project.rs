@@ -48,6 +48,9 @@ pub struct Settings {
     /// age identity files that decrypt `*.age` sources (besides
     /// `$LAB_AGE_IDENTITY`).
     pub age_identities: Vec<PathBuf>,
+    /// age-encrypted TOML files of facts (top-level keys: every machine;
+    /// `[machines.NAME]`: that machine), relative to the project.
+    pub secret_facts: Vec<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,6 +178,8 @@ struct RawSettings {
     become_method: Option<Spanned<String>>,
     #[serde(default)]
     age_identities: Vec<String>,
+    #[serde(default)]
+    secret_facts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -371,6 +376,12 @@ impl Project {
                 .age_identities
                 .iter()
                 .map(|p| root.join(expand_home(p)))
+                .collect(),
+            secret_facts: raw
+                .settings
+                .secret_facts
+                .iter()
+                .map(|p| root.join(p))
                 .collect(),
         };
 

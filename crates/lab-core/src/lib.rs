@@ -9,6 +9,7 @@ mod digest;
 mod exit;
 mod layout;
 mod located;
+pub mod secrets;
 
 pub use digest::{Digest, Hasher};
 pub use exit::ExecutorExit;

@@ -18,6 +18,8 @@ pub enum EngineError {
     },
     #[error(transparent)]
     Facts(#[from] lab_facts::FactsError),
+    #[error("`{}` (secret facts) cannot be read: {message}", path.display())]
+    Secret { path: PathBuf, message: String },
 }
 
 impl Diagnose for EngineError {
@@ -42,6 +44,11 @@ impl Diagnose for EngineError {
                     .collect::<Vec<_>>()
                     .join(", ")
             )),
+            EngineError::Secret { .. } => Some(
+                "name an age identity file in `LAB_AGE_IDENTITY` or in `age_identities` under \
+                 [settings] in lab.toml"
+                    .into(),
+            ),
             EngineError::Locked { .. } => {
                 Some("wait for it to finish (`lab watch` holds the lock while it runs)".into())
             }

@@ -8,6 +8,8 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use crate::secret::SecretFacts;
+
 /// Where the gathered facts of `machine` are cached.
 pub fn gathered_path(lab_dir: &Path, machine: &str) -> PathBuf {
     lab_facts::cache_path(lab_dir, machine)
@@ -19,14 +21,24 @@ pub fn load_gathered(lab_dir: &Path, machine: &str) -> Result<IndexMap<String, V
     lab_facts::load(lab_dir, machine).map_err(|e| e.to_string())
 }
 
-/// Merge the three levels of facts for `m`.
+/// Merge the levels of facts for `m`: `[facts]`, the secret facts for
+/// every machine, the machine's `facts`, its secret facts, the gathered.
 pub fn merged_facts(
     project: &Project,
     m: &Machine,
+    secret: &SecretFacts,
     gathered: &IndexMap<String, Value>,
 ) -> IndexMap<String, Value> {
     let mut facts = project.facts.clone();
-    for (k, v) in m.facts.iter().chain(gathered.iter()) {
+    let empty = IndexMap::new();
+    let own_secret = secret.machines.get(&m.name).unwrap_or(&empty);
+    for (k, v) in secret
+        .global
+        .iter()
+        .chain(m.facts.iter())
+        .chain(own_secret.iter())
+        .chain(gathered.iter())
+    {
         facts.insert(k.clone(), v.clone());
     }
     facts
@@ -36,13 +48,14 @@ pub fn merged_facts(
 /// scope carries every machine's public view).
 pub fn scopes(
     project: &Project,
+    secret: &SecretFacts,
     gathered: &IndexMap<String, IndexMap<String, Value>>,
 ) -> IndexMap<String, Arc<Scope>> {
     let empty = IndexMap::new();
     let facts: Vec<IndexMap<String, Value>> = project
         .machines
         .iter()
-        .map(|m| merged_facts(project, m, gathered.get(&m.name).unwrap_or(&empty)))
+        .map(|m| merged_facts(project, m, secret, gathered.get(&m.name).unwrap_or(&empty)))
         .collect();
     let views: IndexMap<String, Value> = project
         .machines

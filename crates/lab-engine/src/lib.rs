@@ -86,6 +86,7 @@ pub struct Engine {
     state: StateDir,
     ignore: globset::GlobSet,
     age: secret::AgeKeys,
+    secret_facts: std::sync::OnceLock<Result<secret::SecretFacts, (PathBuf, String)>>,
 }
 
 /// Held while building; released on drop.
@@ -108,6 +109,7 @@ impl Engine {
         Engine {
             state: StateDir::new(&LabDir::at(&lab_dir)),
             age: secret::AgeKeys::new(&project.settings.age_identities),
+            secret_facts: std::sync::OnceLock::new(),
             lab_dir,
             project,
             ignore,
@@ -238,6 +240,25 @@ impl Engine {
         v
     }
 
+    /// Every machine's template scope (facts, secret facts, gathered).
+    pub(crate) fn scopes(
+        &self,
+        gathered: &IndexMap<String, IndexMap<String, serde_json::Value>>,
+    ) -> Result<IndexMap<String, Arc<lab_render::Scope>>, EngineError> {
+        let secret = self
+            .secret_facts
+            .get_or_init(|| {
+                self.age
+                    .secret_facts(&self.project.root, &self.project.settings.secret_facts)
+            })
+            .as_ref()
+            .map_err(|(path, message)| EngineError::Secret {
+                path: path.clone(),
+                message: message.clone(),
+            })?;
+        Ok(facts::scopes(&self.project, secret, gathered))
+    }
+
     pub(crate) fn gathered(
         &self,
     ) -> (
@@ -349,7 +370,7 @@ impl Engine {
         let prev_scan_id = sources.scan_id;
         let scan_id = now_ns() as u64 ^ ((std::process::id() as u64) << 32);
         let (gathered, bad_gathered) = self.gathered();
-        let scopes = facts::scopes(&self.project, &gathered);
+        let scopes = self.scopes(&gathered)?;
         let compat_ctx = self.project.compat.as_ref().map(|c| CompatCtx {
             m4: lab_render::m4::locate().map_err(|e| e.to_string()),
             files: compat::FileCache::new(root),

@@ -77,3 +77,66 @@ impl AgeKeys {
         Ok(out)
     }
 }
+
+/// Facts decrypted from `secret_facts` files: top-level keys for every
+/// machine, `[machines.NAME]` for one. Their values are remembered as
+/// secrets (see `lab_core::secrets`), so no diff shows them.
+#[derive(Clone, Debug, Default)]
+pub struct SecretFacts {
+    pub global: indexmap::IndexMap<String, serde_json::Value>,
+    pub machines: indexmap::IndexMap<String, indexmap::IndexMap<String, serde_json::Value>>,
+}
+
+impl AgeKeys {
+    /// Decrypt and read the `secret_facts` files (`shown` relative to the
+    /// project in errors).
+    pub fn secret_facts(
+        &self,
+        project: &Path,
+        files: &[PathBuf],
+    ) -> Result<SecretFacts, (PathBuf, String)> {
+        let mut out = SecretFacts::default();
+        for f in files {
+            let shown = f.strip_prefix(project).unwrap_or(f).to_path_buf();
+            let bytes = std::fs::read(f).map_err(|e| (shown.clone(), e.to_string()))?;
+            let plain = self.decrypt(&shown, &bytes).map_err(|e| match e {
+                MachineError::Age { message, .. } => (shown.clone(), message),
+                other => (shown.clone(), other.to_string()),
+            })?;
+            let text =
+                String::from_utf8(plain).map_err(|_| (shown.clone(), "not UTF-8 text".into()))?;
+            let table: toml::Table = toml::from_str(&text)
+                .map_err(|e| (shown.clone(), format!("not TOML: {}", e.message())))?;
+            for (k, v) in table {
+                let v = serde_json::to_value(v).unwrap_or_default();
+                if k == "machines" {
+                    if let serde_json::Value::Object(ms) = v {
+                        for (m, facts) in ms {
+                            if let serde_json::Value::Object(facts) = facts {
+                                let e = out.machines.entry(m).or_default();
+                                for (fk, fv) in facts {
+                                    remember_leaves(&fv);
+                                    e.insert(fk, fv);
+                                }
+                            }
+                        }
+                    }
+                    continue;
+                }
+                remember_leaves(&v);
+                out.global.insert(k, v);
+            }
+        }
+        Ok(out)
+    }
+}
+
+fn remember_leaves(v: &serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) => lab_core::secrets::remember(s),
+        serde_json::Value::Number(n) => lab_core::secrets::remember(&n.to_string()),
+        serde_json::Value::Array(a) => a.iter().for_each(remember_leaves),
+        serde_json::Value::Object(o) => o.values().for_each(remember_leaves),
+        _ => {}
+    }
+}

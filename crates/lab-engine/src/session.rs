@@ -339,7 +339,7 @@ impl Session {
             .cloned()
             .collect();
         let (gathered, bad) = self.engine.gathered();
-        let scopes = facts::scopes(&self.engine.project, &gathered);
+        let scopes = self.engine.scopes(&gathered)?;
         let mut priors: Vec<(String, Prior)> = affected
             .iter()
             .map(|m| {
@@ -480,7 +480,7 @@ impl Session {
         }
         sources.scan_id = scan_id;
         let (gathered, _) = self.engine.gathered();
-        let scopes = facts::scopes(&self.engine.project, &gathered);
+        let scopes = self.engine.scopes(&gathered)?;
         for m in self.engine.select(&self.selection)? {
             let Some(prior) = self.machines.get(&m.name) else {
                 continue;

@@ -3,7 +3,7 @@
 
 use crate::scan::{self, SrcKind};
 use crate::stack::{output_path, Stack};
-use crate::{facts, Engine, EngineError, MachineError};
+use crate::{Engine, EngineError, MachineError};
 use lab_graph::Key;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -123,7 +123,7 @@ impl Engine {
             }
             SrcKind::File => {
                 let (gathered, _) = self.gathered();
-                let scopes = facts::scopes(&self.project, &gathered);
+                let scopes = self.scopes(&gathered)?;
                 let scope = &scopes[machine];
                 let text = std::fs::read_to_string(&src_path).map_err(io(&src_path))?;
                 let includes: Arc<dyn lab_render::Includes> =

@@ -46,6 +46,7 @@ fn is_key_char(c: char) -> bool {
 
 /// Replace secret values with `********`.
 pub fn mask_secrets(text: &str) -> String {
+    let text = &lab_core::secrets::mask(text, MASK);
     let mut out = String::with_capacity(text.len());
     let mut in_pem = false;
     let mut continued = false;
