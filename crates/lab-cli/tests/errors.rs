@@ -231,7 +231,7 @@ fn two_sources_for_one_path_in_one_layer() {
     assert_eq!(
         err,
         "error: machine `b`: `layers/web/etc/site` and `layers/web/etc/site.j2` both produce `/etc/site`\n  \
-         hint: a layer may hold `NAME` or `NAME.j2`, not both; remove one of them\n\
+         hint: a layer may hold one of `NAME`, `NAME.j2`, `NAME.age`, `NAME.j2.age`; remove the others\n\
          error: 1 machine failed: `b`\n"
     );
 }
