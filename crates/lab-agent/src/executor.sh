@@ -389,6 +389,28 @@ extract() { # BYTES
   fail "extract: $(printf '%s' "$err" | head -n 3)"
 }
 
+# Owners ([[owners]] in lab.toml), given before anything is placed. A user
+# or group the machine does not have fails the sync (the machine is put
+# back). OWNER[:GROUP] or :GROUP.
+own_staged() { # SPEC DIR NAME...: staged files of DIR
+  o=$1 d=$2
+  shift 2
+  safe "$d/"
+  cd "$R$d/.lab-stage" || fail "owner in $d"
+  chown -h -- "$o" "$@" </dev/null 2>/dev/null || fail "owner $o: no such user or group on the machine (for files in $d)"
+  cd /
+}
+
+own_dirs() { # SPEC PATH...: directories the stream created or re-moded
+  o=$1
+  shift
+  safe "$@"
+  for p do
+    if [ -L "$R$p" ] || [ ! -d "$R$p" ]; then fail "unsafe $p is not a directory"; fi
+    chown -- "$o" "$R$p" </dev/null 2>/dev/null || fail "owner $o: no such user or group on the machine (for $p)"
+  done
+}
+
 # Move DIR/.lab-stage/NAME over DIR/NAME for each name (rename(2): atomic).
 # DIR goes on $G/placed first: an undo restores only directories there.
 place() {
@@ -572,6 +594,17 @@ u_mkdir() { # MODE PATH...
   for p do
     if [ -L "$R$p" ] || { [ -e "$R$p" ] && [ ! -d "$R$p" ]; }; then rm -f -- "$R$p"; fi
     mkdir -p -- "$R$p" && chmod "$m" -- "$R$p" || { out "fail undo: cannot make directory $p"; exit 1; }
+  done
+}
+
+# Undo: the owner a re-owned directory had.
+u_own() { # SPEC PATH...
+  o=$1
+  shift
+  safe "$@"
+  [ "$CHECK" = 0 ] || return 0
+  for p do
+    if [ -d "$R$p" ] && [ ! -L "$R$p" ]; then chown -- "$o" "$R$p" 2>/dev/null || :; fi
   done
 }
 

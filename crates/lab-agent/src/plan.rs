@@ -94,6 +94,18 @@ fn abs(p: &str) -> String {
     format!("/{p}")
 }
 
+/// `chown`'s OWNER[:GROUP] (or `:GROUP`) for an entry with an owner.
+fn owner_spec(e: &Entry) -> Option<String> {
+    match (&e.owner, &e.group) {
+        (None, None) => None,
+        (o, g) => Some(format!(
+            "{}{}",
+            o.as_deref().unwrap_or(""),
+            g.as_ref().map(|g| format!(":{g}")).unwrap_or_default()
+        )),
+    }
+}
+
 fn parent(p: &str) -> &str {
     p.rfind('/').map_or("", |i| &p[..i])
 }
@@ -290,6 +302,46 @@ impl<'a> ApplyPlan<'a> {
             self.content_bytes(),
             digest.to_hex()
         ));
+        // owners, before anything is placed
+        let mut owned: BTreeMap<(String, &str), Vec<String>> = BTreeMap::new();
+        for e in &self.writes {
+            if let (Some(spec), false) =
+                (owner_spec(e), matches!(e.kind, EntryKind::Symlink { .. }))
+            {
+                owned
+                    .entry((spec, parent(&e.path)))
+                    .or_default()
+                    .push(e.path.rsplit('/').next().unwrap().to_string());
+            }
+        }
+        for ((spec, d), names) in owned {
+            for chunk in names.chunks(CHUNK) {
+                s.push_str(&format!(
+                    "own_staged {} {}",
+                    quote(&spec),
+                    quote(&abs_dir(d))
+                ));
+                for n in chunk {
+                    s.push(' ');
+                    s.push_str(&quote(n));
+                }
+                s.push('\n');
+            }
+        }
+        for e in self.new_dirs.iter().chain(&self.chmod_dirs) {
+            let had_owner = self
+                .old
+                .and_then(|m| m.get(&e.path))
+                .is_some_and(|o| owner_spec(o).is_some());
+            let spec = owner_spec(e).or_else(|| had_owner.then(|| "0:0".to_string()));
+            if let Some(spec) = spec {
+                s.push_str(&format!(
+                    "own_dirs {} {}\n",
+                    quote(&spec),
+                    quote(&abs(&e.path))
+                ));
+            }
+        }
         let mut by_dir: BTreeMap<&str, Vec<String>> = BTreeMap::new();
         for e in &self.writes {
             by_dir
@@ -354,6 +406,17 @@ impl<'a> ApplyPlan<'a> {
                 e.mode,
                 quote(&abs(&e.path))
             ));
+            // (a directory whose owner this generation changed gets its
+            // old one back; root when it had none)
+            let new = self.chmod_dirs.iter().find(|n| n.path == e.path);
+            if new.is_some_and(|n| (&n.owner, &n.group) != (&e.owner, &e.group)) {
+                let spec = owner_spec(e).unwrap_or_else(|| "0:0".to_string());
+                s.push_str(&format!(
+                    "u_own {} {}\n",
+                    quote(&spec),
+                    quote(&abs(&e.path))
+                ));
+            }
         }
         files_by_dir(&mut s, "r", &self.removes);
         s

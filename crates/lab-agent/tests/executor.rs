@@ -41,7 +41,13 @@ fn manifest_of(dir: &Path) -> Manifest {
                 sha256: Digest::of(&data),
             }
         };
-        m.insert(Entry { path, mode, kind });
+        m.insert(Entry {
+            path,
+            mode,
+            kind,
+            owner: None,
+            group: None,
+        });
     }
     m
 }

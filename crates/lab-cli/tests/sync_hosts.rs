@@ -486,7 +486,71 @@ fn a_non_root_user_with_sudo() {
     );
     assert_eq!(run(h, "cat /etc/probe/version"), "1\n");
 
+    // owners: files and directories under /srv/app belong to deploy; an
+    // owner-only change ships, a rollback gives the old owner back, an
+    // owner the machine does not have fails the sync and changes nothing
+    lab.file("layers/base/srv/app/config", "c\n")
+        .file("layers/base/srv/app/data/x", "x\n");
+    let with_owners = |owner: &str| {
+        format!(
+            "{toml}\n[[owners]]\npaths = [\"/srv/app/**\"]\nowner = \"{owner}\"\ngroup = \"deploy\"\n"
+        )
+    };
+    lab.file("lab.toml", &with_owners("deploy"));
+    let out = sync(&lab);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let owners = "stat -c '%n %U:%G %a' /srv/app/config /srv/app/data /srv/app/data/x /etc/motd";
+    assert_eq!(
+        run(h, owners),
+        "/srv/app/config deploy:deploy 644\n/srv/app/data deploy:deploy 755\n/srv/app/data/x deploy:deploy 644\n/etc/motd root:root 644\n"
+    );
+    assert!(lab.read(".lab/out/h1.manifest").contains(
+        "\"path\":\"/srv/app/config\",\"kind\":\"file\",\"mode\":\"0644\",\"size\":2,\"sha256\""
+    ));
+    lab.file("lab.toml", &with_owners("nobody"));
+    let out = sync(&lab);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        run(h, owners),
+        "/srv/app/config nobody:deploy 644\n/srv/app/data nobody:deploy 755\n/srv/app/data/x nobody:deploy 644\n/etc/motd root:root 644\n"
+    );
+    let out = lab_cmd(&lab)
+        .args(["rollback", "-m", "h1"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        run(h, owners),
+        "/srv/app/config deploy:deploy 644\n/srv/app/data deploy:deploy 755\n/srv/app/data/x deploy:deploy 644\n/etc/motd root:root 644\n"
+    );
+    lab.file("lab.toml", &with_owners("no-such-user"));
+    let out = sync(&lab);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("owner no-such-user:deploy: no such user or group on the machine"),
+        "{err}"
+    );
+    assert_eq!(
+        run(h, owners),
+        "/srv/app/config deploy:deploy 644\n/srv/app/data deploy:deploy 755\n/srv/app/data/x deploy:deploy 644\n/etc/motd root:root 644\n"
+    );
+    lab.file("lab.toml", &toml);
+
     // sudo that asks for a password
+    let before = run(h, "cat /etc/probe/version");
     run(h, "echo 'deploy ALL=(ALL) ALL' > /etc/sudoers.d/deploy");
     lab.file("layers/base/etc/probe/version", "3\n");
     let out = sync(&lab);
@@ -503,5 +567,5 @@ fn a_non_root_user_with_sudo() {
         err.contains("hint: lab cannot type a password: give `deploy` passwordless sudo"),
         "{err}"
     );
-    assert_eq!(run(h, "cat /etc/probe/version"), "1\n", "nothing changed");
+    assert_eq!(run(h, "cat /etc/probe/version"), before, "nothing changed");
 }

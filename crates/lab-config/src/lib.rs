@@ -14,6 +14,6 @@ mod project;
 pub use error::ConfigError;
 pub use lab_core::{Diagnose, Located};
 pub use project::{
-    valid_name, Become, LayerRef, Machine, Project, Settings, Transport, UnitAction, UnitRule,
-    CONFIG_FILE, RESERVED_VARIABLES,
+    owner_of, valid_name, Become, LayerRef, Machine, OwnerRule, Project, Settings, Transport,
+    UnitAction, UnitRule, CONFIG_FILE, RESERVED_VARIABLES,
 };

@@ -29,6 +29,8 @@ pub struct Project {
     /// name; machines without tags are absent.
     pub tags: IndexMap<String, Vec<String>>,
     pub units: Vec<UnitRule>,
+    /// `[[owners]]`: who owns the entries at matching paths on the machine.
+    pub owners: Vec<OwnerRule>,
     /// Set for a make-style project (detected, or `[compat]` in lab.toml):
     /// machines, layers and facts then come from the make layout.
     pub compat: Option<Compat>,
@@ -126,6 +128,37 @@ pub struct UnitRule {
     pub at: Located,
 }
 
+/// `[[owners]]`: entries at paths matching `paths` belong to `owner` and
+/// `group` on the machine (the last matching rule wins, per attribute).
+#[derive(Clone, Debug)]
+pub struct OwnerRule {
+    pub paths: Vec<String>,
+    pub matcher: globset::GlobSet,
+    pub owner: Option<String>,
+    pub group: Option<String>,
+}
+
+impl OwnerRule {
+    /// Does the rule cover this output path (relative, no leading slash)?
+    pub fn matches(&self, path: &str) -> bool {
+        self.matcher.is_match(format!("/{path}"))
+    }
+}
+
+/// Owner and group of the entry at `path` under `rules` (`None`: root).
+pub fn owner_of(rules: &[OwnerRule], path: &str) -> (Option<String>, Option<String>) {
+    let (mut owner, mut group) = (None, None);
+    for r in rules.iter().filter(|r| r.matches(path)) {
+        if r.owner.is_some() {
+            owner = r.owner.clone();
+        }
+        if r.group.is_some() {
+            group = r.group.clone();
+        }
+    }
+    (owner, group)
+}
+
 impl UnitRule {
     /// Does the rule cover this output path (relative, no leading slash)?
     pub fn matches(&self, path: &str) -> bool {
@@ -144,6 +177,8 @@ struct RawProject {
     machines: IndexMap<Spanned<String>, Spanned<RawMachine>>,
     #[serde(default)]
     units: Vec<Spanned<RawUnit>>,
+    #[serde(default)]
+    owners: Vec<Spanned<RawOwner>>,
     compat: Option<Spanned<RawCompat>>,
 }
 
@@ -200,6 +235,14 @@ struct RawMachine {
     root_outside_project: Option<Spanned<bool>>,
     #[serde(rename = "become")]
     become_method: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOwner {
+    paths: Vec<Spanned<String>>,
+    owner: Option<Spanned<String>>,
+    group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -323,6 +366,7 @@ impl Project {
             machines,
             tags: IndexMap::new(),
             units: Vec::new(),
+            owners: Vec::new(),
             compat: Some(compat),
         })
     }
@@ -595,6 +639,63 @@ impl Project {
             });
         }
 
+        let mut owners = Vec::new();
+        for o in raw.owners {
+            let o_span = o.span();
+            let o = o.into_inner();
+            if o.owner.is_none() && o.group.is_none() {
+                return Err(invalid(
+                    o_span,
+                    "an `[[owners]]` rule needs `owner`, `group` or both".into(),
+                    None,
+                ));
+            }
+            for v in o.owner.iter().chain(o.group.iter()) {
+                let name = v.get_ref();
+                let ok = !name.is_empty()
+                    && (name.chars().all(|c| c.is_ascii_digit())
+                        || (name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+                            && name.chars().all(|c| {
+                                c.is_ascii_lowercase()
+                                    || c.is_ascii_digit()
+                                    || matches!(c, '_' | '-' | '.')
+                            })));
+                if !ok {
+                    return Err(invalid(
+                        v.span(),
+                        format!("`{name}` is not a user or group name"),
+                        Some(
+                            "names are lower-case letters, digits, `_`, `-`, `.` (or a numeric id)"
+                                .into(),
+                        ),
+                    ));
+                }
+            }
+            let mut b = globset::GlobSetBuilder::new();
+            let mut paths = Vec::new();
+            for p in &o.paths {
+                if !p.get_ref().starts_with('/') {
+                    return Err(invalid(
+                        p.span(),
+                        format!("owner rule path `{}` is not absolute", p.get_ref()),
+                        Some(format!("write `/{}`", p.get_ref())),
+                    ));
+                }
+                let g = globset::GlobBuilder::new(p.get_ref())
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| invalid(p.span(), format!("bad glob: {}", e.kind()), None))?;
+                b.add(g);
+                paths.push(p.get_ref().clone());
+            }
+            owners.push(OwnerRule {
+                paths,
+                matcher: b.build().expect("globs were valid"),
+                owner: o.owner.map(Spanned::into_inner),
+                group: o.group.map(Spanned::into_inner),
+            });
+        }
+
         let compat = match raw.compat {
             None => None,
             Some(c) => {
@@ -652,6 +753,7 @@ impl Project {
             machines,
             tags,
             units,
+            owners,
             compat,
         })
     }

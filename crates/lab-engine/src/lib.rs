@@ -499,7 +499,7 @@ impl Engine {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let summary = machine_summary(&m.name, &roots, scope);
+        let summary = machine_summary(&m.name, &roots, scope, &self.project.owners);
         machine::MachineJob {
             name: &m.name,
             stack: Stack { roots },
@@ -512,6 +512,7 @@ impl Engine {
             scan_id,
             force,
             age: &self.age,
+            owners: &self.project.owners,
         }
         .run(reporter)
     }
@@ -585,6 +586,7 @@ impl Engine {
         let base_summary = {
             let mut h = Hasher::new(ENGINE_VERSION);
             h.str("compat").str(&m.name);
+            owners_digest(&mut h, &self.project.owners);
             for r in &roots {
                 h.str(&r.name).digest(&r.tree);
             }
@@ -618,6 +620,7 @@ impl Engine {
             state: &self.state,
             scan_id,
             force,
+            owners: &self.project.owners,
         }
         .run(reporter)
     }
@@ -675,9 +678,15 @@ struct CompatCtx {
 
 /// A machine's input summary: its stack (each root's tree digest), its
 /// facts and the inventory. Equal summaries, equal outputs.
-fn machine_summary(name: &str, roots: &[&RootScan], scope: &lab_render::Scope) -> Digest {
+fn machine_summary(
+    name: &str,
+    roots: &[&RootScan],
+    scope: &lab_render::Scope,
+    owners: &[lab_config::OwnerRule],
+) -> Digest {
     let mut h = Hasher::new(ENGINE_VERSION);
     h.str(name);
+    owners_digest(&mut h, owners);
     for r in roots {
         h.str(&r.name).digest(&r.tree);
     }
@@ -687,6 +696,19 @@ fn machine_summary(name: &str, roots: &[&RootScan], scope: &lab_render::Scope) -
         h.str(&k).digest(&d);
     }
     h.finish()
+}
+
+/// The `[[owners]]` rules, into a machine's summary: a changed rule makes
+/// the machine's manifest be written again.
+fn owners_digest(h: &mut Hasher, owners: &[lab_config::OwnerRule]) {
+    for o in owners {
+        h.str("owners");
+        for p in &o.paths {
+            h.str(p);
+        }
+        h.str(o.owner.as_deref().unwrap_or("-"))
+            .str(o.group.as_deref().unwrap_or("-"));
+    }
 }
 
 /// `(name, digest)` of every fact and machine view a scope holds, for the

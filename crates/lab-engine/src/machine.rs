@@ -47,6 +47,8 @@ pub(crate) struct MachineJob<'a> {
     pub force: bool,
     /// Identities for encrypted sources.
     pub age: &'a AgeKeys,
+    /// `[[owners]]`, recorded in the manifest.
+    pub owners: &'a [lab_config::OwnerRule],
 }
 
 /// Partials looked up directly on disk through the stack, highest root
@@ -570,7 +572,9 @@ impl MachineJob<'_> {
         // The manifest, when it changed.
         let mut manifest = Manifest::new(self.name);
         manifest.entries = entries;
-        let manifest_changed = !written_paths.is_empty()
+        let owners_changed = crate::output::apply_owners(&mut manifest.entries, self.owners);
+        let manifest_changed = owners_changed
+            || !written_paths.is_empty()
             || !removed.is_empty()
             || !gone.is_empty()
             || !manifest_current
@@ -676,6 +680,8 @@ impl MachineJob<'_> {
                     size: bytes.len() as u64,
                     sha256: Digest::of(bytes),
                 },
+                owner: None,
+                group: None,
             };
             (entry, Some(bytes.as_slice()), (render_key, value))
         } else {
@@ -685,6 +691,8 @@ impl MachineJob<'_> {
                         path: out.to_string(),
                         mode,
                         kind: EntryKind::Dir,
+                        owner: None,
+                        group: None,
                     },
                     None,
                     (Key::Source(out.to_string()), self.stack.source_digest(w)),
@@ -697,6 +705,8 @@ impl MachineJob<'_> {
                             path: out.to_string(),
                             mode: 0o777,
                             kind: EntryKind::Symlink { target },
+                            owner: None,
+                            group: None,
                         },
                         None,
                         (
@@ -721,6 +731,8 @@ impl MachineJob<'_> {
                             size: data.len() as u64,
                             sha256: Digest::of(&data),
                         },
+                        owner: None,
+                        group: None,
                     };
                     self.out.write(&entry, &data)?;
                     let value = entry.digest();

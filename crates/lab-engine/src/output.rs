@@ -302,3 +302,25 @@ impl OutTree {
         }
     }
 }
+
+/// Give each entry the owner and group `[[owners]]` says (symlinks keep
+/// none); whether any entry's changed.
+pub(crate) fn apply_owners(
+    entries: &mut BTreeMap<String, Entry>,
+    rules: &[lab_config::OwnerRule],
+) -> bool {
+    let mut changed = false;
+    for e in entries.values_mut() {
+        let (owner, group) = match e.kind {
+            EntryKind::Symlink { .. } => (None, None),
+            _ if rules.is_empty() => (None, None),
+            _ => lab_config::owner_of(rules, &e.path),
+        };
+        if e.owner != owner || e.group != group {
+            e.owner = owner;
+            e.group = group;
+            changed = true;
+        }
+    }
+    changed
+}

@@ -399,6 +399,7 @@ impl Session {
                     scan_id: 0,
                     force: false,
                     age: &self.engine.age,
+                    owners: &self.engine.project.owners,
                 };
                 reporter.machine_started(&m.name, 0);
                 match job.execute(prior, reporter) {
@@ -512,7 +513,12 @@ impl Session {
             state::write(
                 &sp,
                 &MachineSummary {
-                    summary: machine_summary(&m.name, &roots, &scopes[&m.name]),
+                    summary: machine_summary(
+                        &m.name,
+                        &roots,
+                        &scopes[&m.name],
+                        &self.engine.project.owners,
+                    ),
                     manifest: scan::stat_of(&manifest),
                     files: Vec::new(),
                     files_scanned_at_ns: 0,

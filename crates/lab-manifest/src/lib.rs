@@ -16,6 +16,10 @@
 //! {"path":"/etc/localtime","kind":"symlink","target":"/usr/share/zoneinfo/UTC"}
 //! ```
 //!
+//! `owner` and `group` (names or numeric ids) appear on entries that
+//! lab.toml's `[[owners]]` rules give an owner; absent, the entry belongs
+//! to whoever the executor runs as (root).
+//!
 //! Paths are absolute on the target machine. `mode` is the permission bits
 //! in octal (with setuid/setgid/sticky), absent for symlinks. The same tree
 //! always serializes to the same bytes, so the file's sha256 identifies the
@@ -40,6 +44,10 @@ pub struct Entry {
     pub path: String,
     pub mode: u32,
     pub kind: EntryKind,
+    /// Owner and group the machine gives the entry (names or numeric ids;
+    /// `None`: whoever writes it, root), from lab.toml's `[[owners]]`.
+    pub owner: Option<String>,
+    pub group: Option<String>,
 }
 
 impl Entry {
@@ -55,6 +63,12 @@ impl Entry {
             }
             EntryKind::Symlink { target } => h.str("l").str(target),
         };
+        // (entries without an owner keep the digests they always had)
+        if self.owner.is_some() || self.group.is_some() {
+            h.str("o")
+                .str(self.owner.as_deref().unwrap_or(""))
+                .str(self.group.as_deref().unwrap_or(""));
+        }
         h.finish()
     }
 
@@ -104,6 +118,10 @@ struct Line {
     sha256: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    group: Option<String>,
 }
 
 impl Manifest {
@@ -151,6 +169,8 @@ impl Manifest {
                 size: None,
                 sha256: None,
                 target: None,
+                owner: e.owner.clone(),
+                group: e.group.clone(),
             };
             match &e.kind {
                 EntryKind::Dir => line.mode = Some(format!("{:04o}", e.mode)),
@@ -214,7 +234,13 @@ impl Manifest {
                 },
                 other => return Err(err(n, format!("unknown kind `{other}`"))),
             };
-            m.insert(Entry { path, mode, kind });
+            m.insert(Entry {
+                path,
+                mode,
+                kind,
+                owner: l.owner,
+                group: l.group,
+            });
         }
         Ok(m)
     }
@@ -248,6 +274,8 @@ mod tests {
             path: "etc".into(),
             mode: 0o755,
             kind: EntryKind::Dir,
+            owner: None,
+            group: None,
         });
         m.insert(Entry {
             path: "etc/motd".into(),
@@ -256,11 +284,15 @@ mod tests {
                 size: 5,
                 sha256: Digest::of(b"hello"),
             },
+            owner: None,
+            group: None,
         });
         m.insert(Entry {
             path: "etc/weird \"name\"\n".into(),
             mode: 0o1755,
             kind: EntryKind::Dir,
+            owner: None,
+            group: None,
         });
         m.insert(Entry {
             path: "etc/localtime".into(),
@@ -268,6 +300,8 @@ mod tests {
             kind: EntryKind::Symlink {
                 target: "/usr/share/zoneinfo/UTC".into(),
             },
+            owner: None,
+            group: None,
         });
         m
     }

@@ -282,6 +282,8 @@ mod tests {
                 size: content.len() as u64,
                 sha256: Digest::of(content.as_bytes()),
             },
+            owner: None,
+            group: None,
         }
     }
 
@@ -335,6 +337,8 @@ mod tests {
                 kind: EntryKind::Symlink {
                     target: "../new.service".into(),
                 },
+                owner: None,
+                group: None,
             },
             file("etc/nginx/nginx.conf", "b"),
             file("etc/motd", "m2"),

@@ -119,6 +119,8 @@ pub(crate) struct CompatJob<'a> {
     pub state: &'a StateDir,
     pub scan_id: u64,
     pub force: bool,
+    /// `[[owners]]`, recorded in the manifest.
+    pub owners: &'a [lab_config::OwnerRule],
 }
 
 /// The summary of a machine: its base summary and the digests of the
@@ -251,6 +253,8 @@ impl CompatJob<'_> {
                     path: path.clone(),
                     mode: *mode,
                     kind: EntryKind::Dir,
+                    owner: None,
+                    group: None,
                 },
             );
         }
@@ -362,11 +366,13 @@ impl CompatJob<'_> {
         // Manifest, graph state, summary (in that order; see `state`).
         let mut manifest = Manifest::new(self.name);
         manifest.entries = entries;
+        let owners_changed = crate::output::apply_owners(&mut manifest.entries, self.owners);
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |e| vec![MachineError::Io { path: p, source: e }]
         };
-        let changed = !written.is_empty()
+        let changed = owners_changed
+            || !written.is_empty()
             || !removed.is_empty()
             || !gone.is_empty()
             || !trusted
@@ -626,6 +632,8 @@ fn file_entry(path: &str, mode: u32, data: &[u8]) -> Entry {
             size: data.len() as u64,
             sha256: Digest::of(data),
         },
+        owner: None,
+        group: None,
     }
 }
 
@@ -634,5 +642,7 @@ fn link_entry(path: &str, target: String) -> Entry {
         path: path.to_string(),
         mode: 0o777,
         kind: EntryKind::Symlink { target },
+        owner: None,
+        group: None,
     }
 }
