@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Generate a synthetic make-style lab (the layout of DESIGN.md's
-"Compatibility with make-based labs") shaped like a real one: 8 machines,
+"""Generate a synthetic make-style lab (the layout docs/compat.md
+describes) shaped like a real one: 8 machines,
 40 layers, about 3,300 output files and links of which about 6% are
 rendered m4 templates (about 210 renders), four preludes read by every
 render (one with ~40 macro definitions), an m4_include'd partial,

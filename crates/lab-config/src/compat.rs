@@ -2,7 +2,7 @@
 //! with): detecting one, reading its inventory, its per-machine layer lists,
 //! its link lists and its fact files into typed models with locations.
 //!
-//! The rules follow DESIGN.md, "Compatibility with make-based labs"; the
+//! The rules follow docs/compat.md; the
 //! choices it leaves open are written down in `docs/compat.md`.
 
 use crate::{ConfigError, LayerRef, Located, Machine, Transport};

@@ -1,5 +1,5 @@
 //! Make-style labs build unchanged: the fixture lab in `tests/compat-fixture/`
-//! (every rule of DESIGN.md's "Compatibility with make-based labs") renders
+//! (every rule of docs/compat.md) renders
 //! to exactly the snapshotted trees, and each change make misses is picked
 //! up: after it, the incremental build equals a clean build.
 //!
@@ -260,8 +260,8 @@ fn two_sources_for_one_path_is_an_error_naming_both() {
     );
 }
 
-// Each change GNU make misses (DESIGN.md: "Known make defects lab must
-// not copy"), one test each.
+// Each change GNU make misses (docs/compat.md, "What lab tracks that make
+// misses"), one test each.
 
 #[test]
 fn a_deleted_source_disappears() {

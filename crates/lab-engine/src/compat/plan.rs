@@ -1,6 +1,6 @@
 //! Which source produces each output path of a make-style machine, and how.
 //!
-//! The rules (DESIGN.md, "Compatibility with make-based labs"): every
+//! The rules (docs/compat.md, "The rules"): every
 //! regular file and symlink under `layers/_`, the selected layers and
 //! `machines/NAME/` is a source; directories are not (the tree's
 //! directories are the parents of its entries, mode 0755, plus the sticky
