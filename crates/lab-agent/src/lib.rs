@@ -144,6 +144,30 @@ pub fn rollback_program(target: u64, units: &[UnitAction], settle_ms: u64) -> St
 mod tests {
     use super::*;
 
+    /// The script's exit statuses are the ones lab-core names.
+    #[test]
+    fn the_script_exits_with_lab_core_s_codes() {
+        use lab_core::ExecutorExit;
+        let stale = format!(
+            "out \"stale $(current_gen) $cur\"; exit {}",
+            ExecutorExit::Stale.code()
+        );
+        assert!(EXECUTOR.contains(&stale), "{stale}");
+        let failed = format!("exit {}", ExecutorExit::Failed.code());
+        assert!(EXECUTOR.matches(&failed).count() >= 5);
+        for code in EXECUTOR.split("exit ").skip(1).filter_map(|t| {
+            t.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .filter(|n| !n.is_empty())
+        }) {
+            let code: i32 = code.parse().unwrap();
+            assert!(
+                ExecutorExit::from_code(code).is_some() || code == 1,
+                "exit {code} is not an ExecutorExit (1: an undo refused, reported by its line)"
+            );
+        }
+    }
+
     #[test]
     fn small_programs_travel_in_the_command_large_ones_on_stdin() {
         let (cmd, first) = bootstrap("/r", "echo it's me", true);

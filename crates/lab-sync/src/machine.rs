@@ -16,6 +16,7 @@ use lab_agent::{
     Report, UnitAction,
 };
 use lab_config::UnitRule;
+use lab_core::ExecutorExit;
 use lab_graph::Digest;
 use lab_manifest::{Entry, EntryKind, Manifest};
 use std::collections::BTreeMap;
@@ -280,14 +281,14 @@ impl MachineSync<'_> {
                     None => "nothing was committed; the next sync undoes what it had done".into(),
                 }));
             }
-            match out.status {
-                0 => {}
-                3 => {
+            match ExecutorExit::from_code(out.status) {
+                Some(ExecutorExit::Applied) => {}
+                Some(ExecutorExit::Stale) => {
                     // The machine is not where we thought (another sync, a
                     // rollback, a lost cache): plan again from where it is.
                     let Some((g, b)) = report.stale else {
                         return Err(SyncError::Protocol {
-                            status: 3,
+                            status: ExecutorExit::Stale.code(),
                             output: out.stdout_text(),
                         });
                     };
@@ -298,7 +299,7 @@ impl MachineSync<'_> {
                     }
                     continue;
                 }
-                10 => {
+                Some(ExecutorExit::Failed) => {
                     if let Some((path, needed, free)) = report.no_space() {
                         return Err(SyncError::NoSpace { path, needed, free });
                     }
@@ -308,9 +309,9 @@ impl MachineSync<'_> {
                         report.failures.join("; ")
                     }));
                 }
-                s => {
+                None => {
                     return Err(SyncError::Protocol {
-                        status: s,
+                        status: out.status,
                         output: format!("{}{}", out.stdout_text(), out.stderr_text()),
                     })
                 }
@@ -432,11 +433,11 @@ impl MachineSync<'_> {
             .map_err(|e| lost_err(&format!("; reading the outcome: {e}")))?;
         let r = Report::parse(&o.stdout_text());
         let status = if r.stale.is_some() {
-            3
+            ExecutorExit::Stale
         } else if !r.failures.is_empty() {
-            10
+            ExecutorExit::Failed
         } else if r.now.is_some() || r.finished {
-            0
+            ExecutorExit::Applied
         } else {
             return Err(lost_err(
                 "; the machine has no report of the run (it did not start, or was killed \
@@ -444,7 +445,7 @@ impl MachineSync<'_> {
             ));
         };
         Ok(Output {
-            status,
+            status: status.code(),
             stdout: o.stdout,
             stderr: Vec::new(),
         })
