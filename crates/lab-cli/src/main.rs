@@ -561,6 +561,7 @@ fn build(
         machines: machines.to_vec(),
         jobs,
         force,
+        trust_outputs: false,
     };
     let report = engine.build(&opts, &reporter).map_err(|e| {
         reporter.finish();

@@ -23,17 +23,21 @@ pub struct SyncArgs {
 }
 
 /// Build the named machines; report and return the ones that failed.
+/// `trust`: see [`BuildOptions::trust_outputs`] (a sync's own stream
+/// checks what it sends).
 fn build(
     engine: &Engine,
     style: Style,
     names: &[String],
     quiet: bool,
+    trust: bool,
 ) -> Result<Vec<String>, Failure> {
     let reporter = crate::progress::CliReporter::new(false, quiet);
     let report = engine
         .build(
             &BuildOptions {
                 machines: names.to_vec(),
+                trust_outputs: trust,
                 ..Default::default()
             },
             &reporter,
@@ -68,7 +72,7 @@ fn build_first<'a>(
         Failure::Usage
     })?;
     let all: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
-    let failed = build(engine, style, &all, quiet)?;
+    let failed = build(engine, style, &all, quiet, false)?;
     Ok(machines
         .into_iter()
         .filter(|m| !failed.contains(&m.name))
@@ -232,7 +236,7 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     let (connected, early_build) = if uncached.is_empty() {
         let all: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
         std::thread::scope(|s| {
-            let b = s.spawn(|| build(engine, style, &all, args.quiet));
+            let b = s.spawn(|| build(engine, style, &all, args.quiet, true));
             let c = connect();
             (c, Some(b.join().expect("the build thread")))
         })
@@ -261,7 +265,7 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     let build_failed = match early_build {
         Some(r) => r?,
         None if names.is_empty() => Vec::new(),
-        None => build(engine, style, &names, args.quiet)?,
+        None => build(engine, style, &names, args.quiet, true)?,
     };
     open.retain(|(m, _)| !build_failed.contains(&m.name));
     for b in build_failed {
@@ -277,13 +281,32 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
         let bar = spinner(&multi, &m.name, "syncing");
         let began = Instant::now();
         let target = lab_sync::target(project, m, engine.lab_dir());
-        let r = MachineSync {
+        let opts = SyncOptions {
+            rollback_on_failure: args.rollback_on_failure,
+        };
+        let mut r = MachineSync {
             target: &target,
             transport: t.as_mut(),
         }
-        .sync(&SyncOptions {
-            rollback_on_failure: args.rollback_on_failure,
-        });
+        .sync(&opts);
+        // An output changed behind lab's back (the stream found it): a build
+        // that looks at the outputs makes it again, then one more try.
+        if matches!(r, Err(lab_sync::SyncError::Build { .. })) {
+            let rebuilt = engine.build(
+                &BuildOptions {
+                    machines: vec![m.name.clone()],
+                    ..Default::default()
+                },
+                &lab_engine::Silent,
+            );
+            if rebuilt.is_ok_and(|b| b.failed().next().is_none()) {
+                r = MachineSync {
+                    target: &target,
+                    transport: t.as_mut(),
+                }
+                .sync(&opts);
+            }
+        }
         bar.finish_and_clear();
         (m.name.clone(), r, began.elapsed().as_millis())
     });

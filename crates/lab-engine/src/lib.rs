@@ -57,6 +57,10 @@ pub struct BuildOptions {
     pub jobs: Option<usize>,
     /// Ignore all state and rebuild every node.
     pub force: bool,
+    /// Do not look for outputs changed behind lab's back (one `lstat` per
+    /// output): for a sync, whose stream checks every file it sends
+    /// against the manifest anyway.
+    pub trust_outputs: bool,
 }
 
 #[derive(Debug)]
@@ -392,6 +396,7 @@ impl Engine {
                         bad_gathered.get(&m.name),
                         scan_id,
                         opts.force,
+                        opts.trust_outputs,
                         reporter,
                     )
                 } else {
@@ -403,6 +408,7 @@ impl Engine {
                         prev_scan_id,
                         scan_id,
                         opts.force,
+                        opts.trust_outputs,
                         reporter,
                     )
                 },
@@ -464,6 +470,7 @@ impl Engine {
         prev_scan_id: u64,
         scan_id: u64,
         force: bool,
+        trust_outputs: bool,
         reporter: &dyn Reporter,
     ) -> Result<MachineReport, Vec<MachineError>> {
         if let Some(e) = bad_gathered {
@@ -511,6 +518,7 @@ impl Engine {
             prev_scan_id,
             scan_id,
             force,
+            trust_outputs,
             age: &self.age,
             owners: &self.project.owners,
         }
@@ -529,6 +537,7 @@ impl Engine {
         bad_gathered: Option<&String>,
         scan_id: u64,
         force: bool,
+        trust_outputs: bool,
         reporter: &dyn Reporter,
     ) -> Result<MachineReport, Vec<MachineError>> {
         let compat = self.project.compat.as_ref().expect("compat project");
@@ -620,6 +629,7 @@ impl Engine {
             state: &self.state,
             scan_id,
             force,
+            trust_outputs,
             owners: &self.project.owners,
         }
         .run(reporter)

@@ -398,6 +398,7 @@ impl Session {
                     prev_scan_id: 0,
                     scan_id: 0,
                     force: false,
+                    trust_outputs: true,
                     age: &self.engine.age,
                     owners: &self.engine.project.owners,
                 };
