@@ -248,7 +248,12 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     let mut doc: Vec<(String, serde_json::Value)> = Vec::new();
     for (m, r) in connected {
         match r {
-            Ok(t) => open.push((m, t)),
+            Ok(t) => {
+                for w in t.warnings() {
+                    eprintln!("{} machine `{}`: {w}", style.yellow("warning:"), m.name);
+                }
+                open.push((m, t))
+            }
             Err(e) => {
                 let ctx = format!("machine `{}`", m.name);
                 eprint!("{}", diag::render(style, &e, Some(&ctx)));

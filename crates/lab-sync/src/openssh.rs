@@ -7,9 +7,10 @@
 //!
 //! Honoured: `HostName`, `User`, `Port`, `IdentityFile`, `IdentitiesOnly`,
 //! `IdentityAgent`, `ProxyJump`, `ProxyCommand`, `UserKnownHostsFile`,
-//! `GlobalKnownHostsFile`, `StrictHostKeyChecking` (`accept-new`, and `no`
-//! taken as `accept-new`: a changed key is always refused), `HostKeyAlias`,
-//! `ConnectTimeout`. Refused (the machine is not reached another way):
+//! `GlobalKnownHostsFile`, `StrictHostKeyChecking` (`accept-new`; `no`
+//! adds unknown keys with a warning, a changed key is always refused),
+//! `HostKeyAlias`, `ConnectTimeout`, `ServerAliveInterval` and
+//! `ServerAliveCountMax` (as TCP keepalive probes). Refused (the machine is not reached another way):
 //! `CertificateFile`, `PKCS11Provider`, `SecurityKeyProvider` other than
 //! the built-in one.
 
@@ -222,6 +223,16 @@ pub(crate) fn target(
         accept_new: matches!(strict, "accept-new" | "no" | "off" | "false"),
         identities_only: first(g, "identitiesonly") == Some("yes"),
         identity_agent,
+        server_alive: first(g, "serveraliveinterval")
+            .and_then(|v| v.parse::<u32>().ok())
+            .filter(|i| *i > 0)
+            .map(|i| {
+                let count = first(g, "serveralivecountmax")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(3);
+                (i, count)
+            }),
+        strict_off: matches!(strict, "no" | "off" | "false"),
         connect_timeout: first(g, "connecttimeout")
             .and_then(|v| v.parse().ok())
             .map(Duration::from_secs),

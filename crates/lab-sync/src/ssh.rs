@@ -47,6 +47,13 @@ pub struct SshTarget {
     pub identity_agent: Option<PathBuf>,
     /// `ConnectTimeout`.
     pub connect_timeout: Option<Duration>,
+    /// `ServerAliveInterval` and `ServerAliveCountMax`: a server silent for
+    /// interval × (count + 1) is dead (TCP keepalive probes on the socket;
+    /// through a proxy, the proxy's ssh applies them).
+    pub server_alive: Option<(u32, u32)>,
+    /// `StrictHostKeyChecking no` was written: unknown keys are added, and
+    /// the user is told (a changed key is still refused).
+    pub strict_off: bool,
     /// `Host` alias as written in lab.toml (`%n`).
     pub alias: String,
     /// A directive lab cannot honour (`path:line` or the directive, and
@@ -73,6 +80,8 @@ impl SshTarget {
             identities_only: false,
             identity_agent: None,
             connect_timeout: None,
+            server_alive: None,
+            strict_off: false,
             alias: host.to_string(),
             refused: None,
             sudo: false,
@@ -215,6 +224,7 @@ pub struct SshTransport {
     io_timeout: Duration,
     commands: u64,
     sent: u64,
+    warnings: Vec<String>,
     /// How it connected, to connect again after a lost connection (the
     /// host key is known by then: no `accept_new`).
     target: SshTarget,
@@ -396,6 +406,9 @@ impl SshTransport {
                     message: e.to_string(),
                 })?;
             let _ = tcp.set_nodelay(true);
+            if let Some((interval, count)) = t.server_alive {
+                set_tcp_keepalive(&tcp, interval, count);
+            }
             fd = tcp.as_raw_fd();
             session.set_tcp_stream(tcp);
             None
@@ -428,10 +441,19 @@ impl SshTransport {
             io_timeout,
             commands: 0,
             sent: 0,
+            warnings: Vec::new(),
             target: t.clone(),
             timeout,
         };
-        me.verify_host_key(t, policy)?;
+        let mut me = me;
+        if me.verify_host_key(t, policy)? && t.strict_off {
+            me.warnings.push(format!(
+                "`StrictHostKeyChecking no` in the ssh config: the unknown host key of `{}` was \
+                 added to `{}` without asking (a changed key is still refused)",
+                t.known_hosts_name(),
+                t.known_hosts.display()
+            ));
+        }
         match login {
             Login::Keys => me.authenticate(t)?,
             Login::Password(p) => me.authenticate_password(t, p)?,
@@ -443,7 +465,12 @@ impl SshTransport {
         Ok(me)
     }
 
-    fn verify_host_key(&self, t: &SshTarget, policy: &HostKeyPolicy<'_>) -> Result<(), SyncError> {
+    /// Check the host key; `true` when it was new and has been recorded.
+    fn verify_host_key(
+        &self,
+        t: &SshTarget,
+        policy: &HostKeyPolicy<'_>,
+    ) -> Result<bool, SyncError> {
         let (key, ktype) = self
             .session
             .host_key()
@@ -508,7 +535,7 @@ impl SshTransport {
             }
         }
         match kh.check_port(lookup, lookup_port, key) {
-            CheckResult::Match => Ok(()),
+            CheckResult::Match => Ok(false),
             CheckResult::Mismatch => Err(SyncError::HostKeyChanged {
                 host: t.known_hosts_name(),
                 fingerprint,
@@ -523,7 +550,7 @@ impl SshTransport {
                 let got = fingerprint.split(' ').next_back().unwrap_or_default();
                 let want = want.trim();
                 if got == want || got.strip_prefix("SHA256:") == Some(want) {
-                    self.record_host_key(t, key, ktype)
+                    self.record_host_key(t, key, ktype).map(|()| true)
                 } else {
                     Err(SyncError::HostKeyUnexpected {
                         host: t.known_hosts_name(),
@@ -539,7 +566,7 @@ impl SshTransport {
                     unreachable!()
                 };
                 if ask(&fingerprint) {
-                    self.record_host_key(t, key, ktype)
+                    self.record_host_key(t, key, ktype).map(|()| true)
                 } else {
                     Err(SyncError::HostKeyUnknown {
                         host: t.known_hosts_name(),
@@ -551,7 +578,7 @@ impl SshTransport {
             CheckResult::NotFound | CheckResult::Failure
                 if matches!(policy, HostKeyPolicy::AcceptNew) =>
             {
-                self.record_host_key(t, key, ktype)
+                self.record_host_key(t, key, ktype).map(|()| true)
             }
             CheckResult::NotFound | CheckResult::Failure if cert_authority.is_some() => {
                 Err(SyncError::SshConfig {
@@ -784,6 +811,63 @@ pub fn key_is_encrypted(path: &Path) -> bool {
     bytes
         .get(at + 4..at + 4 + len)
         .is_some_and(|cipher| cipher != b"none")
+}
+
+/// Probe a silent peer every `interval` seconds; after `count` probes
+/// without an answer the socket fails (as `ServerAliveInterval` and
+/// `ServerAliveCountMax` end an OpenSSH connection).
+fn set_tcp_keepalive(tcp: &TcpStream, interval: u32, count: u32) {
+    let fd = tcp.as_raw_fd();
+    let set = |level, name, value: libc::c_int| {
+        // SAFETY: a valid socket and an int-sized option value.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        }
+    };
+    let interval = interval.clamp(1, i32::MAX as u32) as libc::c_int;
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, interval);
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, interval);
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_KEEPCNT,
+        count.clamp(1, 127) as libc::c_int,
+    );
+}
+
+impl SshTransport {
+    /// The socket's TCP keepalive (idle, interval, count), when it has one.
+    pub fn tcp_keepalive(&self) -> Option<(i32, i32, i32)> {
+        let get = |level, name| {
+            let mut v: libc::c_int = 0;
+            let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+            // SAFETY: a valid socket and an int-sized buffer.
+            let r = unsafe {
+                libc::getsockopt(
+                    self.fd,
+                    level,
+                    name,
+                    (&mut v as *mut libc::c_int).cast(),
+                    &mut len,
+                )
+            };
+            (r == 0).then_some(v)
+        };
+        if get(libc::SOL_SOCKET, libc::SO_KEEPALIVE)? == 0 {
+            return None;
+        }
+        Some((
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE)?,
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL)?,
+            get(libc::IPPROTO_TCP, libc::TCP_KEEPCNT)?,
+        ))
+    }
 }
 
 /// `ProxyCommand`'s tokens: `%h` host, `%p` port, `%r` user, `%n` the
@@ -1041,6 +1125,10 @@ impl Transport for SshTransport {
 
     fn sent(&self) -> u64 {
         self.sent
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.warnings.clone()
     }
 
     fn reconnect(&mut self) -> Result<(), SyncError> {

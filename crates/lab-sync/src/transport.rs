@@ -42,6 +42,11 @@ pub trait Transport: Send {
 
     /// Connect again after the connection was lost (to read the outcome of
     /// a command whose output was lost with it).
+    /// What the user should be told about how the connection was made.
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     fn reconnect(&mut self) -> Result<(), SyncError> {
         Ok(())
     }

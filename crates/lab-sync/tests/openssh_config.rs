@@ -335,3 +335,58 @@ fn a_passphrase_protected_key() {
         "asked once"
     );
 }
+
+/// `ServerAliveInterval`/`ServerAliveCountMax` reach the socket as TCP
+/// keepalive probes; `StrictHostKeyChecking no` adds an unknown key and
+/// says so (a changed key is still refused).
+#[test]
+fn server_alive_and_strict_host_key_checking_no() {
+    let sshd = SshdFixture::start().unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let kh = d.path().join("kh");
+    let base = format!(
+        "Host web\n  HostName {}\n  Port {}\n  IdentityFile {}\n  UserKnownHostsFile {}\n",
+        sshd.address(),
+        sshd.port(),
+        sshd.identity().display(),
+        kh.display()
+    );
+    std::fs::write(&kh, sshd.known_hosts_line().to_string() + "\n").unwrap();
+    let t = resolve(
+        d.path(),
+        &format!("{base}  ServerAliveInterval 7\n  ServerAliveCountMax 2\n"),
+        "",
+    );
+    assert_eq!(t.server_alive, Some((7, 2)));
+    let c = connect(&t).unwrap();
+    assert_eq!(c.tcp_keepalive(), Some((7, 7, 2)));
+    let plain = connect(&resolve(d.path(), &base, "")).unwrap();
+    assert_eq!(plain.tcp_keepalive(), None);
+
+    std::fs::write(&kh, "").unwrap();
+    let t = resolve(d.path(), &format!("{base}  StrictHostKeyChecking no\n"), "");
+    let c = connect(&t).unwrap();
+    assert_eq!(c.warnings().len(), 1, "{:?}", c.warnings());
+    assert!(
+        c.warnings()[0].contains("`StrictHostKeyChecking no`"),
+        "{:?}",
+        c.warnings()
+    );
+    assert!(std::fs::read_to_string(&kh)
+        .unwrap()
+        .contains(sshd.host_public_key().split(' ').nth(1).unwrap()));
+    // known now: no warning the second time
+    assert!(connect(&t).unwrap().warnings().is_empty());
+    // a changed key is refused all the same
+    std::fs::write(
+        &kh,
+        format!(
+            "[{}]:{} ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDWg1ZkUlSj8nUqN2LBgG+BRgi1BSpnKYFUfKOM8qfZw\n",
+            sshd.address(),
+            sshd.port()
+        ),
+    )
+    .unwrap();
+    let e = err(&t);
+    assert!(e.contains("has CHANGED"), "{e}");
+}
