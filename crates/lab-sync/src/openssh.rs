@@ -10,7 +10,8 @@
 //! `GlobalKnownHostsFile`, `StrictHostKeyChecking` (`accept-new`; `no`
 //! adds unknown keys with a warning, a changed key is always refused),
 //! `HostKeyAlias`, `ConnectTimeout`, `ServerAliveInterval` and
-//! `ServerAliveCountMax` (as TCP keepalive probes). Refused (the machine is not reached another way):
+//! `ServerAliveCountMax` (as TCP keepalive probes). Refused (the machine
+//! is not reached another way):
 //! `CertificateFile`, `PKCS11Provider`, `SecurityKeyProvider` other than
 //! the built-in one.
 
