@@ -512,6 +512,12 @@ fn a_non_root_user_with_sudo() {
         "\"path\":\"/srv/app/config\",\"kind\":\"file\",\"mode\":\"0644\",\"size\":2,\"sha256\""
     ));
     lab.file("lab.toml", &with_owners("nobody"));
+    let diff = lab_cmd(&lab).args(["diff", "-m", "h1"]).output().unwrap();
+    let diff = String::from_utf8_lossy(&diff.stdout);
+    assert!(
+        diff.contains("/srv/app/config (file 0644, 2 B, deploy:deploy) -> /srv/app/config (file 0644, 2 B, nobody:deploy)"),
+        "the diff shows the owner change:\n{diff}"
+    );
     let out = sync(&lab);
     assert!(
         out.status.success(),

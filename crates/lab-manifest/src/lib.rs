@@ -260,6 +260,17 @@ pub fn describe(e: &Entry) -> String {
             let _ = write!(s, " -> {target}");
         }
     }
+    match (&e.owner, &e.group) {
+        (None, None) => {}
+        (o, g) => {
+            let _ = write!(
+                s,
+                ", {}:{}",
+                o.as_deref().unwrap_or("root"),
+                g.as_deref().unwrap_or("root")
+            );
+        }
+    }
     s.push(')');
     s
 }
@@ -351,5 +362,34 @@ mod tests {
             m2.insert(chmod);
             m2.digest()
         });
+    }
+}
+
+#[cfg(test)]
+mod owner_tests {
+    use super::*;
+
+    #[test]
+    fn owners_round_trip_and_show() {
+        let mut m = Manifest::new("m");
+        m.insert(Entry {
+            path: "srv/app/config".into(),
+            mode: 0o640,
+            kind: EntryKind::File {
+                size: 1,
+                sha256: Digest::of(b"x"),
+            },
+            owner: Some("app".into()),
+            group: None,
+        });
+        let text = m.to_text();
+        assert!(text.contains("\"owner\":\"app\""), "{text}");
+        assert!(!text.contains("\"group\""), "{text}");
+        assert_eq!(Manifest::parse(&text).unwrap(), m);
+        let e = m.get("srv/app/config").unwrap();
+        assert_eq!(describe(e), "/srv/app/config (file 0640, 1 B, app:root)");
+        let mut plain = e.clone();
+        plain.owner = None;
+        assert_ne!(plain.digest(), e.digest());
     }
 }

@@ -36,7 +36,11 @@ pub fn render(c: &Change) -> Vec<DiffLine> {
     let head = match (&c.before, &c.after) {
         (None, Some(a)) => format!("+ {}", describe(a)),
         (Some(b), None) => format!("- {}", describe(b)),
-        (Some(b), Some(a)) if b.kind_name() != a.kind_name() || b.mode != a.mode => {
+        (Some(b), Some(a))
+            if b.kind_name() != a.kind_name()
+                || b.mode != a.mode
+                || (&b.owner, &b.group) != (&a.owner, &a.group) =>
+        {
             format!("~ {} -> {}", describe(b), describe(a))
         }
         (Some(_), Some(a)) => format!("~ {}", describe(a)),
