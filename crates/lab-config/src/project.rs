@@ -408,6 +408,29 @@ impl Project {
                 None,
             )),
         };
+        // The absolute path globs of a `[[units]]` or `[[owners]]` rule.
+        let path_globs = |paths: &[Spanned<String>],
+                          what: &str|
+         -> Result<(Vec<String>, globset::GlobSet), ConfigError> {
+            let mut b = globset::GlobSetBuilder::new();
+            let mut out = Vec::new();
+            for p in paths {
+                if !p.get_ref().starts_with('/') {
+                    return Err(invalid(
+                        p.span(),
+                        format!("{what} path `{}` is not absolute", p.get_ref()),
+                        Some(format!("write `/{}`", p.get_ref())),
+                    ));
+                }
+                let g = globset::GlobBuilder::new(p.get_ref())
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| invalid(p.span(), format!("bad glob: {}", e.kind()), None))?;
+                b.add(g);
+                out.push(p.get_ref().clone());
+            }
+            Ok((out, b.build().expect("globs were valid")))
+        };
         let generations = bounded(&raw.settings.generations, "generations", 1, 1000, 5)? as usize;
         let settle_ms = bounded(&raw.settings.settle_ms, "settle_ms", 0, 60_000, 0)? as u64;
         let settings = Settings {
@@ -613,26 +636,10 @@ impl Project {
                     )),
                 ));
             }
-            let mut b = globset::GlobSetBuilder::new();
-            let mut paths = Vec::new();
-            for p in &u.paths {
-                if !p.get_ref().starts_with('/') {
-                    return Err(invalid(
-                        p.span(),
-                        format!("unit rule path `{}` is not absolute", p.get_ref()),
-                        Some(format!("write `/{}`", p.get_ref())),
-                    ));
-                }
-                let g = globset::GlobBuilder::new(p.get_ref())
-                    .literal_separator(true)
-                    .build()
-                    .map_err(|e| invalid(p.span(), format!("bad glob: {}", e.kind()), None))?;
-                b.add(g);
-                paths.push(p.get_ref().clone());
-            }
+            let (paths, matcher) = path_globs(&u.paths, "unit rule")?;
             units.push(UnitRule {
                 paths,
-                matcher: b.build().expect("globs were valid"),
+                matcher,
                 unit: u.unit.into_inner(),
                 action,
                 at: at(u_span.start..u_span.start),
@@ -671,26 +678,10 @@ impl Project {
                     ));
                 }
             }
-            let mut b = globset::GlobSetBuilder::new();
-            let mut paths = Vec::new();
-            for p in &o.paths {
-                if !p.get_ref().starts_with('/') {
-                    return Err(invalid(
-                        p.span(),
-                        format!("owner rule path `{}` is not absolute", p.get_ref()),
-                        Some(format!("write `/{}`", p.get_ref())),
-                    ));
-                }
-                let g = globset::GlobBuilder::new(p.get_ref())
-                    .literal_separator(true)
-                    .build()
-                    .map_err(|e| invalid(p.span(), format!("bad glob: {}", e.kind()), None))?;
-                b.add(g);
-                paths.push(p.get_ref().clone());
-            }
+            let (paths, matcher) = path_globs(&o.paths, "owner rule")?;
             owners.push(OwnerRule {
                 paths,
-                matcher: b.build().expect("globs were valid"),
+                matcher,
                 owner: o.owner.map(Spanned::into_inner),
                 group: o.group.map(Spanned::into_inner),
             });
