@@ -180,9 +180,26 @@ fn down_leaves_nothing_behind() {
         );
     }
     for ino in &netns_inodes {
+        // (a killed process leaves the namespace when it is reaped, which
+        // on a loaded machine can take a moment after `down` returns)
+        let mut left = processes_in_netns(*ino);
+        for _ in 0..100 {
+            if left.is_empty() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            left = processes_in_netns(*ino);
+        }
+        let described: Vec<String> = left
+            .iter()
+            .map(|p| {
+                let cmd = std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                format!("{p} {}", cmd.replace('\0', " "))
+            })
+            .collect();
         assert_eq!(
-            processes_in_netns(*ino),
-            Vec::<u32>::new(),
+            described,
+            Vec::<String>::new(),
             "processes left in a fleet netns"
         );
     }
