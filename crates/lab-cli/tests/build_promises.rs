@@ -4,25 +4,9 @@
 //! an output changed behind lab's back is made again by the next build.
 //! (Mounting a small tmpfs needs root, as the rest of the suite does.)
 
-use assert_cmd::Command;
-use lab_testkit::{tree_listing, TestLab};
+use lab_testkit::{run, tree_listing, TestLab};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-
-fn lab(t: &TestLab, args: &[&str]) -> Command {
-    let mut c = Command::cargo_bin("lab").unwrap();
-    c.current_dir(t.path()).env("NO_COLOR", "1").args(args);
-    c
-}
-
-fn run(t: &TestLab, args: &[&str]) -> (i32, String, String) {
-    let out = lab(t, args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 /// A small tmpfs mounted at a path for the life of the value.
 struct SmallFs(PathBuf);

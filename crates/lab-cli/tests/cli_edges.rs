@@ -4,25 +4,10 @@
 //! `lab diff` at the command line.
 
 use assert_cmd::Command;
-use lab_testkit::TestLab;
+use lab_testkit::{lab, run, TestLab};
 use std::io::{BufRead, BufReader};
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::Stdio;
-
-fn lab(t: &TestLab, args: &[&str]) -> Command {
-    let mut c = Command::cargo_bin("lab").unwrap();
-    c.current_dir(t.path()).env("NO_COLOR", "1").args(args);
-    c
-}
-
-fn run(t: &TestLab, args: &[&str]) -> (i32, String, String) {
-    let out = lab(t, args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 /// A local machine `dev` (a directory in the project) with many files, so
 /// that every command has output to write.

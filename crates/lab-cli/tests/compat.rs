@@ -3,23 +3,7 @@
 //! (two sources for one path, no m4), `--out`, `lab facts --local`, and
 //! `[compat]` in lab.toml.
 
-use assert_cmd::Command;
-use lab_testkit::{tree_listing, TestLab};
-
-fn lab(t: &TestLab, args: &[&str]) -> Command {
-    let mut c = Command::cargo_bin("lab").unwrap();
-    c.current_dir(t.path()).env("NO_COLOR", "1").args(args);
-    c
-}
-
-fn run(t: &TestLab, args: &[&str]) -> (i32, String, String) {
-    let out = lab(t, args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use lab_testkit::{lab, run, tree_listing, TestLab};
 
 /// A small make-style lab: no lab.toml, two machines.
 fn small() -> TestLab {

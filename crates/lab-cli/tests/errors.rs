@@ -3,24 +3,7 @@
 //! non-zero exit. The exact wording is pinned here. A failing machine keeps
 //! its previous outputs; the other machines still build.
 
-use assert_cmd::Command;
-use lab_testkit::{tree_listing, TestLab};
-
-fn lab(t: &TestLab, args: &[&str]) -> Command {
-    let mut c = Command::cargo_bin("lab").unwrap();
-    c.current_dir(t.path()).env("NO_COLOR", "1").args(args);
-    c
-}
-
-/// Run and return (exit code, stdout, stderr).
-fn run(t: &TestLab, args: &[&str]) -> (i32, String, String) {
-    let out = lab(t, args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
+use lab_testkit::{run, tree_listing, TestLab};
 
 /// Two machines sharing layer `web`; `a` also has layer `extra`.
 fn two_machines() -> TestLab {

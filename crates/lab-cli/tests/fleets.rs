@@ -3,25 +3,9 @@
 //! them; `lab ls`. The machines are local (directories in the project), so
 //! every command runs for real without a network.
 
-use assert_cmd::Command;
-use lab_testkit::TestLab;
+use lab_testkit::{run, TestLab};
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-
-fn lab(t: &TestLab, args: &[&str]) -> Command {
-    let mut c = Command::cargo_bin("lab").unwrap();
-    c.current_dir(t.path()).env("NO_COLOR", "1").args(args);
-    c
-}
-
-fn run(t: &TestLab, args: &[&str]) -> (i32, String, String) {
-    let out = lab(t, args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8(out.stdout).unwrap(),
-        String::from_utf8(out.stderr).unwrap(),
-    )
-}
 
 /// Three local machines: web1 and web2 tagged `web` (web1 also `eu`), db1
 /// tagged `db` and `eu`.

@@ -141,3 +141,20 @@ pub fn tree_listing(root: &Path) -> String {
     }
     out
 }
+
+/// The `lab` binary, run in `t` with `args` (no colour).
+pub fn lab(t: &TestLab, args: &[&str]) -> assert_cmd::Command {
+    let mut c = assert_cmd::Command::cargo_bin("lab").unwrap();
+    c.current_dir(t.path()).env("NO_COLOR", "1").args(args);
+    c
+}
+
+/// Run `lab` in `t` and return (exit code, stdout, stderr).
+pub fn run(t: &TestLab, args: &[&str]) -> (i32, String, String) {
+    let out = lab(t, args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8(out.stdout).unwrap(),
+        String::from_utf8(out.stderr).unwrap(),
+    )
+}
