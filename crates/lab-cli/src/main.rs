@@ -301,7 +301,7 @@ fn open(cli: &Cli, style: Style) -> Result<Engine, Failure> {
         Some(p) => std::path::absolute(p).unwrap_or_else(|_| p.clone()),
         None => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
     };
-    let engine = Engine::open(&dir).map_err(|e| {
+    let engine = lab_compat::open(&dir).map_err(|e| {
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
     })?;

@@ -96,26 +96,19 @@ pub enum MachineError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// A make-style fact file, link list or layer list is wrong.
+    /// A configuration file a style reads while building (a fact file, a
+    /// list) is wrong.
     #[error(transparent)]
     Config(Box<ConfigError>),
-    #[error("`{first}` and `{second}` both produce `/{output}`")]
-    CompatConflict {
-        output: String,
-        first: String,
-        second: String,
-    },
-    #[error("`{file}` makes `/{output}` a file, but `{below}` puts something below it")]
-    CompatShape {
-        output: String,
-        file: String,
-        below: String,
-    },
-    #[error("`{origin}` has an empty output name")]
-    CompatName { origin: String },
-    #[error("`{origin}` has `!` in its path, so it is copied following symlinks, but it points to a directory")]
-    FollowDir { origin: String },
+    /// A rule of the project's style is broken (see [`StyleError`]).
+    #[error("{0}")]
+    Style(Box<dyn StyleError>),
 }
+
+/// An error of a project style's own making, with its location and hint.
+pub trait StyleError: Diagnose + Send + Sync + 'static {}
+
+impl<T: Diagnose + Send + Sync + 'static> StyleError for T {}
 
 impl From<RenderError> for MachineError {
     fn from(e: RenderError) -> Self {
@@ -124,7 +117,8 @@ impl From<RenderError> for MachineError {
 }
 
 impl MachineError {
-    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> MachineError {
+    /// An I/O error on `path`, for `map_err`.
+    pub fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> MachineError {
         let path = path.into();
         move |source| MachineError::Io { path, source }
     }
@@ -136,6 +130,7 @@ impl Diagnose for MachineError {
             MachineError::UnknownLayer { at, .. } => Some(at),
             MachineError::Render(e) => e.location(),
             MachineError::Config(e) => e.location(),
+            MachineError::Style(e) => e.location(),
             _ => None,
         }
     }
@@ -159,10 +154,7 @@ impl Diagnose for MachineError {
             }
             MachineError::Render(e) => e.hint(),
             MachineError::Config(e) => e.hint(),
-            MachineError::CompatConflict { .. } => Some(
-                "make's result would depend on the order it copied them in; remove or rename one"
-                    .into(),
-            ),
+            MachineError::Style(e) => e.hint(),
             MachineError::Age { .. } => Some(
                 "name an age identity file in `LAB_AGE_IDENTITY` or in `age_identities` under \
                  [settings] in lab.toml"

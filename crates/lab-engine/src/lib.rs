@@ -1,44 +1,48 @@
 //! The build engine: scans the sources a build needs, works out per machine
-//! which graph nodes are dirty (through `lab-graph`), renders them in
-//! parallel (through `lab-render`), writes the output trees and manifests
-//! atomically under `.lab/out/`, and persists state under `.lab/state/` (its
-//! format is documented in [`state`]). It reports progress through the
-//! [`Reporter`] trait and returns typed errors; it never prints.
+//! which graph nodes are dirty (through `lab-graph`), makes them in
+//! parallel, writes the output trees and manifests atomically under
+//! `.lab/out/`, and persists state under `.lab/state/` (its format is
+//! documented in [`state`]). What the sources of a project mean is a
+//! [`Style`]'s business: the native style (`lab.toml`, minijinja through
+//! `lab-render`) is here; others plug in from crates above this one. One
+//! pipeline ([`machine`]) builds a machine of any style. It reports progress
+//! through the [`Reporter`] trait and returns typed errors; it never prints.
 //!
 //! A no-op build in a fresh process costs one `lstat` per source plus a few
 //! small reads: sources whose stat is unchanged are not read, and a machine
 //! whose input summary is unchanged is not even loaded.
 
-mod compat;
 mod error;
 mod export;
 pub mod facts;
-mod machine;
+pub mod machine;
+mod native;
 mod output;
 mod reporter;
-mod scan;
+pub mod scan;
 mod secret;
 mod session;
 mod show;
 mod stack;
 pub mod state;
+pub mod style;
 
-pub use compat::{is_template as compat_is_template, output_name as compat_output_name};
-pub use error::{EngineError, MachineError};
+pub use error::{EngineError, MachineError, StyleError};
 pub use lab_facts;
 pub use machine::MachineReport;
+pub use native::NativeStyle;
 pub use reporter::{Reporter, Silent};
 pub use session::{CycleReport, Session};
 pub use show::{Show, ShowError, ShowSource};
 pub use stack::PARTIALS_DIR;
+pub use style::{Gathered, MachineModel, Made, Plan, Prepared, Style};
 
 use indexmap::IndexMap;
 use lab_config::{Machine, Project};
 use lab_core::LabDir;
-use lab_graph::{Digest, Hasher};
+use lab_graph::Hasher;
 use rayon::prelude::*;
 use scan::RootScan;
-use stack::Stack;
 use state::StateDir;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
@@ -47,7 +51,7 @@ use std::sync::Arc;
 
 /// Changes whenever the meaning of outputs changes, so that state written
 /// by an older lab is not trusted.
-const ENGINE_VERSION: &str = "lab-engine-1";
+pub const ENGINE_VERSION: &str = "lab-engine-1";
 
 #[derive(Clone, Debug, Default)]
 pub struct BuildOptions {
@@ -86,6 +90,7 @@ impl BuildReport {
 
 pub struct Engine {
     pub project: Project,
+    style: Arc<dyn Style>,
     lab_dir: PathBuf,
     state: StateDir,
     ignore: globset::GlobSet,
@@ -97,20 +102,23 @@ pub struct Engine {
 pub(crate) struct Lock(#[allow(dead_code)] std::fs::File);
 
 impl Engine {
-    /// Open the project whose `lab.toml` is in `dir` or a parent of it.
+    /// Open the project whose `lab.toml` is in `dir` or a parent of it,
+    /// in the native style.
     pub fn open(dir: &Path) -> Result<Engine, EngineError> {
         Ok(Engine::new(Project::find(dir)?))
     }
 
+    /// A native-style engine for `project`.
     pub fn new(project: Project) -> Engine {
+        Engine::with_style(project, Arc::new(NativeStyle))
+    }
+
+    /// An engine that builds `project` in `style`.
+    pub fn with_style(project: Project, style: Arc<dyn Style>) -> Engine {
         let lab_dir = project.state_dir();
-        // make copies every file it finds, editor droppings included.
-        let ignore = if project.compat.is_some() {
-            globset::GlobSet::empty()
-        } else {
-            scan::default_ignores()
-        };
+        let ignore = style.ignores();
         Engine {
+            style,
             state: StateDir::new(&LabDir::at(&lab_dir)),
             age: secret::AgeKeys::new(&project.settings.age_identities),
             secret_facts: std::sync::OnceLock::new(),
@@ -122,6 +130,15 @@ impl Engine {
 
     pub fn lab_dir(&self) -> &Path {
         &self.lab_dir
+    }
+
+    /// The project style this engine builds with.
+    pub fn style(&self) -> &Arc<dyn Style> {
+        &self.style
+    }
+
+    pub(crate) fn age(&self) -> &secret::AgeKeys {
+        &self.age
     }
 
     /// The layout of `.lab/`.
@@ -372,46 +389,26 @@ impl Engine {
         reporter.scanned(files, hashed);
 
         let prev_scan_id = sources.scan_id;
-        let scan_id = now_ns() as u64 ^ ((std::process::id() as u64) << 32);
+        let scan_id = state::new_scan_id();
         let (gathered, bad_gathered) = self.gathered();
-        let scopes = self.scopes(&gathered)?;
-        let compat_ctx = self.project.compat.as_ref().map(|c| CompatCtx {
-            m4: lab_render::m4::locate().map_err(|e| e.to_string()),
-            files: compat::FileCache::new(root),
-            preludes: lab_config::compat::expand_globs(root, &c.preludes),
-            scanned_at_ns,
-            render_pool: compat::RenderPool::new(rayon::current_num_threads()),
-        });
-
+        let prepared = self.style.prepare(self, &gathered, scanned_at_ns)?;
         let outcomes: Vec<MachineOutcome> = machines
             .par_iter()
             .map(|m| MachineOutcome {
                 name: m.name.clone(),
-                result: if let Some(ctx) = &compat_ctx {
-                    self.build_compat_machine(
-                        m,
-                        &scans,
-                        ctx,
-                        gathered.get(&m.name),
-                        bad_gathered.get(&m.name),
-                        scan_id,
-                        opts.force,
-                        opts.trust_outputs,
-                        reporter,
-                    )
-                } else {
-                    self.build_machine(
-                        m,
-                        &scans,
-                        &scopes[&m.name],
-                        bad_gathered.get(&m.name),
+                result: self.build_machine(
+                    m,
+                    &scans,
+                    &*prepared,
+                    bad_gathered.get(&m.name),
+                    Ids {
                         prev_scan_id,
                         scan_id,
-                        opts.force,
-                        opts.trust_outputs,
-                        reporter,
-                    )
-                },
+                        scanned_at_ns,
+                    },
+                    opts,
+                    reporter,
+                ),
             })
             .collect();
 
@@ -447,11 +444,12 @@ impl Engine {
             }
         }
         sources.scan_id = scan_id;
-        let sp = self.state.sources_path();
-        state::write(&sp, &sources).map_err(|e| EngineError::Io {
-            path: sp,
-            source: e,
-        })?;
+        self.state
+            .save_sources(&sources)
+            .map_err(|e| EngineError::Io {
+                path: self.state.sources_path(),
+                source: e,
+            })?;
 
         Ok(BuildReport {
             files,
@@ -460,19 +458,21 @@ impl Engine {
         })
     }
 
+    /// One machine: the style's own checks, its stack (a scan error or a
+    /// missing root the style does not allow stops it), its model, then
+    /// the pipeline.
     #[allow(clippy::too_many_arguments)]
     fn build_machine(
         &self,
         m: &Machine,
         scans: &HashMap<String, Result<RootScan, MachineError>>,
-        scope: &Arc<lab_render::Scope>,
+        prepared: &dyn Prepared,
         bad_gathered: Option<&String>,
-        prev_scan_id: u64,
-        scan_id: u64,
-        force: bool,
-        trust_outputs: bool,
+        ids: Ids,
+        opts: &BuildOptions,
         reporter: &dyn Reporter,
     ) -> Result<MachineReport, Vec<MachineError>> {
+        prepared.check(m)?;
         if let Some(e) = bad_gathered {
             return Err(vec![MachineError::Io {
                 path: facts::gathered_path(&self.lab_dir, &m.name),
@@ -485,18 +485,7 @@ impl Engine {
             match &scans[&name] {
                 Ok(s) => {
                     if !s.exists {
-                        if let Some(l) = m
-                            .layers
-                            .iter()
-                            .find(|l| format!("layers/{}", l.name) == name)
-                        {
-                            errors.push(MachineError::UnknownLayer {
-                                machine: m.name.clone(),
-                                layer: l.name.clone(),
-                                at: Box::new(l.at.clone()),
-                                known: self.known_layers(),
-                            });
-                        }
+                        errors.extend(prepared.missing_root(m, &name, reporter));
                     }
                     roots.push(s);
                 }
@@ -506,130 +495,19 @@ impl Engine {
         if !errors.is_empty() {
             return Err(errors);
         }
-        let summary = machine_summary(&m.name, &roots, scope, &self.project.owners);
+        let model = prepared.machine(m, roots.clone(), reporter)?;
         machine::MachineJob {
             name: &m.name,
-            stack: Stack { roots },
-            scope: scope.clone(),
-            summary,
-            out: output::OutTree::new(self.out_dir(&m.name), self.stage_dir(&m.name)),
-            manifest_path: self.manifest_path(&m.name),
-            state: &self.state,
-            prev_scan_id,
-            scan_id,
-            force,
-            trust_outputs,
-            age: &self.age,
-            owners: &self.project.owners,
-        }
-        .run(reporter)
-    }
-
-    /// One machine of a make-style project: facts from its fact files, a
-    /// warning for each listed layer that does not exist, then the job.
-    #[allow(clippy::too_many_arguments)]
-    fn build_compat_machine(
-        &self,
-        m: &Machine,
-        scans: &HashMap<String, Result<RootScan, MachineError>>,
-        ctx: &CompatCtx,
-        gathered: Option<&IndexMap<String, serde_json::Value>>,
-        bad_gathered: Option<&String>,
-        scan_id: u64,
-        force: bool,
-        trust_outputs: bool,
-        reporter: &dyn Reporter,
-    ) -> Result<MachineReport, Vec<MachineError>> {
-        let compat = self.project.compat.as_ref().expect("compat project");
-        let root = &self.project.root;
-        // Its layer lists or inventory entry could not be read: this
-        // machine fails, the others build.
-        if let Some(e) = compat.problems.get(&m.name) {
-            return Err(vec![MachineError::Config(Box::new(
-                lab_config::compat::copy_error(e),
-            ))]);
-        }
-        if let Some(e) = bad_gathered {
-            return Err(vec![MachineError::Io {
-                path: facts::gathered_path(&self.lab_dir, &m.name),
-                source: std::io::Error::other(e.clone()),
-            }]);
-        }
-        let mut facts = lab_config::compat::load_facts(root, compat, &m.name)
-            .map_err(|e| vec![MachineError::Config(Box::new(e))])?;
-        if let Some(g) = gathered {
-            for (k, v) in lab_facts::to_compat(g) {
-                facts.insert(k, v);
-            }
-        }
-        let mut roots = Vec::new();
-        let mut errors = Vec::new();
-        for name in Engine::stack_names(m) {
-            match &scans[&name] {
-                Ok(s) => {
-                    if !s.exists && name.starts_with("layers/") && name != "layers/_" {
-                        if let Some(l) = m
-                            .layers
-                            .iter()
-                            .find(|l| name == format!("layers/{}", l.name))
-                        {
-                            let mut at = l.at.clone();
-                            if let Ok(rel) = at.path.strip_prefix(root) {
-                                at.path = rel.to_path_buf();
-                            }
-                            reporter.warning(
-                                Some(&m.name),
-                                &compat::missing_layer_warning(&l.name, &at),
-                            );
-                        }
-                    }
-                    roots.push(s);
-                }
-                Err(e) => errors.push(clone_error(e)),
-            }
-        }
-        if !errors.is_empty() {
-            return Err(errors);
-        }
-        let facts_d = compat::facts_digest(&facts);
-        let base_summary = {
-            let mut h = Hasher::new(ENGINE_VERSION);
-            h.str("compat").str(&m.name);
-            owners_digest(&mut h, &self.project.owners);
-            for r in &roots {
-                h.str(&r.name).digest(&r.tree);
-            }
-            h.digest(&facts_d);
-            for p in &ctx.preludes {
-                h.str(p);
-            }
-            for c in &compat.copies {
-                h.str(&c.from).str(&c.to).u64(c.machines.len() as u64);
-                for cm in &c.machines {
-                    h.str(cm);
-                }
-            }
-            h.str(&format!("{:?}", ctx.m4));
-            h.finish()
-        };
-        compat::CompatJob {
-            name: &m.name,
-            project_root: root,
+            model,
             roots,
-            copies: &compat.copies,
-            facts,
-            preludes: ctx.preludes.clone(),
-            m4: &ctx.m4,
-            base_summary,
-            files: &ctx.files,
-            scanned_at_ns: ctx.scanned_at_ns,
-            render_pool: &ctx.render_pool,
             out: output::OutTree::new(self.out_dir(&m.name), self.stage_dir(&m.name)),
             manifest_path: self.manifest_path(&m.name),
             state: &self.state,
-            scan_id,
-            force,
-            trust_outputs,
+            prev_scan_id: ids.prev_scan_id,
+            scan_id: ids.scan_id,
+            scanned_at_ns: ids.scanned_at_ns,
+            force: opts.force,
+            trust_outputs: opts.trust_outputs,
             owners: &self.project.owners,
         }
         .run(reporter)
@@ -677,40 +555,17 @@ impl Engine {
     }
 }
 
-/// What every machine of a make-style build shares.
-struct CompatCtx {
-    m4: Result<PathBuf, String>,
-    files: compat::FileCache,
-    preludes: Vec<String>,
+/// The scans a build works against.
+#[derive(Clone, Copy)]
+struct Ids {
+    prev_scan_id: u64,
+    scan_id: u64,
     scanned_at_ns: i64,
-    render_pool: compat::RenderPool,
-}
-
-/// A machine's input summary: its stack (each root's tree digest), its
-/// facts and the inventory. Equal summaries, equal outputs.
-fn machine_summary(
-    name: &str,
-    roots: &[&RootScan],
-    scope: &lab_render::Scope,
-    owners: &[lab_config::OwnerRule],
-) -> Digest {
-    let mut h = Hasher::new(ENGINE_VERSION);
-    h.str(name);
-    owners_digest(&mut h, owners);
-    for r in roots {
-        h.str(&r.name).digest(&r.tree);
-    }
-    let mut keys: Vec<_> = machine_inputs(scope);
-    keys.sort();
-    for (k, d) in keys {
-        h.str(&k).digest(&d);
-    }
-    h.finish()
 }
 
 /// The `[[owners]]` rules, into a machine's summary: a changed rule makes
 /// the machine's manifest be written again.
-fn owners_digest(h: &mut Hasher, owners: &[lab_config::OwnerRule]) {
+pub fn owners_digest(h: &mut Hasher, owners: &[lab_config::OwnerRule]) {
     for o in owners {
         h.str("owners");
         for p in &o.paths {
@@ -721,24 +576,8 @@ fn owners_digest(h: &mut Hasher, owners: &[lab_config::OwnerRule]) {
     }
 }
 
-/// `(name, digest)` of every fact and machine view a scope holds, for the
-/// machine's summary.
-fn machine_inputs(scope: &lab_render::Scope) -> Vec<(String, Digest)> {
-    let mut v = Vec::new();
-    for (k, val) in &scope.facts {
-        v.push((format!("f:{k}"), lab_render::fact_digest(Some(val))));
-    }
-    for (k, val) in &scope.machines {
-        v.push((format!("m:{k}"), lab_render::fact_digest(Some(val))));
-    }
-    let peers = scope
-        .digest_of(&lab_graph::Key::Peers)
-        .expect("peers digest");
-    v.push(("peers".to_string(), peers));
-    v
-}
-
-fn clone_error(e: &MachineError) -> MachineError {
+/// A copy of a root's scan error, for each machine that has the root.
+pub(crate) fn clone_error(e: &MachineError) -> MachineError {
     match e {
         MachineError::NotUtf8 { path } => MachineError::NotUtf8 { path: path.clone() },
         MachineError::SpecialFile { path } => MachineError::SpecialFile { path: path.clone() },
@@ -751,11 +590,4 @@ fn clone_error(e: &MachineError) -> MachineError {
             source: std::io::Error::other(other.to_string()),
         },
     }
-}
-
-fn now_ns() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as i64)
-        .unwrap_or(0)
 }

@@ -1,17 +1,18 @@
-//! Building one machine: decide what is dirty, render, write, save.
+//! Building one machine, whatever the project style: check its summary,
+//! take what its last build left, decide what is dirty, make it, switch the
+//! output tree, write the manifest, save the state. The style (a
+//! [`MachineModel`]) says what the outputs are and how each is made.
 
 use crate::output::OutTree;
-use crate::scan::{self, SrcKind};
-use crate::secret::{self, AgeKeys};
-use crate::stack::{output_path, source_digest, Stack, Winner};
-use crate::state::{self, MachineState, MachineSummary, StateDir};
+use crate::scan;
+use crate::state::{MachineState, MachineSummary, StateDir};
+use crate::style::{MachineModel, Made, Plan};
 use crate::{MachineError, Reporter};
-use lab_graph::{Digest, Graph, Hasher, Key, Reason, Trace, Verdict};
+use lab_graph::{Digest, Fingerprint, Graph, Hasher, Key, Reason, Verdict};
 use lab_manifest::{Entry, EntryKind, Manifest};
-use lab_render::{Included, Includes, Scope};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// What happened to one machine.
@@ -35,65 +36,23 @@ pub struct MachineReport {
 
 pub(crate) struct MachineJob<'a> {
     pub name: &'a str,
-    pub stack: Stack<'a>,
-    pub scope: Arc<Scope>,
-    pub summary: Digest,
+    pub model: Box<dyn MachineModel + 'a>,
+    /// Root names of the stack, lowest first, and their listing digests
+    /// and `changed` lists.
+    pub roots: Vec<&'a scan::RootScan>,
     pub out: OutTree,
     pub manifest_path: PathBuf,
     pub state: &'a StateDir,
     /// scan id of the previous scan (what `changed` lists are relative to)
     pub prev_scan_id: u64,
     pub scan_id: u64,
+    /// The stamp of this build's scan (see [`Fingerprint::reusable`]).
+    pub scanned_at_ns: i64,
     pub force: bool,
     /// See [`crate::BuildOptions::trust_outputs`].
     pub trust_outputs: bool,
-    /// Identities for encrypted sources.
-    pub age: &'a AgeKeys,
     /// `[[owners]]`, recorded in the manifest.
     pub owners: &'a [lab_config::OwnerRule],
-}
-
-/// Partials looked up directly on disk through the stack, highest root
-/// first; the digest is taken of the bytes actually read.
-pub(crate) struct DiskIncludes {
-    /// (root name, root dir), lowest first
-    pub roots: Vec<(String, PathBuf)>,
-}
-
-impl Includes for DiskIncludes {
-    fn lookup(&self, name: &str) -> Result<Option<Included>, String> {
-        for (rname, dir) in self.roots.iter().rev() {
-            let p = dir.join(name);
-            let meta = match std::fs::symlink_metadata(&p) {
-                Ok(m) => m,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(format!("{}: {e}", p.display())),
-            };
-            if !meta.is_file() {
-                if meta.is_dir() {
-                    return Ok(None);
-                }
-                return Err(format!(
-                    "`{rname}/{name}` is a symlink; partials must be regular files"
-                ));
-            }
-            let bytes = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let digest = Digest::of(&bytes);
-            let text = String::from_utf8(bytes)
-                .map_err(|_| format!("`{rname}/{name}` is not valid UTF-8"))?;
-            return Ok(Some(Included {
-                path: Path::new(rname).join(name),
-                text,
-                digest,
-            }));
-        }
-        Ok(None)
-    }
-}
-
-struct Rendered {
-    trace: Trace,
-    bytes: Vec<u8>,
 }
 
 /// What a machine's previous build left, as [`MachineJob::execute`] needs it.
@@ -101,13 +60,16 @@ pub(crate) struct Prior {
     pub graph: Graph,
     /// The entries lab wrote (it may remove them, and only them).
     pub entries: BTreeMap<String, Entry>,
-    /// Fact and machine digests at that build (`None`: unknown).
+    /// Input digests at that build (`None`: unknown).
     pub inputs: Option<HashMap<Key, Digest>>,
     /// May the roots' `changed` lists be taken as every change since that
     /// build (so only their dependents need checking)?
     pub fast: bool,
     /// Is the manifest on disk the one `entries` describe?
     pub manifest_current: bool,
+    /// The summary the state of that build records (its manifest stat is
+    /// taken again when saved); `None`: unknown.
+    pub record: Option<MachineSummary>,
 }
 
 impl Prior {
@@ -119,6 +81,19 @@ impl Prior {
             inputs: None,
             fast: false,
             manifest_current: false,
+            record: None,
+        }
+    }
+
+    /// What a build left in memory, for the next cycle of a watch session.
+    pub fn after(post: Posterior) -> Prior {
+        Prior {
+            graph: post.graph,
+            entries: post.entries,
+            inputs: Some(post.inputs),
+            fast: true,
+            manifest_current: true,
+            record: Some(post.record),
         }
     }
 }
@@ -128,48 +103,55 @@ pub(crate) struct Posterior {
     pub graph: Graph,
     pub entries: BTreeMap<String, Entry>,
     pub inputs: HashMap<Key, Digest>,
+    /// The summary of what was built: the style's summary and the external
+    /// files as the build saw them (not as they are when the state is
+    /// saved, which may be later: a watch session saves when idle).
+    pub record: MachineSummary,
 }
 
-fn render_value(bytes: &[u8], mode: u32) -> Digest {
-    Hasher::new("lab-render-v1")
-        .bytes(bytes)
-        .u64(mode as u64)
-        .finish()
+/// A machine's summary as `.sum` records it: the style's summary and the
+/// digests of the external files its nodes read.
+pub(crate) fn full_summary(base: Digest, files: &[(String, Digest)]) -> Digest {
+    let mut h = Hasher::new("lab-machine-summary-v1");
+    h.digest(&base);
+    for (p, d) in files {
+        h.str(p).digest(d);
+    }
+    h.finish()
 }
 
-/// Every fact and machine digest a template could have read.
-fn input_digests(scope: &Scope) -> HashMap<Key, Digest> {
-    let mut m = HashMap::new();
-    for k in scope.facts.keys() {
-        let key = Key::Fact(k.clone());
-        m.insert(key.clone(), scope.digest_of(&key).expect("fact"));
-    }
-    for k in scope.machines.keys() {
-        let key = Key::Peer(k.clone());
-        m.insert(key.clone(), scope.digest_of(&key).expect("peer"));
-    }
-    m.insert(Key::Peers, scope.digest_of(&Key::Peers).expect("peers"));
-    m
+/// The entries listed in a manifest file (empty when there is none).
+pub(crate) fn manifest_entries(path: &std::path::Path) -> BTreeMap<String, Entry> {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| Manifest::parse(&t).ok())
+        .map(|m| m.entries)
+        .unwrap_or_default()
 }
 
 impl MachineJob<'_> {
     fn root_names(&self) -> Vec<String> {
-        self.stack.roots.iter().map(|r| r.name.clone()).collect()
+        self.roots.iter().map(|r| r.name.clone()).collect()
     }
 
-    fn include_digest(&self, name: &str) -> Digest {
-        match self.stack.include(name) {
-            Some((_, e)) if e.kind == SrcKind::File => e.digest,
-            _ => Digest::ABSENT,
-        }
+    fn listings(&self) -> Vec<Digest> {
+        self.roots.iter().map(|r| r.listing).collect()
     }
 
     /// Build the machine against the state on disk, and save the new state.
-    pub fn run(self, reporter: &dyn Reporter) -> Result<MachineReport, Vec<MachineError>> {
+    pub fn run(mut self, reporter: &dyn Reporter) -> Result<MachineReport, Vec<MachineError>> {
         let manifest_stat = std::fs::symlink_metadata(&self.manifest_path)
             .ok()
             .map(|m| scan::stat_of(&m));
         let summary = self.state.load_summary(self.name);
+        let prior_files: Arc<HashMap<String, Fingerprint>> = Arc::new(
+            summary
+                .as_ref()
+                .map(|s| s.files.iter().cloned().collect())
+                .unwrap_or_default(),
+        );
+        let stamp = summary.as_ref().map_or(i64::MIN, |s| s.files_scanned_at_ns);
+        self.model.set_external_prior(prior_files, stamp);
         self.out.remove_leftover_stage();
         // Outputs changed behind lab's back (see `output`) are made again.
         let tampered = match (&summary, manifest_stat) {
@@ -181,11 +163,21 @@ impl MachineJob<'_> {
 
         if !self.force && !tampered {
             if let Some(s) = &summary {
-                if s.summary == self.summary && Some(s.manifest) == manifest_stat {
-                    return Ok(MachineReport {
-                        up_to_date: true,
-                        ..Default::default()
-                    });
+                if Some(s.manifest) == manifest_stat {
+                    let now: Vec<(String, Digest)> = s
+                        .files
+                        .iter()
+                        .map(|(p, _)| {
+                            let d = self.model.external(p).map_or(Digest::ABSENT, |f| f.digest);
+                            (p.clone(), d)
+                        })
+                        .collect();
+                    if s.summary == full_summary(self.model.summary(), &now) {
+                        return Ok(MachineReport {
+                            up_to_date: true,
+                            ..Default::default()
+                        });
+                    }
                 }
             }
         }
@@ -203,7 +195,7 @@ impl MachineJob<'_> {
             self.out.remove_old_temporaries();
         }
         let names = self.root_names();
-        let listings: Vec<Digest> = self.stack.roots.iter().map(|r| r.listing).collect();
+        let listings = self.listings();
         let prior = match prev {
             Some(ms) => {
                 let entries: BTreeMap<String, Entry> = ms
@@ -220,73 +212,102 @@ impl MachineJob<'_> {
                         entries,
                         inputs: Some(ms.inputs),
                         manifest_current: true,
+                        record: None,
                     }
                 } else {
                     // What lab wrote is in the state and, if a watch session
                     // wrote more after the state was saved, in the manifest.
                     let mut entries = entries;
-                    if let Some(m) = std::fs::read_to_string(&self.manifest_path)
-                        .ok()
-                        .and_then(|t| Manifest::parse(&t).ok())
-                    {
-                        entries.extend(m.entries);
-                    }
+                    entries.extend(manifest_entries(&self.manifest_path));
                     Prior::rebuild(entries)
                 }
             }
-            None => Prior::rebuild(
-                std::fs::read_to_string(&self.manifest_path)
-                    .ok()
-                    .and_then(|t| Manifest::parse(&t).ok())
-                    .map(|m| m.entries)
-                    .unwrap_or_default(),
-            ),
+            None => Prior::rebuild(manifest_entries(&self.manifest_path)),
         };
         let (report, post) = self.execute(prior, reporter).map_err(|(e, _)| e)?;
-
-        // Graph state, then summary (the manifest is written already).
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |e| vec![MachineError::Io { path: p, source: e }]
-        };
-        let ms = MachineState {
-            scan_id: self.scan_id,
-            stack: names,
-            listings,
-            inputs: post.inputs,
-            graph: post.graph.to_state(),
-            entries: post.entries.into_values().collect(),
-        };
-        let gp = self.state.graph_path(self.name);
-        state::write(&gp, &ms).map_err(io(&gp))?;
-        let manifest_stat = std::fs::symlink_metadata(&self.manifest_path)
-            .map(|m| scan::stat_of(&m))
-            .map_err(io(&self.manifest_path))?;
-        let sp = self.state.summary_path(self.name);
-        state::write(
-            &sp,
-            &MachineSummary {
-                summary: self.summary,
-                manifest: manifest_stat,
-                files: Vec::new(),
-                files_scanned_at_ns: 0,
-            },
-        )
-        .map_err(io(&sp))?;
+        self.save(&post.graph, &post.entries, &post.inputs, &post.record)
+            .map_err(|e| vec![e])?;
         Ok(report)
     }
 
-    /// The core of a build: check the nodes a change may affect, render
-    /// and write what is dirty, write the manifest when it changed. Works
-    /// from `prior` (from disk, or kept in memory by a watch session) and
-    /// returns what the next build needs.
+    /// Save what a build left (see [`StateDir::save_machine`]): by a build,
+    /// and by a watch session for what it built in memory.
+    pub fn save(
+        &self,
+        graph: &Graph,
+        entries: &BTreeMap<String, Entry>,
+        inputs: &HashMap<Key, Digest>,
+        record: &MachineSummary,
+    ) -> Result<(), MachineError> {
+        let ms = MachineState {
+            scan_id: self.scan_id,
+            stack: self.root_names(),
+            listings: self.listings(),
+            inputs: inputs.clone(),
+            graph: graph.to_state(),
+            entries: entries.values().cloned().collect(),
+        };
+        self.state
+            .save_machine(self.name, &ms, record, &self.manifest_path)
+    }
+
+    /// The summary record of a build whose graph is `graph`.
+    fn record(&self, graph: &Graph) -> MachineSummary {
+        let files: Vec<(String, Option<Fingerprint>)> = self
+            .model
+            .external_names(graph)
+            .into_iter()
+            .map(|p| {
+                let fp = self.model.external(&p);
+                (p, fp)
+            })
+            .collect();
+        let digests: Vec<(String, Digest)> = files
+            .iter()
+            .map(|(p, f)| (p.clone(), f.map_or(Digest::ABSENT, |f| f.digest)))
+            .collect();
+        MachineSummary {
+            summary: full_summary(self.model.summary(), &digests),
+            manifest: lab_graph::Stat {
+                mtime_ns: 0,
+                size: 0,
+                ino: 0,
+                mode: 0,
+            },
+            // A missing file is recorded with an impossible stat, so it is
+            // looked at again next time.
+            files: files
+                .into_iter()
+                .map(|(p, f)| {
+                    (
+                        p,
+                        f.unwrap_or(Fingerprint {
+                            stat: lab_graph::Stat {
+                                mtime_ns: i64::MAX,
+                                size: u64::MAX,
+                                ino: 0,
+                                mode: 0,
+                            },
+                            digest: Digest::ABSENT,
+                        }),
+                    )
+                })
+                .collect(),
+            files_scanned_at_ns: self.scanned_at_ns,
+        }
+    }
+
+    /// The core of a build: check the nodes a change may affect, make what
+    /// is dirty, write the manifest when it changed. Works from `prior`
+    /// (from disk, or kept in memory by a watch session) and returns what
+    /// the next build needs.
     ///
     /// On failure the graph comes back too (it records only what really
     /// ran), so a watch session keeps it; the entries do not: the manifest
     /// on disk still lists every path lab created.
     #[allow(clippy::type_complexity, clippy::result_large_err)]
     pub fn execute(
-        &self,
+        &mut self,
         prior: Prior,
         reporter: &dyn Reporter,
     ) -> Result<(MachineReport, Posterior), (Vec<MachineError>, Graph)> {
@@ -296,6 +317,7 @@ impl MachineJob<'_> {
             inputs,
             fast,
             manifest_current,
+            record: _,
         } = prior;
         match self.execute_inner(
             &mut graph,
@@ -305,127 +327,105 @@ impl MachineJob<'_> {
             manifest_current,
             reporter,
         ) {
-            Ok((report, entries, inputs)) => Ok((
-                report,
-                Posterior {
-                    graph,
-                    entries,
-                    inputs,
-                },
-            )),
+            Ok((report, entries)) => {
+                let record = self.record(&graph);
+                Ok((
+                    report,
+                    Posterior {
+                        graph,
+                        entries,
+                        inputs: self.model.inputs(),
+                        record,
+                    },
+                ))
+            }
             Err(e) => Err((e, graph)),
         }
     }
 
-    #[allow(clippy::type_complexity)]
+    /// The keys whose change a fast build follows: each changed path of a
+    /// root, and each input whose digest differs from `prev`.
+    fn changed_keys(&self, prev: &HashMap<Key, Digest>) -> Vec<Key> {
+        let mut changed: Vec<Key> = Vec::new();
+        for (ri, root) in self.roots.iter().enumerate() {
+            for rel in &root.changed {
+                changed.extend(self.model.source_keys(ri, rel));
+            }
+        }
+        let now = self.model.inputs();
+        for (k, d) in &now {
+            if prev.get(k) != Some(d) {
+                changed.push(k.clone());
+            }
+        }
+        for k in prev.keys() {
+            if !now.contains_key(k) {
+                changed.push(k.clone());
+            }
+        }
+        changed
+    }
+
     fn execute_inner(
-        &self,
+        &mut self,
         graph: &mut Graph,
         mut old_entries: BTreeMap<String, Entry>,
         prev_inputs: Option<HashMap<Key, Digest>>,
         fast: bool,
         manifest_current: bool,
         reporter: &dyn Reporter,
-    ) -> Result<(MachineReport, BTreeMap<String, Entry>, HashMap<Key, Digest>), Vec<MachineError>>
-    {
-        let fast = fast && prev_inputs.is_some();
-        // Candidates: the output paths whose nodes must be checked.
-        let (winners, candidates): (BTreeMap<String, Winner>, Vec<String>) = if fast {
-            let prev_inputs = prev_inputs.as_ref().expect("fast needs inputs");
-            let mut changed: Vec<Key> = Vec::new();
-            for (ri, root) in self.stack.roots.iter().enumerate() {
-                for rel in &root.changed {
-                    let Some(e) = root.entries.get(rel) else {
-                        continue;
-                    };
-                    if let Some((out, _)) = output_path(rel, e.kind) {
-                        if self.stack.winner_of(out).is_some_and(|w| w.root == ri) {
-                            changed.push(Key::Source(out.to_string()));
-                        }
-                    }
-                    if self.stack.include(rel).is_some_and(|(r, _)| r == ri) {
-                        changed.push(Key::Include(rel.clone()));
-                    }
-                }
-            }
-            let now = input_digests(&self.scope);
-            for (k, d) in &now {
-                if prev_inputs.get(k) != Some(d) {
-                    changed.push(k.clone());
-                }
-            }
-            for k in prev_inputs.keys() {
-                if !now.contains_key(k) {
-                    changed.push(k.clone());
-                }
-            }
+    ) -> Result<(MachineReport, BTreeMap<String, Entry>), Vec<MachineError>> {
+        let fast = fast && prev_inputs.is_some() && self.model.incremental();
+        let plan: Plan = if fast {
+            let prev = prev_inputs.as_ref().expect("fast needs inputs");
+            let changed = self.changed_keys(prev);
             let outs: BTreeSet<String> = graph
                 .affected(changed.iter())
                 .into_iter()
                 .filter_map(|k| match k {
-                    Key::Render(p) | Key::Output(p) => Some(p),
+                    Key::Output(p) => Some(p),
                     _ => None,
                 })
                 .collect();
-            let winners: BTreeMap<String, Winner> = outs
-                .iter()
-                .filter_map(|o| self.stack.winner_of(o).map(|w| (o.clone(), w)))
-                .collect();
-            (winners, outs.into_iter().collect())
+            // a step's output is an output too
+            self.model.plan(Some(outs)).map_err(|e| vec![e])?
         } else {
-            let w = self.stack.resolve().map_err(|e| vec![e])?;
-            let c = w.keys().cloned().collect();
-            (w, c)
+            self.model.plan(None).map_err(|e| vec![e])?
         };
-        reporter.machine_started(self.name, candidates.len());
+        let model: &dyn MachineModel = &*self.model;
+        let name = self.name;
+        reporter.machine_started(name, plan.outs.len());
+        let input = |k: &Key| model.input(k);
 
-        let input = |k: &Key| -> Option<Digest> {
-            match k {
-                Key::Source(out) => winners.get(out).map(|w| self.stack.source_digest(w)),
-                Key::Include(name) => Some(self.include_digest(name)),
-                other => self.scope.digest_of(other),
-            }
-        };
-
-        // Renders, in parallel.
-        let includes: Arc<dyn Includes> = Arc::new(DiskIncludes {
-            roots: self
-                .stack
-                .roots
-                .iter()
-                .map(|r| (r.name.clone(), r.dir.clone()))
-                .collect(),
-        });
-        let to_render: Vec<(&String, &Winner, Reason)> = candidates
-            .iter()
+        // Steps (renders), in parallel.
+        let to_step: Vec<(&String, Key, Reason)> = plan
+            .outs
+            .keys()
             .filter_map(|out| {
-                let w = winners.get(out)?;
-                if !w.template {
-                    return None;
-                }
-                match graph.check(&Key::Render(out.clone()), &input) {
+                let k = model.step(out)?;
+                match graph.check(&k, &input) {
                     Verdict::Clean(_) => None,
-                    Verdict::Dirty(r) => Some((out, w, r)),
+                    Verdict::Dirty(r) => Some((out, k, r)),
                 }
             })
             .collect();
-        let rendered: Vec<(String, Result<Rendered, MachineError>)> = to_render
+        let stepped: Vec<(String, Key, Result<Made, MachineError>)> = to_step
             .into_par_iter()
-            .map(|(out, w, reason)| {
-                reporter.node_ran(self.name, &Key::Render(out.clone()), &reason);
-                let r = self.render(w, &includes);
-                reporter.progress(self.name);
-                (out.clone(), r)
+            .map(|(out, k, reason)| {
+                reporter.node_ran(name, &k, &reason);
+                let r = model.run_step(out);
+                reporter.progress(name);
+                (out.clone(), k, r)
             })
             .collect();
         let mut errors = Vec::new();
         let mut bytes_of: HashMap<String, Vec<u8>> = HashMap::new();
-        let n_rendered = rendered.len();
-        for (out, r) in rendered {
+        let mut n_rendered = stepped.len();
+        for (out, k, r) in stepped {
             match r {
-                Ok(r) => {
-                    graph.record(Key::Render(out.clone()), r.trace);
-                    bytes_of.insert(out, r.bytes);
+                Ok(m) => {
+                    graph.record(k, m.trace);
+                    bytes_of.insert(out, m.bytes.unwrap_or_default());
                 }
                 Err(e) => errors.push(e),
             }
@@ -434,18 +434,15 @@ impl MachineJob<'_> {
             return Err(errors);
         }
 
-        // Outputs to (re)write.
-        let mut dirty: Vec<(&String, &Winner, Reason)> = Vec::new();
+        // Outputs to (re)make.
+        let mut dirty: Vec<(&String, Reason)> = Vec::new();
         // Fast: the old entries are the new ones but for what changes.
         let mut entries = if fast {
             std::mem::take(&mut old_entries)
         } else {
             BTreeMap::new()
         };
-        for out in &candidates {
-            let Some(w) = winners.get(out) else {
-                continue;
-            };
+        for out in plan.outs.keys() {
             let verdict = graph.check(&Key::Output(out.clone()), &input);
             let known = if fast {
                 entries.contains_key(out)
@@ -458,20 +455,25 @@ impl MachineJob<'_> {
                         entries.insert(out.clone(), old_entries[out].clone());
                     }
                 }
-                (Verdict::Clean(_), false) => dirty.push((out, w, Reason::NeverBuilt)),
-                (Verdict::Dirty(r), _) => dirty.push((out, w, r)),
+                (Verdict::Clean(_), false) => dirty.push((out, Reason::NeverBuilt)),
+                (Verdict::Dirty(r), _) => dirty.push((out, r)),
             }
         }
-        // A template whose render is clean but whose output must be written
-        // again (lost output) needs its bytes.
-        for (out, w, _) in &dirty {
-            if w.template && !bytes_of.contains_key(*out) {
-                match self.render(w, &includes) {
-                    Ok(r) => {
-                        graph.record(Key::Render((*out).clone()), r.trace);
-                        bytes_of.insert((*out).clone(), r.bytes);
+        for (path, mode) in &plan.dirs {
+            entries.insert(path.clone(), dir_entry(path, *mode));
+        }
+        // An output whose step is clean but which must be made again (lost
+        // output) needs the step's bytes.
+        for (out, _) in &dirty {
+            if let Some(k) = model.step(out) {
+                if !bytes_of.contains_key(*out) {
+                    match model.run_step(out) {
+                        Ok(m) => {
+                            graph.record(k, m.trace);
+                            bytes_of.insert((*out).clone(), m.bytes.unwrap_or_default());
+                        }
+                        Err(e) => errors.push(e),
                     }
-                    Err(e) => errors.push(e),
                 }
             }
         }
@@ -479,24 +481,25 @@ impl MachineJob<'_> {
             return Err(errors);
         }
 
-        // Paths no longer produced.
+        // Paths no longer produced, and the nodes that made them.
         let gone: Vec<String> = if fast {
             Vec::new()
         } else {
             old_entries
                 .keys()
-                .filter(|p| !winners.contains_key(*p))
+                .filter(|p| !plan.outs.contains_key(*p) && !plan.dirs.contains_key(*p))
                 .cloned()
                 .collect()
         };
         if !fast {
+            let live_steps: BTreeSet<Key> =
+                plan.outs.keys().filter_map(|o| model.step(o)).collect();
             let stale: Vec<Key> = graph
                 .computed()
                 .filter_map(|(k, _)| match k {
-                    Key::Output(p) if !winners.contains_key(p) => Some(k.clone()),
-                    Key::Render(p) if !winners.get(p).is_some_and(|w| w.template) => {
-                        Some(k.clone())
-                    }
+                    Key::Output(p) if !plan.outs.contains_key(p) => Some(k.clone()),
+                    Key::Output(_) => None,
+                    other if !live_steps.contains(other) => Some(k.clone()),
                     _ => None,
                 })
                 .collect();
@@ -505,32 +508,49 @@ impl MachineJob<'_> {
             }
         }
 
-        for (out, _, reason) in &dirty {
-            reporter.node_ran(self.name, &Key::Output((*out).clone()), reason);
+        // Make and stage them, in parallel. A failure leaves the previous
+        // outputs untouched.
+        for (out, reason) in &dirty {
+            reporter.node_ran(name, &Key::Output((*out).clone()), reason);
         }
-        let written: Vec<Result<(String, Entry, Trace), MachineError>> = dirty
-            .par_iter()
-            .filter(|(_, w, _)| self.stack.entry(w).kind == SrcKind::Dir)
-            .map(|(out, w, _)| self.write_output(out, w, graph, &bytes_of))
-            .collect::<Vec<_>>()
-            .into_iter()
-            .chain(
-                dirty
+        let out_tree = &self.out;
+        let mut made: Vec<(String, Result<Made, MachineError>)> = Vec::new();
+        {
+            let graph: &Graph = graph;
+            let dirty = &dirty;
+            let bytes_of = &bytes_of;
+            let made = &mut made;
+            let heavy: Vec<&str> = dirty.iter().map(|(o, _)| o.as_str()).collect();
+            model.run_makes(&heavy, &mut || {
+                *made = dirty
                     .par_iter()
-                    .filter(|(_, w, _)| self.stack.entry(w).kind != SrcKind::Dir)
-                    .map(|(out, w, _)| {
-                        let r = self.write_output(out, w, graph, &bytes_of);
-                        reporter.progress(self.name);
-                        r
+                    .map(|(out, _)| {
+                        let r = model
+                            .make(out, graph, bytes_of.get(*out).map(Vec::as_slice))
+                            .and_then(|mut m| {
+                                let entry = m.entry.as_ref().expect("outputs make entries");
+                                out_tree.write(entry, m.bytes.as_deref().unwrap_or_default())?;
+                                // staged: the bytes are not needed any more
+                                m.bytes = None;
+                                Ok(m)
+                            });
+                        reporter.progress(name);
+                        ((*out).clone(), r)
                     })
-                    .collect::<Vec<_>>(),
-            )
-            .collect();
+                    .collect();
+            });
+        }
         let mut written_paths = Vec::new();
-        for r in written {
+        let mut dir_nodes = Vec::new();
+        for (out, r) in made {
             match r {
-                Ok((out, entry, trace)) => {
-                    graph.record(Key::Output(out.clone()), trace);
+                Ok(m) => {
+                    n_rendered += m.rendered as usize;
+                    graph.record(Key::Output(out.clone()), m.trace);
+                    let entry = m.entry.expect("outputs make entries");
+                    if entry.is_dir() {
+                        dir_nodes.push(out.clone());
+                    }
                     entries.insert(out.clone(), entry);
                     written_paths.push(out);
                 }
@@ -548,10 +568,13 @@ impl MachineJob<'_> {
         std::fs::create_dir_all(&self.out.root)
             .map_err(|e| vec![MachineError::io(&self.out.root)(e)])?;
         let is_dir = |p: &str| -> Option<bool> {
-            winners
-                .get(p)
-                .map(|w| self.stack.entry(w).kind == SrcKind::Dir)
-                .or_else(|| entries.get(p).map(|e| e.is_dir()))
+            if plan.dirs.contains_key(p) {
+                Some(true)
+            } else if let Some(d) = plan.outs.get(p) {
+                Some(*d)
+            } else {
+                entries.get(p).map(|e| e.is_dir())
+            }
         };
         // (a fast build changes no path's existence or kind)
         let removed = if fast {
@@ -566,15 +589,25 @@ impl MachineJob<'_> {
             entries.remove(p);
         }
         // Directory modes last, so a read-only directory can still be
-        // filled first.
-        for (out, w, _) in &dirty {
-            if self.stack.entry(w).kind == SrcKind::Dir {
-                self.out.make_dir(&entries[*out]).map_err(|e| vec![e])?;
+        // filled first: the directory nodes made now, then the plan's
+        // directories that are new or changed mode.
+        for out in &dir_nodes {
+            self.out.make_dir(&entries[out]).map_err(|e| vec![e])?;
+        }
+        for (path, mode) in &plan.dirs {
+            let same = old_entries
+                .get(path)
+                .is_some_and(|e| e.is_dir() && e.mode == *mode);
+            if !same || !self.out.path(path).is_dir() {
+                self.out.make_dir(&entries[path]).map_err(|e| vec![e])?;
+                if !same {
+                    written_paths.push(path.clone());
+                }
             }
         }
 
         // The manifest, when it changed.
-        let mut manifest = Manifest::new(self.name);
+        let mut manifest = Manifest::new(name);
         manifest.entries = entries;
         let owners_changed = crate::output::apply_owners(&mut manifest.entries, self.owners);
         let manifest_changed = owners_changed
@@ -584,14 +617,13 @@ impl MachineJob<'_> {
             || !manifest_current
             || !self.manifest_path.exists();
         if manifest_changed {
-            state::write_atomic(&self.manifest_path, manifest.to_text().as_bytes()).map_err(
-                |e| {
+            crate::state::write_atomic(&self.manifest_path, manifest.to_text().as_bytes())
+                .map_err(|e| {
                     vec![MachineError::Io {
                         path: self.manifest_path.clone(),
                         source: e,
                     }]
-                },
-            )?;
+                })?;
         }
         let n_entries = manifest.len();
         let mut removed_all = removed;
@@ -610,159 +642,16 @@ impl MachineJob<'_> {
                 manifest_changed,
             },
             manifest.entries,
-            input_digests(&self.scope),
         ))
     }
+}
 
-    /// The mode of the output of `w`: the source's, or 0600 when the
-    /// source is encrypted (see `secret`).
-    fn mode_of(&self, w: &Winner) -> u32 {
-        if secret::encrypted(&w.src) {
-            secret::SECRET_MODE
-        } else {
-            self.stack.entry(w).perm()
-        }
-    }
-
-    fn render(&self, w: &Winner, includes: &Arc<dyn Includes>) -> Result<Rendered, MachineError> {
-        let root = self.stack.roots[w.root];
-        let path = root.path_of(&w.src);
-        let shown = Path::new(&root.name).join(&w.src);
-        let bytes = std::fs::read(&path).map_err(MachineError::io(&shown))?;
-        let content = Digest::of(&bytes);
-        let bytes = if secret::encrypted(&w.src) {
-            self.age.decrypt(&shown, &bytes)?
-        } else {
-            bytes
-        };
-        let text = String::from_utf8(bytes).map_err(|_| MachineError::TemplateNotUtf8 {
-            path: shown.clone(),
-        })?;
-        let entry = self.stack.entry(w);
-        let out = lab_render::render(&self.scope, &w.src, &shown, &text, includes.clone())?;
-        let out_path = output_path(&w.src, SrcKind::File).expect("template").0;
-        let mut deps = vec![(
-            Key::Source(out_path.to_string()),
-            source_digest(&w.src, entry, content),
-        )];
-        deps.extend(out.includes.into_iter().map(|(n, d)| (Key::Include(n), d)));
-        for k in out.reads {
-            let d = self
-                .scope
-                .digest_of(&k)
-                .expect("render reads are scope keys");
-            deps.push((k, d));
-        }
-        Ok(Rendered {
-            trace: Trace {
-                deps,
-                value: render_value(&out.bytes, self.mode_of(w)),
-            },
-            bytes: out.bytes,
-        })
-    }
-
-    fn write_output(
-        &self,
-        out: &str,
-        w: &Winner,
-        graph: &Graph,
-        rendered: &HashMap<String, Vec<u8>>,
-    ) -> Result<(String, Entry, Trace), MachineError> {
-        let root = self.stack.roots[w.root];
-        let src_entry = self.stack.entry(w);
-        let src_path = root.path_of(&w.src);
-        let mode = self.mode_of(w);
-        let (entry, bytes, dep) = if w.template {
-            let bytes = &rendered[out];
-            let render_key = Key::Render(out.to_string());
-            let value = graph.trace(&render_key).expect("rendered").value;
-            let entry = Entry {
-                path: out.to_string(),
-                mode,
-                kind: EntryKind::File {
-                    size: bytes.len() as u64,
-                    sha256: Digest::of(bytes),
-                },
-                owner: None,
-                group: None,
-            };
-            (entry, Some(bytes.as_slice()), (render_key, value))
-        } else {
-            match src_entry.kind {
-                SrcKind::Dir => (
-                    Entry {
-                        path: out.to_string(),
-                        mode,
-                        kind: EntryKind::Dir,
-                        owner: None,
-                        group: None,
-                    },
-                    None,
-                    (Key::Source(out.to_string()), self.stack.source_digest(w)),
-                ),
-                SrcKind::Symlink => {
-                    let target = scan::link_target(&src_path)?;
-                    let content = Digest::of(target.as_bytes());
-                    (
-                        Entry {
-                            path: out.to_string(),
-                            mode: 0o777,
-                            kind: EntryKind::Symlink { target },
-                            owner: None,
-                            group: None,
-                        },
-                        None,
-                        (
-                            Key::Source(out.to_string()),
-                            source_digest(&w.src, src_entry, content),
-                        ),
-                    )
-                }
-                SrcKind::File => {
-                    let data = std::fs::read(&src_path).map_err(MachineError::io(&src_path))?;
-                    let sha = Digest::of(&data);
-                    let data = if secret::encrypted(&w.src) {
-                        let shown = Path::new(&root.name).join(&w.src);
-                        self.age.decrypt(&shown, &data)?
-                    } else {
-                        data
-                    };
-                    let entry = Entry {
-                        path: out.to_string(),
-                        mode,
-                        kind: EntryKind::File {
-                            size: data.len() as u64,
-                            sha256: Digest::of(&data),
-                        },
-                        owner: None,
-                        group: None,
-                    };
-                    self.out.write(&entry, &data)?;
-                    let value = entry.digest();
-                    return Ok((
-                        out.to_string(),
-                        entry,
-                        Trace {
-                            deps: vec![(
-                                Key::Source(out.to_string()),
-                                source_digest(&w.src, src_entry, sha),
-                            )],
-                            value,
-                        },
-                    ));
-                }
-            }
-        };
-        self.out.write(&entry, bytes.unwrap_or_default())?;
-        let value = entry.digest();
-        Ok((
-            out.to_string(),
-            entry,
-            Trace {
-                deps: vec![dep],
-                value,
-            },
-        ))
+fn dir_entry(path: &str, mode: u32) -> Entry {
+    Entry {
+        path: path.to_string(),
+        mode,
+        kind: EntryKind::Dir,
+        owner: None,
+        group: None,
     }
 }

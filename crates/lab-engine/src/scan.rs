@@ -1,7 +1,6 @@
 //! Listing source roots (`layers/NAME/`, `machines/NAME/`) with `lstat`, and
 //! hashing only the files whose stat changed since the previous scan.
 
-use crate::state::RootState;
 use crate::MachineError;
 use globset::GlobSet;
 use lab_graph::{Digest, Fingerprint, Hasher, Stat};
@@ -17,6 +16,18 @@ pub enum SrcKind {
     File,
     Dir,
     Symlink,
+}
+
+/// One source root's fingerprints, as `.lab/state/sources` keeps them.
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct RootState {
+    pub exists: bool,
+    /// When the scan that produced these fingerprints started (ns since
+    /// the epoch); see [`Fingerprint::reusable`].
+    pub scanned_at_ns: i64,
+    pub tree: Digest,
+    pub listing: Digest,
+    pub entries: HashMap<String, (SrcKind, Fingerprint)>,
 }
 
 /// One file, directory or symlink of a source root.

@@ -8,19 +8,19 @@
 //! idle); if the process dies before that, the next `lab build` sees that
 //! its state does not vouch for the outputs and rebuilds correctly.
 //!
-//! Make-style (compat) projects, and edits of `lab.toml`, take the ordinary
-//! path: a build of every selected machine, then a fresh session state.
+//! Projects whose style reads the whole project (see
+//! [`crate::Style::reads_whole_project`]), and edits of `lab.toml`, take the
+//! ordinary path: a build of every selected machine, then a fresh session
+//! state.
 
-use crate::machine::{MachineJob, Prior};
+use crate::machine::{manifest_entries, MachineJob, Prior};
 use crate::scan::{self, RootScan};
-use crate::stack::Stack;
-use crate::state::{self, MachineState, MachineSummary};
+use crate::state;
 use crate::{
-    facts, machine_summary, now_ns, output, BuildOptions, BuildReport, Engine, EngineError, Lock,
-    MachineError, MachineOutcome, Reporter,
+    facts, output, BuildOptions, BuildReport, Engine, EngineError, Lock, MachineError,
+    MachineOutcome, Reporter,
 };
 use lab_config::Project;
-use lab_manifest::Manifest;
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -37,6 +37,15 @@ pub struct Session {
     /// Something changed since the last [`Session::persist`].
     dirty: bool,
     _lock: Lock,
+}
+
+/// Machines a cycle builds besides those with a touched root (styles that
+/// read the whole project).
+enum Also {
+    None,
+    /// Those the style says these changed paths affect.
+    Paths(Vec<String>),
+    All,
 }
 
 /// What one cycle did.
@@ -115,6 +124,7 @@ impl Session {
                         inputs: Some(ms.inputs),
                         fast: true,
                         manifest_current: true,
+                        record: self.engine.state.load_summary(&m.name),
                     }
                 }
                 _ => Prior::rebuild(self.manifest_entries(&m.name)),
@@ -126,11 +136,7 @@ impl Session {
     }
 
     fn manifest_entries(&self, machine: &str) -> BTreeMap<String, lab_manifest::Entry> {
-        std::fs::read_to_string(self.engine.manifest_path(machine))
-            .ok()
-            .and_then(|t| Manifest::parse(&t).ok())
-            .map(|m| m.entries)
-            .unwrap_or_default()
+        manifest_entries(&self.engine.manifest_path(machine))
     }
 
     /// Take in changed paths (absolute or relative to the project, as the
@@ -144,6 +150,10 @@ impl Session {
         let mut by_root: HashMap<String, Vec<String>> = HashMap::new();
         let mut reload = false;
         let mut changed = Vec::new();
+        let style = self.engine.style().clone();
+        let whole = style.reads_whole_project();
+        // (whole-project styles) paths outside every root of the session
+        let mut elsewhere: Vec<String> = Vec::new();
         for p in paths {
             let rel = p.strip_prefix(&project_root).unwrap_or(p);
             let Some(rel) = rel.to_str() else { continue };
@@ -151,6 +161,7 @@ impl Session {
             match parts.as_slice() {
                 [".lab", ..] | [".git", ..] => continue,
                 ["lab.toml"] => reload = true,
+                _ if style.reloads_on(&self.engine.project, &parts.join("/")) => reload = true,
                 [top @ ("layers" | "machines"), name, rest @ ..] => {
                     by_root
                         .entry(format!("{top}/{name}"))
@@ -158,25 +169,20 @@ impl Session {
                         .push(rest.join("/"));
                 }
                 ["layers" | "machines"] => reload = true,
-                // A make-style build also reads fact files, the inventory,
-                // and files that templates include or `!` links point to.
-                _ if self.engine.project.compat.is_some() => {}
+                // A style may read files anywhere in the project.
+                _ if whole => elsewhere.push(parts.join("/")),
                 _ => continue,
             }
             changed.push(rel.to_string());
         }
         changed.sort();
         changed.dedup();
-        if reload || self.engine.project.compat.is_some() {
+        if reload {
             // What the session built must be on disk before an ordinary
             // build takes over.
             self.persist()?;
-            // A make-style project's machines and layers come from its
-            // files (inventory, layer lists), so it is read again each time.
-            if reload || self.engine.project.compat.is_some() {
-                let project = Project::reload(&project_root)?;
-                self.engine = Engine::new(project);
-            }
+            let project = Project::reload(&project_root)?;
+            self.engine = Engine::with_style(project, self.engine.style().clone());
             let build = self.rebuild(reporter)?;
             return Ok(CycleReport {
                 changed,
@@ -192,6 +198,11 @@ impl Session {
         for (name, rels) in by_root {
             let Some(root) = self.roots.get_mut(&name) else {
                 // a layer no selected machine uses, or a new root
+                if whole && !self.uses_root(&name) {
+                    // (whole-project styles may read it all the same)
+                    elsewhere.extend(rels.iter().map(|r| format!("{name}/{r}")));
+                    continue;
+                }
                 if self.uses_root(&name) {
                     self.persist()?;
                     let build = self.rebuild(reporter)?;
@@ -229,7 +240,14 @@ impl Session {
                 }
             }
         }
-        self.build_touched(changed, touched, listing, root_errors, reporter)
+        let also = if whole {
+            let mut v = elsewhere;
+            v.extend(changed.iter().cloned());
+            Also::Paths(v)
+        } else {
+            Also::None
+        };
+        self.build_touched(changed, touched, listing, root_errors, also, reporter)
     }
 
     /// Look at every root of the session again, as a fresh process would
@@ -299,7 +317,14 @@ impl Session {
             }
         }
         changed.sort();
-        self.build_touched(changed, touched, listing, root_errors, reporter)
+        // (a whole-project style also reads files outside the roots, which
+        // no rescan looks at: every machine is checked)
+        let also = if self.engine.style().reads_whole_project() {
+            Also::All
+        } else {
+            Also::None
+        };
+        self.build_touched(changed, touched, listing, root_errors, also, reporter)
     }
 
     /// Build the selected machines whose stack has a touched root.
@@ -309,6 +334,7 @@ impl Session {
         touched: HashSet<String>,
         listing: HashSet<String>,
         root_errors: HashMap<String, MachineError>,
+        also: Also,
         reporter: &dyn Reporter,
     ) -> Result<CycleReport, EngineError> {
         // Roots not touched this cycle have nothing new to say.
@@ -333,13 +359,35 @@ impl Session {
 
         // Build the affected machines, in parallel.
         let machines = self.engine.select(&self.selection)?;
+        let style = self.engine.style();
         let affected: Vec<lab_config::Machine> = machines
             .into_iter()
-            .filter(|m| Engine::stack_names(m).iter().any(|n| touched.contains(n)))
+            .filter(|m| {
+                let names = Engine::stack_names(m);
+                if names.iter().any(|n| touched.contains(n)) {
+                    return true;
+                }
+                match &also {
+                    Also::None => false,
+                    Also::All => true,
+                    Also::Paths(paths) => {
+                        let Some(prior) = self.machines.get(&m.name) else {
+                            return true;
+                        };
+                        paths.iter().any(|p| {
+                            !names.iter().any(|n| p.starts_with(&format!("{n}/")))
+                                && style.affects(&prior.graph, &names, p)
+                        })
+                    }
+                }
+            })
             .cloned()
             .collect();
         let (gathered, bad) = self.engine.gathered();
-        let scopes = self.engine.scopes(&gathered)?;
+        let stamp = self.engine.state.stamp().map_err(|e| EngineError::Io {
+            path: self.engine.state.dir.clone(),
+            source: e,
+        })?;
         let mut priors: Vec<(String, Prior)> = affected
             .iter()
             .map(|m| {
@@ -351,6 +399,8 @@ impl Session {
             })
             .collect();
         let engine = &self.engine;
+        let prepared = engine.style().prepare(engine, &gathered, stamp)?;
+        let prepared = &*prepared;
         let roots = &self.roots;
         let results: Vec<(
             String,
@@ -361,25 +411,21 @@ impl Session {
             .zip(priors.par_drain(..))
             .map(|(m, (_, mut prior))| {
                 let names = Engine::stack_names(m);
-                let mut errs: Vec<MachineError> = names
-                    .iter()
-                    .filter_map(|n| root_errors.get(n).map(crate::clone_error))
-                    .collect();
+                let mut errs: Vec<MachineError> = Vec::new();
+                if let Err(e) = prepared.check(m) {
+                    errs.extend(e);
+                }
                 if let Some(e) = bad.get(&m.name) {
                     errs.push(MachineError::Io {
                         path: facts::gathered_path(engine.lab_dir(), &m.name),
                         source: std::io::Error::other(e.clone()),
                     });
                 }
-                for l in &m.layers {
-                    let n = format!("layers/{}", l.name);
-                    if l.name != "_" && roots.get(&n).is_none_or(|r| !r.exists) {
-                        errs.push(MachineError::UnknownLayer {
-                            machine: m.name.clone(),
-                            layer: l.name.clone(),
-                            at: Box::new(l.at.clone()),
-                            known: engine.known_layers(),
-                        });
+                for n in &names {
+                    if let Some(e) = root_errors.get(n) {
+                        errs.push(crate::clone_error(e));
+                    } else if roots.get(n).is_none_or(|r| !r.exists) {
+                        errs.extend(prepared.missing_root(m, n, reporter));
                     }
                 }
                 if !errs.is_empty() {
@@ -387,34 +433,27 @@ impl Session {
                 }
                 let stack_roots: Vec<&RootScan> = names.iter().map(|n| &roots[n]).collect();
                 prior.fast = prior.fast && !names.iter().any(|n| listing.contains(n));
-                let job = MachineJob {
+                let model = match prepared.machine(m, stack_roots.clone(), reporter) {
+                    Ok(model) => model,
+                    Err(e) => return (m.name.clone(), Err(e), prior),
+                };
+                let mut job = MachineJob {
                     name: &m.name,
-                    stack: Stack { roots: stack_roots },
-                    scope: scopes[&m.name].clone(),
-                    summary: lab_graph::Digest::ABSENT,
+                    model,
+                    roots: stack_roots,
                     out: output::OutTree::new(engine.out_dir(&m.name), engine.stage_dir(&m.name)),
                     manifest_path: engine.manifest_path(&m.name),
                     state: &engine.state,
                     prev_scan_id: 0,
                     scan_id: 0,
+                    scanned_at_ns: stamp,
                     force: false,
                     trust_outputs: true,
-                    age: &self.engine.age,
-                    owners: &self.engine.project.owners,
+                    owners: &engine.project.owners,
                 };
                 reporter.machine_started(&m.name, 0);
                 match job.execute(prior, reporter) {
-                    Ok((report, post)) => (
-                        m.name.clone(),
-                        Ok(report),
-                        Prior {
-                            graph: post.graph,
-                            entries: post.entries,
-                            inputs: Some(post.inputs),
-                            fast: true,
-                            manifest_current: true,
-                        },
-                    ),
+                    Ok((report, post)) => (m.name.clone(), Ok(report), Prior::after(post)),
                     Err((errors, graph)) => {
                         let mut p = Prior::rebuild(BTreeMap::new());
                         p.graph = graph;
@@ -469,7 +508,7 @@ impl Session {
             .state
             .stamp()
             .map_err(io(&self.engine.state.dir))?;
-        let scan_id = now_ns() as u64 ^ ((std::process::id() as u64) << 32);
+        let scan_id = state::new_scan_id();
         let mut sources = self.engine.state.load_sources();
         for (name, r) in self.roots.iter_mut() {
             r.refresh_digests();
@@ -481,24 +520,25 @@ impl Session {
                 .insert(name.clone(), r.to_state(scanned_at_ns));
         }
         sources.scan_id = scan_id;
-        let (gathered, _) = self.engine.gathered();
-        let scopes = self.engine.scopes(&gathered)?;
-        for m in self.engine.select(&self.selection)? {
+        let engine = &self.engine;
+        for m in engine.select(&self.selection)? {
             let Some(prior) = self.machines.get(&m.name) else {
                 continue;
             };
             let names = Engine::stack_names(m);
             let roots: Vec<&RootScan> = names.iter().filter_map(|n| self.roots.get(n)).collect();
-            let (Some(inputs), true) = (&prior.inputs, roots.len() == names.len()) else {
+            let (Some(inputs), Some(record), true) =
+                (&prior.inputs, &prior.record, roots.len() == names.len())
+            else {
                 // never built successfully in this session: leave the old
                 // state, which does not vouch for these outputs
-                self.engine
+                engine
                     .state
                     .forget_machine(&m.name)
-                    .map_err(io(&self.engine.state.dir))?;
+                    .map_err(io(&engine.state.dir))?;
                 continue;
             };
-            let ms = MachineState {
+            let ms = state::MachineState {
                 scan_id,
                 stack: names.clone(),
                 listings: roots.iter().map(|r| r.listing).collect(),
@@ -506,29 +546,21 @@ impl Session {
                 graph: prior.graph.to_state(),
                 entries: prior.entries.values().cloned().collect(),
             };
-            let gp = self.engine.state.graph_path(&m.name);
-            state::write(&gp, &ms).map_err(io(&gp))?;
-            let mp = self.engine.manifest_path(&m.name);
-            let manifest = std::fs::symlink_metadata(&mp).map_err(io(&mp))?;
-            let sp = self.engine.state.summary_path(&m.name);
-            state::write(
-                &sp,
-                &MachineSummary {
-                    summary: machine_summary(
-                        &m.name,
-                        &roots,
-                        &scopes[&m.name],
-                        &self.engine.project.owners,
-                    ),
-                    manifest: scan::stat_of(&manifest),
-                    files: Vec::new(),
-                    files_scanned_at_ns: 0,
-                },
-            )
-            .map_err(io(&sp))?;
+            engine
+                .state
+                .save_machine(&m.name, &ms, record, &engine.manifest_path(&m.name))
+                .map_err(|e| match e {
+                    MachineError::Io { path, source } => EngineError::Io { path, source },
+                    other => EngineError::Io {
+                        path: engine.state.dir.clone(),
+                        source: std::io::Error::other(other.to_string()),
+                    },
+                })?;
         }
-        let sp = self.engine.state.sources_path();
-        state::write(&sp, &sources).map_err(io(&sp))?;
+        self.engine
+            .state
+            .save_sources(&sources)
+            .map_err(io(&self.engine.state.sources_path()))?;
         self.dirty = false;
         Ok(())
     }

@@ -61,15 +61,23 @@ impl Engine {
                 &self.ignore,
             )?);
         }
-        if self.project.compat.is_some() {
-            return self.show_compat(machine, &out, &roots);
-        }
+        self.style.clone().show(self, m, &out, &roots)
+    }
+
+    /// [`Engine::show`] in the native style.
+    pub(crate) fn show_native(
+        &self,
+        machine: &str,
+        out: &str,
+        roots: &[scan::RootScan],
+    ) -> Result<Show, ShowError> {
+        let out = out.to_string();
         let stack = Stack {
             roots: roots.iter().collect(),
         };
         let resolved = stack.resolve()?;
         let mut sources = Vec::new();
-        for r in &roots {
+        for r in roots {
             for cand in [format!("{out}.j2"), out.clone()] {
                 if let Some(e) = r.entries.get(&cand) {
                     if output_path(&cand, e.kind).is_some_and(|(o, _)| o == out) {
@@ -127,7 +135,7 @@ impl Engine {
                 let scope = &scopes[machine];
                 let text = std::fs::read_to_string(&src_path).map_err(io(&src_path))?;
                 let includes: Arc<dyn lab_render::Includes> =
-                    Arc::new(crate::machine::DiskIncludes {
+                    Arc::new(crate::native::DiskIncludes {
                         roots: roots
                             .iter()
                             .map(|r| (r.name.clone(), r.dir.clone()))

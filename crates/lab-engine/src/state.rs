@@ -26,7 +26,7 @@
 //! its facts and the inventory; the manifest's stat guards against the
 //! output having been removed or replaced behind lab's back.
 
-use crate::scan::SrcKind;
+pub use crate::scan::RootState;
 use lab_graph::{Digest, Fingerprint, GraphState, Key, Stat};
 use lab_manifest::Entry;
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
@@ -36,19 +36,7 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"LABSTATE";
 /// Bump when any state type changes shape or meaning.
-const VERSION: u32 = 5;
-
-/// One source root's fingerprints.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct RootState {
-    pub exists: bool,
-    /// When the scan that produced these fingerprints started (ns since
-    /// the epoch); see [`Fingerprint::reusable`].
-    pub scanned_at_ns: i64,
-    pub tree: Digest,
-    pub listing: Digest,
-    pub entries: HashMap<String, (SrcKind, Fingerprint)>,
-}
+const VERSION: u32 = 6;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SourcesState {
@@ -65,7 +53,7 @@ pub struct MachineSummary {
     pub manifest: Stat,
     /// Files outside the scanned roots (or read through symlinks) that the
     /// machine's outputs depend on, with their fingerprints; `summary`
-    /// covers their digests (make-style builds only; empty otherwise).
+    /// covers their digests (empty for a style that reads none).
     pub files: Vec<(String, Fingerprint)>,
     /// When the build that recorded `files` started (see
     /// [`Fingerprint::reusable`]).
@@ -80,7 +68,8 @@ pub struct MachineState {
     pub stack: Vec<String>,
     /// Digest of each root's listing (paths and kinds) when last resolved.
     pub listings: Vec<Digest>,
-    /// Digests of the facts and machines templates could read.
+    /// Digests of the inputs that are not source paths (facts, machines),
+    /// as the style gave them.
     pub inputs: HashMap<Key, Digest>,
     pub graph: GraphState,
     pub entries: Vec<Entry>,
@@ -125,6 +114,39 @@ impl StateDir {
         Ok(m.mtime() * 1_000_000_000 + m.mtime_nsec())
     }
 
+    /// Save one machine's state after its outputs and manifest are written:
+    /// its graph, then its summary `record` with the manifest's stat taken
+    /// now (in that order; see the module note). Every machine state is
+    /// written here, by builds and watch sessions alike.
+    pub fn save_machine(
+        &self,
+        machine: &str,
+        state: &MachineState,
+        record: &MachineSummary,
+        manifest_path: &Path,
+    ) -> Result<(), crate::MachineError> {
+        let gp = self.graph_path(machine);
+        write(&gp, state).map_err(crate::MachineError::io(&gp))?;
+        let manifest = std::fs::symlink_metadata(manifest_path)
+            .map(|m| crate::scan::stat_of(&m))
+            .map_err(crate::MachineError::io(manifest_path))?;
+        let sp = self.summary_path(machine);
+        write(
+            &sp,
+            &MachineSummary {
+                manifest,
+                ..record.clone()
+            },
+        )
+        .map_err(crate::MachineError::io(&sp))
+    }
+
+    /// Save the fingerprints of the roots and the id of the scan that took
+    /// them.
+    pub fn save_sources(&self, sources: &SourcesState) -> std::io::Result<()> {
+        write(&self.sources_path(), sources)
+    }
+
     pub fn load_sources(&self) -> SourcesState {
         read(&self.sources_path()).unwrap_or_default()
     }
@@ -147,6 +169,16 @@ impl StateDir {
         }
         Ok(())
     }
+}
+
+/// A new scan id (see [`SourcesState::scan_id`]): unique per scan, so a
+/// machine state names the one scan it was built from.
+pub fn new_scan_id() -> u64 {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0);
+    now as u64 ^ ((std::process::id() as u64) << 32)
 }
 
 fn read<T: DeserializeOwned>(path: &Path) -> Option<T> {

@@ -18,14 +18,10 @@ pub enum Key {
     Peers,
     /// Input: one machine as other machines' templates see it.
     Peer(String),
-    /// Input: every fact of the machine at once (make-style labs pass all
-    /// facts to every m4 template, so a render depends on the whole set).
-    Facts,
-    /// Input: a file read by following symlinks, wherever it is: an m4
-    /// prelude or `m4_include`d file, or the target of a `!` source. The
-    /// path is relative to the project, or absolute when outside it. Its
-    /// digest covers the followed file's content and permission bits.
-    File(String),
+    /// Input of a kind a project style defines for itself: `(kind, name)`.
+    /// The graph treats it like any other input; its digest comes from the
+    /// style. It is shown as "KIND `NAME`", or "KIND" when the name is empty.
+    Ext(String, String),
     /// Computed: a template rendered in memory.
     Render(String),
     /// Computed: an entry of the output tree, written to disk.
@@ -46,8 +42,8 @@ impl fmt::Display for Key {
             Key::Fact(k) => write!(f, "fact `{k}`"),
             Key::Peers => write!(f, "machine list"),
             Key::Peer(m) => write!(f, "machine `{m}`"),
-            Key::Facts => write!(f, "facts"),
-            Key::File(p) => write!(f, "file `{p}`"),
+            Key::Ext(kind, name) if name.is_empty() => write!(f, "{kind}"),
+            Key::Ext(kind, name) => write!(f, "{kind} `{name}`"),
             Key::Render(p) => write!(f, "render `{p}`"),
             Key::Output(p) => write!(f, "output `{p}`"),
         }

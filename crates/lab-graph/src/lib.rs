@@ -22,8 +22,9 @@
 //! its digest, so its output is not rewritten and nothing downstream changes.
 //!
 //! Inputs ([`Key::Source`], [`Key::Include`], [`Key::Fact`], [`Key::Peers`],
-//! [`Key::Peer`], [`Key::Facts`], [`Key::File`]) have no trace; their current digests come from the caller
-//! (the engine derives them from the file system and `lab.toml`).
+//! [`Key::Peer`], [`Key::Ext`]) have no trace; their current digests come
+//! from the caller (the engine and the project style derive them from the
+//! file system and the project's configuration).
 //!
 //! # Source fingerprints
 //!

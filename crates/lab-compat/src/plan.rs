@@ -15,9 +15,10 @@
 //! After a tree is assembled the style's recipe makes every regular file
 //! under two directories group- and other-readable ([`final_mode`]).
 
-use crate::scan::{RootScan, SrcKind};
-use crate::MachineError;
+use crate::CompatError;
 use lab_config::compat::{parse_link_list, CompatCopy, LINK_LISTS};
+use lab_engine::scan::{RootScan, SrcKind};
+use lab_engine::MachineError;
 use lab_graph::{Digest, Hasher};
 use std::collections::BTreeMap;
 
@@ -126,7 +127,7 @@ pub fn resolve(
             let oname = output_name(name);
             let origin = format!("{}/{rel}", root.name);
             if oname.is_empty() {
-                return Err(MachineError::CompatName { origin });
+                return Err(CompatError::Name { origin }.into());
             }
             let path = match dir {
                 Some(d) => format!("{d}/{oname}"),
@@ -208,11 +209,12 @@ pub fn resolve(
         let mut p = path.as_str();
         while let Some((parent, _)) = p.rsplit_once('/') {
             if let Some(other) = plan.outs.get(parent) {
-                return Err(MachineError::CompatShape {
+                return Err(CompatError::Shape {
                     output: parent.to_string(),
                     file: other.origin.clone(),
                     below: out.origin.clone(),
-                });
+                }
+                .into());
             }
             if dirs.insert(parent.to_string(), 0o755).is_some() {
                 break;

@@ -2,19 +2,27 @@
 //! (and any others that make exactly the same entry), how it is made, and
 //! for a template the rendered content and the files m4 read.
 
-use super::plan::{self, How};
-use crate::scan::{self, RootScan};
-use crate::{facts, Engine, MachineError, Show, ShowError, ShowSource};
+use crate::plan::{self, How};
+use lab_engine::scan::{self, RootScan};
+use lab_engine::{facts, Engine, MachineError, Show, ShowError, ShowSource};
 
-impl Engine {
-    pub(crate) fn show_compat(
-        &self,
-        machine: &str,
-        out: &str,
-        roots: &[RootScan],
-    ) -> Result<Show, ShowError> {
-        let compat = self.project.compat.as_ref().expect("compat project");
-        let root = &self.project.root;
+/// `lab show` of output `out` of `machine`, whose stack is `roots`.
+pub(crate) fn show(
+    engine: &Engine,
+    machine: &str,
+    out: &str,
+    roots: &[RootScan],
+) -> Result<Show, ShowError> {
+    {
+        let defaults;
+        let compat = match engine.project.compat.as_ref() {
+            Some(c) => c,
+            None => {
+                defaults = lab_config::compat::Compat::defaults(&engine.project.root);
+                &defaults
+            }
+        };
+        let root = &engine.project.root;
         let refs: Vec<&RootScan> = roots.iter().collect();
         let p = plan::resolve(machine, &refs, &compat.copies)?;
         let mut show = Show {
@@ -83,11 +91,12 @@ impl Engine {
                 show.kind = "file";
                 show.mode = 0o644;
                 show.template = true;
-                let gathered =
-                    facts::load_gathered(&self.lab_dir, machine).map_err(|e| MachineError::Io {
-                        path: facts::gathered_path(&self.lab_dir, machine),
+                let gathered = facts::load_gathered(engine.lab_dir(), machine).map_err(|e| {
+                    MachineError::Io {
+                        path: facts::gathered_path(engine.lab_dir(), machine),
                         source: std::io::Error::other(e),
-                    })?;
+                    }
+                })?;
                 let mut facts = lab_config::compat::load_facts(root, compat, machine)
                     .map_err(|e| MachineError::Config(Box::new(e)))?;
                 facts.extend(lab_facts::to_compat(&gathered));

@@ -18,7 +18,7 @@
 //! sources for one path that differ are an error in this style, tested
 //! elsewhere; `dup/d` is the one path two layers share, always agreeing.
 
-use lab_engine::{BuildOptions, Engine, Silent};
+use lab_engine::{BuildOptions, Silent};
 use lab_testkit::{tree_listing, TestLab};
 use proptest::prelude::*;
 use std::os::unix::fs::PermissionsExt;
@@ -356,7 +356,7 @@ fn apply(lab: &TestLab, op: &Op) {
 }
 
 fn build(dir: &Path) -> Vec<(String, Result<(), String>)> {
-    let engine = Engine::open(dir).unwrap();
+    let engine = lab_compat::open(dir).unwrap();
     let report = engine.build(&BuildOptions::default(), &Silent).unwrap();
     report
         .machines

@@ -7,7 +7,7 @@
 //! and 755, empty directories, names some systems reject, symlinks to
 //! absolute paths of the test machine), so [`fixture`] adds those.
 
-use lab_engine::{BuildOptions, Engine, Reporter};
+use lab_engine::{BuildOptions, Reporter};
 use lab_graph::{Key, Reason};
 use lab_testkit::{tree_listing, TestLab};
 use std::path::{Path, PathBuf};
@@ -78,7 +78,7 @@ fn fixture() -> Fixture {
 }
 
 fn build_with(dir: &Path, rec: &Recorder) -> Vec<(String, Result<(), String>)> {
-    let engine = Engine::open(dir).unwrap();
+    let engine = lab_compat::open(dir).unwrap();
     let report = engine.build(&BuildOptions::default(), rec).unwrap();
     report
         .machines
@@ -146,7 +146,7 @@ fn ran(rec: &Recorder) -> Vec<String> {
 #[test]
 fn the_fixture_is_detected_as_a_make_style_lab() {
     let f = fixture();
-    let engine = Engine::open(f.lab.path()).unwrap();
+    let engine = lab_compat::open(f.lab.path()).unwrap();
     let p = &engine.project;
     assert!(p.compat.is_some());
     let m: Vec<(&str, &str, &str, u16)> = p
@@ -207,7 +207,7 @@ fn fixture_trees() {
     let rec = build(f.lab.path());
     assert_eq!(ran(&rec), Vec::<String>::new());
     // `--out`: the same tree somewhere else, to compare with make's.
-    let engine = Engine::open(f.lab.path()).unwrap();
+    let engine = lab_compat::open(f.lab.path()).unwrap();
     let out = tempfile::tempdir().unwrap();
     let p = engine.export("web", out.path()).unwrap();
     assert_eq!(tree_listing(&p), tree_listing(&f.lab.join(".lab/out/web")));
@@ -452,7 +452,7 @@ fn fact_changes_rerender_templates_only() {
 #[test]
 fn a_watch_session_sees_fact_files_layer_lists_and_followed_files() {
     let f = fixture();
-    let engine = Engine::open(f.lab.path()).unwrap();
+    let engine = lab_compat::open(f.lab.path()).unwrap();
     let (mut session, _) = lab_engine::Session::start(engine, &[], &Recorder::default()).unwrap();
     // paths outside layers/ and machines/ only
     f.lab
@@ -515,7 +515,7 @@ fn null_inventory_entries_read_as_empty() {
         "inventory.json",
         r#"{"-": null, "ok": {"host": "10.0.0.1", "user": "admin"}, "gone": null}"#,
     );
-    let engine = Engine::open(t.path()).unwrap();
+    let engine = lab_compat::open(t.path()).unwrap();
     let m: Vec<(&str, &str, &str)> = engine
         .project
         .machines
@@ -550,7 +550,7 @@ fn a_machine_and_a_layer_named_dash_and_other_odd_names() {
         "machines/with space/usr/local/opt/initd/layers/l.txt",
         "+ -\n",
     );
-    let engine = Engine::open(t.path()).unwrap();
+    let engine = lab_compat::open(t.path()).unwrap();
     let names: Vec<&str> = engine
         .project
         .machines
@@ -567,7 +567,7 @@ fn a_machine_and_a_layer_named_dash_and_other_odd_names() {
         "machine with space\n"
     );
     // `--machine -` selects it
-    let engine = Engine::open(t.path()).unwrap();
+    let engine = lab_compat::open(t.path()).unwrap();
     let r = engine
         .build(
             &BuildOptions {
@@ -738,7 +738,7 @@ fn one_bad_machine_does_not_stop_the_others() {
     assert_eq!(r.len(), 5);
     // `--machine ok` builds it though others are broken
     std::fs::remove_dir_all(t.join(".lab")).unwrap();
-    let engine = Engine::open(t.path()).unwrap();
+    let engine = lab_compat::open(t.path()).unwrap();
     let rep = engine
         .build(
             &BuildOptions {

@@ -1,6 +1,6 @@
 //! Files a make-style build reads outside its scanned sources, or through
 //! symlinks: m4 preludes and `m4_include`d files, the targets of `!`
-//! sources, `[[compat.copy]]` files. Each is a [`Key::File`](lab_graph::Key::File)
+//! sources, `[[compat.copy]]` files. Each is a [`file_key`](crate::file_key)
 //! input whose digest covers the followed file's content and permission
 //! bits. Like sources, they are fingerprinted by stat (following symlinks)
 //! and read only when the stat changed.
@@ -89,7 +89,7 @@ impl FileCache {
     fn compute(&self, key: &str, prev: Option<(&Fingerprint, i64)>) -> Option<Fingerprint> {
         let p = self.path(key);
         let meta = std::fs::metadata(&p).ok()?;
-        let stat = crate::scan::stat_of(&meta);
+        let stat = lab_engine::scan::stat_of(&meta);
         if let Some((fp, scanned_at)) = prev {
             if fp.reusable(&stat, scanned_at) {
                 return Some(*fp);
