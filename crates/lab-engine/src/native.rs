@@ -8,7 +8,9 @@ use crate::scan::{self, RootScan, SrcKind};
 use crate::secret::{self, AgeKeys};
 use crate::stack::{output_path, source_digest, Stack, Winner};
 use crate::style::{Gathered, MachineModel, Made, Plan, Prepared, Style};
-use crate::{Engine, EngineError, MachineError, Reporter, Show, ShowError, ENGINE_VERSION};
+use crate::{
+    Engine, EngineError, MachineError, Reporter, Show, ShowError, ShowSource, ENGINE_VERSION,
+};
 use indexmap::IndexMap;
 use lab_config::Machine;
 use lab_graph::{Digest, Graph, Hasher, Key, Trace};
@@ -46,7 +48,7 @@ impl Style for NativeStyle {
         out: &str,
         roots: &[RootScan],
     ) -> Result<Show, ShowError> {
-        engine.show_native(&machine.name, out, roots)
+        show_native(engine, &machine.name, out, roots)
     }
 }
 
@@ -440,4 +442,104 @@ impl NativeMachine<'_> {
             rendered: false,
         })
     }
+}
+
+/// [`Engine::show`] in the native style.
+fn show_native(
+    engine: &Engine,
+    machine: &str,
+    out: &str,
+    roots: &[scan::RootScan],
+) -> Result<Show, ShowError> {
+    let out = out.to_string();
+    let stack = Stack {
+        roots: roots.iter().collect(),
+    };
+    let resolved = stack.resolve()?;
+    let mut sources = Vec::new();
+    for r in roots {
+        for cand in [format!("{out}.j2"), out.clone()] {
+            if let Some(e) = r.entries.get(&cand) {
+                if output_path(&cand, e.kind).is_some_and(|(o, _)| o == out) {
+                    sources.push(ShowSource {
+                        root: r.name.clone(),
+                        src: cand,
+                    });
+                }
+            }
+        }
+    }
+    let Some(w) = resolved.get(&out) else {
+        return Err(ShowError::NotProduced {
+            machine: machine.to_string(),
+            path: format!("/{out}"),
+            shadowed: !sources.is_empty(),
+        });
+    };
+    let root = stack.roots[w.root];
+    let entry = stack.entry(w);
+    let src_path = root.path_of(&w.src);
+    let mut show = Show {
+        machine: machine.to_string(),
+        output: out.clone(),
+        sources,
+        kind: match entry.kind {
+            SrcKind::Dir => "dir",
+            SrcKind::File => "file",
+            SrcKind::Symlink => "symlink",
+        },
+        mode: entry.perm(),
+        template: w.template,
+        content: Vec::new(),
+        reads: Vec::new(),
+        includes: Vec::new(),
+    };
+    let io = |p: &PathBuf| {
+        let p = p.clone();
+        move |e| ShowError::Machine(MachineError::Io { path: p, source: e })
+    };
+    match entry.kind {
+        SrcKind::Dir => {}
+        // an encrypted source's plaintext is never shown
+        SrcKind::File if crate::secret::encrypted(&w.src) => {
+            show.mode = crate::secret::SECRET_MODE;
+            show.content = b"(decrypted from an age-encrypted source: not shown)\n".to_vec();
+        }
+        SrcKind::Symlink => show.content = scan::link_target(&src_path)?.into_bytes(),
+        SrcKind::File if !w.template => {
+            show.content = std::fs::read(&src_path).map_err(io(&src_path))?
+        }
+        SrcKind::File => {
+            let (gathered, _) = engine.gathered();
+            let scopes = engine.scopes(&gathered)?;
+            let scope = &scopes[machine];
+            let text = std::fs::read_to_string(&src_path).map_err(io(&src_path))?;
+            let includes: Arc<dyn lab_render::Includes> = Arc::new(DiskIncludes {
+                roots: roots
+                    .iter()
+                    .map(|r| (r.name.clone(), r.dir.clone()))
+                    .collect(),
+            });
+            let shown = std::path::Path::new(&root.name).join(&w.src);
+            let r = lab_render::render(scope, &w.src, &shown, &text, includes)
+                .map_err(MachineError::from)?;
+            show.content = r.bytes;
+            show.includes = r.includes.into_iter().map(|(n, _)| n).collect();
+            for k in r.reads {
+                let (label, value) = match &k {
+                    Key::Fact(f) => (f.clone(), scope.facts.get(f).cloned()),
+                    Key::Peer(p) => (format!("machines.{p}"), scope.machines.get(p).cloned()),
+                    Key::Peers => (
+                        "machines".to_string(),
+                        Some(serde_json::Value::from(
+                            scope.machines.keys().cloned().collect::<Vec<_>>(),
+                        )),
+                    ),
+                    other => (other.to_string(), None),
+                };
+                show.reads.push((label, value));
+            }
+        }
+    }
+    Ok(show)
 }

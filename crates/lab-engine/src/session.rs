@@ -521,17 +521,40 @@ impl Session {
         }
         sources.scan_id = scan_id;
         let engine = &self.engine;
+        let (gathered, _) = engine.gathered();
+        let prepared = engine.style().prepare(engine, &gathered, scanned_at_ns)?;
         for m in engine.select(&self.selection)? {
             let Some(prior) = self.machines.get(&m.name) else {
                 continue;
             };
             let names = Engine::stack_names(m);
             let roots: Vec<&RootScan> = names.iter().filter_map(|n| self.roots.get(n)).collect();
-            let (Some(inputs), Some(record), true) =
-                (&prior.inputs, &prior.record, roots.len() == names.len())
-            else {
-                // never built successfully in this session: leave the old
-                // state, which does not vouch for these outputs
+            // The summary of what was built: the roots as the session has
+            // them (their digests are brought up to date only now), the
+            // external files as the build read them, and the facts, which
+            // must still be those the build used.
+            let record = match (&prior.inputs, &prior.record, roots.len() == names.len()) {
+                (Some(inputs), Some(record), true) => prepared
+                    .machine(m, roots.clone(), &crate::Silent)
+                    .ok()
+                    .filter(|model| model.inputs() == *inputs)
+                    .map(|model| {
+                        let files: Vec<(String, lab_graph::Digest)> = record
+                            .files
+                            .iter()
+                            .map(|(p, f)| (p.clone(), f.digest))
+                            .collect();
+                        state::MachineSummary {
+                            summary: crate::machine::full_summary(model.summary(), &files),
+                            ..record.clone()
+                        }
+                    }),
+                _ => None,
+            };
+            let (Some(inputs), Some(record)) = (&prior.inputs, record) else {
+                // never built successfully in this session, or its facts
+                // changed since: leave no state that vouches for these
+                // outputs
                 engine
                     .state
                     .forget_machine(&m.name)
@@ -548,7 +571,7 @@ impl Session {
             };
             engine
                 .state
-                .save_machine(&m.name, &ms, record, &engine.manifest_path(&m.name))
+                .save_machine(&m.name, &ms, &record, &engine.manifest_path(&m.name))
                 .map_err(|e| match e {
                     MachineError::Io { path, source } => EngineError::Io { path, source },
                     other => EngineError::Io {

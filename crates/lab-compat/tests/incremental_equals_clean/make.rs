@@ -21,8 +21,9 @@
 use lab_engine::{BuildOptions, Silent};
 use lab_testkit::{tree_listing, TestLab};
 use proptest::prelude::*;
+use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const ROOTS: &[&str] = &[
     "layers/_",
@@ -385,7 +386,8 @@ fn outputs(dir: &Path) -> String {
     s
 }
 
-fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+/// The project every run starts from.
+fn start() -> TestLab {
     let lab = TestLab::new();
     lab.file("shared/t1", "t1\n")
         .file("shared/t2", "t2\n")
@@ -407,6 +409,11 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         .symlink("layers/l2/dup/!d", "../../l1/dup/d")
         .file("inventory.json", r#"{"-": null, "m1": null}"#)
         .file(".facts/m2.json", "");
+    lab
+}
+
+fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let lab = start();
     build(lab.path());
     for (i, op) in ops.iter().enumerate() {
         apply(&lab, op);
@@ -441,15 +448,128 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+/// Every entry under the project but `.lab/`: kind, mode, and content or
+/// link target.
+fn snapshot(root: &Path) -> BTreeMap<PathBuf, (u32, Vec<u8>)> {
+    let mut m = BTreeMap::new();
+    for e in walkdir::WalkDir::new(root).min_depth(1) {
+        let e = e.unwrap();
+        let rel = e.path().strip_prefix(root).unwrap();
+        if rel.starts_with(".lab") {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(e.path()).unwrap();
+        let body = if meta.file_type().is_symlink() {
+            std::fs::read_link(e.path())
+                .unwrap()
+                .into_os_string()
+                .into_encoded_bytes()
+        } else if meta.is_file() {
+            std::fs::read(e.path()).unwrap()
+        } else {
+            Vec::new()
+        };
+        m.insert(e.path().to_path_buf(), (meta.permissions().mode(), body));
+    }
+    m
+}
+
+/// The paths whose entry differs between two snapshots: what a file
+/// system watcher reports.
+fn changed(
+    a: &BTreeMap<PathBuf, (u32, Vec<u8>)>,
+    b: &BTreeMap<PathBuf, (u32, Vec<u8>)>,
+) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = a
+        .iter()
+        .filter(|(p, x)| b.get(*p) != Some(*x))
+        .map(|(p, _)| p.clone())
+        .collect();
+    v.extend(b.keys().filter(|p| !a.contains_key(*p)).cloned());
+    v
+}
+
+/// The same edits in a watch session: after each, the session's cycle for
+/// the changed paths (or, when `lost`, a rescan) leaves the tree a clean
+/// build makes, and what the session persists is a state the next build
+/// trusts. (Gathered facts change when lab gathers them, not through file
+/// events of the project: those edits are left out.)
+fn check_session(ops: Vec<(Op, bool)>) -> Result<(), TestCaseError> {
+    let lab = start();
+    let engine = lab_compat::open(lab.path()).unwrap();
+    let (mut session, _) = lab_engine::Session::start(engine, &[], &Silent).unwrap();
+    for (i, (op, lost)) in ops.iter().enumerate() {
+        if matches!(op, Op::Gathered { .. }) {
+            continue;
+        }
+        let before = snapshot(lab.path());
+        apply(&lab, op);
+        let paths = changed(&before, &snapshot(lab.path()));
+        let r = if *lost {
+            session.rescan(&Silent).unwrap()
+        } else {
+            session.cycle(&paths, &Silent).unwrap()
+        };
+        let clean_lab = lab.copy_sources();
+        let clean = build(clean_lab.path());
+        for m in &r.build.machines {
+            let c = clean.iter().find(|(n, _)| *n == m.name);
+            prop_assert!(
+                m.result.is_ok() == c.is_some_and(|(_, r)| r.is_ok()),
+                "step {}: {:?}: {}: {:?} (clean: {:?})",
+                i,
+                op,
+                m.name,
+                m.result,
+                c
+            );
+        }
+        let (a, b) = (outputs(lab.path()), outputs(clean_lab.path()));
+        prop_assert!(
+            a == b,
+            "step {}: {:?} (lost events: {})\n--- session\n{}\n--- clean\n{}",
+            i,
+            op,
+            lost,
+            a,
+            b
+        );
+    }
+    session.persist().unwrap();
+    drop(session);
+    let before = outputs(lab.path());
+    let engine = lab_compat::open(lab.path()).unwrap();
+    let report = engine.build(&BuildOptions::default(), &Silent).unwrap();
+    prop_assert!(
+        report
+            .machines
+            .iter()
+            .all(|m| m.result.as_ref().is_ok_and(|r| r.up_to_date)),
+        "{:?}",
+        report.machines
+    );
+    prop_assert_eq!(outputs(lab.path()), before);
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
         max_shrink_iters: 200,
+        // NAME.proptest-regressions beside this file
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
         ..ProptestConfig::default()
     })]
 
     #[test]
     fn compat_incremental_build_equals_clean_build(ops in proptest::collection::vec(op(), 1..14)) {
         check(ops)?;
+    }
+
+    #[test]
+    fn compat_watch_session_equals_clean_build(ops in proptest::collection::vec((op(), any::<bool>()), 1..14)) {
+        check_session(ops)?;
     }
 }

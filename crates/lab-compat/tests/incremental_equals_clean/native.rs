@@ -6,7 +6,7 @@
 //! (a fresh engine each time, like a new process), copies the sources to a
 //! new directory, builds that from nothing, and compares the outputs.
 
-use lab_engine::{BuildOptions, Engine, Silent};
+use lab_engine::{BuildOptions, Silent};
 use lab_testkit::{tree_listing, TestLab};
 use proptest::prelude::*;
 use std::path::Path;
@@ -289,7 +289,7 @@ fn missing_ancestors(base: &Path, p: &Path) -> Vec<std::path::PathBuf> {
 }
 
 fn build(dir: &Path) -> Vec<(String, bool)> {
-    let engine = Engine::open(dir).unwrap();
+    let engine = lab_compat::open(dir).unwrap();
     let report = engine.build(&BuildOptions::default(), &Silent).unwrap();
     report
         .machines
@@ -366,7 +366,7 @@ fn check_session(ops: Vec<(Op, bool)>) -> Result<(), TestCaseError> {
         m3: true,
     };
     lab.file("lab.toml", &inv.toml());
-    let engine = Engine::open(lab.path()).unwrap();
+    let engine = lab_compat::open(lab.path()).unwrap();
     let (mut session, _) = lab_engine::Session::start(engine, &[], &Silent).unwrap();
     for (i, (op, lost)) in ops.iter().enumerate() {
         let paths = apply(&lab, &mut inv, op);
@@ -399,7 +399,7 @@ fn check_session(ops: Vec<(Op, bool)>) -> Result<(), TestCaseError> {
     session.persist().unwrap();
     drop(session);
     let before = outputs(lab.path());
-    let engine = Engine::open(lab.path()).unwrap();
+    let engine = lab_compat::open(lab.path()).unwrap();
     let report = engine.build(&BuildOptions::default(), &Silent).unwrap();
     prop_assert!(
         report
@@ -417,6 +417,10 @@ proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40),
         max_shrink_iters: 200,
+        // NAME.proptest-regressions beside this file
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),
+        )),
         ..ProptestConfig::default()
     })]
 
