@@ -187,7 +187,7 @@ pub fn run(engine: &Engine, style: Style, a: &BootstrapArgs, quiet: bool) -> Res
     .map_err(|e| fail(style, &e))?;
     let project = lab_config::Project::load(&engine.project.root).map_err(|e| fail(style, &e))?;
     if let Some(m) = project.machine(&name) {
-        let mut t = lab_sync::connect(&project, m, None, false).map_err(|e| fail(style, &e))?;
+        let mut t = lab_deploy::connect(&project, m, None, false).map_err(|e| fail(style, &e))?;
         lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &name).map_err(|e| fail(style, &e))?;
     }
     if !quiet {

@@ -43,15 +43,16 @@ pub fn facts(
         );
         Failure::Partial
     };
-    let cached = lab_facts::load(engine.lab_dir(), machine).unwrap_or_default();
+    let cached = lab_deploy::cached_facts(engine.lab_dir(), machine).filter(|_| !refresh);
     let (path, facts) = if local {
         engine.gather_local(machine).map_err(|e| failed(&e))?
-    } else if !refresh && !cached.is_empty() {
+    } else if let Some(cached) = cached {
         (lab_facts::cache_path(engine.lab_dir(), machine), cached)
     } else {
-        let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| failed(&e))?;
+        let connector = lab_deploy::Connector::new(accept_new).map_err(|e| failed(&e))?;
         crate::verbose::connecting(m);
-        let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
+        let mut t = connector
+            .connect(&engine.project, m)
             .map_err(|e| failed(&e))?;
         lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), machine).map_err(|e| failed(&e))?
     };

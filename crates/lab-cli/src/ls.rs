@@ -10,17 +10,24 @@ use serde_json::{json, Value};
 use std::path::PathBuf;
 
 fn record_path(engine: &Engine, machine: &str) -> PathBuf {
-    engine
-        .lab_dir()
-        .join("sync")
-        .join(format!("{machine}.last"))
+    last_path(engine.lab_dir(), machine)
+}
+
+fn last_path(lab_dir: &std::path::Path, machine: &str) -> PathBuf {
+    lab_dir.join("sync").join(format!("{machine}.last"))
 }
 
 /// Note that `machine` is on generation `gen` now. Best effort: `lab ls`
 /// is the only reader, and a sync must not fail over it. Written to a
 /// temporary file and renamed, so a reader never sees half of it.
 pub fn record(engine: &Engine, machine: &str, gen: u64) {
-    let path = record_path(engine, machine);
+    record_in(engine.lab_dir(), machine, gen)
+}
+
+/// [`record`] in the `.lab/` directory `lab_dir` (a watch session holds
+/// its engine).
+pub fn record_in(lab_dir: &std::path::Path, machine: &str, gen: u64) {
+    let path = last_path(lab_dir, machine);
     let unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())

@@ -4,12 +4,13 @@ use crate::diag::{self, Style};
 use crate::Failure;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lab_config::{Diagnose, Machine};
-use lab_engine::{BuildOptions, Engine};
+use lab_deploy::{Connector, DeployError, Event, Events, MachineResult, Step, SyncPlan};
+use lab_engine::{Engine, Reporter};
 use lab_sync::diff::DiffLine;
-use lab_sync::{MachineSync, Outcome, SyncOptions, SyncReport};
+use lab_sync::{MachineSync, Outcome, SyncReport};
+use std::collections::HashMap;
 use std::io::IsTerminal;
 use std::sync::Mutex;
-use std::time::Instant;
 
 pub struct SyncArgs {
     pub machines: Vec<String>,
@@ -20,44 +21,6 @@ pub struct SyncArgs {
     pub quiet: bool,
     /// `--json`: one document on stdout instead of the summaries.
     pub json: bool,
-}
-
-/// Build the named machines; report and return the ones that failed.
-/// `trust`: see [`BuildOptions::trust_outputs`] (a sync's own stream
-/// checks what it sends).
-fn build(
-    engine: &Engine,
-    style: Style,
-    names: &[String],
-    quiet: bool,
-    trust: bool,
-) -> Result<Vec<String>, Failure> {
-    let reporter = crate::progress::CliReporter::new(false, quiet);
-    let report = engine
-        .build(
-            &BuildOptions {
-                machines: names.to_vec(),
-                trust_outputs: trust,
-                ..Default::default()
-            },
-            &reporter,
-        )
-        .map_err(|e| {
-            reporter.finish();
-            eprint!("{}", diag::render(style, &e, None));
-            Failure::Usage
-        })?;
-    reporter.finish();
-    let mut failed = Vec::new();
-    for m in &report.machines {
-        if let Err(errors) = &m.result {
-            for e in errors {
-                eprint!("{}", diag::machine_error(style, engine, &m.name, e).0);
-            }
-            failed.push(m.name.clone());
-        }
-    }
-    Ok(failed)
 }
 
 /// Build the machines; report the ones that failed and return the rest.
@@ -72,7 +35,8 @@ fn build_first<'a>(
         Failure::Usage
     })?;
     let all: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
-    let failed = build(engine, style, &all, quiet, false)?;
+    let sink = Sink::new(engine, style, quiet, false);
+    let failed = lab_deploy::build(engine, &all, false, &sink).map_err(|_| Failure::Usage)?;
     Ok(machines
         .into_iter()
         .filter(|m| !failed.contains(&m.name))
@@ -145,34 +109,6 @@ fn summary(style: Style, name: &str, r: &SyncReport, elapsed_ms: u128) -> String
     s
 }
 
-/// Run `f` on every item with up to `jobs` threads; results in item order.
-pub(crate) fn parallel<T: Send, R: Send>(
-    items: Vec<T>,
-    jobs: usize,
-    f: impl Fn(T) -> R + Sync,
-) -> Vec<R> {
-    let n = items.len();
-    let queue = Mutex::new(items.into_iter().enumerate());
-    let results: Mutex<Vec<Option<R>>> = Mutex::new((0..n).map(|_| None).collect());
-    std::thread::scope(|s| {
-        for _ in 0..jobs.max(1).min(n.max(1)) {
-            s.spawn(|| loop {
-                let Some((i, item)) = queue.lock().unwrap().next() else {
-                    break;
-                };
-                let r = f(item);
-                results.lock().unwrap()[i] = Some(r);
-            });
-        }
-    });
-    results
-        .into_inner()
-        .unwrap()
-        .into_iter()
-        .map(|r| r.expect("every item ran"))
-        .collect()
-}
-
 fn spinner(multi: &MultiProgress, name: &str, msg: &'static str) -> ProgressBar {
     let bar = multi.add(ProgressBar::new_spinner());
     bar.set_style(ProgressStyle::with_template("{spinner} {prefix}: {msg}").expect("template"));
@@ -180,6 +116,141 @@ fn spinner(multi: &MultiProgress, name: &str, msg: &'static str) -> ProgressBar 
     bar.enable_steady_tick(std::time::Duration::from_millis(100));
     bar.set_message(msg);
     bar
+}
+
+/// Shows a deployment's events: spinners and the build's progress bar on
+/// a terminal, errors on stderr, a summary per synced machine on stdout
+/// (or nothing there with `--json`: the document is made at the end).
+struct Sink<'e> {
+    engine: &'e Engine,
+    style: Style,
+    quiet: bool,
+    json: bool,
+    multi: MultiProgress,
+    spinners: Mutex<HashMap<String, ProgressBar>>,
+    /// The progress bar of the build under way.
+    build: Mutex<Option<crate::progress::CliReporter>>,
+}
+
+impl<'e> Sink<'e> {
+    fn new(engine: &'e Engine, style: Style, quiet: bool, json: bool) -> Sink<'e> {
+        Sink {
+            engine,
+            style,
+            quiet,
+            json,
+            multi: MultiProgress::with_draw_target(if !quiet && std::io::stderr().is_terminal() {
+                ProgressDrawTarget::stderr_with_hz(10)
+            } else {
+                ProgressDrawTarget::hidden()
+            }),
+            spinners: Mutex::new(HashMap::new()),
+            build: Mutex::new(None),
+        }
+    }
+
+    fn with_build(&self, f: impl FnOnce(&crate::progress::CliReporter)) {
+        if let Some(r) = self.build.lock().unwrap().as_ref() {
+            f(r)
+        }
+    }
+}
+
+impl Reporter for Sink<'_> {
+    fn scanned(&self, files: usize, hashed: usize) {
+        self.with_build(|r| r.scanned(files, hashed))
+    }
+    fn machine_started(&self, machine: &str, work: usize) {
+        self.with_build(|r| r.machine_started(machine, work))
+    }
+    fn node_ran(&self, machine: &str, key: &lab_graph::Key, reason: &lab_graph::Reason) {
+        self.with_build(|r| r.node_ran(machine, key, reason))
+    }
+    fn progress(&self, machine: &str) {
+        self.with_build(|r| r.progress(machine))
+    }
+    fn warning(&self, machine: Option<&str>, message: &str) {
+        self.with_build(|r| r.warning(machine, message))
+    }
+}
+
+impl Events for Sink<'_> {
+    fn reporter(&self) -> &dyn Reporter {
+        self
+    }
+
+    fn event(&self, e: Event<'_>) {
+        let style = self.style;
+        match e {
+            Event::Step { machine, step } => {
+                let mut spinners = self.spinners.lock().unwrap();
+                match step {
+                    Step::Connecting => {
+                        spinners.insert(
+                            machine.name.clone(),
+                            spinner(&self.multi, &machine.name, "connecting"),
+                        );
+                        crate::verbose::connecting(machine);
+                    }
+                    Step::GatheringFacts => {
+                        if let Some(b) = spinners.get(&machine.name) {
+                            b.set_message("gathering facts");
+                        }
+                    }
+                    Step::Syncing => {
+                        spinners.insert(
+                            machine.name.clone(),
+                            spinner(&self.multi, &machine.name, "syncing"),
+                        );
+                    }
+                    Step::Done => {
+                        if let Some(b) = spinners.remove(&machine.name) {
+                            b.finish_and_clear();
+                        }
+                    }
+                }
+            }
+            Event::BuildStarted => {
+                *self.build.lock().unwrap() =
+                    Some(crate::progress::CliReporter::new(false, self.quiet));
+            }
+            Event::BuildFinished => {
+                if let Some(r) = self.build.lock().unwrap().take() {
+                    r.finish();
+                }
+            }
+            Event::BuildError(e) => eprint!("{}", diag::render(style, e, None)),
+            Event::BuildFailed { machine, errors } => {
+                for e in errors {
+                    eprint!("{}", diag::machine_error(style, self.engine, machine, e).0);
+                }
+            }
+            Event::Connected { machine, warnings } => {
+                for w in warnings {
+                    eprintln!("{} machine `{machine}`: {w}", style.yellow("warning:"));
+                }
+            }
+            Event::ConnectFailed { machine, error } | Event::SyncFailed { machine, error } => {
+                let ctx = format!("machine `{machine}`");
+                eprint!("{}", diag::render(style, error, Some(&ctx)));
+            }
+            Event::Synced {
+                machine,
+                report,
+                ms,
+            } => {
+                let (Outcome::Unchanged { gen }
+                | Outcome::Applied { gen }
+                | Outcome::RolledBack { gen }) = report.outcome;
+                crate::ls::record(self.engine, machine, gen);
+                crate::verbose::synced(machine, report, ms);
+                if !self.json && (!self.quiet || !report.ok()) {
+                    print!("{}", summary(style, machine, report, ms));
+                }
+            }
+            _ => {}
+        }
+    }
 }
 
 pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failure> {
@@ -190,167 +261,59 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
         );
         return Err(Failure::Usage);
     }
-    let machines = engine.select(&args.machines).map_err(|e| {
-        eprint!("{}", diag::render(style, &e, None));
+    let usage = |e: &dyn Diagnose| {
+        eprint!("{}", diag::render(style, e, None));
         Failure::Usage
-    })?;
-    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| {
-        eprint!("{}", diag::render(style, &e, None));
-        Failure::Usage
-    })?;
-    let project = &engine.project;
-    let multi =
-        MultiProgress::with_draw_target(if !args.quiet && std::io::stderr().is_terminal() {
-            ProgressDrawTarget::stderr_with_hz(10)
-        } else {
-            ProgressDrawTarget::hidden()
-        });
-
-    // 1. One connection per machine; facts gathered over it when none are
-    //    cached yet, since the build needs them. 2. Build what is
-    //    reachable: while connecting, when every machine's facts are cached.
-    let uncached: Vec<&str> = machines
-        .iter()
-        .filter(|m| {
-            !lab_engine::lab_facts::load(engine.lab_dir(), &m.name).is_ok_and(|f| !f.is_empty())
-        })
-        .map(|m| m.name.as_str())
-        .collect();
-    let connect = || {
-        parallel(machines.clone(), args.jobs, |m| {
-            let bar = spinner(&multi, &m.name, "connecting");
-            crate::verbose::connecting(m);
-            let r = lab_sync::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
-                |mut t| {
-                    if uncached.contains(&m.name.as_str()) {
-                        bar.set_message("gathering facts");
-                        lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
-                    }
-                    Ok(t)
-                },
-            );
-            bar.finish_and_clear();
-            (m, r)
-        })
     };
-    let (connected, early_build) = if uncached.is_empty() {
-        let all: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
-        std::thread::scope(|s| {
-            let b = s.spawn(|| build(engine, style, &all, args.quiet, true));
-            let c = connect();
-            (c, Some(b.join().expect("the build thread")))
-        })
-    } else {
-        (connect(), None)
-    };
-    let mut failed = Vec::new();
-    let mut open = Vec::new();
-    let mut doc: Vec<(String, serde_json::Value)> = Vec::new();
-    for (m, r) in connected {
-        match r {
-            Ok(t) => {
-                for w in t.warnings() {
-                    eprintln!("{} machine `{}`: {w}", style.yellow("warning:"), m.name);
-                }
-                open.push((m, t))
-            }
-            Err(e) => {
-                let ctx = format!("machine `{}`", m.name);
-                eprint!("{}", diag::render(style, &e, Some(&ctx)));
-                let text = crate::json::error_text(&e, Some(&ctx));
-                doc.push((
-                    m.name.clone(),
-                    crate::json::failed_machine(&m.name, vec![text]),
-                ));
-                failed.push(m.name.clone());
-            }
-        }
-    }
-    let names: Vec<String> = open.iter().map(|(m, _)| m.name.clone()).collect();
-    let build_failed = match early_build {
-        Some(r) => r?,
-        None if names.is_empty() => Vec::new(),
-        None => build(engine, style, &names, args.quiet, true)?,
-    };
-    open.retain(|(m, _)| !build_failed.contains(&m.name));
-    for b in build_failed {
-        if !failed.contains(&b) {
-            let e = "the build failed (its errors are on stderr)".to_string();
-            doc.push((b.clone(), crate::json::failed_machine(&b, vec![e])));
-            failed.push(b);
-        }
-    }
-
-    // 3. Sync over the open connections.
-    let results = parallel(open, args.jobs, |(m, mut t)| {
-        let bar = spinner(&multi, &m.name, "syncing");
-        let began = Instant::now();
-        let target = lab_sync::target(project, m, engine.lab_dir());
-        let opts = SyncOptions {
+    // (a selection that names no machine is refused before the ssh config
+    // is read)
+    engine.select(&args.machines).map_err(|e| usage(&e))?;
+    let connector = Connector::new(args.accept_new).map_err(|e| usage(&e))?;
+    let sink = Sink::new(engine, style, args.quiet, args.json);
+    let run = lab_deploy::sync(
+        engine,
+        &connector,
+        &SyncPlan {
+            machines: args.machines.clone(),
+            jobs: args.jobs,
             rollback_on_failure: args.rollback_on_failure,
-        };
-        let mut r = MachineSync {
-            target: &target,
-            transport: t.as_mut(),
-        }
-        .sync(&opts);
-        // An output changed behind lab's back (the stream found it): a build
-        // that looks at the outputs makes it again, then one more try.
-        if matches!(r, Err(lab_sync::SyncError::Build { .. })) {
-            let rebuilt = engine.build(
-                &BuildOptions {
-                    machines: vec![m.name.clone()],
-                    ..Default::default()
-                },
-                &lab_engine::Silent,
-            );
-            if rebuilt.is_ok_and(|b| b.failed().next().is_none()) {
-                r = MachineSync {
-                    target: &target,
-                    transport: t.as_mut(),
-                }
-                .sync(&opts);
-            }
-        }
-        bar.finish_and_clear();
-        (m.name.clone(), r, began.elapsed().as_millis())
-    });
-    for (name, r, ms) in results {
-        match r {
-            Ok(rep) => {
-                let (Outcome::Unchanged { gen }
-                | Outcome::Applied { gen }
-                | Outcome::RolledBack { gen }) = rep.outcome;
-                crate::ls::record(engine, &name, gen);
-                crate::verbose::synced(&name, &rep, ms);
-                if args.json {
-                    doc.push((name.clone(), crate::json::sync_machine(&name, &rep)));
-                } else if !args.quiet || !rep.ok() {
-                    print!("{}", summary(style, &name, &rep, ms));
-                }
-                if !rep.ok() {
-                    failed.push(name);
-                }
-            }
-            Err(e) => {
-                let ctx = format!("machine `{name}`");
-                eprint!("{}", diag::render(style, &e, Some(&ctx)));
-                let text = crate::json::error_text(&e, Some(&ctx));
-                doc.push((name.clone(), crate::json::failed_machine(&name, vec![text])));
-                failed.push(name);
-            }
-        }
-    }
-    let order: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-    failed.sort_by_key(|n| order.iter().position(|o| o == n));
+        },
+        &sink,
+    )
+    .map_err(|e| match e {
+        // (the build's error was shown when it happened)
+        DeployError::Build(_) => Failure::Usage,
+        e => usage(&e),
+    })?;
     if args.json {
-        doc.sort_by_key(|(n, _)| order.iter().position(|o| o == n));
+        let doc: Vec<serde_json::Value> = run
+            .machines
+            .iter()
+            .map(|m| {
+                let ctx = format!("machine `{}`", m.name);
+                match &m.result {
+                    MachineResult::Synced { report, .. } => {
+                        crate::json::sync_machine(&m.name, report)
+                    }
+                    MachineResult::Unreached(e) | MachineResult::Failed(e) => {
+                        crate::json::failed_machine(
+                            &m.name,
+                            vec![crate::json::error_text(e, Some(&ctx))],
+                        )
+                    }
+                    MachineResult::BuildFailed => crate::json::failed_machine(
+                        &m.name,
+                        vec!["the build failed (its errors are on stderr)".to_string()],
+                    ),
+                }
+            })
+            .collect();
         crate::json::print(&serde_json::json!({
-            "machines": doc.into_iter().map(|(_, v)| v).collect::<Vec<_>>(),
-            "failed": failed,
+            "machines": doc,
+            "failed": run.failed(),
         }));
     }
-    crate::outcome(style, &failed)
+    crate::outcome(style, &run.failed())
 }
 
 fn one<'a>(engine: &'a Engine, style: Style, name: &str) -> Result<&'a Machine, Failure> {
@@ -383,10 +346,11 @@ pub fn diff(
     let Some(m) = built.first() else {
         return Err(Failure::Partial);
     };
-    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| fail_machine(style, name, &e))?;
-    let target = lab_sync::target(&engine.project, m, engine.lab_dir());
+    let connector = Connector::new(accept_new).map_err(|e| fail_machine(style, name, &e))?;
+    let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
     crate::verbose::connecting(m);
-    let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
+    let mut t = connector
+        .connect(&engine.project, m)
         .map_err(|e| fail_machine(style, name, &e))?;
     let changes = MachineSync {
         target: &target,
@@ -423,10 +387,11 @@ pub fn rollback(
     accept_new: bool,
 ) -> Result<(), Failure> {
     let m = one(engine, style, name)?;
-    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| fail_machine(style, name, &e))?;
-    let target = lab_sync::target(&engine.project, m, engine.lab_dir());
+    let connector = Connector::new(accept_new).map_err(|e| fail_machine(style, name, &e))?;
+    let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
     crate::verbose::connecting(m);
-    let mut t = lab_sync::connect(&engine.project, m, ssh_config.as_ref(), accept_new)
+    let mut t = connector
+        .connect(&engine.project, m)
         .map_err(|e| fail_machine(style, name, &e))?;
     let report = MachineSync {
         target: &target,

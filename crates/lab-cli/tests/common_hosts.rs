@@ -82,8 +82,8 @@ pub struct Synced {
 pub fn sync_with(lab: &TestLab, machine: &str, opts: &SyncOptions) -> Result<Synced, SyncError> {
     let project = Project::load(lab.path()).unwrap();
     let m = project.machine(machine).unwrap().clone();
-    let target = lab_sync::target(&project, &m, &lab.join(".lab"));
-    let mut t: Box<dyn Transport> = lab_sync::connect(&project, &m, None, false)?;
+    let target = lab_deploy::target(&project, &m, &lab.join(".lab"));
+    let mut t: Box<dyn Transport> = lab_deploy::connect(&project, &m, None, false)?;
     let report = MachineSync {
         target: &target,
         transport: t.as_mut(),

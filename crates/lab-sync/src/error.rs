@@ -1,5 +1,5 @@
 use crate::ssh::SshTarget;
-use lab_config::Diagnose;
+use lab_core::Diagnose;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {

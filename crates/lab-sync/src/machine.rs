@@ -10,12 +10,12 @@
 use crate::transport::Output;
 use crate::transport::Transport;
 use crate::units;
+use crate::units::UnitRule;
 use crate::SyncError;
 use lab_agent::{
     bootstrap, manifest_command, outcome_command, probe_command, run_id, with_run, ApplyPlan,
     Report, UnitAction,
 };
-use lab_config::UnitRule;
 use lab_core::ExecutorExit;
 use lab_graph::Digest;
 use lab_manifest::{Entry, EntryKind, Manifest};
@@ -43,7 +43,8 @@ pub struct Target {
     /// Run unit actions (no for local machines).
     pub systemd: bool,
     pub keep: usize,
-    /// See [`lab_config::Settings::settle_ms`].
+    /// How long a (re)started unit that does not wait for readiness is
+    /// watched before its state is reported (lab.toml's `settle_ms`).
     pub settle_ms: u64,
     pub rules: Vec<UnitRule>,
 }

@@ -15,8 +15,7 @@
 //! `CertificateFile`, `PKCS11Provider`, `SecurityKeyProvider` other than
 //! the built-in one.
 
-use crate::ssh::{expand, home, SshTarget};
-use lab_config::{Machine, Settings};
+use crate::ssh::{expand, home, SshSpec, SshTarget};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -149,28 +148,22 @@ fn jump_destination(hop: &str) -> String {
 }
 
 /// The target for machine `m` from `ssh -G`'s answer `g`.
-pub(crate) fn target(
-    m: &Machine,
-    settings: &Settings,
-    g: &Effective,
-    config: Option<&Path>,
-) -> SshTarget {
+pub(crate) fn target(m: &SshSpec, g: &Effective, config: Option<&Path>) -> SshTarget {
     let host = first(g, "hostname").unwrap_or(&m.host).to_string();
     let port = first(g, "port").and_then(|p| p.parse().ok()).unwrap_or(22);
     let user = first(g, "user").unwrap_or("root").to_string();
     // lab.toml's user wins; without one lab's default is root, not the
     // local user that ssh would take
-    let user = match (&m.user_set, config_sets(config, "user")) {
+    let user = match (&m.user, config_sets(config, "user")) {
         (Some(u), _) => u.clone(),
         (None, true) => user,
         (None, false) => "root".into(),
     };
     let exp = |v: &str| expand_tokens(v, &host, &user, &m.host);
     let mut identities: Vec<PathBuf> = Vec::new();
-    identities.extend(m.identity.iter().map(|p| expand(p)));
-    identities.extend(settings.identity.iter().map(|p| expand(p)));
+    identities.extend(m.identities.iter().map(|p| expand(p)));
     identities.extend(all(g, "identityfile").map(exp));
-    let mut user_files: Vec<PathBuf> = match &settings.known_hosts {
+    let mut user_files: Vec<PathBuf> = match &m.known_hosts {
         Some(k) => vec![k.clone()],
         None => first(g, "userknownhostsfile")
             .map(|v| v.split_whitespace().map(exp).collect())

@@ -8,7 +8,6 @@
 use crate::transport::{Counting, Input, Output, Transport};
 use crate::SyncError;
 use base64::Engine as _;
-use lab_config::{Machine, Settings};
 use ssh2::{CheckResult, HashType, HostKeyType, KnownHostFileKind, Session};
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -17,6 +16,25 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// What the project says about reaching one machine over SSH, before
+/// `~/.ssh/config` is asked (lab-deploy makes it from lab.toml). `None`:
+/// not set, so the ssh config or the default decides.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SshSpec {
+    /// The host as written (also `%n`, and the `Host` that the ssh config
+    /// is asked about).
+    pub host: String,
+    pub port: Option<u16>,
+    pub user: Option<String>,
+    /// Identity files the project names, tried first, in order (the
+    /// machine's own, then the project-wide one).
+    pub identities: Vec<PathBuf>,
+    /// The known_hosts file to use instead of the user's.
+    pub known_hosts: Option<PathBuf>,
+    /// Every command runs through `sudo -n`.
+    pub sudo: bool,
+}
 
 /// Where and how to reach one machine, after lab.toml and `~/.ssh/config`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -127,18 +145,14 @@ pub(crate) fn expand(p: &Path) -> PathBuf {
 impl SshTarget {
     /// Values set in lab.toml win; then `~/.ssh/config` for the machine's
     /// host; then the defaults (port 22, user root).
-    pub fn resolve(
-        m: &Machine,
-        settings: &Settings,
-        config: Option<&ssh2_config::SshConfig>,
-    ) -> SshTarget {
+    pub fn resolve(spec: &SshSpec, config: Option<&ssh2_config::SshConfig>) -> SshTarget {
         let path = std::env::var_os("LAB_SSH_CONFIG").map(PathBuf::from);
-        let t = match SshTarget::resolve_from(m, settings, path.as_deref()) {
+        let t = match SshTarget::resolve_from(spec, path.as_deref()) {
             Some(t) => t,
-            None => SshTarget::resolve_parsed(m, settings, config),
+            None => SshTarget::resolve_parsed(spec, config),
         };
         SshTarget {
-            sudo: m.become_method == Some(lab_config::Become::Sudo),
+            sudo: spec.sudo,
             ..t
         }
     }
@@ -146,37 +160,28 @@ impl SshTarget {
     /// As OpenSSH's client resolves it with config file `config` (`None`:
     /// `~/.ssh/config` and `/etc/ssh/ssh_config`); `None` without the
     /// OpenSSH client.
-    pub fn resolve_from(
-        m: &Machine,
-        settings: &Settings,
-        config: Option<&Path>,
-    ) -> Option<SshTarget> {
-        let g = crate::openssh::effective(&m.host, m.port_set, m.user_set.as_deref(), config)?;
-        Some(crate::openssh::target(m, settings, &g, config))
+    pub fn resolve_from(spec: &SshSpec, config: Option<&Path>) -> Option<SshTarget> {
+        let g = crate::openssh::effective(&spec.host, spec.port, spec.user.as_deref(), config)?;
+        Some(crate::openssh::target(spec, &g, config))
     }
 
     /// Without the OpenSSH client: the settings of `~/.ssh/config` as the
     /// `ssh2_config` parser reads them (`HostName`, `User`, `Port`,
     /// `IdentityFile`, `ProxyJump`).
-    fn resolve_parsed(
-        m: &Machine,
-        settings: &Settings,
-        config: Option<&ssh2_config::SshConfig>,
-    ) -> SshTarget {
-        let params = config.map(|c| c.query(&m.host));
+    fn resolve_parsed(spec: &SshSpec, config: Option<&ssh2_config::SshConfig>) -> SshTarget {
+        let params = config.map(|c| c.query(&spec.host));
         let p = params.as_ref();
         let host = p
             .and_then(|p| p.host_name.clone())
-            .unwrap_or_else(|| m.host.clone());
-        let port = m.port_set.or_else(|| p.and_then(|p| p.port)).unwrap_or(22);
-        let user = m
-            .user_set
+            .unwrap_or_else(|| spec.host.clone());
+        let port = spec.port.or_else(|| p.and_then(|p| p.port)).unwrap_or(22);
+        let user = spec
+            .user
             .clone()
             .or_else(|| p.and_then(|p| p.user.clone()))
             .unwrap_or_else(|| "root".into());
         let mut identities = Vec::new();
-        identities.extend(m.identity.iter().map(|p| expand(p)));
-        identities.extend(settings.identity.iter().map(|p| expand(p)));
+        identities.extend(spec.identities.iter().map(|p| expand(p)));
         if let Some(files) = p.and_then(|p| p.identity_file.clone()) {
             identities.extend(files.iter().map(|p| expand(p)));
         }
@@ -186,14 +191,14 @@ impl SshTarget {
             .into_iter()
             .filter(|j| !j.eq_ignore_ascii_case("none"))
             .collect();
-        let known_hosts = settings
+        let known_hosts = spec
             .known_hosts
             .clone()
             .unwrap_or_else(|| home().join(".ssh/known_hosts"));
         SshTarget {
             identities,
             proxy_jump,
-            alias: m.host.clone(),
+            alias: spec.host.clone(),
             ..SshTarget::new(&host, port, &user, known_hosts)
         }
     }

@@ -19,9 +19,33 @@
 //! then reloads, restarts and starts.
 
 use lab_agent::{UnitAction, UnitOp};
-use lab_config::{UnitAction as RuleAction, UnitRule};
 use lab_manifest::Manifest;
 use std::collections::{BTreeMap, BTreeSet};
+
+/// What a rule asks of its unit when a file it covers changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuleAction {
+    Reload,
+    Restart,
+    ReloadOrRestart,
+}
+
+/// A `[[units]]` rule: files whose machine path (with a leading `/`)
+/// `matcher` matches belong to `unit`. lab-deploy makes these from
+/// lab.toml; lab-sync only matches paths against them.
+#[derive(Clone, Debug)]
+pub struct UnitRule {
+    pub matcher: globset::GlobSet,
+    pub unit: String,
+    pub action: RuleAction,
+}
+
+impl UnitRule {
+    /// Does the rule cover this output path (relative, no leading slash)?
+    pub fn matches(&self, path: &str) -> bool {
+        self.matcher.is_match(format!("/{path}"))
+    }
+}
 
 const UNIT_DIRS: &[&str] = &[
     "etc/systemd/system/",
@@ -296,18 +320,16 @@ mod tests {
     }
 
     fn rule(glob: &str, unit: &str, action: RuleAction) -> UnitRule {
-        let text = format!(
-            "[[units]]\npaths = [\"{glob}\"]\nunit = \"{unit}\"\naction = \"{}\"\n",
-            action.as_str()
-        );
-        lab_config::Project::parse(
-            std::path::Path::new("/p"),
-            std::path::Path::new("/p/lab.toml"),
-            text,
-        )
-        .unwrap()
-        .units
-        .remove(0)
+        // as lab.toml's globs are built: `*` stops at `/`
+        let g = globset::GlobBuilder::new(glob)
+            .literal_separator(true)
+            .build()
+            .unwrap();
+        UnitRule {
+            matcher: globset::GlobSetBuilder::new().add(g).build().unwrap(),
+            unit: unit.into(),
+            action,
+        }
     }
 
     fn plan(old: &Manifest, new: &Manifest, rules: &[UnitRule]) -> Vec<String> {

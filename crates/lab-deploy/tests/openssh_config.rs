@@ -1,6 +1,8 @@
 //! SSH settings as OpenSSH resolves them, each directive proven against a
 //! real sshd on loopback: the connection only works when the directive is
-//! honoured. Refused directives give their exact message.
+//! honoured. Refused directives give their exact message. The machines
+//! come from lab.toml text, through lab-deploy's translation into
+//! lab-sync's [`lab_sync::SshSpec`].
 
 use lab_config::Project;
 use lab_sync::{SshTarget, SshTransport, SyncError, Transport};
@@ -18,8 +20,8 @@ fn resolve(dir: &Path, config: &str, machine: &str) -> SshTarget {
     let cfg = dir.join("ssh_config");
     std::fs::write(&cfg, config).unwrap();
     let p = project(dir, machine);
-    SshTarget::resolve_from(p.machine("web").unwrap(), &p.settings, Some(&cfg))
-        .expect("the OpenSSH client is installed")
+    let spec = lab_deploy::ssh_spec(&p, p.machine("web").unwrap());
+    SshTarget::resolve_from(&spec, Some(&cfg)).expect("the OpenSSH client is installed")
 }
 
 fn connect(t: &SshTarget) -> Result<SshTransport, SyncError> {
