@@ -34,6 +34,12 @@ make and lab trees differ (full listing with kinds, modes and link targets,
 file contents for a sample plus every file a scenario touched).
 
 --quick: N=1000 only, one repetition of everything (about a minute).
+
+--versus OLD_LAB: two lab binaries instead of lab and make, one interleaved
+run: each size is generated twice (the binaries' state formats may differ),
+each binary builds its own copy, and every repetition of no-op, one-file
+edit and the lstat floor runs once for each, alternating. The report gives
+both medians and their ratios (new / old, no-op / floor).
 """
 
 import argparse
@@ -437,6 +443,69 @@ def bench_size(n, args, tool, log, trash):
     return res
 
 
+def versus_size(n, args, old, new, log, trash):
+    """--versus: the old and the new binary, interleaved (see the module
+    note). Make is not run."""
+    d_old = os.path.join(args.work, f"lab-{n}-old")
+    d_new = os.path.join(args.work, f"lab-{n}-new")
+    log(f"\n== N = {n}: generating {d_old} and {d_new}")
+    for d in (d_old, d_new):
+        trash.put(d)
+        meta = gen_lab.generate(d, n)
+    b = Bench(d_new, args, new, log)
+    b.res.update({"old": {}, "new": {}, "old_rss_kb": {}, "new_rss_kb": {}})
+    res = b.res
+    res["n"] = n
+    res["meta"] = {k: meta[k] for k in ("sources", "layers", "plain_files", "templates",
+                                        "symlinks", "outputs_total")}
+    pairs = [("old", old, d_old), ("new", new, d_new)]
+    for _, tool, d in pairs:  # cold, then a settled no-op (untimed)
+        tool.lab(d)
+        settle()
+        tool.lab(d)
+    for i in range(args.reps):
+        for who, tool, d in pairs:
+            b.reps("noop", who, 1, nothing, lambda: tool.lab(d))
+        for threads in (1, 2):
+            b.reps("floor", f"floor{threads}", 1, nothing, lambda: new.floor(d_new, threads))
+    res["floor"] = min(res["floor1"], res["floor2"])
+    k = iter(range(10000))
+    edit = meta["edit"]["source"]
+    log(f"   edit: {edit} (used by {meta['edit']['machine']} only)")
+    for i in range(args.reps):
+        for who, tool, d in pairs:
+            src = os.path.join(d, edit)
+            b.reps("edit", who, 1, lambda: append_line(src, f"edit_{next(k)} = yes"),
+                   lambda: tool.lab(d))
+    # both trees the same
+    for _, tool, d in pairs:
+        tool.lab(d)
+    a, c = listing(os.path.join(d_old, ".lab", "out")), listing(os.path.join(d_new, ".lab", "out"))
+    if a != c:
+        sys.exit("the old and the new binary built different trees")
+    log("   old and new trees equal")
+    if not args.keep:
+        trash.put(d_old)
+        trash.put(d_new)
+    return res
+
+
+def versus_report(results, info):
+    lines = [f"lab {info.get('versus_old', 'old')} (old) vs {info.get('lab', 'new')} (new), "
+             "one interleaved run", "",
+             "| N | scenario | old | new | new / old | new peak RSS |",
+             "|---|---|---:|---:|---:|---:|"]
+    for r in results:
+        for scn, label in (("noop", "no-op"), ("edit", "one-file edit")):
+            o, w = r["old"][scn], r["new"][scn]
+            lines.append(f"| {fmt_size(r['n'])} | {label} | {fmt_ms(o)} | {fmt_ms(w)} | "
+                         f"{w / o:.2f} | {r['new_rss_kb'][scn] / 1024:.0f} MiB |")
+        f = r["floor"]
+        lines.append(f"| {fmt_size(r['n'])} | lstat floor | {fmt_ms(f)} | | "
+                     f"no-op / floor: old {r['old']['noop'] / f:.2f}x, new {r['new']['noop'] / f:.2f}x | |")
+    return "\n".join(lines)
+
+
 # -- report ------------------------------------------------------------------
 
 def fmt_ms(s):
@@ -537,6 +606,8 @@ def main():
     ap.add_argument("--no-time-check", dest="time_check", action="store_false",
                     help="skip the /usr/bin/time -f %%M cross-check")
     ap.add_argument("--report", metavar="JSON", help="only print the report of an earlier run's results-*.json")
+    ap.add_argument("--versus", metavar="OLD_LAB",
+                    help="compare with another lab binary, interleaved, instead of make")
     args = ap.parse_args()
     if args.report:
         with open(args.report) as f:
@@ -574,11 +645,20 @@ def main():
     log(info["machine"])
     trash = Trash(args.work)
     for n in sizes:  # leftovers of earlier runs
-        trash.put(os.path.join(args.work, f"lab-{n}"))
+        for suffix in ("", "-old", "-new"):
+            trash.put(os.path.join(args.work, f"lab-{n}{suffix}"))
     trash.empty(log, pause=not args.quick)
-    results = [bench_size(n, args, tool, log, trash) for n in sizes]
-    trash.empty(log, pause=False)
-    text = report(results, info)
+    if args.versus:
+        old = Tool(os.path.abspath(args.versus), args.jobs, log_dir)
+        info["versus_old"] = os.path.abspath(args.versus)
+        info["lab"] = args.lab
+        results = [versus_size(n, args, old, tool, log, trash) for n in sizes]
+        trash.empty(log, pause=False)
+        text = versus_report(results, info)
+    else:
+        results = [bench_size(n, args, tool, log, trash) for n in sizes]
+        trash.empty(log, pause=False)
+        text = report(results, info)
     log("\n" + text)
     with open(os.path.join(args.work, f"results-{stamp}.json"), "w") as f:
         json.dump({"info": info, "args": vars(args), "results": results}, f, indent=1)

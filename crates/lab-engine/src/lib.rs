@@ -367,7 +367,7 @@ impl Engine {
         root_names.sort();
         root_names.dedup();
 
-        let mut sources = self.state.load_sources();
+        let prev = self.state.load_roots(&root_names);
         let scanned_at_ns = self.state.stamp().map_err(|e| EngineError::Io {
             path: self.state.dir.clone(),
             source: e,
@@ -375,7 +375,7 @@ impl Engine {
         let scans: HashMap<String, Result<RootScan, MachineError>> = root_names
             .par_iter()
             .map(|name| {
-                let prev = sources.roots.get(name);
+                let prev = prev.get(name).map(|f| &f.root);
                 (
                     name.clone(),
                     scan::scan_root(root, name, prev, &self.ignore),
@@ -388,8 +388,25 @@ impl Engine {
             .fold((0, 0), |(f, h), s| (f + s.entries.len(), h + s.hashed));
         reporter.scanned(files, hashed);
 
-        let prev_scan_id = sources.scan_id;
-        let scan_id = state::new_scan_id();
+        // Each root's generation before and after this build: a root whose
+        // scan read nothing and found nothing changed keeps its
+        // fingerprints, its file and its generation (a no-op build writes
+        // no fingerprints, an edit those of one root).
+        let mut gens: Gens = HashMap::new();
+        for (name, s) in &scans {
+            let Ok(s) = s else { continue };
+            let p = prev.get(name);
+            let keep = p.filter(|p| {
+                s.hashed == 0
+                    && s.changed.is_empty()
+                    && p.root.exists == s.exists
+                    && p.root.tree == s.tree
+                    && p.root.listing == s.listing
+            });
+            let before = p.map_or(0, |p| p.gen);
+            let after = keep.map_or_else(state::new_gen, |p| p.gen);
+            gens.insert(name.clone(), (before, after));
+        }
         let (gathered, bad_gathered) = self.gathered();
         let prepared = self.style.prepare(self, &gathered, scanned_at_ns)?;
         let outcomes: Vec<MachineOutcome> = machines
@@ -402,8 +419,7 @@ impl Engine {
                     &*prepared,
                     bad_gathered.get(&m.name),
                     Ids {
-                        prev_scan_id,
-                        scan_id,
+                        gens: &gens,
                         scanned_at_ns,
                     },
                     opts,
@@ -412,44 +428,20 @@ impl Engine {
             })
             .collect();
 
-        // Nothing read, nothing changed, nothing built: the stored
-        // fingerprints and scan id are still exact, so a no-op build writes
-        // nothing.
-        let unchanged = hashed == 0
-            && outcomes
-                .iter()
-                .all(|o| matches!(&o.result, Ok(r) if r.up_to_date))
-            && scans.iter().all(|(name, s)| {
-                s.as_ref().is_ok_and(|s| {
-                    s.changed.is_empty()
-                        && sources.roots.get(name).is_some_and(|p| {
-                            p.exists == s.exists && p.tree == s.tree && p.listing == s.listing
-                        })
-                })
-            });
-        if unchanged {
-            return Ok(BuildReport {
-                files,
-                hashed,
-                machines: outcomes,
-            });
-        }
-        // The fingerprint cache: every root scanned now, and the ones this
-        // run did not look at as they were.
+        // The fingerprints of the roots that changed (after the machines'
+        // state: see `state`).
         for (name, s) in &scans {
-            if let Ok(s) = s {
-                sources
-                    .roots
-                    .insert(name.clone(), s.to_state(scanned_at_ns));
+            let Ok(s) = s else { continue };
+            let (before, after) = gens[name];
+            if before != after || !prev.contains_key(name) {
+                self.state
+                    .save_root(name, after, s.to_state(scanned_at_ns))
+                    .map_err(|e| EngineError::Io {
+                        path: self.state.root_path(name),
+                        source: e,
+                    })?;
             }
         }
-        sources.scan_id = scan_id;
-        self.state
-            .save_sources(&sources)
-            .map_err(|e| EngineError::Io {
-                path: self.state.sources_path(),
-                source: e,
-            })?;
 
         Ok(BuildReport {
             files,
@@ -468,7 +460,7 @@ impl Engine {
         scans: &HashMap<String, Result<RootScan, MachineError>>,
         prepared: &dyn Prepared,
         bad_gathered: Option<&String>,
-        ids: Ids,
+        ids: Ids<'_>,
         opts: &BuildOptions,
         reporter: &dyn Reporter,
     ) -> Result<MachineReport, Vec<MachineError>> {
@@ -496,6 +488,9 @@ impl Engine {
             return Err(errors);
         }
         let model = prepared.machine(m, roots.clone(), reporter)?;
+        let gen = |r: &&RootScan| ids.gens.get(&r.name).copied().unwrap_or_default();
+        let prev_gens = roots.iter().map(|r| gen(r).0).collect();
+        let gens = roots.iter().map(|r| gen(r).1).collect();
         machine::MachineJob {
             name: &m.name,
             model,
@@ -503,8 +498,8 @@ impl Engine {
             out: output::OutTree::new(self.out_dir(&m.name), self.stage_dir(&m.name)),
             manifest_path: self.manifest_path(&m.name),
             state: &self.state,
-            prev_scan_id: ids.prev_scan_id,
-            scan_id: ids.scan_id,
+            prev_gens,
+            gens,
             scanned_at_ns: ids.scanned_at_ns,
             force: opts.force,
             trust_outputs: opts.trust_outputs,
@@ -555,11 +550,13 @@ impl Engine {
     }
 }
 
+/// Each root's generation before and after a build, by root name.
+type Gens = HashMap<String, (u64, u64)>;
+
 /// The scans a build works against.
 #[derive(Clone, Copy)]
-struct Ids {
-    prev_scan_id: u64,
-    scan_id: u64,
+struct Ids<'a> {
+    gens: &'a Gens,
     scanned_at_ns: i64,
 }
 

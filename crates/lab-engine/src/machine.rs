@@ -43,9 +43,11 @@ pub(crate) struct MachineJob<'a> {
     pub out: OutTree,
     pub manifest_path: PathBuf,
     pub state: &'a StateDir,
-    /// scan id of the previous scan (what `changed` lists are relative to)
-    pub prev_scan_id: u64,
-    pub scan_id: u64,
+    /// The generation of each root's fingerprints the scan compared with
+    /// (what its `changed` list is relative to), and the generation each
+    /// root has after this build (see [`crate::state::RootFile::gen`]).
+    pub prev_gens: Vec<u64>,
+    pub gens: Vec<u64>,
     /// The stamp of this build's scan (see [`Fingerprint::reusable`]).
     pub scanned_at_ns: i64,
     pub force: bool,
@@ -205,7 +207,8 @@ impl MachineJob<'_> {
                     .collect();
                 if trusted && !self.force {
                     Prior {
-                        fast: ms.scan_id == self.prev_scan_id
+                        fast: !ms.gens.is_empty()
+                            && ms.gens == self.prev_gens
                             && ms.stack == names
                             && ms.listings == listings,
                         graph: Graph::from_state(ms.graph),
@@ -240,7 +243,7 @@ impl MachineJob<'_> {
         record: &MachineSummary,
     ) -> Result<(), MachineError> {
         let ms = MachineState {
-            scan_id: self.scan_id,
+            gens: self.gens.clone(),
             stack: self.root_names(),
             listings: self.listings(),
             inputs: inputs.clone(),

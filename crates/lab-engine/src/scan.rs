@@ -18,7 +18,7 @@ pub enum SrcKind {
     Symlink,
 }
 
-/// One source root's fingerprints, as `.lab/state/sources` keeps them.
+/// One source root's fingerprints, as its file under `.lab/state/roots/` keeps them.
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RootState {
     pub exists: bool,

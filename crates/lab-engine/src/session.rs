@@ -94,13 +94,19 @@ impl Session {
         let report = self
             .engine
             .build_locked(&machines, &BuildOptions::default(), reporter)?;
-        let sources = self.engine.state.load_sources();
+        let mut names: Vec<String> = machines
+            .iter()
+            .flat_map(|m| Engine::stack_names(m))
+            .collect();
+        names.sort();
+        names.dedup();
+        let sources = self.engine.state.load_roots(&names);
         self.roots.clear();
         self.scanned_at.clear();
         self.machines.clear();
         for m in &machines {
             for name in Engine::stack_names(m) {
-                if let Some(st) = sources.roots.get(&name) {
+                if let Some(st) = sources.get(&name).map(|f| &f.root) {
                     self.scanned_at.insert(name.clone(), st.scanned_at_ns);
                     self.roots.entry(name.clone()).or_insert_with(|| {
                         RootScan::from_state(&self.engine.project.root, &name, st)
@@ -444,8 +450,8 @@ impl Session {
                     out: output::OutTree::new(engine.out_dir(&m.name), engine.stage_dir(&m.name)),
                     manifest_path: engine.manifest_path(&m.name),
                     state: &engine.state,
-                    prev_scan_id: 0,
-                    scan_id: 0,
+                    prev_gens: Vec::new(),
+                    gens: Vec::new(),
                     scanned_at_ns: stamp,
                     force: false,
                     trust_outputs: true,
@@ -508,18 +514,16 @@ impl Session {
             .state
             .stamp()
             .map_err(io(&self.engine.state.dir))?;
-        let scan_id = state::new_scan_id();
-        let mut sources = self.engine.state.load_sources();
-        for (name, r) in self.roots.iter_mut() {
-            r.refresh_digests();
-            r.changed.clear();
-            // Files written within the last clock tick are hashed again next
-            // time: record this moment as the scan time.
-            sources
-                .roots
-                .insert(name.clone(), r.to_state(scanned_at_ns));
-        }
-        sources.scan_id = scan_id;
+        // every root of the session gets a new generation
+        let gens: HashMap<String, u64> = self
+            .roots
+            .iter_mut()
+            .map(|(name, r)| {
+                r.refresh_digests();
+                r.changed.clear();
+                (name.clone(), state::new_gen())
+            })
+            .collect();
         let engine = &self.engine;
         let (gathered, _) = engine.gathered();
         let prepared = engine.style().prepare(engine, &gathered, scanned_at_ns)?;
@@ -562,7 +566,7 @@ impl Session {
                 continue;
             };
             let ms = state::MachineState {
-                scan_id,
+                gens: names.iter().map(|n| gens[n]).collect(),
                 stack: names.clone(),
                 listings: roots.iter().map(|r| r.listing).collect(),
                 inputs: inputs.clone(),
@@ -580,10 +584,14 @@ impl Session {
                     },
                 })?;
         }
-        self.engine
-            .state
-            .save_sources(&sources)
-            .map_err(io(&self.engine.state.sources_path()))?;
+        // Files written within the last clock tick are hashed again next
+        // time: this moment is the roots' scan time.
+        for (name, r) in &self.roots {
+            engine
+                .state
+                .save_root(name, gens[name], r.to_state(scanned_at_ns))
+                .map_err(io(&engine.state.root_path(name)))?;
+        }
         self.dirty = false;
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! lab's state under `.lab/state/`, and how it is written.
 //!
 //! ```text
-//! .lab/state/sources              fingerprints of every scanned source root
+//! .lab/state/roots/layers/NAME    fingerprints of one source root (and
+//! .lab/state/roots/machines/NAME  the generation they are)
 //! .lab/state/machines/NAME.sum    one machine's input summary (tiny)
 //! .lab/state/machines/NAME.graph  one machine's graph, manifest and inputs
 //! .lab/out/NAME/                  the machine's output tree
@@ -17,8 +18,14 @@
 //! temporary name in the same directory and renamed into place, so a crash
 //! leaves the old file or the new one.
 //!
-//! `sources` is only a cache from stat to content digest: it may be newer or
-//! older than any machine's state without harm. A machine's `.graph` is
+//! A root's fingerprints are only a cache from stat to content digest: they
+//! may be newer or older than any machine's state without harm. Each root
+//! has a file of its own, rewritten only when something in it changed (or a
+//! file of it had to be read), so an edit rewrites one root's file, not the
+//! fingerprints of every source. Each write gives the root a new generation
+//! ([`RootFile::gen`]); a machine records the generations of its roots it
+//! was built against ([`MachineState::gens`]), and may take their `changed`
+//! lists as every change since when the generations it finds are those. A machine's `.graph` is
 //! written after its outputs and manifest, and its `.sum` after its `.graph`,
 //! so a summary never vouches for outputs that were not written. A fresh
 //! process decides that a machine is up to date from its `.sum` alone: the
@@ -36,15 +43,15 @@ use std::path::{Path, PathBuf};
 
 const MAGIC: &[u8; 8] = b"LABSTATE";
 /// Bump when any state type changes shape or meaning.
-const VERSION: u32 = 6;
+const VERSION: u32 = 7;
 
+/// One root's fingerprints as its state file holds them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct SourcesState {
-    /// Identifies the scan these fingerprints came from. A machine built
-    /// against this very scan can trust each root's `changed` list as the
-    /// complete set of changes since its own last build.
-    pub scan_id: u64,
-    pub roots: HashMap<String, RootState>,
+pub struct RootFile {
+    /// Identifies this version of the root's fingerprints (a new one each
+    /// time the file is written; see [`new_gen`]).
+    pub gen: u64,
+    pub root: RootState,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,8 +69,9 @@ pub struct MachineSummary {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MachineState {
-    /// The [`SourcesState::scan_id`] of the scan this machine was built from.
-    pub scan_id: u64,
+    /// The [`RootFile::gen`] of each root of the stack this machine was
+    /// built against (empty: unknown).
+    pub gens: Vec<u64>,
     /// Root names of the layer stack, lowest first.
     pub stack: Vec<String>,
     /// Digest of each root's listing (paths and kinds) when last resolved.
@@ -86,8 +94,10 @@ impl StateDir {
         }
     }
 
-    pub fn sources_path(&self) -> PathBuf {
-        self.dir.join("sources")
+    /// `.lab/state/roots/layers/NAME` for root `layers/NAME`: root names
+    /// are `layers/NAME` and `machines/NAME`, NAME one directory entry.
+    pub fn root_path(&self, root: &str) -> PathBuf {
+        self.dir.join("roots").join(root)
     }
 
     pub fn summary_path(&self, machine: &str) -> PathBuf {
@@ -141,14 +151,18 @@ impl StateDir {
         .map_err(crate::MachineError::io(&sp))
     }
 
-    /// Save the fingerprints of the roots and the id of the scan that took
-    /// them.
-    pub fn save_sources(&self, sources: &SourcesState) -> std::io::Result<()> {
-        write(&self.sources_path(), sources)
+    /// Save one root's fingerprints as generation `gen`.
+    pub fn save_root(&self, root: &str, gen: u64, state: RootState) -> std::io::Result<()> {
+        write(&self.root_path(root), &RootFile { gen, root: state })
     }
 
-    pub fn load_sources(&self) -> SourcesState {
-        read(&self.sources_path()).unwrap_or_default()
+    /// The fingerprint files of `roots` that can be read, by root name.
+    pub fn load_roots(&self, roots: &[String]) -> HashMap<String, RootFile> {
+        use rayon::prelude::*;
+        roots
+            .par_iter()
+            .filter_map(|r| read(&self.root_path(r)).map(|f| (r.clone(), f)))
+            .collect()
     }
 
     pub fn load_summary(&self, machine: &str) -> Option<MachineSummary> {
@@ -171,9 +185,9 @@ impl StateDir {
     }
 }
 
-/// A new scan id (see [`SourcesState::scan_id`]): unique per scan, so a
-/// machine state names the one scan it was built from.
-pub fn new_scan_id() -> u64 {
+/// A new root generation (see [`RootFile::gen`]): unique, so a machine
+/// state names the very fingerprints it was built against.
+pub fn new_gen() -> u64 {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as i64)

@@ -274,7 +274,7 @@ fn a_template_that_fails_keeps_the_previous_outputs_and_retries() {
 fn lost_state_means_a_full_and_correct_rebuild() {
     let lab = lab();
     std::fs::write(lab.join(".lab/state/machines/a.graph"), b"garbage").unwrap();
-    std::fs::remove_file(lab.join(".lab/state/sources")).unwrap();
+    std::fs::remove_dir_all(lab.join(".lab/state/roots")).unwrap();
     lab.file("layers/_/etc/plain", "changed while state was lost\n");
     let r = ran(&lab);
     assert_eq!(r.iter().filter(|s| s.starts_with("a: ")).count(), 6);
@@ -293,4 +293,88 @@ fn outputs_changed_behind_labs_back_are_rebuilt() {
     let r = ran(&lab);
     assert_eq!(r.iter().filter(|s| s.starts_with("b: ")).count(), 6);
     assert_eq!(lab.read(".lab/out/b/etc/plain"), "plain\n");
+}
+
+/// Every file under `.lab/state/`, by path, with what tells a rewrite
+/// (state files are replaced by a rename: a new inode).
+fn state_files(lab: &TestLab) -> std::collections::BTreeMap<String, (u64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let base = lab.join(".lab/state");
+    walkdir::WalkDir::new(&base)
+        .into_iter()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| {
+            let m = e.metadata().unwrap();
+            let rel = e.path().strip_prefix(&base).unwrap();
+            (
+                rel.to_string_lossy().into_owned(),
+                (
+                    m.ino(),
+                    m.mtime_nsec() + m.mtime() * 1_000_000_000,
+                    m.size(),
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Give `rel` (a file or directory) the modification time `secs` after an
+/// hour ago: far enough before any build that no fingerprint of it is
+/// "racy" (see `Fingerprint::reusable`), so what a build rewrites does not
+/// depend on the clock.
+fn age(lab: &TestLab, rel: &std::path::Path, secs: u64) {
+    let t = std::time::SystemTime::now() - std::time::Duration::from_secs(3600 - secs);
+    std::fs::File::open(lab.join(&rel.to_string_lossy()))
+        .unwrap()
+        .set_times(std::fs::FileTimes::new().set_modified(t))
+        .unwrap();
+}
+
+#[test]
+fn a_one_file_edit_rewrites_only_the_state_it_touched() {
+    let lab = lab();
+    lab.file("machines/a/etc/own", "v1\n")
+        .file("machines/b/etc/own", "v1\n");
+    for top in ["layers", "machines"] {
+        for e in walkdir::WalkDir::new(lab.join(top)) {
+            let e = e.unwrap();
+            age(&lab, e.path().strip_prefix(lab.path()).unwrap(), 0);
+        }
+    }
+    ran(&lab);
+    let before = state_files(&lab);
+    lab.file("machines/a/etc/own", "v2\n");
+    age(&lab, std::path::Path::new("machines/a/etc/own"), 1);
+    assert_eq!(ran(&lab), strs(&["a: output `etc/own`"]));
+    let after = state_files(&lab);
+    let rewritten: Vec<&String> = after
+        .iter()
+        .filter(|(p, f)| before.get(*p) != Some(*f))
+        .map(|(p, _)| p)
+        .collect();
+    // the edited root's fingerprints and the machine it reaches; not the
+    // fingerprints of the other roots, not the other machine's state
+    assert_eq!(
+        rewritten,
+        [
+            "machines/a.graph",
+            "machines/a.sum",
+            "roots/machines/a",
+            "stamp"
+        ],
+        "{after:#?}"
+    );
+    assert!(before.keys().all(|p| after.contains_key(p)));
+
+    // a no-op writes nothing but the stamp
+    let before = after;
+    assert_eq!(ran(&lab), Vec::<String>::new());
+    let after = state_files(&lab);
+    let rewritten: Vec<&String> = after
+        .iter()
+        .filter(|(p, f)| before.get(*p) != Some(*f))
+        .map(|(p, _)| p)
+        .collect();
+    assert_eq!(rewritten, ["stamp"]);
 }
