@@ -37,7 +37,8 @@ pub fn format(fmt: &[u8], args: &[&[u8]]) -> Option<Vec<u8>> {
             i += 1;
             continue;
         }
-        let (mut left, mut plus, mut space, mut alt, mut zero) = (false, false, false, false, false);
+        let (mut left, mut plus, mut space, mut alt, mut zero) =
+            (false, false, false, false, false);
         while let Some(&f) = fmt.get(i) {
             match f {
                 b'-' => left = true,

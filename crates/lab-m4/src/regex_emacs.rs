@@ -124,7 +124,9 @@ fn translate(p: &[u8]) -> Option<String> {
                 continue;
             }
             b'$' => {
-                let at_end = i + 1 == p.len() || p[i + 1..].starts_with(b"\\)") || p[i + 1..].starts_with(b"\\|");
+                let at_end = i + 1 == p.len()
+                    || p[i + 1..].starts_with(b"\\)")
+                    || p[i + 1..].starts_with(b"\\|");
                 if at_end {
                     out.push('$');
                     last = Last::Anchor;

@@ -39,7 +39,9 @@ fn gnu(cwd: &Path, defines: &[(String, String)], files: &[String]) -> Outcome {
     }
     cmd.arg("--").args(files);
     cmd.stdin(std::process::Stdio::null());
-    let out = cmd.output().expect("GNU m4 is installed (apt-get install m4)");
+    let out = cmd
+        .output()
+        .expect("GNU m4 is installed (apt-get install m4)");
     let mut read = Vec::new();
     let mut stderr = Vec::new();
     for line in out.stderr.split_inclusive(|&b| b == b'\n') {
@@ -49,7 +51,7 @@ fn gnu(cwd: &Path, defines: &[(String, String)], files: &[String]) -> Outcome {
             if !read.contains(&f) {
                 read.push(f);
             }
-        } else {
+        } else if !s.starts_with("m4debug: ") {
             stderr.extend_from_slice(line);
         }
     }
@@ -90,7 +92,8 @@ fn program(text: &str) -> Result<bool, String> {
     let d = tempfile::tempdir().unwrap();
     std::fs::write(d.path().join("inc.m4"), "included ENV_MACHINE `q' # c\n").unwrap();
     std::fs::write(d.path().join("t.m4"), text).unwrap();
-    compare(d.path(), &defines(), &["t.m4".to_string()]).map_err(|e| format!("{e}\nprogram:\n{text}"))
+    compare(d.path(), &defines(), &["t.m4".to_string()])
+        .map_err(|e| format!("{e}\nprogram:\n{text}"))
 }
 
 /// Hand-written programs for the rules that are easy to get subtly wrong.
@@ -190,7 +193,11 @@ fn repo_root() -> std::path::PathBuf {
 }
 
 /// Every template of a make-style lab rendered as lab renders it.
-fn lab_templates(root: &Path, preludes: &[String], defines: &[(String, String)]) -> (usize, Vec<String>) {
+fn lab_templates(
+    root: &Path,
+    preludes: &[String],
+    defines: &[(String, String)],
+) -> (usize, Vec<String>) {
     let mut n = 0;
     let mut failures = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -255,7 +262,7 @@ fn every_fixture_template_matches_gnu_m4() {
     }
     let (n, failures) = lab_templates(&root, &preludes_of(&root), &defs);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
-    assert!(n >= 7, "only {n} templates found");
+    assert!(n >= 6, "only {n} templates found");
 }
 
 #[test]
@@ -269,7 +276,11 @@ fn every_template_of_the_generated_bench_lab_matches_gnu_m4() {
         .expect("python3");
     assert!(st.success());
     let mut defs = defines();
-    for (k, v) in [("ENV_PORT", "8080"), ("ENV_WORKERS", "4"), ("ENV_PEERS", "a,b,c")] {
+    for (k, v) in [
+        ("ENV_PORT", "8080"),
+        ("ENV_WORKERS", "4"),
+        ("ENV_PEERS", "a,b,c"),
+    ] {
         defs.push((k.to_string(), v.to_string()));
     }
     let (n, failures) = lab_templates(d.path(), &preludes_of(d.path()), &defs);
@@ -330,25 +341,43 @@ fn fragment() -> impl Strategy<Value = String> {
             word().prop_map(|n| format!("m4_popdef(`{n}')")),
             word().prop_map(|n| format!("m4_undefine(`{n}')")),
             word().prop_map(|n| format!("m4_defn(`{n}')")),
-            (word(), inner.clone(), inner.clone()).prop_map(|(n, a, b)| format!("m4_ifdef(`{n}', `{a}', `{b}')")),
-            prop::collection::vec(inner.clone(), 2..7).prop_map(|v| format!("m4_ifelse({})", v.join(","))),
-            (word(), prop::collection::vec(inner.clone(), 0..4)).prop_map(|(n, v)| format!("{n}({})", v.join(","))),
-            prop::collection::vec(inner.clone(), 0..4).prop_map(|v| format!("m4_shift({})", v.join(","))),
+            (word(), inner.clone(), inner.clone())
+                .prop_map(|(n, a, b)| format!("m4_ifdef(`{n}', `{a}', `{b}')")),
+            prop::collection::vec(inner.clone(), 2..7)
+                .prop_map(|v| format!("m4_ifelse({})", v.join(","))),
+            (word(), prop::collection::vec(inner.clone(), 0..4))
+                .prop_map(|(n, v)| format!("{n}({})", v.join(","))),
+            prop::collection::vec(inner.clone(), 0..4)
+                .prop_map(|v| format!("m4_shift({})", v.join(","))),
             inner.clone().prop_map(|s| format!("m4_len({s})")),
             (inner.clone(), inner.clone()).prop_map(|(a, b)| format!("m4_index(`{a}', `{b}')")),
-            (inner.clone(), 0..6i32, 0..6i32).prop_map(|(a, f, l)| format!("m4_substr(`{a}', {f}, {l})")),
-            (inner.clone(), inner.clone(), inner.clone()).prop_map(|(a, f, t)| format!("m4_translit(`{a}', `{f}', `{t}')")),
-            (inner.clone(), inner.clone(), inner.clone()).prop_map(|(a, r, s)| format!("m4_patsubst(`{a}', `{r}', `{s}')")),
+            (inner.clone(), 0..6i32, 0..6i32)
+                .prop_map(|(a, f, l)| format!("m4_substr(`{a}', {f}, {l})")),
+            (inner.clone(), inner.clone(), inner.clone())
+                .prop_map(|(a, f, t)| format!("m4_translit(`{a}', `{f}', `{t}')")),
+            (inner.clone(), inner.clone(), inner.clone())
+                .prop_map(|(a, r, s)| format!("m4_patsubst(`{a}', `{r}', `{s}')")),
             (inner.clone(), inner.clone()).prop_map(|(a, r)| format!("m4_regexp(`{a}', `{r}')")),
             (-3..40i32, 0..5i32).prop_map(|(a, b)| format!("m4_incr({a})m4_decr({b})")),
-            (-50..50i32, -5..9i32, prop::sample::select(vec!["+", "-", "*", "/", "%", "<<", ">>", "==", "<", "&&", "||", "|", "&", "**"]))
+            (
+                -50..50i32,
+                -5..9i32,
+                prop::sample::select(vec![
+                    "+", "-", "*", "/", "%", "<<", ">>", "==", "<", "&&", "||", "|", "&", "**"
+                ])
+            )
                 .prop_map(|(a, b, o)| format!("m4_eval({a} {o} {b})")),
-            (inner.clone(), 0..5i32).prop_map(|(s, n)| format!("m4_format(`%{n}s|%d', `{s}', {n})")),
+            (inner.clone(), 0..5i32)
+                .prop_map(|(s, n)| format!("m4_format(`%{n}s|%d', `{s}', {n})")),
             inner.clone().prop_map(|s| format!("{s}m4_dnl {s}\n")),
             (0..4i32, inner.clone()).prop_map(|(n, s)| format!("m4_divert({n}){s}m4_divert(0)")),
             (0..4i32).prop_map(|n| format!("m4_undivert({n})")),
-            inner.clone().prop_map(|s| format!("m4_changequote([,]){s}m4_changequote")),
-            inner.clone().prop_map(|s| format!("m4_changecom(`@')@{s}\nm4_changecom")),
+            inner
+                .clone()
+                .prop_map(|s| format!("m4_changequote([,]){s}m4_changequote")),
+            inner
+                .clone()
+                .prop_map(|s| format!("m4_changecom(`@')@{s}\nm4_changecom")),
             Just("m4___line__".to_string()),
             Just("m4_divnum".to_string()),
             prop::collection::vec(inner, 1..4).prop_map(|v| v.concat()),
@@ -356,13 +385,41 @@ fn fragment() -> impl Strategy<Value = String> {
     })
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 400, failure_persistence: None, ..ProptestConfig::default() })]
-    #[test]
-    fn random_programs_match_gnu_m4(parts in prop::collection::vec(fragment(), 1..6)) {
+/// Random programs: run by hand with proptest's runner so the share that
+/// lab-m4 declines can be bounded (a generator whose programs all fall
+/// back would compare nothing).
+#[test]
+fn random_programs_match_gnu_m4() {
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+    let cases: u32 = std::env::var("LAB_M4_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(400);
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases,
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    });
+    let evaluated = std::sync::atomic::AtomicU32::new(0);
+    let declined = std::sync::atomic::AtomicU32::new(0);
+    let r = runner.run(&prop::collection::vec(fragment(), 1..6), |parts| {
         let text = parts.concat();
-        if let Err(e) = program(&text) {
-            prop_assert!(false, "{}", e);
+        match program(&text) {
+            Ok(true) => {
+                evaluated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Ok(false) => {
+                declined.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(proptest::test_runner::TestCaseError::fail(e)),
         }
+    });
+    if let Err(e) = r {
+        panic!("{e}");
     }
+    let (e, d) = (evaluated.into_inner(), declined.into_inner());
+    eprintln!("random programs: {e} evaluated in process, {d} declined");
+    assert!(d * 4 <= e + d, "{d} of {} random programs declined", e + d);
 }
