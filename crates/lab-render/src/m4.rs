@@ -339,6 +339,87 @@ mod tests {
         );
     }
 
+    fn job_render(
+        d: &Path,
+        program: &Path,
+        src: &str,
+        preludes: &[&str],
+    ) -> Result<M4Rendered, RenderError> {
+        let defines = vec![("ENV_MACHINE".to_string(), "web1".to_string())];
+        let preludes: Vec<String> = preludes.iter().map(|s| s.to_string()).collect();
+        render(&M4Job {
+            program,
+            cwd: d,
+            defines: &defines,
+            preludes: &preludes,
+            src,
+        })
+    }
+
+    /// No m4 process: a program that does not exist is never started.
+    #[test]
+    fn renders_in_process_without_starting_m4() {
+        let d = project(&[
+            (
+                "p/a.m4",
+                "m4_define(`SHOUT', `m4_translit(`$1', `a-z', `A-Z')!')m4_dnl\n",
+            ),
+            ("t.m4.conf", "SHOUT(ENV_MACHINE) m4_eval(6*7)\n"),
+        ]);
+        let nowhere = d.path().join("no-such-m4");
+        let r = job_render(d.path(), &nowhere, "t.m4.conf", &["p/a.m4"]).unwrap();
+        assert_eq!(String::from_utf8(r.bytes).unwrap(), "WEB1! 42\n");
+        assert_eq!(r.read, ["p/a.m4", "t.m4.conf"]);
+    }
+
+    /// A prelude edited between two renders is read again (the cached
+    /// state after the preludes is only reused while they are unchanged).
+    #[test]
+    fn an_edited_prelude_is_evaluated_again() {
+        let d = project(&[
+            ("p/a.m4", "m4_define(`HDR', `one')m4_dnl\n"),
+            ("p/inc", "m4_define(`INC', `first')m4_dnl\n"),
+            (
+                "p/b.m4",
+                "m4_include(`p/inc')m4_sinclude(`p/maybe')m4_dnl\n",
+            ),
+            ("t.m4.conf", "HDR INC ifdef MAYBE\n"),
+        ]);
+        let nowhere = d.path().join("no-such-m4");
+        let go = || {
+            let r = job_render(d.path(), &nowhere, "t.m4.conf", &["p/a.m4", "p/b.m4"]).unwrap();
+            String::from_utf8(r.bytes).unwrap()
+        };
+        assert_eq!(go(), "one first ifdef MAYBE\n");
+        assert_eq!(go(), "one first ifdef MAYBE\n");
+        std::fs::write(d.path().join("p/a.m4"), "m4_define(`HDR', `two')m4_dnl\n").unwrap();
+        assert_eq!(go(), "two first ifdef MAYBE\n");
+        // a file a prelude includes
+        std::fs::write(d.path().join("p/inc"), "m4_define(`INC', `second')m4_dnl\n").unwrap();
+        assert_eq!(go(), "two second ifdef MAYBE\n");
+        // a file a prelude looked for and did not find
+        std::fs::write(
+            d.path().join("p/maybe"),
+            "m4_define(`MAYBE', `now')m4_dnl\n",
+        )
+        .unwrap();
+        assert_eq!(go(), "two second ifdef now\n");
+    }
+
+    /// What the evaluator declines is rendered by GNU m4, with GNU m4's bytes.
+    #[test]
+    fn declined_templates_fall_back_to_gnu_m4() {
+        // `\|` in a regex: GNU regex takes the longest alternative
+        let d = project(&[("t.m4.conf", "m4_patsubst(`abc', `a\\|ab', `X')\n")]);
+        let r = job_render(d.path(), &locate().unwrap(), "t.m4.conf", &[]).unwrap();
+        assert_eq!(String::from_utf8(r.bytes).unwrap(), "Xc\n");
+        assert_eq!(r.read, ["t.m4.conf"]);
+        // and that really went to the program given
+        let nowhere = d.path().join("no-such-m4");
+        let e = job_render(d.path(), &nowhere, "t.m4.conf", &[]).unwrap_err();
+        assert!(matches!(e, RenderError::M4Missing), "{e:?}");
+    }
+
     #[test]
     fn literal_include_names() {
         assert_eq!(
