@@ -1,17 +1,30 @@
-//! GNU m4 rendering for make-style labs.
+//! m4 rendering for make-style labs.
 //!
 //! A template is rendered exactly as the make pipeline does it:
 //! `m4 --fatal-warnings --prefix-builtins -DKEY=VALUE... -- PRELUDES... SRC`
-//! run from the project root, with `--debug=i` added: m4 then reports on
-//! stderr every file it opens (`m4debug: input read from FILE`), which is
-//! how the files a template `m4_include`s become its dependencies. Includes
-//! of files that do not exist (`m4_sinclude`) are not reported; the callers
-//! find those with [`literal_includes`].
+//! run from the project root. By default that m4 runs in process
+//! ([`lab_m4`], which reproduces GNU m4 1.4.19 for what these labs use):
+//! one GNU m4 process per template was most of a cold build. The state
+//! after the preludes is kept and cloned for the next template with the
+//! same defines and preludes (valid while the files the preludes read are
+//! unchanged; never when a prelude ran a command). A template the
+//! evaluator declines ([`lab_m4::Error::Unsupported`]) is rendered by GNU
+//! m4 instead, and `LAB_M4=gnu` in the environment makes every render use
+//! GNU m4.
+//!
+//! GNU m4 is run with `--debug=i` added: it then reports on stderr every
+//! file it opens (`m4debug: input read from FILE`), which is how the files
+//! a template `m4_include`s become its dependencies (the in-process
+//! evaluator records the same list). Includes of files that do not exist
+//! (`m4_sinclude`) are not reported; the callers find those with
+//! [`literal_includes`].
 
 use crate::RenderError;
 use lab_core::Located;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// One m4 run.
 pub struct M4Job<'a> {
@@ -52,8 +65,95 @@ pub fn locate() -> Result<PathBuf, RenderError> {
     Err(RenderError::M4Missing)
 }
 
-/// Run m4 for one template.
+/// The environment variable that selects GNU m4 for every render
+/// (`LAB_M4=gnu`); anything else, or unset, evaluates in process.
+pub const ENV_FORCE: &str = "LAB_M4";
+
+/// Whether renders use GNU m4 only (`LAB_M4=gnu`).
+pub fn force_gnu() -> bool {
+    std::env::var_os(ENV_FORCE).is_some_and(|v| v == "gnu")
+}
+
+/// Run m4 for one template: in process, or GNU m4 when forced or when the
+/// evaluator declines the template.
 pub fn render(job: &M4Job) -> Result<M4Rendered, RenderError> {
+    if !force_gnu() {
+        if let Some(outcome) = in_process(job) {
+            return from_outcome(job, outcome);
+        }
+    }
+    render_gnu(job)
+}
+
+/// A run's result as a render: its output, or its first message placed at
+/// its file and line.
+fn from_outcome(job: &M4Job, o: lab_m4::Outcome) -> Result<M4Rendered, RenderError> {
+    if o.status != 0 {
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let messages: Vec<&str> = stderr.lines().collect();
+        return Err(m4_error(job, &messages));
+    }
+    Ok(M4Rendered {
+        bytes: o.stdout,
+        read: o.read,
+    })
+}
+
+type PreludeKey = (PathBuf, Vec<(String, String)>, Vec<String>);
+
+/// Evaluator states after the preludes, by (cwd, defines, preludes).
+fn prelude_states() -> &'static Mutex<HashMap<PreludeKey, Arc<lab_m4::M4>>> {
+    static S: OnceLock<Mutex<HashMap<PreludeKey, Arc<lab_m4::M4>>>> = OnceLock::new();
+    S.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
+/// Whether every file a state read still reads the same (and every file
+/// it looked for and did not find is still missing).
+fn still_valid(m: &lab_m4::M4) -> bool {
+    m.looked()
+        .iter()
+        .all(|l| std::fs::read(&l.path).ok().as_deref() == l.content.as_deref())
+}
+
+/// The template evaluated in process; `None` when the evaluator declines
+/// it (GNU m4 then renders it).
+fn in_process(job: &M4Job) -> Option<lab_m4::Outcome> {
+    let key: PreludeKey = (
+        job.cwd.to_path_buf(),
+        job.defines.to_vec(),
+        job.preludes.to_vec(),
+    );
+    let cached = prelude_states()
+        .lock()
+        .ok()
+        .and_then(|c| c.get(&key).cloned());
+    let mut m = match cached {
+        Some(state) if still_valid(&state) => (*state).clone(),
+        _ => {
+            let mut m = lab_m4::M4::new(lab_m4::Config::make_style(job.cwd));
+            for (k, v) in job.defines {
+                m.define(k, v);
+            }
+            for p in job.preludes {
+                m.process_file(p).ok()?;
+            }
+            if !m.ran_commands() && !m.ended() {
+                if let Ok(mut c) = prelude_states().lock() {
+                    if c.len() >= 256 {
+                        c.clear();
+                    }
+                    c.insert(key, Arc::new(m.clone()));
+                }
+            }
+            m
+        }
+    };
+    m.process_file(job.src).ok()?;
+    Some(m.finish())
+}
+
+/// Run GNU m4 for one template.
+pub fn render_gnu(job: &M4Job) -> Result<M4Rendered, RenderError> {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(job.program);
     // m4 names itself by argv[0] in messages; keep them `m4:FILE:LINE:`.
@@ -237,6 +337,87 @@ mod tests {
             e.to_string(),
             "m4: Warning: excess arguments to builtin `m4_define' ignored"
         );
+    }
+
+    fn job_render(
+        d: &Path,
+        program: &Path,
+        src: &str,
+        preludes: &[&str],
+    ) -> Result<M4Rendered, RenderError> {
+        let defines = vec![("ENV_MACHINE".to_string(), "web1".to_string())];
+        let preludes: Vec<String> = preludes.iter().map(|s| s.to_string()).collect();
+        render(&M4Job {
+            program,
+            cwd: d,
+            defines: &defines,
+            preludes: &preludes,
+            src,
+        })
+    }
+
+    /// No m4 process: a program that does not exist is never started.
+    #[test]
+    fn renders_in_process_without_starting_m4() {
+        let d = project(&[
+            (
+                "p/a.m4",
+                "m4_define(`SHOUT', `m4_translit(`$1', `a-z', `A-Z')!')m4_dnl\n",
+            ),
+            ("t.m4.conf", "SHOUT(ENV_MACHINE) m4_eval(6*7)\n"),
+        ]);
+        let nowhere = d.path().join("no-such-m4");
+        let r = job_render(d.path(), &nowhere, "t.m4.conf", &["p/a.m4"]).unwrap();
+        assert_eq!(String::from_utf8(r.bytes).unwrap(), "WEB1! 42\n");
+        assert_eq!(r.read, ["p/a.m4", "t.m4.conf"]);
+    }
+
+    /// A prelude edited between two renders is read again (the cached
+    /// state after the preludes is only reused while they are unchanged).
+    #[test]
+    fn an_edited_prelude_is_evaluated_again() {
+        let d = project(&[
+            ("p/a.m4", "m4_define(`HDR', `one')m4_dnl\n"),
+            ("p/inc", "m4_define(`INC', `first')m4_dnl\n"),
+            (
+                "p/b.m4",
+                "m4_include(`p/inc')m4_sinclude(`p/maybe')m4_dnl\n",
+            ),
+            ("t.m4.conf", "HDR INC ifdef MAYBE\n"),
+        ]);
+        let nowhere = d.path().join("no-such-m4");
+        let go = || {
+            let r = job_render(d.path(), &nowhere, "t.m4.conf", &["p/a.m4", "p/b.m4"]).unwrap();
+            String::from_utf8(r.bytes).unwrap()
+        };
+        assert_eq!(go(), "one first ifdef MAYBE\n");
+        assert_eq!(go(), "one first ifdef MAYBE\n");
+        std::fs::write(d.path().join("p/a.m4"), "m4_define(`HDR', `two')m4_dnl\n").unwrap();
+        assert_eq!(go(), "two first ifdef MAYBE\n");
+        // a file a prelude includes
+        std::fs::write(d.path().join("p/inc"), "m4_define(`INC', `second')m4_dnl\n").unwrap();
+        assert_eq!(go(), "two second ifdef MAYBE\n");
+        // a file a prelude looked for and did not find
+        std::fs::write(
+            d.path().join("p/maybe"),
+            "m4_define(`MAYBE', `now')m4_dnl\n",
+        )
+        .unwrap();
+        assert_eq!(go(), "two second ifdef now\n");
+    }
+
+    /// What the evaluator declines is rendered by GNU m4, with GNU m4's bytes.
+    #[test]
+    fn declined_templates_fall_back_to_gnu_m4() {
+        // `\|` in a regex: GNU regex takes the longest alternative
+        let d = project(&[("t.m4.conf", "m4_patsubst(`abc', `a\\|ab', `X')\n")]);
+        let r = job_render(d.path(), &locate().unwrap(), "t.m4.conf", &[]).unwrap();
+        assert_eq!(String::from_utf8(r.bytes).unwrap(), "Xc\n");
+        assert_eq!(r.read, ["t.m4.conf"]);
+        // and that really went to the program given
+        let nowhere = d.path().join("no-such-m4");
+        let e = job_render(d.path(), &nowhere, "t.m4.conf", &[]).unwrap_err();
+        assert!(matches!(e, RenderError::M4Missing), "{e:?}");
     }
 
     #[test]
