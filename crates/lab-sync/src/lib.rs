@@ -6,6 +6,7 @@
 //! never prints.
 
 pub mod bootstrap;
+pub mod converge;
 pub mod diff;
 mod error;
 mod machine;
@@ -16,7 +17,7 @@ mod transport;
 pub mod units;
 
 pub use error::SyncError;
-pub use machine::{Change, MachineSync, Outcome, SyncOptions, SyncReport, Target};
+pub use machine::{Change, MachineSync, Outcome, Probe, SyncOptions, SyncReport, Target};
 pub use ssh::{HostKeyPolicy, Login, SshTarget, SshTransport};
 pub use ssh2_config;
 pub use transport::{LocalTransport, Output, Transport};

@@ -12,8 +12,8 @@ use crate::transport::Transport;
 use crate::units;
 use crate::SyncError;
 use lab_agent::{
-    bootstrap, manifest_command, outcome_command, probe_command, run_id, with_run, ApplyPlan,
-    Report, UnitAction,
+    bootstrap, check_command, manifest_command, outcome_command, probe_command, resume_program,
+    run_id, with_run, ApplyPlan, Check, Drift, Report, UnitAction,
 };
 use lab_config::UnitRule;
 use lab_core::ExecutorExit;
@@ -82,6 +82,11 @@ pub struct SyncReport {
     pub rollback: Option<Report>,
     /// Units that failed (after the apply; the rollback's are in `rollback`).
     pub failed_units: Vec<String>,
+    /// Managed paths that were not what lab had put there (repaired by
+    /// this sync unless it failed).
+    pub drift: Vec<Drift>,
+    /// Unit actions an earlier run had left pending (run by this sync).
+    pub pending: Vec<UnitAction>,
 }
 
 impl SyncReport {
@@ -113,12 +118,85 @@ fn parse_current(text: &str) -> Result<(u64, Option<Digest>), SyncError> {
     Ok((gen, it.next().and_then(Digest::from_hex)))
 }
 
+/// What one check of a machine found (one command, see
+/// [`lab_agent::check_command`]).
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    pub gen: u64,
+    /// The applied manifest's digest (`None` before lab's first sync).
+    pub digest: Option<Digest>,
+    /// A run was killed half way (recovered by the next sync).
+    pub interrupted: bool,
+    /// When the current generation was applied (seconds since the epoch).
+    pub applied_at: Option<u64>,
+    /// Drift and pending unit actions.
+    pub check: Check,
+    /// `ActiveState` of each unit asked about.
+    pub units: Vec<(String, String)>,
+    /// The applied manifest, when the machine sent it (its digest was not
+    /// the one lab had cached), or from the cache.
+    pub manifest: Option<Manifest>,
+}
+
 pub struct MachineSync<'a> {
     pub target: &'a Target,
     pub transport: &'a mut dyn Transport,
 }
 
 impl MachineSync<'_> {
+    /// Check the machine, changing nothing: one command (see [`Probe`]).
+    /// `units`: whose state to report.
+    pub fn check(&mut self, units: &[String]) -> Result<Probe, SyncError> {
+        let cached = self.cached();
+        let known = cached.as_ref().map(|(_, d)| *d);
+        let out = self.transport.run(
+            &check_command(&self.target.root, known.as_ref(), units),
+            &mut |_| Ok(()),
+        )?;
+        if out.status != 0 {
+            return Err(SyncError::Protocol {
+                status: out.status,
+                output: format!("{}{}", out.stdout_text(), out.stderr_text()),
+            });
+        }
+        let text = out.stdout_text();
+        let (head, manifest_text) = match text.split_once("\nmanifest\n") {
+            Some((h, m)) => (h.to_string(), Some(m.to_string())),
+            None => (text.clone(), None),
+        };
+        let (gen, digest) = parse_current(&head)?;
+        let mut p = Probe {
+            gen,
+            digest,
+            interrupted: head.lines().any(|l| l == "interrupted"),
+            check: Check::parse(&head),
+            ..Default::default()
+        };
+        for l in head.lines() {
+            if let Some(t) = l.strip_prefix("at ") {
+                p.applied_at = t.trim().parse().ok();
+            } else if let Some(u) = l.strip_prefix("unit ") {
+                if let Some((u, st)) = u.split_once(' ') {
+                    p.units.push((u.to_string(), st.to_string()));
+                }
+            }
+        }
+        p.manifest = match (manifest_text, cached) {
+            (Some(t), _) if Some(Digest::of(t.as_bytes())) == digest => {
+                let m = Manifest::parse(&t).map_err(|e| SyncError::Protocol {
+                    status: 0,
+                    output: format!("manifest of generation {gen}: {e}"),
+                })?;
+                self.remember(&t);
+                Some(m)
+            }
+            (None, Some((m, d))) if Some(d) == digest => Some(m),
+            _ if gen == 0 => Some(Manifest::new(&self.target.name)),
+            _ => None,
+        };
+        Ok(p)
+    }
+
     /// The machine's generation and manifest digest (`None` before lab's
     /// first sync).
     pub fn probe(&mut self) -> Result<(u64, Option<Digest>), SyncError> {
@@ -217,17 +295,26 @@ impl MachineSync<'_> {
         let (new, new_text) = self.new_manifest()?;
         let digest = Digest::of(new_text.as_bytes());
         let mut attempts = 0;
-        let (mut gen, mut base, mut known) = match self.cached() {
-            Some((m, d)) if d != digest => (None, Some(d), Some(m)),
+        // What lab knows of the machine: its generation, digest, applied
+        // manifest, and what the last check of it found.
+        let (mut gen, mut base, mut known, mut check) = match self.cached() {
+            // (a change goes out at once; the machine refuses it, saying
+            // what it found, when it is not as the cache says)
+            Some((m, d)) if d != digest => (None, Some(d), Some(m), Check::default()),
             _ => {
-                let (g, b) = self.probe()?;
-                (Some(g), b, None)
+                let p = self.check(&[])?;
+                (Some(p.gen), p.digest, p.manifest, p.check)
             }
         };
         loop {
-            if base == Some(digest) {
+            let old = match known.take() {
+                Some(m) => m,
+                None => self.fetch_manifest(gen.unwrap_or_default(), base.as_ref())?,
+            };
+            let drift: Vec<Drift> = check.drift(&old);
+            if base == Some(digest) && drift.is_empty() {
                 self.remember(&new_text);
-                return Ok(SyncReport {
+                let mut report = SyncReport {
                     outcome: Outcome::Unchanged {
                         gen: gen.unwrap_or_default(),
                     },
@@ -237,15 +324,52 @@ impl MachineSync<'_> {
                     apply: Report::default(),
                     rollback: None,
                     failed_units: vec![],
-                });
+                    drift: vec![],
+                    pending: check.pending.clone(),
+                };
+                if check.pending.is_empty() {
+                    return Ok(report);
+                }
+                // unit actions a killed run left: run them, nothing else
+                let run = run_id();
+                let program = with_run(
+                    &run,
+                    &resume_program(&digest, &check.expect(), self.target.settle_ms),
+                );
+                let (cmd, first) = bootstrap(&self.target.root, &program, self.target.systemd);
+                let out = self.transport.run(&cmd, &mut |w| w.write_all(first));
+                let out = self.outcome(out, &run)?;
+                let r = Report::parse(&out.stdout_text());
+                attempts += 1;
+                if out.status == ExecutorExit::Stale.code() {
+                    let Some((g, b)) = r.stale else {
+                        return Err(SyncError::Protocol {
+                            status: out.status,
+                            output: out.stdout_text(),
+                        });
+                    };
+                    if attempts >= 5 {
+                        return Err(SyncError::Contended(attempts));
+                    }
+                    (gen, base, check) = (Some(g), b, Check::parse(&out.stdout_text()));
+                    continue;
+                }
+                if out.status != 0 || !r.finished {
+                    return Err(SyncError::Interrupted(format!(
+                        "the pending unit actions of generation {} did not finish: {}",
+                        gen.unwrap_or_default(),
+                        r.failures.join("; ")
+                    )));
+                }
+                report.failed_units = r.failed_units().map(|u| u.unit.clone()).collect();
+                report.apply = r;
+                return Ok(report);
             }
             attempts += 1;
-            let old = match known.take() {
-                Some(m) => m,
-                None => self.fetch_manifest(gen.unwrap_or_default(), base.as_ref())?,
-            };
-            let plan = ApplyPlan::new(&old, &new);
-            let actions = units::actions(&old, &new, &plan.touched(), &self.target.rules);
+            let mut plan = ApplyPlan::repairing(&old, &new, &check.seen);
+            plan.expect = Some(check.expect());
+            let fresh = units::actions(&old, &new, &plan.touched(), &self.target.rules);
+            let actions = crate::converge::merge_actions(&check.pending, &fresh);
             let settle = if opts.rollback_on_failure {
                 self.target.settle_ms.max(ROLLBACK_SETTLE_MS)
             } else {
@@ -294,6 +418,7 @@ impl MachineSync<'_> {
                     };
                     gen = Some(g);
                     base = b;
+                    check = Check::parse(&out.stdout_text());
                     if attempts >= 5 {
                         return Err(SyncError::Contended(attempts));
                     }
@@ -332,6 +457,8 @@ impl MachineSync<'_> {
                 apply: report,
                 rollback: None,
                 failed_units: failed,
+                drift,
+                pending: check.pending.clone(),
             };
             if opts.rollback_on_failure && !result.failed_units.is_empty() {
                 let prev = now - 1;
