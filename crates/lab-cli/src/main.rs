@@ -5,6 +5,7 @@
 //! other machines were done); 2 the invocation or the project is wrong
 //! (usage, `lab.toml`, unknown machine, lock held).
 
+mod adopt;
 mod bootstrap;
 mod diag;
 mod explain;
@@ -244,6 +245,19 @@ enum Command {
         /// Print JSON on stdout (schema in the README).
         #[arg(long)]
         json: bool,
+    },
+    /// Make a hand fix on a machine source: copy the machine's version of
+    /// each drifted plain file into machines/NAME/ (templates are refused).
+    Adopt {
+        /// The machine.
+        #[arg(short, long = "machine", value_name = "NAME")]
+        machine: String,
+        /// Paths on the machine (absolute).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+        /// Trust and record a host key that known_hosts does not have yet.
+        #[arg(long)]
+        accept_new: bool,
     },
     /// Put a machine back on an earlier generation.
     #[command(mut_arg("machines", |a| a.help(NAMED)))]
@@ -546,6 +560,14 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                     check: matches!(cli.command, Command::Check { .. }),
                 },
             )
+        }
+        Command::Adopt {
+            machine,
+            paths,
+            accept_new,
+        } => {
+            let engine = open(&cli, style)?;
+            adopt::adopt(&engine, style, machine, paths, *accept_new)
         }
         Command::Rollback {
             select,

@@ -525,3 +525,81 @@ fn unit_actions_are_never_lost() {
         assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
     }
 }
+
+#[test]
+fn diff_shows_what_is_really_there_and_adopt_makes_a_hand_fix_source() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    let lab = project(fleet.hosts());
+    lab.file("layers/base/srv/app/conf", "v1\n");
+    sync(&lab, "h1");
+
+    // drift, a new file, and a file lab takes over for the first time
+    run(
+        h,
+        "echo 'hand fix' >/srv/app/conf; echo \"machine's\" >/srv/app/taken",
+    );
+    lab.file("layers/base/srv/app/new", "new\n")
+        .file("layers/base/srv/app/taken", "lab's\n");
+    let (code, out, err) = lab_run(&lab, &["diff", "-m", "h1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "! /srv/app/conf (file 0644, 3 B): drifted on the machine (content-changed; there now: file)\n\
+         --- a/srv/app/conf\n\
+         +++ b/srv/app/conf\n\
+         @@ -1,1 +1,1 @@\n\
+         -hand fix\n\
+         +v1\n\
+         + /srv/app/new (file 0644, 4 B)\n\
+         --- /dev/null\n\
+         +++ b/srv/app/new\n\
+         @@ -0,0 +1,1 @@\n\
+         +new\n\
+         + /srv/app/taken (file 0644, 6 B) (takes over the machine's file)\n\
+         --- a/srv/app/taken\n\
+         +++ b/srv/app/taken\n\
+         @@ -1,1 +1,1 @@\n\
+         -machine's\n\
+         +lab's\n"
+    );
+    lab.remove("layers/base/srv/app/new")
+        .remove("layers/base/srv/app/taken");
+
+    // a template is refused, naming it
+    run(h, "echo 'by hand' >/etc/motd");
+    let (code, _, err) = lab_run(&lab, &["adopt", "-m", "h1", "/etc/motd"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/etc/motd is rendered from the template `layers/base/etc/motd.j2`"),
+        "{err}"
+    );
+    assert!(!lab.join("machines/h1/etc/motd").exists());
+    // (put back by hand: the same bytes lab wrote are no drift)
+    run(h, "echo 'h1: managed by lab' >/etc/motd");
+    // a path that did not drift: nothing to adopt
+    let (code, _, err) = lab_run(&lab, &["adopt", "-m", "h1", "/etc/probe/version"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has not drifted"), "{err}");
+
+    // the hand fix becomes source; the next build and sync change nothing
+    let inode = run(h, "stat -c %i /srv/app/conf");
+    let (code, out, err) = lab_run(&lab, &["adopt", "-m", "h1", "/srv/app/conf"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "h1: adopted /srv/app/conf into machines/h1/srv/app/conf\n"
+    );
+    assert_eq!(lab.read("machines/h1/srv/app/conf"), "hand fix\n");
+    let r = sync(&lab, "h1");
+    assert!(matches!(r.report.outcome, Outcome::Applied { .. }));
+    assert_eq!((r.report.written, r.report.content_bytes), (0, 0));
+    assert!(r.report.apply.units.is_empty());
+    assert_eq!(run(h, "cat /srv/app/conf"), "hand fix\n");
+    assert_eq!(
+        run(h, "stat -c %i /srv/app/conf"),
+        inode,
+        "not even rewritten"
+    );
+    assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
+}

@@ -295,6 +295,8 @@ impl MachineSync<'_> {
         let (new, new_text) = self.new_manifest()?;
         let digest = Digest::of(new_text.as_bytes());
         let mut attempts = 0;
+        // (what runs that stopped as stale had to say: a recovery, say)
+        let mut notes: Vec<String> = Vec::new();
         // What lab knows of the machine: its generation, digest, applied
         // manifest, and what the last check of it found.
         let (mut gen, mut base, mut known, mut check) = match self.cached() {
@@ -352,6 +354,7 @@ impl MachineSync<'_> {
                         return Err(SyncError::Contended(attempts));
                     }
                     (gen, base, check) = (Some(g), b, Check::parse(&out.stdout_text()));
+                    notes.extend(r.notes.iter().cloned());
                     continue;
                 }
                 if out.status != 0 || !r.finished {
@@ -363,6 +366,8 @@ impl MachineSync<'_> {
                 }
                 report.failed_units = r.failed_units().map(|u| u.unit.clone()).collect();
                 report.apply = r;
+                notes.append(&mut report.apply.notes);
+                report.apply.notes = notes;
                 return Ok(report);
             }
             attempts += 1;
@@ -396,7 +401,11 @@ impl MachineSync<'_> {
                 });
             }
             let out = self.outcome(out, &run)?;
-            let report = Report::parse(&out.stdout_text());
+            let mut report = Report::parse(&out.stdout_text());
+            if out.status == ExecutorExit::Applied.code() {
+                notes.append(&mut report.notes);
+                report.notes = std::mem::take(&mut notes);
+            }
             if out.status == 0 && !report.finished {
                 return Err(SyncError::Interrupted(match report.now {
                     Some((g, _)) => {
@@ -419,6 +428,7 @@ impl MachineSync<'_> {
                     gen = Some(g);
                     base = b;
                     check = Check::parse(&out.stdout_text());
+                    notes.extend(report.notes.iter().cloned());
                     if attempts >= 5 {
                         return Err(SyncError::Contended(attempts));
                     }
@@ -578,49 +588,88 @@ impl MachineSync<'_> {
         })
     }
 
-    /// What a sync would change: for each touched path, the machine's
-    /// entry and content (files only, up to 1 MiB) and the new ones.
-    pub fn diff(&mut self) -> Result<Vec<Change>, SyncError> {
-        let (new, _) = self.new_manifest()?;
-        let (gen, base) = self.probe()?;
-        let old = self.fetch_manifest(gen, base.as_ref())?;
-        let plan = ApplyPlan::new(&old, &new);
-        let touched = plan.touched();
-        // Current contents of the files that change, in one command.
-        let wanted: Vec<&str> = touched
-            .iter()
-            .filter(|p| {
-                matches!(old.get(p).map(|e| &e.kind), Some(EntryKind::File { size, .. }) if *size <= 1 << 20)
-            })
-            .copied()
-            .collect();
+    /// The contents of the regular files among `paths` (relative) of at
+    /// most `max` bytes, in one command. Nothing is read through a
+    /// symlink, nor a directory whole; what is not such a file is left out.
+    pub fn fetch_files(
+        &mut self,
+        paths: &[&str],
+        max: u64,
+    ) -> Result<BTreeMap<String, Vec<u8>>, SyncError> {
         let mut remote: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        if !wanted.is_empty() {
-            let mut prog =
-                String::from("cd \"${LAB_ROOT:-/}\" && exec tar -c -f - --ignore-failed-read --");
-            for p in &wanted {
-                prog.push(' ');
-                prog.push_str(&lab_agent::quote(p));
-            }
-            prog.push_str(" 2>/dev/null\n");
-            let (cmd, first) = bootstrap(&self.target.root, &prog, false);
-            let out = self.transport.run(&cmd, &mut |w| w.write_all(first))?;
-            let mut ar = tar::Archive::new(out.stdout.as_slice());
-            if let Ok(entries) = ar.entries() {
-                for e in entries.flatten() {
-                    let mut e = e;
-                    let path = e
-                        .path()
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let mut data = Vec::new();
-                    use std::io::Read;
-                    if e.read_to_end(&mut data).is_ok() {
-                        remote.insert(path, data);
-                    }
+        if paths.is_empty() {
+            return Ok(remote);
+        }
+        let mut prog = format!(
+            "set -u\ncd \"${{LAB_ROOT:-/}}\" || exit 0\nok() {{\n  q=${{1%/*}}\n  [ \"$q\" != \"$1\" ] || q=\"\"\n  while [ -n \"$q\" ]; do\n    if [ -L \"$q\" ] || [ ! -d \"$q\" ]; then return 1; fi\n    case $q in */*) q=${{q%/*}} ;; *) q=\"\" ;; esac\n  done\n  [ -f \"$1\" ] && [ ! -L \"$1\" ] && [ \"$(stat -c %s -- \"$1\")\" -le {max} ]\n}}\nset --\nfor p in"
+        );
+        for p in paths {
+            prog.push(' ');
+            prog.push_str(&lab_agent::quote(p));
+        }
+        prog.push_str(
+            "; do if ok \"$p\"; then set -- \"$@\" \"$p\"; fi; done\n\
+             [ $# -gt 0 ] || exit 0\n\
+             exec tar -c -f - --no-recursion --ignore-failed-read -- \"$@\" 2>/dev/null\n",
+        );
+        let (cmd, first) = bootstrap(&self.target.root, &prog, false);
+        let out = self.transport.run(&cmd, &mut |w| w.write_all(first))?;
+        let mut ar = tar::Archive::new(out.stdout.as_slice());
+        if let Ok(entries) = ar.entries() {
+            for e in entries.flatten() {
+                let mut e = e;
+                let path = e
+                    .path()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut data = Vec::new();
+                use std::io::Read;
+                if e.read_to_end(&mut data).is_ok() {
+                    remote.insert(path, data);
                 }
             }
         }
+        Ok(remote)
+    }
+
+    /// What a sync would change: for each path it would write or remove,
+    /// lab's entry before and after, what is really on the machine (drift
+    /// included), and the contents (files up to 1 MiB): the machine's own
+    /// file, also where lab takes a file over for the first time.
+    pub fn diff(&mut self) -> Result<Vec<Change>, SyncError> {
+        let (new, _) = self.new_manifest()?;
+        let probe = self.check(&[])?;
+        let old = match probe.manifest {
+            Some(m) => m,
+            None => self.fetch_manifest(probe.gen, probe.digest.as_ref())?,
+        };
+        let drift: BTreeMap<String, Drift> = probe
+            .check
+            .drift(&old)
+            .into_iter()
+            .map(|d| (d.path.clone(), d))
+            .collect();
+        let plan = ApplyPlan::repairing(&old, &new, &probe.check.seen);
+        let touched = plan.touched();
+        // What is there now, for each touched path: the check says for
+        // drifted ones; the applied manifest for the others; a path lab
+        // does not manage yet may hold a file of the machine's own.
+        let on_machine = |p: &str| -> Option<&'static str> {
+            match (drift.get(p), old.get(p)) {
+                (Some(d), _) => match d.seen {
+                    lab_agent::Seen::Gone => None,
+                    ref s => Some(s.kind_name()),
+                },
+                (None, Some(e)) => Some(e.kind_name()),
+                (None, None) => Some("unknown"),
+            }
+        };
+        let wanted: Vec<&str> = touched
+            .iter()
+            .filter(|p| matches!(on_machine(p), Some("file" | "unknown")))
+            .copied()
+            .collect();
+        let mut remote = self.fetch_files(&wanted, 1 << 20)?;
         let mut changes = Vec::new();
         for p in touched {
             let before = old.get(p).cloned();
@@ -633,12 +682,19 @@ impl MachineSync<'_> {
                 }) if *size <= 1 << 20 => std::fs::read(self.target.out_dir.join(p)).ok(),
                 _ => None,
             };
+            let now = match on_machine(p) {
+                Some("unknown") if old_content.is_some() => Some("file"),
+                Some("unknown") => None,
+                k => k,
+            };
             changes.push(Change {
                 path: p.to_string(),
                 before,
                 after,
                 old_content,
                 new_content,
+                drift: drift.get(p).map(|d| d.kind),
+                on_machine: now.map(str::to_string),
             });
         }
         Ok(changes)
@@ -654,4 +710,9 @@ pub struct Change {
     /// Content on the machine now (files up to 1 MiB).
     pub old_content: Option<Vec<u8>>,
     pub new_content: Option<Vec<u8>>,
+    /// The path is not what lab put there.
+    pub drift: Option<lab_agent::DriftKind>,
+    /// What is on the machine at the path now (`file`, `dir`, `symlink`,
+    /// ...; `None`: nothing).
+    pub on_machine: Option<String>,
 }
