@@ -111,16 +111,19 @@ pending() {
 #   unit UNIT ACTIVESTATE (for each UNIT argument)
 #   manifest              then the applied manifest, when its digest is
 #                         not KNOWN (what lab has cached)
-probe() { # KNOWN UNIT...
+# WAIT=1: first wait for a sync that holds the lock.
+probe() { # KNOWN WAIT UNIT...
+  # (WAIT=1: a sync holds the lock while it changes things: wait for it,
+  # to see where it leaves the machine; a sync does not wait here: its
+  # apply checks again under the lock)
+  if [ "$2" = 1 ] && [ -e "$S/lock" ]; then exec 8<"$S/lock" && flock -s -w 60 8 || :; fi
   if [ -f "$S/current" ]; then cat "$S/current"; else echo '0 none'; fi
   if [ -e "$S/inflight" ] || [ -e "$S/undoing" ]; then echo interrupted; return 0; fi
   k=$1
-  shift
+  shift 2
   g=$(current_gen)
   [ "$g" -gt 0 ] || return 0
   echo "at $(stat -c %Y "$S/current")"
-  # (a sync holds the lock while it changes things: wait for it)
-  if [ -e "$S/lock" ]; then exec 8<"$S/lock" && flock -s -w 60 8 || :; fi
   drift
   pending
   if [ $# -gt 0 ] && command -v systemctl >/dev/null 2>&1; then

@@ -67,13 +67,21 @@ current_digest() { if [ -f "$S/current" ]; then read -r _ d <"$S/current"; echo 
 /// actions not run yet, the state of `units`, and the applied manifest
 /// unless its digest is `known`. One command: the whole of a no-change
 /// sync and of `lab status`.
-pub fn check_command(root: &str, known: Option<&Digest>, units: &[String]) -> String {
+/// `wait`: first wait (up to a minute) for a sync that holds the
+/// machine's lock, to see the machine as it leaves it.
+pub fn check_command(
+    root: &str,
+    known: Option<&Digest>,
+    units: &[String],
+    wait: bool,
+) -> String {
     let mut p = String::with_capacity(CHECK_PRELUDE.len() + 6000);
     p.push_str(CHECK_PRELUDE);
     static C: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     p.push_str(C.get_or_init(|| strip(include_str!("check.sh"))));
     p.push_str("probe ");
     p.push_str(&known.map_or("none".to_string(), |d| d.to_hex()));
+    p.push_str(if wait { " 1" } else { " 0" });
     for u in units {
         p.push(' ');
         p.push_str(&quote(u));

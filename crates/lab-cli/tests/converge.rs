@@ -603,3 +603,56 @@ fn diff_shows_what_is_really_there_and_adopt_makes_a_hand_fix_source() {
     );
     assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
 }
+
+#[test]
+fn drift_on_a_full_or_read_only_disk_fails_cleanly_and_is_repaired_later() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    run(
+        h,
+        "mkdir -p /srv/small && mount -t tmpfs -o size=1m tmpfs /srv/small",
+    );
+    let lab = project(fleet.hosts());
+    lab.file("layers/base/srv/small/a", &"a".repeat(64 * 1024));
+    sync(&lab, "h1");
+
+    // the managed file deleted, then the disk filled by someone else
+    run(
+        h,
+        "rm /srv/small/a; head -c 2M /dev/zero >/srv/small/fill 2>/dev/null || true",
+    );
+    let (code, out, err) = lab_run(&lab, &["sync", "-m", "h1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("ran out of disk space writing `/srv/small/a`"),
+        "{err}"
+    );
+    assert_eq!(
+        run(h, "ls -A /srv/small"),
+        "fill\n",
+        "nothing lab did not make is touched"
+    );
+    assert_eq!(run(h, "cut -d' ' -f1 /var/lib/lab/current"), "1\n");
+    // status still tells (it writes nothing)
+    let (code, st) = status_json(&lab, &["-m", "h1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        st["machines"][0]["drift"],
+        serde_json::json!([{"path": "/srv/small/a", "kind": "deleted", "now": "missing"}])
+    );
+
+    // read-only: refused with the system's reason, the machine unchanged
+    run(h, "rm /srv/small/fill && mount -o remount,ro /srv/small");
+    let (code, out, err) = lab_run(&lab, &["sync", "-m", "h1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(run(h, "cut -d' ' -f1 /var/lib/lab/current"), "1\n");
+
+    // space and writes back: the next sync repairs
+    run(h, "mount -o remount,rw /srv/small");
+    let (code, out, err) = lab_run(&lab, &["sync", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("  repaired /srv/small/a: deleted\n"), "{out}");
+    assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
+    run(h, "umount /srv/small");
+}

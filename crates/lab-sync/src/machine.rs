@@ -145,12 +145,24 @@ pub struct MachineSync<'a> {
 
 impl MachineSync<'_> {
     /// Check the machine, changing nothing: one command (see [`Probe`]).
-    /// `units`: whose state to report.
+    /// `units`: whose state to report. A sync holding the machine's lock
+    /// is waited for (see [`MachineSync::check_now`]).
     pub fn check(&mut self, units: &[String]) -> Result<Probe, SyncError> {
+        self.check_with(units, true)
+    }
+
+    /// [`MachineSync::check`] without waiting for a sync that holds the
+    /// lock (what a sync itself does: its apply checks again under the
+    /// lock).
+    pub fn check_now(&mut self, units: &[String]) -> Result<Probe, SyncError> {
+        self.check_with(units, false)
+    }
+
+    fn check_with(&mut self, units: &[String], wait: bool) -> Result<Probe, SyncError> {
         let cached = self.cached();
         let known = cached.as_ref().map(|(_, d)| *d);
         let out = self.transport.run(
-            &check_command(&self.target.root, known.as_ref(), units),
+            &check_command(&self.target.root, known.as_ref(), units, wait),
             &mut |_| Ok(()),
         )?;
         if out.status != 0 {
@@ -304,7 +316,7 @@ impl MachineSync<'_> {
             // what it found, when it is not as the cache says)
             Some((m, d)) if d != digest => (None, Some(d), Some(m), Check::default()),
             _ => {
-                let p = self.check(&[])?;
+                let p = self.check_now(&[])?;
                 (Some(p.gen), p.digest, p.manifest, p.check)
             }
         };
