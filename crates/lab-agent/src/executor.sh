@@ -10,6 +10,9 @@
 #   inflight/         a generation being applied (undone if interrupted)
 #   orig/             files that existed before lab first wrote their path;
 #                     restored when lab stops managing the path
+#   gen/GEN/paths0, stat, actions, done: see check.sh (drift, and unit
+#                     actions journaled with the commit, marked done one
+#                     by one)
 #
 #   reports/RUN       what the run RUN printed (kept for the last few runs):
 #                     a client that lost its connection reads it there
@@ -202,11 +205,29 @@ recover() {
   done
 }
 
-begin() { # BASE_DIGEST
+# The plan was made for the machine as lab last saw it: the drift and the
+# pending unit actions it found (see check.sh), as the sha256 of those
+# lines (`none`: there were none). Anything else: say what there is and
+# stop (exit 3, like a stale base), and lab plans again. (An empty EXPECT:
+# an older client, no check.)
+expect() { # EXPECT
+  [ -n "$1" ] || return 0
+  c=$(drift; pending)
+  h=none
+  if [ -n "$c" ]; then h=$(printf '%s' "$c" | sha256sum) && h=${h%% *}; fi
+  if [ "$h" != "$1" ]; then
+    out "$c"
+    out "stale $(current_gen) $(current_digest)"
+    exit 3
+  fi
+}
+
+begin() { # BASE_DIGEST [EXPECT]
   lock
   recover
   cur=$(current_digest)
   if [ "$cur" != "$1" ]; then out "stale $(current_gen) $cur"; exit 3; fi
+  expect "${2:-}"
   mkdir -p "$S/inflight/prev" "$S/orig"
   G="$S/inflight"
   # undo.sh of this generation undoes only what was done (see `place`)
@@ -447,6 +468,9 @@ complete() { # DIGEST
 commit() { # DIGEST KEEP
   set -- "$(($(current_gen) + 1))" "$1" "$2"
   printf '%s\n' "$2" >"$S/inflight/digest"
+  # what every managed path looks like now, for the next check (before
+  # the commit point: a committed generation always has it)
+  record "$S/inflight"
   # (inflight/backed-up goes along: until `current` names it, a generation
   # in gen/ is undone by recover() anyway)
   mv -- "$S/inflight" "$S/gen/$1"
@@ -651,6 +675,49 @@ rollback() { # TARGET_GEN
     g=$p
   done
   out "rolledback $1 $(current_digest)"
+  # the restored files are new files: their facts, for the next check
+  [ "$1" -eq 0 ] || record "$S/gen/$1"
+}
+
+# Pending unit actions of the current generation (BASE EXPECT SETTLE_MS):
+# run them, as a sync does after its commit.
+resume() {
+  lock
+  recover
+  cur=$(current_digest)
+  if [ "$cur" != "$1" ]; then out "stale $(current_gen) $cur"; exit 3; fi
+  expect "$2"
+  G="$S/gen/$(current_gen)"
+  out "resumed $(current_gen) $cur"
+  run_actions
+  settle "$3"
+  finish
+}
+
+# After a rollback: its unit actions become the journal of the generation
+# it went back to (none is kept for generation 0, which has no directory).
+journal() {
+  G="$S/gen/$(current_gen)"
+  mkdir -p -- "$G"
+  : >"$G/done"
+}
+
+# Run the unit actions in $G/actions that $G/done does not list, each
+# marked done as soon as it ran: an executor killed on the way leaves the
+# rest pending for the next sync (see `pending` in check.sh).
+run_actions() {
+  [ -f "$G/actions" ] || return 0
+  dn=" "
+  if [ -f "$G/done" ]; then
+    while read -r x; do dn="$dn$x "; done <"$G/done"
+  fi
+  i=0
+  while read -r a u <&3; do
+    i=$((i + 1))
+    case $dn in *" $i "*) continue ;; esac
+    if [ "$a" = daemon-reload ]; then daemon_reload; else act "$a" "$u"; fi
+    echo "$i" >>"$G/done"
+  done 3<"$G/actions"
 }
 
 # --- systemd ---

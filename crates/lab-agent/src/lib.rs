@@ -17,14 +17,91 @@
 //! took them over), record the new generation last (one rename of
 //! `current`), then run the unit actions and report each unit's state.
 
+use lab_core::Digest;
+
+mod check;
 mod plan;
 mod report;
 
+pub use check::{classify, Check, Drift, DriftKind, Seen};
 pub use plan::{quote, ApplyPlan, UnitAction, UnitOp};
 pub use report::{Report, UnitResult};
 
-/// The executor's library of functions (`executor.sh`).
-pub const EXECUTOR: &str = include_str!("executor.sh");
+/// The executor's library of functions (`executor.sh`, then `check.sh`).
+pub const EXECUTOR: &str = concat!(include_str!("executor.sh"), include_str!("check.sh"));
+
+/// Comment lines out (all but the first, which names the program): the
+/// program travels with every sync, and fits in the command itself (one
+/// SSH packet) only without them.
+fn strip(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, l) in text.lines().enumerate() {
+        if i > 0 && l.trim_start().starts_with('#') {
+            continue;
+        }
+        out.push_str(l);
+        out.push('\n');
+    }
+    out
+}
+
+/// [`EXECUTOR`] as it is sent: without its comments.
+pub fn executor() -> &'static str {
+    static E: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    E.get_or_init(|| strip(EXECUTOR))
+}
+
+/// What the check needs of the executor: the state's location and the
+/// current generation.
+const CHECK_PRELUDE: &str = r#"set -u
+R=${LAB_ROOT:-}
+case $R in '' | /*) ;; *) R=$PWD/$R ;; esac
+S="$R/var/lib/lab"
+current_gen() { if [ -f "$S/current" ]; then read -r g _ <"$S/current"; echo "$g"; else echo 0; fi; }
+current_digest() { if [ -f "$S/current" ]; then read -r _ d <"$S/current"; echo "$d"; else echo none; fi; }
+"#;
+
+/// The command that tells what lab needs to know of the machine, changing
+/// nothing (`probe` in check.sh): its generation and manifest digest, when
+/// that generation was applied, the drift of the managed paths, unit
+/// actions not run yet, the state of `units`, and the applied manifest
+/// unless its digest is `known`. One command: the whole of a no-change
+/// sync and of `lab status`.
+/// `wait`: first wait (up to a minute) for a sync that holds the
+/// machine's lock, to see the machine as it leaves it.
+pub fn check_command(
+    root: &str,
+    known: Option<&Digest>,
+    units: &[String],
+    wait: bool,
+) -> String {
+    let mut p = String::with_capacity(CHECK_PRELUDE.len() + 6000);
+    p.push_str(CHECK_PRELUDE);
+    static C: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    p.push_str(C.get_or_init(|| strip(include_str!("check.sh"))));
+    p.push_str("probe ");
+    p.push_str(&known.map_or("none".to_string(), |d| d.to_hex()));
+    p.push_str(if wait { " 1" } else { " 0" });
+    for u in units {
+        p.push(' ');
+        p.push_str(&quote(u));
+    }
+    p.push('\n');
+    format!("LAB_ROOT={} sh -c {}", quote(root), quote(&p))
+}
+
+/// The program that runs the pending unit actions of the machine's
+/// current generation (`base`), as found by a check whose lines hash to
+/// `expect`.
+pub fn resume_program(base: &Digest, expect: &str, settle_ms: u64) -> String {
+    let mut s = String::with_capacity(executor().len() + 128);
+    s.push_str(executor());
+    s.push_str(&format!(
+        "\nresume {} {expect} {settle_ms}\n",
+        base.to_hex()
+    ));
+    s
+}
 
 /// Where lab keeps its state on a machine, relative to the machine's root.
 pub const STATE_DIR: &str = "/var/lib/lab";
@@ -132,10 +209,11 @@ pub fn manifest_command(root: &str, gen: u64) -> String {
 /// before lab's first sync) and then runs `units` (see
 /// [`ApplyPlan::program`] for `settle_ms`).
 pub fn rollback_program(target: u64, units: &[UnitAction], settle_ms: u64) -> String {
-    let mut s = String::with_capacity(EXECUTOR.len() + 256);
-    s.push_str(EXECUTOR);
-    s.push_str(&format!("\nrollback {target}\n"));
-    plan::push_units(&mut s, units, settle_ms);
+    let mut s = String::with_capacity(executor().len() + 256);
+    s.push_str(executor());
+    s.push_str(&format!("\nrollback {target}\njournal\n"));
+    plan::push_journal(&mut s, units);
+    plan::push_run(&mut s, units, settle_ms);
     s.push_str("finish\n");
     s
 }
@@ -174,7 +252,7 @@ mod tests {
         assert_eq!(cmd, "LAB_ROOT='/r' LAB_SYSTEMD=1 sh -c 'echo it'\\''s me'");
         assert!(first.is_empty());
         // the executor and a plan for a few files fit in one SSH packet
-        assert!(bootstrap("", EXECUTOR, true).1.is_empty());
+        assert!(bootstrap("", executor(), true).1.is_empty());
         let big = "x".repeat(INLINE_MAX);
         let (cmd, first) = bootstrap("", &big, false);
         assert_eq!(first, big.as_bytes());

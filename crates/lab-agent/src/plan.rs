@@ -1,7 +1,8 @@
 //! Turning "the machine has manifest A, it should have manifest B" into the
 //! executor program and the tar stream for one apply.
 
-use crate::{EXECUTOR, STATE_DIR};
+use crate::check::{classify, Seen};
+use crate::{executor, STATE_DIR};
 use lab_core::Digest;
 use lab_manifest::{Entry, EntryKind, Manifest};
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,13 +58,31 @@ pub struct UnitAction {
     pub unit: String,
 }
 
-pub(crate) fn push_units(s: &mut String, units: &[UnitAction], settle_ms: u64) {
+/// The journal of unit actions, `OP UNIT` a line, written to `$G/actions`
+/// (with the generation, before its commit): what `run_actions` runs and
+/// what a killed run leaves pending.
+pub(crate) fn push_journal(s: &mut String, units: &[UnitAction]) {
+    let mut body = String::new();
     for u in units {
         match u.op {
-            UnitOp::DaemonReload => s.push_str("daemon_reload\n"),
-            op => s.push_str(&format!("act {} {}\n", op.as_str(), quote(&u.unit))),
+            UnitOp::DaemonReload => body.push_str("daemon-reload -\n"),
+            // (unit names have no white space; a name that did would be
+            // refused by systemctl, not split here)
+            op => body.push_str(&format!(
+                "{} {}\n",
+                op.as_str(),
+                u.unit.replace(['\n', ' '], "_")
+            )),
         }
     }
+    s.push_str(&format!(
+        "wr >\"$G/actions\" <<'LAB_ACTIONS'\n{body}LAB_ACTIONS\n"
+    ));
+}
+
+/// Run the journaled actions, then report the units' states.
+pub(crate) fn push_run(s: &mut String, units: &[UnitAction], settle_ms: u64) {
+    s.push_str("run_actions\n");
     if units.iter().any(|u| u.op != UnitOp::DaemonReload) {
         s.push_str(&format!("settle {settle_ms}\n"));
     }
@@ -87,7 +106,12 @@ pub struct ApplyPlan<'a> {
     /// Directories to remove, deepest first; `true` when something else
     /// takes the path (then the removal must succeed).
     pub rmdirs: Vec<(&'a Entry, bool)>,
+    /// What the machine must report at the start of the apply (drift and
+    /// pending actions, see [`crate::Check::expect`]); otherwise it stops
+    /// as stale and says what it found. `None`: no check.
+    pub expect: Option<String>,
     old: Option<&'a Manifest>,
+    new: Option<&'a Manifest>,
 }
 
 fn abs(p: &str) -> String {
@@ -114,6 +138,7 @@ impl<'a> ApplyPlan<'a> {
     pub fn new(old: &'a Manifest, new: &'a Manifest) -> ApplyPlan<'a> {
         let mut p = ApplyPlan {
             old: Some(old),
+            new: Some(new),
             ..Default::default()
         };
         for (path, e) in &new.entries {
@@ -143,6 +168,51 @@ impl<'a> ApplyPlan<'a> {
             }
         }
         p.rmdirs.sort_by(|a, b| b.0.path.cmp(&a.0.path));
+        p
+    }
+
+    /// The change from `old` to `new` on a machine where the paths of
+    /// `seen` (from a check) are not what `old` says: each is written
+    /// again unless it already is what `new` wants (then not even a
+    /// change of `old` to `new` is written there).
+    pub fn repairing(
+        old: &'a Manifest,
+        new: &'a Manifest,
+        seen: &BTreeMap<String, Seen>,
+    ) -> ApplyPlan<'a> {
+        let mut p = ApplyPlan::new(old, new);
+        for (path, s) in seen {
+            let Some(e) = new.entries.get(path) else {
+                continue;
+            };
+            let in_old = old.get(path);
+            if s.matches(e) {
+                p.writes.retain(|w| w.path != *path);
+                p.chmod_dirs.retain(|w| w.path != *path);
+                continue;
+            }
+            if in_old.is_some_and(|o| classify(o, s).is_none()) {
+                // (what old says is there: the plan already has it right)
+                continue;
+            }
+            match in_old {
+                // (kind changes between old and new are planned already)
+                Some(o) if o.is_dir() != e.is_dir() => {}
+                Some(_) if e.is_dir() => {
+                    if !p.chmod_dirs.iter().any(|d| d.path == *path) {
+                        p.chmod_dirs.push(e);
+                    }
+                }
+                Some(_) => {
+                    if !p.writes.iter().any(|w| w.path == *path) {
+                        p.writes.push(e);
+                    }
+                }
+                None => {}
+            }
+        }
+        p.writes.sort_by(|a, b| a.path.cmp(&b.path));
+        p.chmod_dirs.sort_by(|a, b| a.path.cmp(&b.path));
         p
     }
 
@@ -195,11 +265,14 @@ impl<'a> ApplyPlan<'a> {
         units: &[UnitAction],
         settle_ms: u64,
     ) -> String {
-        let mut s = String::with_capacity(EXECUTOR.len() + 64 * (self.writes.len() + 16));
-        s.push_str(EXECUTOR);
+        let mut s = String::with_capacity(executor().len() + 64 * (self.writes.len() + 16));
+        s.push_str(executor());
         s.push('\n');
         let base = base.map_or("none".to_string(), |d| d.to_hex());
-        s.push_str(&format!("begin {base}\n"));
+        match &self.expect {
+            Some(x) => s.push_str(&format!("begin {base} {x}\n")),
+            None => s.push_str(&format!("begin {base}\n")),
+        }
 
         // The undo program of this generation, stored before anything changes.
         let undo = self.undo();
@@ -362,8 +435,9 @@ impl<'a> ApplyPlan<'a> {
             }
         }
         call(&mut s, "unstage", &stages);
+        push_journal(&mut s, units);
         s.push_str(&format!("commit {} {keep}\n", digest.to_hex()));
-        push_units(&mut s, units, settle_ms);
+        push_run(&mut s, units, settle_ms);
         s.push_str("finish\n");
         s
     }
@@ -476,6 +550,20 @@ impl<'a> ApplyPlan<'a> {
                 }
                 EntryKind::Dir => unreachable!("directories are not writes"),
             }
+        }
+        // the managed paths, for the machine's own checks (see check.sh)
+        if let Some(new) = self.new {
+            let mut list = Vec::with_capacity(new.entries.len() * 32);
+            for p in new.entries.keys() {
+                list.extend_from_slice(p.as_bytes());
+                list.push(0);
+            }
+            let mut h = header(tar::EntryType::Regular, 0o644, list.len() as u64);
+            b.append_data(
+                &mut h,
+                format!("{}/inflight/paths0", STATE_DIR.trim_start_matches('/')),
+                list.as_slice(),
+            )?;
         }
         let mut h = header(tar::EntryType::Regular, 0o644, manifest_text.len() as u64);
         b.append_data(

@@ -68,7 +68,9 @@ impl Report {
             }
             let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
             match word {
-                "applied" | "rolledback" => r.now = gen_digest(rest),
+                "applied" | "rolledback" | "resumed" => r.now = gen_digest(rest),
+                // (read by `Check::parse`)
+                "drift" | "pending" => {}
                 "stale" => r.stale = gen_digest(rest),
                 "fail" => r.failures.push(rest.to_string()),
                 "end" if rest.is_empty() => r.finished = true,

@@ -5,6 +5,7 @@
 //! other machines were done); 2 the invocation or the project is wrong
 //! (usage, `lab.toml`, unknown machine, lock held).
 
+mod adopt;
 mod bootstrap;
 mod diag;
 mod explain;
@@ -15,6 +16,7 @@ mod ls;
 mod progress;
 mod prompt;
 mod select;
+mod status;
 mod sync;
 mod verbose;
 mod watch;
@@ -212,6 +214,51 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Whether each machine is in sync, changing nothing: changes the
+    /// source would ship, paths that drifted on the machine, unit actions
+    /// pending, failed units, the applied generation.
+    Status {
+        #[command(flatten)]
+        select: Select,
+        /// Machines checked in parallel.
+        #[arg(short, long, value_name = "N", default_value_t = 8)]
+        jobs: usize,
+        /// Trust and record host keys that known_hosts does not have yet.
+        #[arg(long)]
+        accept_new: bool,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// `lab status` for CI: exit 0 everything in sync, 3 something would
+    /// change or drifted, 1 a machine failed or was unreachable, 2 usage
+    /// or project error.
+    Check {
+        #[command(flatten)]
+        select: Select,
+        /// Machines checked in parallel.
+        #[arg(short, long, value_name = "N", default_value_t = 8)]
+        jobs: usize,
+        /// Trust and record host keys that known_hosts does not have yet.
+        #[arg(long)]
+        accept_new: bool,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make a hand fix on a machine source: copy the machine's version of
+    /// each drifted plain file into machines/NAME/ (templates are refused).
+    Adopt {
+        /// The machine.
+        #[arg(short, long = "machine", value_name = "NAME")]
+        machine: String,
+        /// Paths on the machine (absolute).
+        #[arg(required = true, value_name = "PATH")]
+        paths: Vec<String>,
+        /// Trust and record a host key that known_hosts does not have yet.
+        #[arg(long)]
+        accept_new: bool,
+    },
     /// Put a machine back on an earlier generation.
     #[command(mut_arg("machines", |a| a.help(NAMED)))]
     #[command(group(clap::ArgGroup::new("target").required(true).args(["machines", "all"])))]
@@ -252,6 +299,8 @@ pub(crate) enum Failure {
     Usage,
     /// Some machines failed; the rest was done.
     Partial,
+    /// `lab check`: something is not in sync (exit 3).
+    OutOfSync,
 }
 
 fn main() -> ExitCode {
@@ -270,6 +319,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Partial) => ExitCode::from(1),
         Err(Failure::Usage) => ExitCode::from(2),
+        Err(Failure::OutOfSync) => ExitCode::from(3),
     }
 }
 
@@ -326,7 +376,7 @@ fn each(
         match f(n) {
             Ok(()) => {}
             Err(Failure::Usage) => usage = true,
-            Err(Failure::Partial) => failed.push(n.clone()),
+            Err(Failure::Partial | Failure::OutOfSync) => failed.push(n.clone()),
         }
     }
     if usage {
@@ -484,6 +534,40 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                 json::print(&serde_json::json!({ "machines": doc }));
             }
             r
+        }
+        Command::Status {
+            select,
+            jobs,
+            accept_new,
+            json,
+        }
+        | Command::Check {
+            select,
+            jobs,
+            accept_new,
+            json,
+        } => {
+            let engine = open(&cli, style)?;
+            let names = select::resolve(&engine, style, &select.selection())?;
+            status::status(
+                &engine,
+                style,
+                &status::StatusArgs {
+                    machines: names,
+                    json: *json,
+                    accept_new: *accept_new,
+                    jobs: *jobs,
+                    check: matches!(cli.command, Command::Check { .. }),
+                },
+            )
+        }
+        Command::Adopt {
+            machine,
+            paths,
+            accept_new,
+        } => {
+            let engine = open(&cli, style)?;
+            adopt::adopt(&engine, style, machine, paths, *accept_new)
         }
         Command::Rollback {
             select,

@@ -101,6 +101,7 @@ fn summary(style: Style, name: &str, r: &SyncReport, elapsed_ms: u128) -> String
             ))
         ),
     };
+    s.push_str(&crate::status::repaired_lines(&r.drift, &r.pending));
     unit_lines(style, &r.apply, &mut s);
     if let Some(rb) = &r.rollback {
         s.push_str("  after the rollback:\n");

@@ -33,7 +33,17 @@ fn text(b: &Option<Vec<u8>>) -> Option<String> {
 pub fn render(c: &Change) -> Vec<DiffLine> {
     let mut out = Vec::new();
     let p = &c.path;
+    let now = c.on_machine.as_deref().unwrap_or("nothing");
+    let machine_file = c.on_machine.as_deref() == Some("file");
     let head = match (&c.before, &c.after) {
+        (_, Some(a)) if c.drift.is_some() => format!(
+            "! {}: drifted on the machine ({}; there now: {now})",
+            describe(a),
+            c.drift.map(|d| d.as_str()).unwrap_or_default()
+        ),
+        (None, Some(a)) if machine_file => {
+            format!("+ {} (takes over the machine's file)", describe(a))
+        }
         (None, Some(a)) => format!("+ {}", describe(a)),
         (Some(b), None) => format!("- {}", describe(b)),
         (Some(b), Some(a))
@@ -50,7 +60,7 @@ pub fn render(c: &Change) -> Vec<DiffLine> {
     let is_file = |e: &Option<lab_manifest::Entry>| {
         matches!(e.as_ref().map(|e| &e.kind), Some(EntryKind::File { .. }))
     };
-    if !is_file(&c.before) && !is_file(&c.after) {
+    if !machine_file && !is_file(&c.after) {
         return out;
     }
     // a file only its owner may read (a decrypted age source is 0600)
@@ -64,7 +74,8 @@ pub fn render(c: &Change) -> Vec<DiffLine> {
         ));
         return out;
     }
-    let old = if is_file(&c.before) {
+    // (the machine's own file, not what lab wrote there last)
+    let old = if machine_file {
         text(&c.old_content)
     } else {
         Some(String::new())
@@ -85,16 +96,26 @@ pub fn render(c: &Change) -> Vec<DiffLine> {
         return out;
     }
     let diff = similar::TextDiff::from_lines(&old, &new);
-    out.push(DiffLine::Header(format!("--- a/{p}")));
-    out.push(DiffLine::Header(format!("+++ b/{p}")));
+    out.push(DiffLine::Header(if machine_file {
+        format!("--- a/{p}")
+    } else {
+        "--- /dev/null".to_string()
+    }));
+    out.push(DiffLine::Header(if is_file(&c.after) {
+        format!("+++ b/{p}")
+    } else {
+        "+++ /dev/null".to_string()
+    }));
     for group in diff.grouped_ops(3) {
         let (first, last) = (&group[0], &group[group.len() - 1]);
         let (o, n) = (first.old_range().start, first.new_range().start);
         let (ol, nl) = (last.old_range().end - o, last.new_range().end - n);
+        // (an empty side starts at line 0, as diff(1) writes it)
+        let at = |start: usize, len: usize| if len == 0 { start } else { start + 1 };
         out.push(DiffLine::Header(format!(
             "@@ -{},{ol} +{},{nl} @@",
-            o + 1,
-            n + 1
+            at(o, ol),
+            at(n, nl)
         )));
         for op in group {
             for change in diff.iter_changes(&op) {

@@ -8,6 +8,7 @@
 //! [`Target`] this crate takes.
 
 pub mod bootstrap;
+pub mod converge;
 pub mod diff;
 mod error;
 mod machine;
@@ -18,7 +19,7 @@ mod transport;
 pub mod units;
 
 pub use error::SyncError;
-pub use machine::{Change, MachineSync, Outcome, SyncOptions, SyncReport, Target};
+pub use machine::{Change, MachineSync, Outcome, Probe, SyncOptions, SyncReport, Target};
 pub use ssh::{HostKeyPolicy, Login, SshSpec, SshTarget, SshTransport};
 pub use ssh2_config;
 pub use transport::{LocalTransport, Output, Transport};

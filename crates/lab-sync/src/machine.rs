@@ -13,8 +13,8 @@ use crate::units;
 use crate::units::UnitRule;
 use crate::SyncError;
 use lab_agent::{
-    bootstrap, manifest_command, outcome_command, probe_command, run_id, with_run, ApplyPlan,
-    Report, UnitAction,
+    bootstrap, check_command, manifest_command, outcome_command, probe_command, resume_program,
+    run_id, with_run, ApplyPlan, Check, Drift, Report, UnitAction,
 };
 use lab_core::ExecutorExit;
 use lab_graph::Digest;
@@ -83,6 +83,11 @@ pub struct SyncReport {
     pub rollback: Option<Report>,
     /// Units that failed (after the apply; the rollback's are in `rollback`).
     pub failed_units: Vec<String>,
+    /// Managed paths that were not what lab had put there (repaired by
+    /// this sync unless it failed).
+    pub drift: Vec<Drift>,
+    /// Unit actions an earlier run had left pending (run by this sync).
+    pub pending: Vec<UnitAction>,
 }
 
 impl SyncReport {
@@ -114,12 +119,97 @@ fn parse_current(text: &str) -> Result<(u64, Option<Digest>), SyncError> {
     Ok((gen, it.next().and_then(Digest::from_hex)))
 }
 
+/// What one check of a machine found (one command, see
+/// [`lab_agent::check_command`]).
+#[derive(Clone, Debug, Default)]
+pub struct Probe {
+    pub gen: u64,
+    /// The applied manifest's digest (`None` before lab's first sync).
+    pub digest: Option<Digest>,
+    /// A run was killed half way (recovered by the next sync).
+    pub interrupted: bool,
+    /// When the current generation was applied (seconds since the epoch).
+    pub applied_at: Option<u64>,
+    /// Drift and pending unit actions.
+    pub check: Check,
+    /// `ActiveState` of each unit asked about.
+    pub units: Vec<(String, String)>,
+    /// The applied manifest, when the machine sent it (its digest was not
+    /// the one lab had cached), or from the cache.
+    pub manifest: Option<Manifest>,
+}
+
 pub struct MachineSync<'a> {
     pub target: &'a Target,
     pub transport: &'a mut dyn Transport,
 }
 
 impl MachineSync<'_> {
+    /// Check the machine, changing nothing: one command (see [`Probe`]).
+    /// `units`: whose state to report. A sync holding the machine's lock
+    /// is waited for (see [`MachineSync::check_now`]).
+    pub fn check(&mut self, units: &[String]) -> Result<Probe, SyncError> {
+        self.check_with(units, true)
+    }
+
+    /// [`MachineSync::check`] without waiting for a sync that holds the
+    /// lock (what a sync itself does: its apply checks again under the
+    /// lock).
+    pub fn check_now(&mut self, units: &[String]) -> Result<Probe, SyncError> {
+        self.check_with(units, false)
+    }
+
+    fn check_with(&mut self, units: &[String], wait: bool) -> Result<Probe, SyncError> {
+        let cached = self.cached();
+        let known = cached.as_ref().map(|(_, d)| *d);
+        let out = self.transport.run(
+            &check_command(&self.target.root, known.as_ref(), units, wait),
+            &mut |_| Ok(()),
+        )?;
+        if out.status != 0 {
+            return Err(SyncError::Protocol {
+                status: out.status,
+                output: format!("{}{}", out.stdout_text(), out.stderr_text()),
+            });
+        }
+        let text = out.stdout_text();
+        let (head, manifest_text) = match text.split_once("\nmanifest\n") {
+            Some((h, m)) => (h.to_string(), Some(m.to_string())),
+            None => (text.clone(), None),
+        };
+        let (gen, digest) = parse_current(&head)?;
+        let mut p = Probe {
+            gen,
+            digest,
+            interrupted: head.lines().any(|l| l == "interrupted"),
+            check: Check::parse(&head),
+            ..Default::default()
+        };
+        for l in head.lines() {
+            if let Some(t) = l.strip_prefix("at ") {
+                p.applied_at = t.trim().parse().ok();
+            } else if let Some(u) = l.strip_prefix("unit ") {
+                if let Some((u, st)) = u.split_once(' ') {
+                    p.units.push((u.to_string(), st.to_string()));
+                }
+            }
+        }
+        p.manifest = match (manifest_text, cached) {
+            (Some(t), _) if Some(Digest::of(t.as_bytes())) == digest => {
+                let m = Manifest::parse(&t).map_err(|e| SyncError::Protocol {
+                    status: 0,
+                    output: format!("manifest of generation {gen}: {e}"),
+                })?;
+                self.remember(&t);
+                Some(m)
+            }
+            (None, Some((m, d))) if Some(d) == digest => Some(m),
+            _ if gen == 0 => Some(Manifest::new(&self.target.name)),
+            _ => None,
+        };
+        Ok(p)
+    }
+
     /// The machine's generation and manifest digest (`None` before lab's
     /// first sync).
     pub fn probe(&mut self) -> Result<(u64, Option<Digest>), SyncError> {
@@ -218,17 +308,28 @@ impl MachineSync<'_> {
         let (new, new_text) = self.new_manifest()?;
         let digest = Digest::of(new_text.as_bytes());
         let mut attempts = 0;
-        let (mut gen, mut base, mut known) = match self.cached() {
-            Some((m, d)) if d != digest => (None, Some(d), Some(m)),
+        // (what runs that stopped as stale had to say: a recovery, say)
+        let mut notes: Vec<String> = Vec::new();
+        // What lab knows of the machine: its generation, digest, applied
+        // manifest, and what the last check of it found.
+        let (mut gen, mut base, mut known, mut check) = match self.cached() {
+            // (a change goes out at once; the machine refuses it, saying
+            // what it found, when it is not as the cache says)
+            Some((m, d)) if d != digest => (None, Some(d), Some(m), Check::default()),
             _ => {
-                let (g, b) = self.probe()?;
-                (Some(g), b, None)
+                let p = self.check_now(&[])?;
+                (Some(p.gen), p.digest, p.manifest, p.check)
             }
         };
         loop {
-            if base == Some(digest) {
+            let old = match known.take() {
+                Some(m) => m,
+                None => self.fetch_manifest(gen.unwrap_or_default(), base.as_ref())?,
+            };
+            let drift: Vec<Drift> = check.drift(&old);
+            if base == Some(digest) && drift.is_empty() {
                 self.remember(&new_text);
-                return Ok(SyncReport {
+                let mut report = SyncReport {
                     outcome: Outcome::Unchanged {
                         gen: gen.unwrap_or_default(),
                     },
@@ -238,15 +339,55 @@ impl MachineSync<'_> {
                     apply: Report::default(),
                     rollback: None,
                     failed_units: vec![],
-                });
+                    drift: vec![],
+                    pending: check.pending.clone(),
+                };
+                if check.pending.is_empty() {
+                    return Ok(report);
+                }
+                // unit actions a killed run left: run them, nothing else
+                let run = run_id();
+                let program = with_run(
+                    &run,
+                    &resume_program(&digest, &check.expect(), self.target.settle_ms),
+                );
+                let (cmd, first) = bootstrap(&self.target.root, &program, self.target.systemd);
+                let out = self.transport.run(&cmd, &mut |w| w.write_all(first));
+                let out = self.outcome(out, &run)?;
+                let r = Report::parse(&out.stdout_text());
+                attempts += 1;
+                if out.status == ExecutorExit::Stale.code() {
+                    let Some((g, b)) = r.stale else {
+                        return Err(SyncError::Protocol {
+                            status: out.status,
+                            output: out.stdout_text(),
+                        });
+                    };
+                    if attempts >= 5 {
+                        return Err(SyncError::Contended(attempts));
+                    }
+                    (gen, base, check) = (Some(g), b, Check::parse(&out.stdout_text()));
+                    notes.extend(r.notes.iter().cloned());
+                    continue;
+                }
+                if out.status != 0 || !r.finished {
+                    return Err(SyncError::Interrupted(format!(
+                        "the pending unit actions of generation {} did not finish: {}",
+                        gen.unwrap_or_default(),
+                        r.failures.join("; ")
+                    )));
+                }
+                report.failed_units = r.failed_units().map(|u| u.unit.clone()).collect();
+                report.apply = r;
+                notes.append(&mut report.apply.notes);
+                report.apply.notes = notes;
+                return Ok(report);
             }
             attempts += 1;
-            let old = match known.take() {
-                Some(m) => m,
-                None => self.fetch_manifest(gen.unwrap_or_default(), base.as_ref())?,
-            };
-            let plan = ApplyPlan::new(&old, &new);
-            let actions = units::actions(&old, &new, &plan.touched(), &self.target.rules);
+            let mut plan = ApplyPlan::repairing(&old, &new, &check.seen);
+            plan.expect = Some(check.expect());
+            let fresh = units::actions(&old, &new, &plan.touched(), &self.target.rules);
+            let actions = crate::converge::merge_actions(&check.pending, &fresh);
             let settle = if opts.rollback_on_failure {
                 self.target.settle_ms.max(ROLLBACK_SETTLE_MS)
             } else {
@@ -273,7 +414,11 @@ impl MachineSync<'_> {
                 });
             }
             let out = self.outcome(out, &run)?;
-            let report = Report::parse(&out.stdout_text());
+            let mut report = Report::parse(&out.stdout_text());
+            if out.status == ExecutorExit::Applied.code() {
+                notes.append(&mut report.notes);
+                report.notes = std::mem::take(&mut notes);
+            }
             if out.status == 0 && !report.finished {
                 return Err(SyncError::Interrupted(match report.now {
                     Some((g, _)) => {
@@ -295,6 +440,8 @@ impl MachineSync<'_> {
                     };
                     gen = Some(g);
                     base = b;
+                    check = Check::parse(&out.stdout_text());
+                    notes.extend(report.notes.iter().cloned());
                     if attempts >= 5 {
                         return Err(SyncError::Contended(attempts));
                     }
@@ -333,6 +480,8 @@ impl MachineSync<'_> {
                 apply: report,
                 rollback: None,
                 failed_units: failed,
+                drift,
+                pending: check.pending.clone(),
             };
             if opts.rollback_on_failure && !result.failed_units.is_empty() {
                 let prev = now - 1;
@@ -452,49 +601,88 @@ impl MachineSync<'_> {
         })
     }
 
-    /// What a sync would change: for each touched path, the machine's
-    /// entry and content (files only, up to 1 MiB) and the new ones.
-    pub fn diff(&mut self) -> Result<Vec<Change>, SyncError> {
-        let (new, _) = self.new_manifest()?;
-        let (gen, base) = self.probe()?;
-        let old = self.fetch_manifest(gen, base.as_ref())?;
-        let plan = ApplyPlan::new(&old, &new);
-        let touched = plan.touched();
-        // Current contents of the files that change, in one command.
-        let wanted: Vec<&str> = touched
-            .iter()
-            .filter(|p| {
-                matches!(old.get(p).map(|e| &e.kind), Some(EntryKind::File { size, .. }) if *size <= 1 << 20)
-            })
-            .copied()
-            .collect();
+    /// The contents of the regular files among `paths` (relative) of at
+    /// most `max` bytes, in one command. Nothing is read through a
+    /// symlink, nor a directory whole; what is not such a file is left out.
+    pub fn fetch_files(
+        &mut self,
+        paths: &[&str],
+        max: u64,
+    ) -> Result<BTreeMap<String, Vec<u8>>, SyncError> {
         let mut remote: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-        if !wanted.is_empty() {
-            let mut prog =
-                String::from("cd \"${LAB_ROOT:-/}\" && exec tar -c -f - --ignore-failed-read --");
-            for p in &wanted {
-                prog.push(' ');
-                prog.push_str(&lab_agent::quote(p));
-            }
-            prog.push_str(" 2>/dev/null\n");
-            let (cmd, first) = bootstrap(&self.target.root, &prog, false);
-            let out = self.transport.run(&cmd, &mut |w| w.write_all(first))?;
-            let mut ar = tar::Archive::new(out.stdout.as_slice());
-            if let Ok(entries) = ar.entries() {
-                for e in entries.flatten() {
-                    let mut e = e;
-                    let path = e
-                        .path()
-                        .map(|p| p.to_string_lossy().into_owned())
-                        .unwrap_or_default();
-                    let mut data = Vec::new();
-                    use std::io::Read;
-                    if e.read_to_end(&mut data).is_ok() {
-                        remote.insert(path, data);
-                    }
+        if paths.is_empty() {
+            return Ok(remote);
+        }
+        let mut prog = format!(
+            "set -u\ncd \"${{LAB_ROOT:-/}}\" || exit 0\nok() {{\n  q=${{1%/*}}\n  [ \"$q\" != \"$1\" ] || q=\"\"\n  while [ -n \"$q\" ]; do\n    if [ -L \"$q\" ] || [ ! -d \"$q\" ]; then return 1; fi\n    case $q in */*) q=${{q%/*}} ;; *) q=\"\" ;; esac\n  done\n  [ -f \"$1\" ] && [ ! -L \"$1\" ] && [ \"$(stat -c %s -- \"$1\")\" -le {max} ]\n}}\nset --\nfor p in"
+        );
+        for p in paths {
+            prog.push(' ');
+            prog.push_str(&lab_agent::quote(p));
+        }
+        prog.push_str(
+            "; do if ok \"$p\"; then set -- \"$@\" \"$p\"; fi; done\n\
+             [ $# -gt 0 ] || exit 0\n\
+             exec tar -c -f - --no-recursion --ignore-failed-read -- \"$@\" 2>/dev/null\n",
+        );
+        let (cmd, first) = bootstrap(&self.target.root, &prog, false);
+        let out = self.transport.run(&cmd, &mut |w| w.write_all(first))?;
+        let mut ar = tar::Archive::new(out.stdout.as_slice());
+        if let Ok(entries) = ar.entries() {
+            for e in entries.flatten() {
+                let mut e = e;
+                let path = e
+                    .path()
+                    .map(|p| p.to_string_lossy().into_owned())
+                    .unwrap_or_default();
+                let mut data = Vec::new();
+                use std::io::Read;
+                if e.read_to_end(&mut data).is_ok() {
+                    remote.insert(path, data);
                 }
             }
         }
+        Ok(remote)
+    }
+
+    /// What a sync would change: for each path it would write or remove,
+    /// lab's entry before and after, what is really on the machine (drift
+    /// included), and the contents (files up to 1 MiB): the machine's own
+    /// file, also where lab takes a file over for the first time.
+    pub fn diff(&mut self) -> Result<Vec<Change>, SyncError> {
+        let (new, _) = self.new_manifest()?;
+        let probe = self.check(&[])?;
+        let old = match probe.manifest {
+            Some(m) => m,
+            None => self.fetch_manifest(probe.gen, probe.digest.as_ref())?,
+        };
+        let drift: BTreeMap<String, Drift> = probe
+            .check
+            .drift(&old)
+            .into_iter()
+            .map(|d| (d.path.clone(), d))
+            .collect();
+        let plan = ApplyPlan::repairing(&old, &new, &probe.check.seen);
+        let touched = plan.touched();
+        // What is there now, for each touched path: the check says for
+        // drifted ones; the applied manifest for the others; a path lab
+        // does not manage yet may hold a file of the machine's own.
+        let on_machine = |p: &str| -> Option<&'static str> {
+            match (drift.get(p), old.get(p)) {
+                (Some(d), _) => match d.seen {
+                    lab_agent::Seen::Gone => None,
+                    ref s => Some(s.kind_name()),
+                },
+                (None, Some(e)) => Some(e.kind_name()),
+                (None, None) => Some("unknown"),
+            }
+        };
+        let wanted: Vec<&str> = touched
+            .iter()
+            .filter(|p| matches!(on_machine(p), Some("file" | "unknown")))
+            .copied()
+            .collect();
+        let mut remote = self.fetch_files(&wanted, 1 << 20)?;
         let mut changes = Vec::new();
         for p in touched {
             let before = old.get(p).cloned();
@@ -507,12 +695,19 @@ impl MachineSync<'_> {
                 }) if *size <= 1 << 20 => std::fs::read(self.target.out_dir.join(p)).ok(),
                 _ => None,
             };
+            let now = match on_machine(p) {
+                Some("unknown") if old_content.is_some() => Some("file"),
+                Some("unknown") => None,
+                k => k,
+            };
             changes.push(Change {
                 path: p.to_string(),
                 before,
                 after,
                 old_content,
                 new_content,
+                drift: drift.get(p).map(|d| d.kind),
+                on_machine: now.map(str::to_string),
             });
         }
         Ok(changes)
@@ -528,4 +723,9 @@ pub struct Change {
     /// Content on the machine now (files up to 1 MiB).
     pub old_content: Option<Vec<u8>>,
     pub new_content: Option<Vec<u8>>,
+    /// The path is not what lab put there.
+    pub drift: Option<lab_agent::DriftKind>,
+    /// What is on the machine at the path now (`file`, `dir`, `symlink`,
+    /// ...; `None`: nothing).
+    pub on_machine: Option<String>,
 }

@@ -1,0 +1,362 @@
+//! `lab status` and `lab check`: per machine, without changing anything,
+//! whether it is in sync: what the source would ship, what drifted on the
+//! machine, unit actions pending, failed units, the applied generation.
+//! One connection and one command per machine, machines in parallel. Also
+//! the lines a sync prints about the drift it repaired.
+
+use crate::diag::{self, Style};
+use crate::Failure;
+use lab_agent::{ApplyPlan, Drift, UnitAction, UnitOp};
+use lab_engine::{BuildOptions, Engine};
+use lab_manifest::Manifest;
+use lab_sync::{MachineSync, Probe};
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+
+pub struct StatusArgs {
+    pub machines: Vec<String>,
+    pub json: bool,
+    pub accept_new: bool,
+    pub jobs: usize,
+    /// `lab check`: exit 3 when something is not in sync.
+    pub check: bool,
+}
+
+fn action_text(a: &UnitAction) -> String {
+    if a.op == UnitOp::DaemonReload {
+        "daemon-reload".to_string()
+    } else {
+        format!("{} {}", a.op.as_str(), a.unit)
+    }
+}
+
+/// The lines a sync prints under its summary: what had drifted (and was
+/// repaired), and the unit actions an earlier run had left pending.
+pub fn repaired_lines(drift: &[Drift], pending: &[UnitAction]) -> String {
+    let mut s = String::new();
+    for d in drift {
+        s.push_str(&format!("  repaired /{}: {}\n", d.path, d.kind.as_str()));
+    }
+    for a in pending {
+        s.push_str(&format!(
+            "  pending from an earlier run: {}\n",
+            action_text(a)
+        ));
+    }
+    s
+}
+
+/// The units lab manages on a machine with manifest `m`: unit files it
+/// writes, and the units of its `[[units]]` rules that cover a path of it.
+fn managed_units(m: &Manifest, rules: &[lab_sync::UnitRule]) -> Vec<String> {
+    use lab_sync::units::{classify, UnitFile};
+    let mut out = BTreeSet::new();
+    for p in m.entries.keys() {
+        match classify(p) {
+            Some(UnitFile::Unit(u) | UnitFile::DropIn(u) | UnitFile::Quadlet(u))
+                if !u.contains("@.") =>
+            {
+                out.insert(u);
+            }
+            _ => {}
+        }
+        for r in rules.iter().filter(|r| r.matches(p)) {
+            out.insert(r.unit.clone());
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// One machine's state.
+struct State {
+    name: String,
+    probe: Probe,
+    /// Paths a sync would change because the source changed.
+    changes: Vec<String>,
+    drift: Vec<Drift>,
+    failed_units: Vec<String>,
+}
+
+impl State {
+    fn in_sync(&self) -> bool {
+        !self.probe.interrupted
+            && self.changes.is_empty()
+            && self.drift.is_empty()
+            && self.probe.check.pending.is_empty()
+    }
+
+    fn json(&self) -> Value {
+        json!({
+            "name": self.name,
+            "ok": self.failed_units.is_empty(),
+            "in_sync": self.in_sync(),
+            "generation": self.probe.gen,
+            "applied_at": self.probe.applied_at,
+            "interrupted": self.probe.interrupted,
+            "changes": self.changes.iter().map(|p| format!("/{p}")).collect::<Vec<_>>(),
+            "drift": self.drift.iter().map(|d| json!({
+                "path": format!("/{}", d.path),
+                "kind": d.kind.as_str(),
+                "now": d.seen.kind_name(),
+            })).collect::<Vec<_>>(),
+            "pending": self.probe.check.pending.iter().map(|a| json!({
+                "action": a.op.as_str(),
+                "unit": a.unit,
+            })).collect::<Vec<_>>(),
+            "failed_units": self.failed_units,
+            "error": null,
+        })
+    }
+
+    fn text(&self, style: Style) -> String {
+        let mut head = Vec::new();
+        if self.probe.interrupted {
+            head.push("a run was interrupted (the next sync recovers it)".to_string());
+        }
+        let n =
+            |k: usize, one: &str, many: &str| format!("{k} {}", if k == 1 { one } else { many });
+        if !self.changes.is_empty() {
+            head.push(n(self.changes.len(), "change to ship", "changes to ship"));
+        }
+        if !self.drift.is_empty() {
+            head.push(n(self.drift.len(), "path drifted", "paths drifted"));
+        }
+        if !self.probe.check.pending.is_empty() {
+            head.push(n(
+                self.probe.check.pending.len(),
+                "unit action pending",
+                "unit actions pending",
+            ));
+        }
+        if !self.failed_units.is_empty() {
+            head.push(style.red(&n(self.failed_units.len(), "unit failed", "units failed")));
+        }
+        let when = match self.probe.applied_at {
+            Some(t) => {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(t);
+                format!(", applied {} ago", age(now.saturating_sub(t)))
+            }
+            None => String::new(),
+        };
+        let mut s = if head.is_empty() {
+            format!(
+                "{}: in sync (generation {}{when})\n",
+                self.name, self.probe.gen
+            )
+        } else {
+            format!(
+                "{}: {} (generation {}{when})\n",
+                self.name,
+                head.join(", "),
+                self.probe.gen
+            )
+        };
+        for p in &self.changes {
+            s.push_str(&format!("  change /{p}\n"));
+        }
+        for d in &self.drift {
+            s.push_str(&format!(
+                "  drifted /{}: {} (now {})\n",
+                d.path,
+                d.kind.as_str(),
+                d.seen.kind_name()
+            ));
+        }
+        for a in &self.probe.check.pending {
+            s.push_str(&format!("  pending {}\n", action_text(a)));
+        }
+        for u in &self.failed_units {
+            s.push_str(&format!("  failed {u}\n"));
+        }
+        s
+    }
+}
+
+fn age(s: u64) -> String {
+    match s {
+        0..=119 => format!("{s} s"),
+        120..=7199 => format!("{} min", s / 60),
+        7200..=172_799 => format!("{} h", s / 3600),
+        _ => format!("{} days", s / 86400),
+    }
+}
+
+fn one(
+    engine: &Engine,
+    m: &lab_config::Machine,
+    t: &mut dyn lab_sync::Transport,
+) -> Result<State, lab_sync::SyncError> {
+    let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
+    let built = std::fs::read_to_string(&target.manifest_path)
+        .ok()
+        .and_then(|t| Manifest::parse(&t).ok())
+        .ok_or_else(|| lab_sync::SyncError::Build {
+            machine: m.name.clone(),
+            message: format!("{}: no build", target.manifest_path.display()),
+        })?;
+    let units = if target.systemd {
+        managed_units(&built, &target.rules)
+    } else {
+        Vec::new()
+    };
+    let probe = MachineSync {
+        target: &target,
+        transport: t,
+    }
+    .check(&units)?;
+    let (changes, drift) = match &probe.manifest {
+        Some(applied) => {
+            let plan = ApplyPlan::new(applied, &built);
+            (
+                plan.touched().into_iter().map(str::to_string).collect(),
+                probe.check.drift(applied),
+            )
+        }
+        // (an interrupted run: the next sync recovers, then looks again)
+        None => (Vec::new(), Vec::new()),
+    };
+    let failed_units = probe
+        .units
+        .iter()
+        .filter(|(_, st)| st == "failed")
+        .map(|(u, _)| u.clone())
+        .collect();
+    Ok(State {
+        name: m.name.clone(),
+        probe,
+        changes,
+        drift,
+        failed_units,
+    })
+}
+
+pub fn status(engine: &Engine, style: Style, args: &StatusArgs) -> Result<(), Failure> {
+    let machines = engine.select(&args.machines).map_err(|e| {
+        eprint!("{}", diag::render(style, &e, None));
+        Failure::Usage
+    })?;
+    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| {
+        eprint!("{}", diag::render(style, &e, None));
+        Failure::Usage
+    })?;
+    let project = &engine.project;
+    // connect (facts gathered over the connection when none are cached:
+    // the build needs them), then build, then one check per machine
+    let connected = lab_deploy::parallel(machines.clone(), args.jobs, |m| {
+        crate::verbose::connecting(m);
+        let r = lab_deploy::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
+            |mut t| {
+                let cached = lab_engine::lab_facts::load(engine.lab_dir(), &m.name)
+                    .is_ok_and(|f| !f.is_empty());
+                if !cached {
+                    lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
+                }
+                Ok(t)
+            },
+        );
+        (m, r)
+    });
+    let mut failed: Vec<String> = Vec::new();
+    let mut doc: Vec<Value> = Vec::new();
+    let mut open = Vec::new();
+    for (m, r) in connected {
+        match r {
+            Ok(t) => open.push((m, t)),
+            Err(e) => {
+                let ctx = format!("machine `{}`", m.name);
+                eprint!("{}", diag::render(style, &e, Some(&ctx)));
+                doc.push(crate::json::failed_machine(
+                    &m.name,
+                    vec![crate::json::error_text(&e, Some(&ctx))],
+                ));
+                failed.push(m.name.clone());
+            }
+        }
+    }
+    let names: Vec<String> = open.iter().map(|(m, _)| m.name.clone()).collect();
+    let mut build_failed = false;
+    if !names.is_empty() {
+        let reporter = crate::progress::CliReporter::new(false, true);
+        let report = engine
+            .build(
+                &BuildOptions {
+                    machines: names,
+                    ..Default::default()
+                },
+                &reporter,
+            )
+            .map_err(|e| {
+                reporter.finish();
+                eprint!("{}", diag::render(style, &e, None));
+                Failure::Usage
+            })?;
+        reporter.finish();
+        for m in &report.machines {
+            if let Err(errors) = &m.result {
+                for e in errors {
+                    eprint!("{}", diag::machine_error(style, engine, &m.name, e).0);
+                }
+                build_failed = true;
+                open.retain(|(o, _)| o.name != m.name);
+                doc.push(crate::json::failed_machine(
+                    &m.name,
+                    vec!["the build failed (its errors are on stderr)".into()],
+                ));
+            }
+        }
+    }
+    let results = lab_deploy::parallel(open, args.jobs, |(m, mut t)| {
+        (m.name.clone(), one(engine, m, t.as_mut()))
+    });
+    let mut out_of_sync = false;
+    for (name, r) in results {
+        match r {
+            Ok(st) => {
+                out_of_sync |= !st.in_sync();
+                if !st.failed_units.is_empty() {
+                    failed.push(name.clone());
+                }
+                if args.json {
+                    doc.push(st.json());
+                } else {
+                    print!("{}", st.text(Style::stdout()));
+                }
+            }
+            Err(e) => {
+                let ctx = format!("machine `{name}`");
+                eprint!("{}", diag::render(style, &e, Some(&ctx)));
+                doc.push(crate::json::failed_machine(
+                    &name,
+                    vec![crate::json::error_text(&e, Some(&ctx))],
+                ));
+                failed.push(name);
+            }
+        }
+    }
+    let order: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+    failed.sort_by_key(|n| order.iter().position(|o| o == n));
+    if args.json {
+        doc.sort_by_key(|v| {
+            let n = v["name"].as_str().unwrap_or_default().to_string();
+            order.iter().position(|o| *o == n)
+        });
+        crate::json::print(&json!({
+            "machines": doc,
+            "in_sync": !out_of_sync && failed.is_empty() && !build_failed,
+            "failed": failed,
+        }));
+    }
+    if build_failed {
+        return Err(Failure::Usage);
+    }
+    if !failed.is_empty() {
+        return Err(Failure::Partial);
+    }
+    if args.check && out_of_sync {
+        return Err(Failure::OutOfSync);
+    }
+    Ok(())
+}

@@ -1,0 +1,658 @@
+//! Convergence on real test hosts: every sync checks what is really on the
+//! machine, reports drift by path and kind, and repairs it with the units'
+//! usual actions; hostile changes are refused, not followed.
+
+mod common_hosts;
+
+use common_hosts::*;
+use lab_agent::DriftKind;
+use lab_sync::{Outcome, SyncOptions};
+use lab_testhosts::TestHosts;
+
+fn drift_of(r: &lab_sync::SyncReport) -> Vec<(String, DriftKind)> {
+    r.drift.iter().map(|d| (d.path.clone(), d.kind)).collect()
+}
+
+fn units_of(r: &lab_agent::Report) -> Vec<String> {
+    r.units
+        .iter()
+        .map(|u| format!("{} {} {}", u.action, u.unit, u.result))
+        .collect()
+}
+
+#[test]
+fn every_drift_kind_is_found_and_repaired_and_nothing_else_is_touched() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    let lab = project(fleet.hosts());
+    lab.file("layers/base/srv/app/content", "content v1\n")
+        .file("layers/base/srv/app/deleted", "deleted v1\n")
+        .file("layers/base/srv/app/mode", "mode v1\n")
+        .file("layers/base/srv/app/owner", "owner v1\n")
+        .file("layers/base/srv/app/touched", "touched v1\n")
+        .file("layers/base/srv/app/taken", "lab's taken\n")
+        .file("layers/base/srv/app/sub/kept", "kept\n")
+        .symlink("layers/base/srv/app/link", "/etc/motd");
+    // a file that was there before lab: lab takes it over
+    run(h, "mkdir -p /srv/app && echo original >/srv/app/taken");
+
+    let first = sync(&lab, "h1");
+    assert_eq!(first.report.outcome, Outcome::Applied { gen: 1 });
+    assert!(first.report.drift.is_empty());
+    let m = manifest(&lab, "h1");
+    assert_eq!(remote_state(h, &m), expected_state(&m));
+
+    // nothing changed anywhere: one command, and the check is in it
+    let again = sync(&lab, "h1");
+    assert_eq!(again.report.outcome, Outcome::Unchanged { gen: 1 });
+    assert!(again.report.drift.is_empty());
+    assert_eq!((again.commands, again.sent), (1, 0));
+
+    // behind lab's back
+    run(
+        h,
+        "echo 2 >/etc/probe/version; \
+         echo changed >/srv/app/content; rm /srv/app/deleted; chmod 600 /srv/app/mode; \
+         chown nobody /srv/app/owner; touch /srv/app/touched; \
+         echo again >/srv/app/taken; ln -sfn /etc/hostname /srv/app/link; \
+         rm -r /srv/app/sub; echo mine >/srv/app/unmanaged; \
+         chmod 700 /srv/app",
+    );
+    let starts = run(h, "cat /run/probe.reloads 2>/dev/null || true");
+    let fixed = sync(&lab, "h1");
+    assert_eq!(
+        drift_of(&fixed.report),
+        vec![
+            ("etc/probe/version".to_string(), DriftKind::ContentChanged),
+            ("srv/app".to_string(), DriftKind::ModeChanged),
+            ("srv/app/content".to_string(), DriftKind::ContentChanged),
+            ("srv/app/deleted".to_string(), DriftKind::Deleted),
+            ("srv/app/link".to_string(), DriftKind::Retargeted),
+            ("srv/app/mode".to_string(), DriftKind::ModeChanged),
+            ("srv/app/owner".to_string(), DriftKind::OwnerChanged),
+            ("srv/app/sub".to_string(), DriftKind::Deleted),
+            ("srv/app/sub/kept".to_string(), DriftKind::Deleted),
+            ("srv/app/taken".to_string(), DriftKind::TakenOverChanged),
+        ]
+    );
+    assert_eq!(fixed.report.outcome, Outcome::Applied { gen: 2 });
+    // only the drifted files travel (the touched one is still lab's)
+    let sizes: u64 = [
+        "1\n",
+        "content v1\n",
+        "deleted v1\n",
+        "mode v1\n",
+        "owner v1\n",
+        "kept\n",
+        "lab's taken\n",
+    ]
+    .iter()
+    .map(|s| s.len() as u64)
+    .sum();
+    assert_eq!(fixed.report.content_bytes, sizes);
+    assert_eq!(units_of(&fixed.report.apply), ["reload probe.service ok"]);
+    assert_eq!(
+        run(h, "cat /run/probe.reloads"),
+        format!("{starts}1\n"),
+        "the rule's reload ran once, after the repair"
+    );
+    assert_eq!(remote_state(h, &m), expected_state(&m));
+    assert_eq!(run(h, "stat -c %U /srv/app/owner"), "root\n");
+    // what lab does not manage is neither reported nor touched
+    assert_eq!(run(h, "cat /srv/app/unmanaged"), "mine\n");
+
+    let clean = sync(&lab, "h1");
+    assert_eq!(clean.report.outcome, Outcome::Unchanged { gen: 2 });
+    assert!(clean.report.drift.is_empty());
+    assert_eq!(clean.commands, 1);
+
+    // a change and drift at once: one plan does both, after the machine
+    // said what it found
+    lab.file("layers/base/srv/app/content", "content v2\n");
+    run(h, "echo again >/srv/app/mode");
+    let both = sync(&lab, "h1");
+    assert_eq!(
+        drift_of(&both.report),
+        vec![("srv/app/mode".to_string(), DriftKind::ContentChanged)]
+    );
+    assert_eq!(both.report.outcome, Outcome::Applied { gen: 3 });
+    assert_eq!(both.commands, 2, "refused with what it found, then applied");
+    let m = manifest(&lab, "h1");
+    assert_eq!(remote_state(h, &m), expected_state(&m));
+}
+
+#[test]
+fn hostile_drift_is_refused_or_replaced_never_followed() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    let lab = project(fleet.hosts());
+    lab.file("layers/base/srv/app/planted", "lab's\n")
+        .file("layers/base/srv/app/dir", "lab's file\n")
+        .file("layers/base/srv/app/d/x", "x\n");
+    sync(&lab, "h1");
+
+    // a symlink planted where a managed file was: replaced, and what it
+    // pointed at is neither read, nor reported, nor written
+    run(
+        h,
+        "echo secret >/root/secret; chmod 600 /root/secret; \
+         ln -sfn /root/secret /srv/app/planted",
+    );
+    let r = sync(&lab, "h1");
+    assert_eq!(
+        drift_of(&r.report),
+        vec![("srv/app/planted".to_string(), DriftKind::KindChanged)]
+    );
+    assert_eq!(
+        run(h, "test -L /srv/app/planted || cat /srv/app/planted"),
+        "lab's\n"
+    );
+    assert_eq!(run(h, "cat /root/secret"), "secret\n");
+
+    // a directory where a managed file was: lab did not make it, so lab
+    // does not delete it: the sync fails, naming the path, and the
+    // machine stays as it was
+    run(
+        h,
+        "rm /srv/app/dir && mkdir /srv/app/dir && echo theirs >/srv/app/dir/f",
+    );
+    let e = sync_with(&lab, "h1", &SyncOptions::default())
+        .err()
+        .unwrap();
+    assert!(
+        e.to_string()
+            .contains("/srv/app/dir is a directory lab did not create"),
+        "{e}"
+    );
+    assert_eq!(run(h, "cat /srv/app/dir/f"), "theirs\n");
+
+    // a directory lab made, replaced by a symlink to elsewhere: nothing is
+    // looked at or written below it
+    run(
+        h,
+        "rm -r /srv/app/dir && rm -r /srv/app/d && mkdir -p /root/elsewhere && \
+         echo theirs >/root/elsewhere/x && ln -s /root/elsewhere /srv/app/d",
+    );
+    let e = sync_with(&lab, "h1", &SyncOptions::default())
+        .err()
+        .unwrap();
+    assert!(e.to_string().contains("/srv/app/d"), "{e}");
+    assert_eq!(run(h, "cat /root/elsewhere/x"), "theirs\n");
+
+    // once the planted link is gone, the sync repairs the rest
+    run(h, "rm /srv/app/d");
+    let r = sync_with(&lab, "h1", &SyncOptions::default()).unwrap();
+    assert!(matches!(r.report.outcome, Outcome::Applied { .. }));
+    let m = manifest(&lab, "h1");
+    assert_eq!(remote_state(h, &m), expected_state(&m));
+}
+
+/// `lab ARGS` in the project: (exit code, stdout, stderr).
+fn lab_run(lab: &lab_testkit::TestLab, args: &[&str]) -> (i32, String, String) {
+    lab_testkit::run(lab, args)
+}
+
+/// The text with "applied N s ago" as "applied T ago".
+fn no_age(s: &str) -> String {
+    match (s.find("applied "), s.find(" ago)")) {
+        (Some(a), Some(b)) if a < b => format!("{}T{}", &s[..a + 8], &s[b..]),
+        _ => s.to_string(),
+    }
+}
+
+/// `lab status --json` with the time of the apply taken out (it is the
+/// machine's clock).
+fn status_json(lab: &lab_testkit::TestLab, args: &[&str]) -> (i32, serde_json::Value) {
+    let mut a = vec!["status", "--json"];
+    a.extend_from_slice(args);
+    let (code, out, err) = lab_run(lab, &a);
+    let mut v: serde_json::Value =
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    for m in v["machines"].as_array_mut().unwrap() {
+        if let Some(t) = m.get_mut("applied_at") {
+            assert!(t.as_u64().is_some_and(|t| t > 1_600_000_000), "{t}");
+            *t = serde_json::Value::Null;
+        }
+    }
+    (code, v)
+}
+
+fn machine_status(
+    gen: u64,
+    changes: &[&str],
+    drift: &[(&str, &str, &str)],
+    pending: &[(&str, &str)],
+) -> serde_json::Value {
+    serde_json::json!({
+        "name": "h1",
+        "ok": true,
+        "in_sync": changes.is_empty() && drift.is_empty() && pending.is_empty(),
+        "generation": gen,
+        "applied_at": null,
+        "interrupted": false,
+        "changes": changes,
+        "drift": drift.iter().map(|(p, k, n)| serde_json::json!({"path": p, "kind": k, "now": n})).collect::<Vec<_>>(),
+        "pending": pending.iter().map(|(a, u)| serde_json::json!({"action": a, "unit": u})).collect::<Vec<_>>(),
+        "failed_units": [],
+        "error": null,
+    })
+}
+
+#[test]
+fn status_and_check_tell_the_truth_with_their_exit_codes() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    let lab = project(fleet.hosts());
+    lab.file("layers/base/srv/app/conf", "v1\n")
+        .symlink("layers/base/srv/app/link", "/etc/motd");
+    // a machine nobody answers for (a closed port on loopback)
+    let toml = lab.read("lab.toml");
+    lab.file(
+        "lab.toml",
+        &format!(
+            "{toml}\n[machines.down]\nhost = \"127.0.0.1\"\nport = 9\nuser = \"root\"\nlayers = [\"base\"]\n"
+        ),
+    );
+    sync(&lab, "h1");
+    assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
+    let (code, v) = status_json(&lab, &["-m", "h1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        v,
+        serde_json::json!({"machines": [machine_status(1, &[], &[], &[])], "in_sync": true, "failed": []})
+    );
+
+    // the source changed: something would change
+    lab.file("layers/base/srv/app/conf", "v2\n");
+    let (code, out, _) = lab_run(&lab, &["check", "-m", "h1"]);
+    assert_eq!(code, 3, "{out}");
+    assert_eq!(
+        status_json(&lab, &["-m", "h1"]).1["machines"][0],
+        machine_status(1, &["/srv/app/conf"], &[], &[])
+    );
+    lab.file("layers/base/srv/app/conf", "v1\n");
+
+    // drift of every kind the machine can show
+    run(
+        h,
+        "echo 9 >/etc/probe/version; rm /etc/motd; chmod 600 /srv/app/conf; \
+         ln -sfn /etc/hostname /srv/app/link; echo mine >/srv/app/unmanaged",
+    );
+    let (code, out, _) = lab_run(&lab, &["check", "-m", "h1"]);
+    assert_eq!(code, 3);
+    assert_eq!(
+        no_age(&out),
+        "h1: 4 paths drifted (generation 1, applied T ago)\n  \
+         drifted /etc/motd: deleted (now missing)\n  \
+         drifted /etc/probe/version: content-changed (now file)\n  \
+         drifted /srv/app/conf: mode-changed (now file)\n  \
+         drifted /srv/app/link: symlink-retargeted (now symlink)\n"
+    );
+    assert_eq!(
+        status_json(&lab, &["-m", "h1"]).1["machines"][0],
+        machine_status(
+            1,
+            &[],
+            &[
+                ("/etc/motd", "deleted", "missing"),
+                ("/etc/probe/version", "content-changed", "file"),
+                ("/srv/app/conf", "mode-changed", "file"),
+                ("/srv/app/link", "symlink-retargeted", "symlink"),
+            ],
+            &[]
+        )
+    );
+    // a status changes nothing
+    assert_eq!(
+        run(h, "cat /etc/probe/version; test -e /etc/motd || echo gone"),
+        "9\ngone\n"
+    );
+
+    // unreachable: 1 (and that beats "out of sync"); a wrong invocation: 2
+    assert_eq!(lab_run(&lab, &["check", "-m", "down"]).0, 1);
+    assert_eq!(lab_run(&lab, &["check", "--all"]).0, 1);
+    assert_eq!(lab_run(&lab, &["check", "-m", "nosuch"]).0, 2);
+    lab.file("layers/base/etc/broken.j2", "{{ nosuch }}\n");
+    assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 2);
+    lab.remove("layers/base/etc/broken.j2");
+
+    // the sync repairs; then all is well again
+    let (code, out, err) = lab_run(&lab, &["sync", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("  repaired /etc/probe/version: content-changed\n"),
+        "{out}"
+    );
+    assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
+    assert_eq!(run(h, "cat /srv/app/unmanaged"), "mine\n");
+}
+
+/// On the host: wait until the shell condition `cond` holds, then run
+/// `then`. Returns once the watcher is running; [`stop`] ends it and
+/// returns what `then` printed.
+fn when(h: &lab_testhosts::Host, cond: &str, then: &str) -> std::thread::JoinHandle<String> {
+    let _ = h.run("rm -f /run/lab-when.ready /run/lab-when.stop");
+    let script = format!(
+        ": >/run/lab-when.ready; until {cond} || [ -e /run/lab-when.stop ]; do :; done; \
+         [ -e /run/lab-when.stop ] || {{ {then}\n}}"
+    );
+    let mut c = h.ssh_command();
+    c.arg(format!("timeout 300 sh -c {}", lab_agent::quote(&script)));
+    let handle = std::thread::spawn(move || {
+        let out = c.output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    while h
+        .run("test -e /run/lab-when.ready && echo y")
+        .unwrap_or_default()
+        != "y\n"
+    {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    handle
+}
+
+fn stop(h: &lab_testhosts::Host, w: std::thread::JoinHandle<String>) -> String {
+    let _ = h.run(": >/run/lab-when.stop");
+    w.join().unwrap()
+}
+
+/// SIGKILL the executor on the host (its process group: the shell and the
+/// systemctl it waits for), found by its command line.
+const KILL_EXECUTOR: &str = r#"p=$(pgrep -o -f '[l]ab[.][A-Za-z0-9]*/run[.]sh|^sh -c (RUN=|# lab executor)')
+if [ -n "$p" ]; then g=$(ps -o pgid= -p "$p" | tr -d ' '); kill -KILL "-$g" && echo killed; fi"#;
+
+/// Starts of slow.service, reloads of rl.service and of probe.service.
+fn counts(h: &lab_testhosts::Host) -> (usize, usize, usize) {
+    let n = |f: &str| {
+        run(h, &format!("cat {f} 2>/dev/null || true"))
+            .lines()
+            .count()
+    };
+    (
+        n("/run/slow.starts"),
+        n("/run/rl.reloads"),
+        n("/run/probe.reloads"),
+    )
+}
+
+/// Wait until systemd has no job left (a killed systemctl leaves its job
+/// running).
+fn settled(h: &lab_testhosts::Host) {
+    run(
+        h,
+        "for i in $(seq 300); do [ -z \"$(systemctl list-jobs --no-legend)\" ] && exit 0; sleep 0.1; done; exit 1",
+    );
+}
+
+fn units_project(fleet: &TestHosts) -> lab_testkit::TestLab {
+    let lab = project(fleet.hosts());
+    let toml = lab.read("lab.toml");
+    lab.file(
+        "lab.toml",
+        &format!(
+            "{toml}\n[[units]]\npaths = [\"/etc/slow/**\"]\nunit = \"slow.service\"\naction = \"restart\"\n\n\
+             [[units]]\npaths = [\"/etc/rl/**\"]\nunit = \"rl.service\"\naction = \"reload\"\n"
+        ),
+    )
+    .file(
+        "layers/base/etc/systemd/system/slow.service",
+        "[Service]\nExecStartPre=/bin/sh -c 'echo s >>/run/slow.starts'\nExecStart=/bin/sleep infinity\n\
+         ExecStop=/bin/sleep 3\n\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .symlink(
+        "layers/base/etc/systemd/system/multi-user.target.wants/slow.service",
+        "../slow.service",
+    )
+    .file(
+        "layers/base/etc/systemd/system/rl.service",
+        "[Service]\nExecStart=/bin/sleep infinity\n\
+         ExecReload=/bin/sh -c 'sleep 3; echo r >>/run/rl.reloads'\n\n[Install]\nWantedBy=multi-user.target\n",
+    )
+    .symlink(
+        "layers/base/etc/systemd/system/multi-user.target.wants/rl.service",
+        "../rl.service",
+    )
+    .file("layers/base/etc/slow/conf", "1\n")
+    .file("layers/base/etc/rl/conf", "1\n");
+    lab
+}
+
+/// Change what the three rules cover (probe reload, rl reload, slow
+/// restart), run `lab sync` and, once `cond` holds on the machine, `then`
+/// there or (`then` empty) SIGKILL lab itself. Returns lab's exit code.
+fn sync_killed(
+    lab: &lab_testkit::TestLab,
+    h: &lab_testhosts::Host,
+    v: u32,
+    cond: &str,
+    then: &str,
+) -> i32 {
+    for f in ["probe/version", "slow/conf", "rl/conf"] {
+        lab.file(&format!("layers/base/etc/{f}"), &format!("{v}\n"));
+    }
+    build(lab);
+    let w = when(h, cond, if then.is_empty() { "echo ready" } else { then });
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("lab"))
+        .current_dir(lab.path())
+        .env("NO_COLOR", "1")
+        .args(["sync", "-m", "h1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    if then.is_empty() {
+        // (lab's own process, by its PID)
+        let said = w.join().unwrap();
+        assert_eq!(said, "ready\n");
+        child.kill().unwrap();
+        child.wait().unwrap().code().unwrap_or(-9)
+    } else {
+        let status = child.wait().unwrap();
+        assert_eq!(stop(h, w), "killed\n");
+        status.code().unwrap_or(-9)
+    }
+}
+
+#[test]
+fn unit_actions_are_never_lost() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    let lab = units_project(&fleet);
+    let first = sync(&lab, "h1");
+    assert!(first.report.ok(), "{:?}", first.report.apply);
+    let reloading = "[ \"$(systemctl show -p ActiveState --value rl.service)\" = reloading ]";
+    let stopping = "[ \"$(systemctl show -p ActiveState --value slow.service)\" = deactivating ]";
+
+    // lab killed (its connection gone with it) while the slow ExecStop
+    // runs: the machine finishes the actions on its own; the next sync
+    // finds nothing pending and runs nothing again
+    let before = counts(h);
+    assert_ne!(sync_killed(&lab, h, 2, stopping, ""), 0);
+    settled(h);
+    let r = sync_with(&lab, "h1", &SyncOptions::default()).unwrap();
+    assert_eq!(r.report.outcome, Outcome::Unchanged { gen: 2 });
+    assert!(r.report.pending.is_empty(), "{:?}", r.report.pending);
+    assert!(r.report.apply.units.is_empty());
+    assert_eq!(
+        counts(h),
+        (before.0 + 1, before.1 + 1, before.2 + 1),
+        "each action ran once"
+    );
+
+    // the executor itself killed after the commit, at two points: in the
+    // slow reload (rl), and in the slow stop of the restart (slow)
+    for (v, cond, pending) in [
+        (
+            3,
+            reloading,
+            vec![("reload", "rl.service"), ("restart", "slow.service")],
+        ),
+        (4, stopping, vec![("restart", "slow.service")]),
+    ] {
+        let code = sync_killed(&lab, h, v, cond, KILL_EXECUTOR);
+        assert_eq!(code, 1, "lab reports the interrupted run");
+        settled(h);
+        let gen = 1 + v as u64 - 1;
+        let (code, st) = status_json(&lab, &["-m", "h1"]);
+        assert_eq!(code, 0);
+        assert_eq!(st["machines"][0], machine_status(gen, &[], &[], &pending));
+        assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 3);
+        let before = counts(h);
+        let r = sync_with(&lab, "h1", &SyncOptions::default()).unwrap();
+        assert_eq!(r.report.outcome, Outcome::Unchanged { gen });
+        let ran: Vec<(String, String)> = r
+            .report
+            .apply
+            .units
+            .iter()
+            .map(|u| (u.action.clone(), u.unit.clone()))
+            .collect();
+        let want: Vec<(String, String)> = pending
+            .iter()
+            .map(|(a, u)| (a.to_string(), u.to_string()))
+            .collect();
+        assert_eq!(ran, want, "exactly the pending actions");
+        assert!(r.report.ok(), "{:?}", r.report.apply);
+        let slow = pending.iter().any(|p| p.1 == "slow.service") as usize;
+        let rl = pending.iter().any(|p| p.1 == "rl.service") as usize;
+        assert_eq!(counts(h), (before.0 + slow, before.1 + rl, before.2));
+        // and once
+        let again = sync_with(&lab, "h1", &SyncOptions::default()).unwrap();
+        assert!(again.report.pending.is_empty());
+        assert!(again.report.apply.units.is_empty());
+        assert_eq!(counts(h), (before.0 + slow, before.1 + rl, before.2));
+        assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
+    }
+}
+
+#[test]
+fn diff_shows_what_is_really_there_and_adopt_makes_a_hand_fix_source() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    let lab = project(fleet.hosts());
+    lab.file("layers/base/srv/app/conf", "v1\n");
+    sync(&lab, "h1");
+
+    // drift, a new file, and a file lab takes over for the first time
+    run(
+        h,
+        "echo 'hand fix' >/srv/app/conf; echo \"machine's\" >/srv/app/taken",
+    );
+    lab.file("layers/base/srv/app/new", "new\n")
+        .file("layers/base/srv/app/taken", "lab's\n");
+    let (code, out, err) = lab_run(&lab, &["diff", "-m", "h1"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "! /srv/app/conf (file 0644, 3 B): drifted on the machine (content-changed; there now: file)\n\
+         --- a/srv/app/conf\n\
+         +++ b/srv/app/conf\n\
+         @@ -1,1 +1,1 @@\n\
+         -hand fix\n\
+         +v1\n\
+         + /srv/app/new (file 0644, 4 B)\n\
+         --- /dev/null\n\
+         +++ b/srv/app/new\n\
+         @@ -0,0 +1,1 @@\n\
+         +new\n\
+         + /srv/app/taken (file 0644, 6 B) (takes over the machine's file)\n\
+         --- a/srv/app/taken\n\
+         +++ b/srv/app/taken\n\
+         @@ -1,1 +1,1 @@\n\
+         -machine's\n\
+         +lab's\n"
+    );
+    lab.remove("layers/base/srv/app/new")
+        .remove("layers/base/srv/app/taken");
+
+    // a template is refused, naming it
+    run(h, "echo 'by hand' >/etc/motd");
+    let (code, _, err) = lab_run(&lab, &["adopt", "-m", "h1", "/etc/motd"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("/etc/motd is rendered from the template `layers/base/etc/motd.j2`"),
+        "{err}"
+    );
+    assert!(!lab.join("machines/h1/etc/motd").exists());
+    // (put back by hand: the same bytes lab wrote are no drift)
+    run(h, "echo 'h1: managed by lab' >/etc/motd");
+    // a path that did not drift: nothing to adopt
+    let (code, _, err) = lab_run(&lab, &["adopt", "-m", "h1", "/etc/probe/version"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has not drifted"), "{err}");
+
+    // the hand fix becomes source; the next build and sync change nothing
+    let inode = run(h, "stat -c %i /srv/app/conf");
+    let (code, out, err) = lab_run(&lab, &["adopt", "-m", "h1", "/srv/app/conf"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        out,
+        "h1: adopted /srv/app/conf into machines/h1/srv/app/conf\n"
+    );
+    assert_eq!(lab.read("machines/h1/srv/app/conf"), "hand fix\n");
+    let r = sync(&lab, "h1");
+    assert!(matches!(r.report.outcome, Outcome::Applied { .. }));
+    assert_eq!((r.report.written, r.report.content_bytes), (0, 0));
+    assert!(r.report.apply.units.is_empty());
+    assert_eq!(run(h, "cat /srv/app/conf"), "hand fix\n");
+    assert_eq!(
+        run(h, "stat -c %i /srv/app/conf"),
+        inode,
+        "not even rewritten"
+    );
+    assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
+}
+
+#[test]
+fn drift_on_a_full_or_read_only_disk_fails_cleanly_and_is_repaired_later() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    run(
+        h,
+        "mkdir -p /srv/small && mount -t tmpfs -o size=1m tmpfs /srv/small",
+    );
+    let lab = project(fleet.hosts());
+    lab.file("layers/base/srv/small/a", &"a".repeat(64 * 1024));
+    sync(&lab, "h1");
+
+    // the managed file deleted, then the disk filled by someone else
+    run(
+        h,
+        "rm /srv/small/a; head -c 2M /dev/zero >/srv/small/fill 2>/dev/null || true",
+    );
+    let (code, out, err) = lab_run(&lab, &["sync", "-m", "h1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("ran out of disk space writing `/srv/small/a`"),
+        "{err}"
+    );
+    assert_eq!(
+        run(h, "ls -A /srv/small"),
+        "fill\n",
+        "nothing lab did not make is touched"
+    );
+    assert_eq!(run(h, "cut -d' ' -f1 /var/lib/lab/current"), "1\n");
+    // status still tells (it writes nothing)
+    let (code, st) = status_json(&lab, &["-m", "h1"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        st["machines"][0]["drift"],
+        serde_json::json!([{"path": "/srv/small/a", "kind": "deleted", "now": "missing"}])
+    );
+
+    // read-only: refused with the system's reason, the machine unchanged
+    run(h, "rm /srv/small/fill && mount -o remount,ro /srv/small");
+    let (code, out, err) = lab_run(&lab, &["sync", "-m", "h1"]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(run(h, "cut -d' ' -f1 /var/lib/lab/current"), "1\n");
+
+    // space and writes back: the next sync repairs
+    run(h, "mount -o remount,rw /srv/small");
+    let (code, out, err) = lab_run(&lab, &["sync", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("  repaired /srv/small/a: deleted\n"), "{out}");
+    assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
+    run(h, "umount /srv/small");
+}
