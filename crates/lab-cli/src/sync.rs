@@ -4,6 +4,7 @@ use crate::diag::{self, Style};
 use crate::Failure;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use lab_config::{Diagnose, Machine};
+use lab_core::{UnitResultCode, UnitState};
 use lab_deploy::{Connector, DeployError, Event, Events, MachineResult, Step, SyncPlan};
 use lab_engine::{Engine, Reporter};
 use lab_sync::diff::DiffLine;
@@ -55,17 +56,15 @@ fn bytes(n: u64) -> String {
 
 fn unit_lines(style: Style, r: &lab_agent::Report, out: &mut String) {
     for u in &r.units {
-        let state = if u.active == "-" {
-            u.result.clone()
-        } else if u.active == "no-systemd" {
-            "skipped (no systemd on this machine)".to_string()
-        } else {
-            format!("{}, now {}/{}", u.result, u.active, u.sub)
+        let state = match UnitState::from_words(&u.active, &u.sub) {
+            UnitState::Unknown => u.result.clone(),
+            UnitState::NoSystemd => "skipped (no systemd on this machine)".to_string(),
+            UnitState::Known { active, sub } => format!("{}, now {active}/{sub}", u.result),
         };
         let line = format!("  {} {}: {state}", u.action, u.unit);
         out.push_str(&if u.failed() { style.red(&line) } else { line });
         out.push('\n');
-        if u.result == "start-limit" {
+        if UnitResultCode::parse(&u.result) == Some(UnitResultCode::StartLimit) {
             out.push_str(&format!(
                 "  {} systemd refused to start `{}` again so soon (StartLimitBurst); \
                  wait, or raise StartLimitBurst= / StartLimitIntervalSec= for it\n",
