@@ -47,6 +47,11 @@ pub struct Settings {
     /// How long a sync watches a (re)started unit whose start does not wait
     /// for readiness (`Type=simple`) before it reports the unit's state.
     pub settle_ms: u64,
+    /// A `lab watch` session also checks its connected machines for drift
+    /// (and repairs it) this often, in seconds, when nothing else made it
+    /// sync them; 0: only when a change is synced (idle sessions send
+    /// nothing).
+    pub watch_check_s: u64,
     /// age identity files that decrypt `*.age` sources (besides
     /// `$LAB_AGE_IDENTITY`).
     pub age_identities: Vec<PathBuf>,
@@ -209,6 +214,7 @@ struct RawSettings {
     identity: Option<String>,
     generations: Option<Spanned<i64>>,
     settle_ms: Option<Spanned<i64>>,
+    watch_check_s: Option<Spanned<i64>>,
     #[serde(rename = "become")]
     become_method: Option<Spanned<String>>,
     #[serde(default)]
@@ -433,11 +439,14 @@ impl Project {
         };
         let generations = bounded(&raw.settings.generations, "generations", 1, 1000, 5)? as usize;
         let settle_ms = bounded(&raw.settings.settle_ms, "settle_ms", 0, 60_000, 0)? as u64;
+        let watch_check_s =
+            bounded(&raw.settings.watch_check_s, "watch_check_s", 0, 86_400, 0)? as u64;
         let settings = Settings {
             known_hosts: raw.settings.known_hosts.map(|p| root.join(p)),
             identity: raw.settings.identity.map(|p| expand_home(&p)),
             generations,
             settle_ms,
+            watch_check_s,
             age_identities: raw
                 .settings
                 .age_identities
@@ -925,6 +934,14 @@ action = "reload"
         assert_eq!(parse("").unwrap().settings.settle_ms, 0);
         let p = parse("[settings]\nsettle_ms = 250\n").unwrap();
         assert_eq!(p.settings.settle_ms, 250);
+        assert_eq!(
+            p.settings.watch_check_s, 0,
+            "idle watch sessions send nothing"
+        );
+        let p = parse("[settings]\nwatch_check_s = 60\n").unwrap();
+        assert_eq!(p.settings.watch_check_s, 60);
+        let e = parse("[settings]\nwatch_check_s = -5\n").unwrap_err();
+        assert!(e.to_string().contains("watch_check_s"), "{e}");
     }
 
     #[test]

@@ -127,6 +127,10 @@ pub struct WatchOptions {
     pub idle: Duration,
     /// Machines synced at a time.
     pub jobs: usize,
+    /// Also sync (which checks for drift and repairs it) the connected
+    /// machines this often when nothing else did; `None`: the project's
+    /// `watch_check_s` (0 there: never, so an idle session sends nothing).
+    pub check_every: Option<Duration>,
 }
 
 impl Default for WatchOptions {
@@ -140,6 +144,7 @@ impl Default for WatchOptions {
             backoff: BackoffPolicy::default(),
             idle: Duration::from_secs(2),
             jobs: 8,
+            check_every: None,
         }
     }
 }
@@ -192,6 +197,11 @@ impl Watch {
             .into_iter()
             .cloned()
             .collect();
+        let mut opts = opts;
+        let every = engine.project.settings.watch_check_s;
+        opts.check_every = opts
+            .check_every
+            .or((every > 0).then(|| Duration::from_secs(every)));
         let connector = Connector::new(opts.accept_new)
             .map_err(DeployError::Sync)?
             .with_timeouts(opts.connect_timeout, opts.io_timeout);
@@ -274,18 +284,33 @@ impl Watch {
         w.cycle(&mut session, 0, Vec::new(), first, started, build_ms, 0);
 
         let mut cycle_no = 0u64;
+        // When the machines are next checked for drift.
+        let every = opts.check_every.filter(|_| !opts.no_sync);
+        let mut next_check = every.map(|d| Instant::now() + d);
         // What changed while the first build ran.
         let mut carried = watcher.pending();
         loop {
-            // Wake up for a retry that is due, or to save state once idle.
+            // Wake up for a retry or a check that is due, or to save state
+            // once idle.
             let now = Instant::now();
-            let retry = w
+            if let (Some(d), Some(at)) = (every, next_check) {
+                if now >= at {
+                    // a sync checks every managed path and repairs drift;
+                    // a machine that is not connected waits for its retry
+                    for l in w.links.values_mut() {
+                        l.schedule.changed(l.transport.is_some(), now);
+                    }
+                    next_check = Some(now + d);
+                }
+            }
+            let timeout = w
                 .links
                 .values()
                 .filter(|l| l.schedule.pending && !opts.no_sync)
-                .map(|l| l.schedule.due.saturating_duration_since(now))
-                .min();
-            let timeout = retry.map_or(opts.idle, |r| r.min(opts.idle));
+                .map(|l| l.schedule.due)
+                .chain(next_check)
+                .map(|due| due.saturating_duration_since(now))
+                .fold(opts.idle, Duration::min);
             let Some(batch) = carried.take().or_else(|| watcher.next_batch(Some(timeout))) else {
                 let _ = session.persist();
                 if !opts.no_sync && w.links.values().any(|l| l.schedule.is_due(Instant::now())) {

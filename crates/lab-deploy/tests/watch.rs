@@ -59,12 +59,13 @@ enum Seen {
     Cycle(CycleSeen),
 }
 
-/// (machine, rendered, sync outcome or error, retry_in)
+/// (machine, rendered, sync outcome or error, retry_in, drift repaired)
 type MachineSeen = (
     String,
     Vec<String>,
     Option<Result<Outcome, String>>,
     Option<Duration>,
+    Vec<String>,
 );
 
 #[derive(Debug)]
@@ -103,6 +104,12 @@ fn seen(c: &Cycle) -> CycleSeen {
                         Err(e) => Err(e.to_string()),
                     }),
                     m.retry_in,
+                    m.sync
+                        .iter()
+                        .flatten()
+                        .flat_map(|r| &r.drift)
+                        .map(|d| format!("{} {}", d.path, d.kind.as_str()))
+                        .collect(),
                 )
             })
             .collect(),
@@ -270,6 +277,86 @@ fn an_unreachable_machine_is_retried_on_schedule_then_synced() {
     assert_eq!(waits, [ms(100), ms(200), ms(200), ms(200)]);
     assert_eq!(
         std::fs::read_to_string(root.join("etc/site.conf")).unwrap(),
+        "server example.org;\n"
+    );
+}
+
+/// A file changed behind lab's back is repaired by the next sync of its
+/// machine that a watch session makes for any reason: here, an edit of
+/// another file of the machine.
+#[test]
+fn a_watch_repairs_drift_when_it_next_syncs_the_machine() {
+    let root = tempfile::tempdir().unwrap();
+    let lab = local_project(root.path());
+    let opts = WatchOptions {
+        idle: Duration::from_secs(3600),
+        ..WatchOptions::default()
+    };
+    let c = watch_with(&lab, opts, |rx| {
+        next_cycle(rx, "the first sync", |c| {
+            c.machines.iter().any(|m| matches!(m.2, Some(Ok(_))))
+        });
+        std::fs::write(root.path().join("etc/other"), "changed by hand\n").unwrap();
+        lab.file(
+            "layers/web/etc/site.conf.j2",
+            "server {{ domain }}; # edited\n",
+        );
+        next_cycle(rx, "the edit's sync", |c| !c.changed.is_empty())
+    });
+    assert!(
+        matches!(c.machines[0].2, Some(Ok(Outcome::Applied { gen: 2 }))),
+        "{c:#?}"
+    );
+    assert_eq!(c.machines[0].4, ["etc/other content-changed"], "{c:#?}");
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/other")).unwrap(),
+        "other example.org\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/site.conf")).unwrap(),
+        "server example.org; # edited\n"
+    );
+}
+
+/// With a check interval, an idle watch session looks at its machines
+/// that often and repairs what drifted, though no source changed.
+#[test]
+fn a_watch_with_a_check_interval_repairs_drift_while_idle() {
+    let root = tempfile::tempdir().unwrap();
+    let lab = local_project(root.path());
+    let opts = WatchOptions {
+        idle: Duration::from_secs(3600),
+        check_every: Some(Duration::from_millis(300)),
+        ..WatchOptions::default()
+    };
+    let c = watch_with(&lab, opts, |rx| {
+        next_cycle(rx, "the first sync", |c| {
+            c.machines.iter().any(|m| matches!(m.2, Some(Ok(_))))
+        });
+        std::fs::write(root.path().join("etc/other"), "changed by hand\n").unwrap();
+        std::fs::remove_file(root.path().join("etc/site.conf")).unwrap();
+        next_cycle(rx, "a check that repairs", |c| {
+            c.machines.iter().any(|m| !m.4.is_empty())
+        })
+    });
+    assert!(c.changed.is_empty(), "no source changed: {c:#?}");
+    assert!(
+        matches!(c.machines[0].2, Some(Ok(Outcome::Applied { .. }))),
+        "{c:#?}"
+    );
+    let mut drift = c.machines[0].4.clone();
+    drift.sort();
+    assert_eq!(
+        drift,
+        ["etc/other content-changed", "etc/site.conf deleted"],
+        "{c:#?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/other")).unwrap(),
+        "other example.org\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("etc/site.conf")).unwrap(),
         "server example.org;\n"
     );
 }
