@@ -432,7 +432,7 @@ impl MachineJob<'_> {
         fast: bool,
         manifest_current: bool,
         reporter: &dyn Reporter,
-    ) -> Result<(MachineReport, BTreeMap<String, Entry>, Option<Changed>), Vec<MachineError>> {
+    ) -> Result<Executed, Vec<MachineError>> {
         let fast = fast && prev_inputs.is_some() && self.model.incremental();
         // the nodes recorded (what a fast build changed in the graph)
         let mut recorded: Vec<Key> = Vec::new();
@@ -713,6 +713,10 @@ impl MachineJob<'_> {
 
 /// The nodes a fast build recorded and the entries it wrote.
 type Changed = (Vec<Key>, Vec<String>);
+
+/// What [`MachineJob::execute_inner`] gives back: the report, the entries
+/// of the new manifest, and what a fast build changed.
+type Executed = (MachineReport, BTreeMap<String, Entry>, Option<Changed>);
 
 fn dir_entry(path: &str, mode: u32) -> Entry {
     Entry {
