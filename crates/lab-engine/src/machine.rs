@@ -5,7 +5,7 @@
 
 use crate::output::OutTree;
 use crate::scan;
-use crate::state::{MachineState, MachineSummary, StateDir};
+use crate::state::{MachineDelta, MachineState, MachineSummary, StateDir};
 use crate::style::{MachineModel, Made, Plan};
 use crate::{MachineError, Reporter};
 use lab_graph::{Digest, Fingerprint, Graph, Hasher, Key, Reason, Verdict};
@@ -72,6 +72,16 @@ pub(crate) struct Prior {
     /// The summary the state of that build records (its manifest stat is
     /// taken again when saved); `None`: unknown.
     pub record: Option<MachineSummary>,
+    /// The state files it came from, when a record may be appended to them.
+    pub disk: Option<OnDisk>,
+}
+
+/// A machine's `.graph` and log as loaded (see `state`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct OnDisk {
+    pub epoch: u64,
+    pub base_len: u64,
+    pub log_len: u64,
 }
 
 impl Prior {
@@ -84,6 +94,7 @@ impl Prior {
             fast: false,
             manifest_current: false,
             record: None,
+            disk: None,
         }
     }
 
@@ -96,6 +107,7 @@ impl Prior {
             fast: true,
             manifest_current: true,
             record: Some(post.record),
+            disk: None,
         }
     }
 }
@@ -109,6 +121,10 @@ pub(crate) struct Posterior {
     /// files as the build saw them (not as they are when the state is
     /// saved, which may be later: a watch session saves when idle).
     pub record: MachineSummary,
+    /// When the build looked only at what a change affects (and the
+    /// `[[owners]]` left every entry as it was): the nodes it ran and the
+    /// entries it wrote, all that changed.
+    pub changed: Option<(Vec<Key>, Vec<String>)>,
 }
 
 /// A machine's summary as `.sum` records it: the style's summary and the
@@ -187,7 +203,7 @@ impl MachineJob<'_> {
         // What was built before. Outputs behind lab's back (manifest missing
         // or changed, or entries changed after it) mean the graph cannot be
         // trusted; the old entries still say what lab created and may remove.
-        let prev = self.state.load_machine(self.name);
+        let prev = self.state.load_machine_log(self.name);
         let trusted = !tampered
             && manifest_stat.is_some()
             && summary.is_some_and(|s| Some(s.manifest) == manifest_stat);
@@ -199,7 +215,13 @@ impl MachineJob<'_> {
         let names = self.root_names();
         let listings = self.listings();
         let prior = match prev {
-            Some(ms) => {
+            Some(loaded) => {
+                let disk = loaded.log_intact.then_some(OnDisk {
+                    epoch: loaded.state.epoch,
+                    base_len: loaded.base_len,
+                    log_len: loaded.log_len,
+                });
+                let ms = loaded.state;
                 let entries: BTreeMap<String, Entry> = ms
                     .entries
                     .into_iter()
@@ -216,6 +238,7 @@ impl MachineJob<'_> {
                         inputs: Some(ms.inputs),
                         manifest_current: true,
                         record: None,
+                        disk,
                     }
                 } else {
                     // What lab wrote is in the state and, if a watch session
@@ -227,9 +250,38 @@ impl MachineJob<'_> {
             }
             None => Prior::rebuild(manifest_entries(&self.manifest_path)),
         };
+        let disk = prior.disk;
         let (report, post) = self.execute(prior, reporter).map_err(|(e, _)| e)?;
-        self.save(&post.graph, &post.entries, &post.inputs, &post.record)
-            .map_err(|e| vec![e])?;
+        match (disk, &post.changed) {
+            // a log no larger than the `.graph` it extends: append
+            (Some(disk), Some((nodes, entries))) if disk.log_len < disk.base_len => {
+                let delta = MachineDelta {
+                    gens: self.gens.clone(),
+                    listings: self.listings(),
+                    inputs: post.inputs.clone(),
+                    nodes: nodes
+                        .iter()
+                        .filter_map(|k| post.graph.trace(k).map(|t| (k.clone(), t.clone())))
+                        .collect(),
+                    entries: entries
+                        .iter()
+                        .filter_map(|p| post.entries.get(p).cloned())
+                        .collect(),
+                };
+                self.state
+                    .append_machine(
+                        self.name,
+                        disk.epoch,
+                        &delta,
+                        &post.record,
+                        &self.manifest_path,
+                    )
+                    .map_err(|e| vec![e])?;
+            }
+            _ => self
+                .save(&post.graph, &post.entries, &post.inputs, &post.record)
+                .map_err(|e| vec![e])?,
+        }
         Ok(report)
     }
 
@@ -243,6 +295,7 @@ impl MachineJob<'_> {
         record: &MachineSummary,
     ) -> Result<(), MachineError> {
         let ms = MachineState {
+            epoch: crate::state::new_gen(),
             gens: self.gens.clone(),
             stack: self.root_names(),
             listings: self.listings(),
@@ -321,6 +374,7 @@ impl MachineJob<'_> {
             fast,
             manifest_current,
             record: _,
+            disk: _,
         } = prior;
         match self.execute_inner(
             &mut graph,
@@ -330,7 +384,7 @@ impl MachineJob<'_> {
             manifest_current,
             reporter,
         ) {
-            Ok((report, entries)) => {
+            Ok((report, entries, changed)) => {
                 let record = self.record(&graph);
                 Ok((
                     report,
@@ -339,6 +393,7 @@ impl MachineJob<'_> {
                         entries,
                         inputs: self.model.inputs(),
                         record,
+                        changed,
                     },
                 ))
             }
@@ -377,8 +432,10 @@ impl MachineJob<'_> {
         fast: bool,
         manifest_current: bool,
         reporter: &dyn Reporter,
-    ) -> Result<(MachineReport, BTreeMap<String, Entry>), Vec<MachineError>> {
+    ) -> Result<Executed, Vec<MachineError>> {
         let fast = fast && prev_inputs.is_some() && self.model.incremental();
+        // the nodes recorded (what a fast build changed in the graph)
+        let mut recorded: Vec<Key> = Vec::new();
         let plan: Plan = if fast {
             let prev = prev_inputs.as_ref().expect("fast needs inputs");
             let changed = self.changed_keys(prev);
@@ -427,6 +484,7 @@ impl MachineJob<'_> {
         for (out, k, r) in stepped {
             match r {
                 Ok(m) => {
+                    recorded.push(k.clone());
                     graph.record(k, m.trace);
                     bytes_of.insert(out, m.bytes.unwrap_or_default());
                 }
@@ -472,6 +530,7 @@ impl MachineJob<'_> {
                 if !bytes_of.contains_key(*out) {
                     match model.run_step(out) {
                         Ok(m) => {
+                            recorded.push(k.clone());
                             graph.record(k, m.trace);
                             bytes_of.insert((*out).clone(), m.bytes.unwrap_or_default());
                         }
@@ -549,6 +608,7 @@ impl MachineJob<'_> {
             match r {
                 Ok(m) => {
                     n_rendered += m.rendered as usize;
+                    recorded.push(Key::Output(out.clone()));
                     graph.record(Key::Output(out.clone()), m.trace);
                     let entry = m.entry.expect("outputs make entries");
                     if entry.is_dir() {
@@ -634,6 +694,7 @@ impl MachineJob<'_> {
         removed_all.sort();
         removed_all.dedup();
         written_paths.sort();
+        let changed = (fast && !owners_changed).then(|| (recorded, written_paths.clone()));
         Ok((
             MachineReport {
                 up_to_date: false,
@@ -645,9 +706,17 @@ impl MachineJob<'_> {
                 manifest_changed,
             },
             manifest.entries,
+            changed,
         ))
     }
 }
+
+/// The nodes a fast build recorded and the entries it wrote.
+type Changed = (Vec<Key>, Vec<String>);
+
+/// What [`MachineJob::execute_inner`] gives back: the report, the entries
+/// of the new manifest, and what a fast build changed.
+type Executed = (MachineReport, BTreeMap<String, Entry>, Option<Changed>);
 
 fn dir_entry(path: &str, mode: u32) -> Entry {
     Entry {

@@ -131,6 +131,7 @@ impl Session {
                         fast: true,
                         manifest_current: true,
                         record: self.engine.state.load_summary(&m.name),
+                        disk: None,
                     }
                 }
                 _ => Prior::rebuild(self.manifest_entries(&m.name)),
@@ -566,6 +567,7 @@ impl Session {
                 continue;
             };
             let ms = state::MachineState {
+                epoch: state::new_gen(),
                 gens: names.iter().map(|n| gens[n]).collect(),
                 stack: names.clone(),
                 listings: roots.iter().map(|r| r.listing).collect(),

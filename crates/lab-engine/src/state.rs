@@ -5,6 +5,7 @@
 //! .lab/state/roots/machines/NAME  the generation they are)
 //! .lab/state/machines/NAME.sum    one machine's input summary (tiny)
 //! .lab/state/machines/NAME.graph  one machine's graph, manifest and inputs
+//! .lab/state/machines/NAME.log    what later builds changed in them
 //! .lab/out/NAME/                  the machine's output tree
 //! .lab/out/NAME.manifest          its manifest (see lab-manifest)
 //! .lab/stage/NAME/                a build's outputs before they switch in
@@ -27,7 +28,16 @@
 //! was built against ([`MachineState::gens`]), and may take their `changed`
 //! lists as every change since when the generations it finds are those. A machine's `.graph` is
 //! written after its outputs and manifest, and its `.sum` after its `.graph`,
-//! so a summary never vouches for outputs that were not written. A fresh
+//! so a summary never vouches for outputs that were not written. A build
+//! that looked only at what a change affects appends what it changed (the
+//! nodes it ran, the entries it wrote: a [`MachineDelta`]) to the machine's
+//! `.log` instead of rewriting its `.graph`, as ninja's `.ninja_log` does;
+//! a build that looked at everything, or a log grown as large as the
+//! `.graph`, writes the `.graph` afresh with a new epoch, and a log of
+//! another epoch is ignored. A log record is its length (u32 little
+//! endian), a postcard payload and the first 8 bytes of the payload's
+//! sha256: a torn or corrupt record ends the log (and the next build writes
+//! the `.graph` afresh). A fresh
 //! process decides that a machine is up to date from its `.sum` alone: the
 //! summary digest covers the machine's layer stack (each root's tree digest),
 //! its facts and the inventory; the manifest's stat guards against the
@@ -69,6 +79,8 @@ pub struct MachineSummary {
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct MachineState {
+    /// Identifies this `.graph`: only a log of the same epoch extends it.
+    pub epoch: u64,
     /// The [`RootFile::gen`] of each root of the stack this machine was
     /// built against (empty: unknown).
     pub gens: Vec<u64>,
@@ -81,6 +93,28 @@ pub struct MachineState {
     pub inputs: HashMap<Key, Digest>,
     pub graph: GraphState,
     pub entries: Vec<Entry>,
+}
+
+/// What a build that looked only at what a change affects changed in a
+/// machine's state: its roots' generations and listings and its inputs
+/// (as they are now), the nodes it ran and the entries it wrote.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct MachineDelta {
+    pub gens: Vec<u64>,
+    pub listings: Vec<Digest>,
+    pub inputs: HashMap<Key, Digest>,
+    pub nodes: Vec<(Key, lab_graph::Trace)>,
+    pub entries: Vec<Entry>,
+}
+
+/// A machine's state as loaded: the `.graph` with its log applied.
+pub struct LoadedMachine {
+    pub state: MachineState,
+    /// Size of the `.graph`, and of the part of the log that was applied.
+    pub base_len: u64,
+    pub log_len: u64,
+    /// The whole log was read: a record may be appended to it.
+    pub log_intact: bool,
 }
 
 pub struct StateDir {
@@ -137,6 +171,23 @@ impl StateDir {
     ) -> Result<(), crate::MachineError> {
         let gp = self.graph_path(machine);
         write(&gp, state).map_err(crate::MachineError::io(&gp))?;
+        // (a log of the old epoch would be ignored; it is only clutter)
+        let lp = self.log_path(machine);
+        match std::fs::remove_file(&lp) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(crate::MachineError::io(&lp)(e)),
+        }
+        self.save_summary(machine, record, manifest_path)
+    }
+
+    /// The `.sum` of a machine: `record` with its manifest's stat now.
+    fn save_summary(
+        &self,
+        machine: &str,
+        record: &MachineSummary,
+        manifest_path: &Path,
+    ) -> Result<(), crate::MachineError> {
         let manifest = std::fs::symlink_metadata(manifest_path)
             .map(|m| crate::scan::stat_of(&m))
             .map_err(crate::MachineError::io(manifest_path))?;
@@ -169,12 +220,83 @@ impl StateDir {
         read(&self.summary_path(machine))
     }
 
+    pub fn log_path(&self, machine: &str) -> PathBuf {
+        self.dir.join("machines").join(format!("{machine}.log"))
+    }
+
     pub fn load_machine(&self, machine: &str) -> Option<MachineState> {
-        read(&self.graph_path(machine))
+        self.load_machine_log(machine).map(|l| l.state)
+    }
+
+    /// A machine's `.graph` with its log applied.
+    pub fn load_machine_log(&self, machine: &str) -> Option<LoadedMachine> {
+        let gp = self.graph_path(machine);
+        let base_len = std::fs::metadata(&gp).ok()?.len();
+        let mut state: MachineState = read(&gp)?;
+        let log = std::fs::read(self.log_path(machine)).unwrap_or_default();
+        let header = log_header(state.epoch);
+        if log.len() < header.len() || log[..header.len()] != header[..] {
+            // no log, or one of another epoch (or torn in its header)
+            return Some(LoadedMachine {
+                state,
+                base_len,
+                log_len: 0,
+                log_intact: log.is_empty(),
+            });
+        }
+        let mut at = header.len();
+        let mut deltas = Vec::new();
+        while let Some((d, next)) = log_record(&log, at) {
+            deltas.push(d);
+            at = next;
+        }
+        if !deltas.is_empty() {
+            apply(&mut state, deltas);
+        }
+        Some(LoadedMachine {
+            state,
+            base_len,
+            log_len: at as u64,
+            log_intact: at == log.len(),
+        })
+    }
+
+    /// Append `delta` to a machine's log (whose `.graph` has `epoch`), then
+    /// save its summary `record` (see [`StateDir::save_machine`]).
+    pub fn append_machine(
+        &self,
+        machine: &str,
+        epoch: u64,
+        delta: &MachineDelta,
+        record: &MachineSummary,
+        manifest_path: &Path,
+    ) -> Result<(), crate::MachineError> {
+        let lp = self.log_path(machine);
+        let payload = postcard::to_stdvec(delta)
+            .map_err(|e| crate::MachineError::io(&lp)(std::io::Error::other(e)))?;
+        let mut bytes = Vec::with_capacity(payload.len() + 12);
+        let empty = std::fs::metadata(&lp).map_or(true, |m| m.len() == 0);
+        if empty {
+            bytes.extend_from_slice(&log_header(epoch));
+        }
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        bytes.extend_from_slice(&payload);
+        bytes.extend_from_slice(&lab_graph::Digest::of(&payload).0[..8]);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&lp)
+            .and_then(|mut f| f.write_all(&bytes))
+            .map_err(crate::MachineError::io(&lp))?;
+        self.save_summary(machine, record, manifest_path)
     }
 
     pub fn forget_machine(&self, machine: &str) -> std::io::Result<()> {
-        for p in [self.summary_path(machine), self.graph_path(machine)] {
+        for p in [
+            self.summary_path(machine),
+            self.graph_path(machine),
+            self.log_path(machine),
+        ] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -193,6 +315,66 @@ pub fn new_gen() -> u64 {
         .map(|d| d.as_nanos() as i64)
         .unwrap_or(0);
     now as u64 ^ ((std::process::id() as u64) << 32)
+}
+
+/// The first bytes of a log: magic, version, the epoch of its `.graph`.
+fn log_header(epoch: u64) -> [u8; 20] {
+    let mut h = [0u8; 20];
+    h[..8].copy_from_slice(MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..].copy_from_slice(&epoch.to_le_bytes());
+    h
+}
+
+/// The log record at `at`, and where the next one starts.
+fn log_record(log: &[u8], at: usize) -> Option<(MachineDelta, usize)> {
+    let len = u32::from_le_bytes(log.get(at..at + 4)?.try_into().ok()?) as usize;
+    let payload = log.get(at + 4..at + 4 + len)?;
+    let check = log.get(at + 4 + len..at + 12 + len)?;
+    if lab_graph::Digest::of(payload).0[..8] != *check {
+        return None;
+    }
+    Some((postcard::from_bytes(payload).ok()?, at + 12 + len))
+}
+
+/// Apply log records to a state, in order.
+fn apply(state: &mut MachineState, deltas: Vec<MachineDelta>) {
+    let mut nodes: HashMap<Key, usize> = state
+        .graph
+        .nodes
+        .iter()
+        .enumerate()
+        .map(|(i, (k, _))| (k.clone(), i))
+        .collect();
+    let mut entries: HashMap<String, usize> = state
+        .entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.path.clone(), i))
+        .collect();
+    for d in deltas {
+        state.gens = d.gens;
+        state.listings = d.listings;
+        state.inputs = d.inputs;
+        for (k, t) in d.nodes {
+            match nodes.get(&k) {
+                Some(&i) => state.graph.nodes[i].1 = t,
+                None => {
+                    nodes.insert(k.clone(), state.graph.nodes.len());
+                    state.graph.nodes.push((k, t));
+                }
+            }
+        }
+        for e in d.entries {
+            match entries.get(&e.path) {
+                Some(&i) => state.entries[i] = e,
+                None => {
+                    entries.insert(e.path.clone(), state.entries.len());
+                    state.entries.push(e);
+                }
+            }
+        }
+    }
 }
 
 fn read<T: DeserializeOwned>(path: &Path) -> Option<T> {

@@ -353,18 +353,21 @@ fn a_one_file_edit_rewrites_only_the_state_it_touched() {
         .filter(|(p, f)| before.get(*p) != Some(*f))
         .map(|(p, _)| p)
         .collect();
-    // the edited root's fingerprints and the machine it reaches; not the
+    // the edited root's fingerprints, and for the machine it reaches a
+    // record appended to its log and its summary; not its graph, not the
     // fingerprints of the other roots, not the other machine's state
     assert_eq!(
         rewritten,
         [
-            "machines/a.graph",
+            "machines/a.log",
             "machines/a.sum",
             "roots/machines/a",
             "stamp"
         ],
         "{after:#?}"
     );
+    let log_len = after["machines/a.log"].2;
+    assert!(log_len < after["machines/a.graph"].2, "{after:#?}");
     assert!(before.keys().all(|p| after.contains_key(p)));
 
     // a no-op writes nothing but the stamp
@@ -377,4 +380,29 @@ fn a_one_file_edit_rewrites_only_the_state_it_touched() {
         .map(|(p, _)| p)
         .collect();
     assert_eq!(rewritten, ["stamp"]);
+}
+
+#[test]
+fn a_torn_log_record_is_ignored_and_the_graph_written_afresh() {
+    let lab = lab();
+    lab.file("machines/a/etc/own", "v1\n");
+    ran(&lab);
+    lab.file("machines/a/etc/own", "v2\n");
+    assert_eq!(ran(&lab), strs(&["a: output `etc/own`"]));
+    // a build killed while appending: half a record
+    let log = lab.join(".lab/state/machines/a.log");
+    let mut bytes = std::fs::read(&log).unwrap();
+    bytes.extend_from_slice(&[200, 0, 0, 0, 1, 2, 3]);
+    std::fs::write(&log, &bytes).unwrap();
+    lab.file("machines/a/etc/own", "v3\n");
+    assert_eq!(ran(&lab), strs(&["a: output `etc/own`"]));
+    assert_eq!(lab.read(".lab/out/a/etc/own"), "v3\n");
+    assert!(
+        !log.exists(),
+        "the graph is written afresh, without the log"
+    );
+    assert_eq!(ran(&lab), Vec::<String>::new());
+    lab.file("machines/a/etc/own", "v4\n");
+    assert_eq!(ran(&lab), strs(&["a: output `etc/own`"]));
+    assert!(log.exists());
 }
