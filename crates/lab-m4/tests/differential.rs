@@ -347,6 +347,10 @@ fn fragment() -> impl Strategy<Value = String> {
                 .prop_map(|v| format!("m4_ifelse({})", v.join(","))),
             (word(), prop::collection::vec(inner.clone(), 0..4))
                 .prop_map(|(n, v)| format!("{n}({})", v.join(","))),
+            // a macro defined and called at once: `$` references meet arguments
+            (word(), inner.clone(), prop::collection::vec(inner.clone(), 0..4)).prop_map(
+                |(n, b, v)| format!("m4_define(`{n}', `{b}')m4_dnl\n{n}({})", v.join(","))
+            ),
             prop::collection::vec(inner.clone(), 0..4)
                 .prop_map(|v| format!("m4_shift({})", v.join(","))),
             inner.clone().prop_map(|s| format!("m4_len({s})")),
