@@ -162,6 +162,8 @@ const CASES: &[&str] = &[
     "m4_changequote(`', `')`no quotes' m4_changequote()`still none' m4_changequote`back'\n",
     "m4_changecom()# not a comment ENV_MACHINE\nm4_changecom(`#')# a comment ENV_MACHINE\n",
     "m4_define(`ENV_MACHINE', `redefined')ENV_MACHINE m4_undefine(`ENV_ROLE')ENV_ROLE\n",
+    "m4_define(`mylen', m4_defn(`m4_len'))mylen(abcd) m4_defn(`m4_len')(x) m4_len(m4_defn(`m4_len'))\n",
+    "m4_define(`deep', `m4_ifelse(`$1', `', `', `[$1 deep(m4_substr(`$1', 1))]')')deep(abcdefghijklmnopqrstuvwxyz)\n",
     "m4_traceon(`x')x\n",
 ];
 
