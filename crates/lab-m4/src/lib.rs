@@ -803,7 +803,7 @@ impl M4 {
                         Ok(())
                     }
                     Some(Def::Builtin(b)) if builtin_info(b).1 && !self.peek_open() => {
-                        self.ship(obs.as_deref_mut(), &w);
+                        self.ship(obs, &w);
                         Ok(())
                     }
                     Some(def) => self.expand_macro(w, def),
@@ -845,9 +845,7 @@ impl M4 {
         let mut out = Vec::new();
         let r = self.call_macro(&def, &mut args, &mut out);
         // a builtin token (`m4_defn` of a builtin) is pushed by call_macro
-        if let Err(e) = r {
-            return Err(e);
-        }
+        r?;
         self.push_text(out);
         self.cur_name = close_name;
         self.cur_line = close_line;
@@ -1118,12 +1116,8 @@ impl M4 {
                 if self.bad_argc(&name, argc, 2, 0) {
                     return Ok(());
                 }
-                for i in 1..argc {
-                    let def = self
-                        .symbols
-                        .get(&args[i].text)
-                        .and_then(|v| v.last())
-                        .cloned();
+                for a in args.iter().skip(1) {
+                    let def = self.symbols.get(&a.text).and_then(|v| v.last()).cloned();
                     match def {
                         None => {}
                         Some(Def::Text(t)) => {
@@ -1167,8 +1161,8 @@ impl M4 {
                         self.insert_diversion(n);
                     }
                 } else {
-                    for i in 1..argc {
-                        let a = args[i].text.clone();
+                    for a in args.iter().skip(1) {
+                        let a = a.text.clone();
                         let numeric = if a.is_empty() {
                             Some(0)
                         } else if a[0].is_ascii_whitespace() || a[0] == 0x0b {
@@ -1293,7 +1287,7 @@ impl M4 {
                 }
                 if self.bad_argc(&name, argc, 4, 0) {
                     return Ok(());
-                } else if argc % 3 == 0 {
+                } else if argc.is_multiple_of(3) {
                     self.bad_argc(&name, argc, 0, argc - 1);
                 }
                 let mut i = 1;

@@ -336,7 +336,7 @@ fn fragment() -> impl Strategy<Value = String> {
     leaf.prop_recursive(4, 48, 4, |inner| {
         let q = |s: String| format!("`{s}'");
         prop_oneof![
-            inner.clone().prop_map(move |s| q(s)),
+            inner.clone().prop_map(q),
             inner.clone().prop_map(|s| format!("``{s}''")),
             (word(), inner.clone()).prop_map(move |(n, b)| format!("m4_define(`{n}', `{b}')")),
             (word(), inner.clone()).prop_map(|(n, b)| format!("m4_pushdef(`{n}', `{b}')")),
@@ -350,9 +350,15 @@ fn fragment() -> impl Strategy<Value = String> {
             (word(), prop::collection::vec(inner.clone(), 0..4))
                 .prop_map(|(n, v)| format!("{n}({})", v.join(","))),
             // a macro defined and called at once: `$` references meet arguments
-            (word(), inner.clone(), prop::collection::vec(inner.clone(), 0..4)).prop_map(
-                |(n, b, v)| format!("m4_define(`{n}', `{b}')m4_dnl\n{n}({})", v.join(","))
-            ),
+            (
+                word(),
+                inner.clone(),
+                prop::collection::vec(inner.clone(), 0..4)
+            )
+                .prop_map(|(n, b, v)| format!(
+                    "m4_define(`{n}', `{b}')m4_dnl\n{n}({})",
+                    v.join(",")
+                )),
             prop::collection::vec(inner.clone(), 0..4)
                 .prop_map(|v| format!("m4_shift({})", v.join(","))),
             inner.clone().prop_map(|s| format!("m4_len({s})")),
