@@ -46,7 +46,7 @@ fn lex(s: &[u8]) -> Option<Vec<T>> {
                             base = base * 10 + (d - b'0') as u32;
                             i += 1;
                         }
-                        if base < 2 || base > 36 || s.get(i) != Some(&b':') {
+                        if !(2..=36).contains(&base) || s.get(i) != Some(&b':') {
                             return None;
                         }
                         i += 1;

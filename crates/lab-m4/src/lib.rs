@@ -274,7 +274,7 @@ pub struct M4 {
 
 /// Deeper nesting than this falls back to GNU m4 (which has no limit by
 /// default) rather than risking this thread's stack.
-const MAX_DEPTH: usize = 250;
+const MAX_DEPTH: usize = 100;
 
 impl M4 {
     /// A fresh m4 with its builtins (and `__gnu__`, `__unix__`) defined.
@@ -348,6 +348,9 @@ impl M4 {
         }
         match self.open(name) {
             Ok((shown, data)) => {
+                if data.contains(&0) {
+                    return Err(Error::Unsupported("a NUL byte in an input file".into()));
+                }
                 self.push_file(&shown, data);
             }
             Err(msg) => {
@@ -568,19 +571,23 @@ impl M4 {
             return Ok(Tok::Eof);
         }
         if ch == MACRO {
-            let Some(Input {
-                src: Src::Macro(b), ..
-            }) = self.input.pop()
-            else {
-                unreachable!()
-            };
-            return Ok(Tok::MacDef(b));
+            // the builtin token may lie under exhausted inputs
+            while let Some(top) = self.input.pop() {
+                if let Src::Macro(b) = top.src {
+                    return Ok(Tok::MacDef(b));
+                }
+            }
+            return Ok(Tok::Eof);
         }
         let ch = self.next_char();
         let (file, line) = (self.cur_name, self.cur_line);
-        let bcomm = self.bcomm.clone();
-        if self.matches(ch, &bcomm) {
-            let mut text = bcomm;
+        // (the delimiters are cloned only when the first byte matches:
+        // this runs for every character of every template)
+        if self.bcomm.first().is_some_and(|&b| b as i32 == ch) && {
+            let bcomm = self.bcomm.clone();
+            self.matches(ch, &bcomm)
+        } {
+            let mut text = self.bcomm.clone();
             let ecomm = self.ecomm.clone();
             loop {
                 let c = self.next_char();
@@ -612,8 +619,10 @@ impl M4 {
             }
             return Ok(Tok::Word(w));
         }
-        let lq = self.lquote.clone();
-        if !self.matches(ch, &lq) {
+        if !(self.lquote.first().is_some_and(|&b| b as i32 == ch) && {
+            let lq = self.lquote.clone();
+            self.matches(ch, &lq)
+        }) {
             return Ok(match c {
                 b'(' => Tok::Open,
                 b',' => Tok::Comma,
@@ -621,6 +630,7 @@ impl M4 {
                 _ => Tok::Simple(c),
             });
         }
+        let lq = self.lquote.clone();
         let rq = self.rquote.clone();
         let mut level = 1;
         let mut text = Vec::new();
@@ -793,7 +803,7 @@ impl M4 {
                         Ok(())
                     }
                     Some(Def::Builtin(b)) if builtin_info(b).1 && !self.peek_open() => {
-                        self.ship(obs.as_deref_mut(), &w);
+                        self.ship(obs, &w);
                         Ok(())
                     }
                     Some(def) => self.expand_macro(w, def),
@@ -835,9 +845,7 @@ impl M4 {
         let mut out = Vec::new();
         let r = self.call_macro(&def, &mut args, &mut out);
         // a builtin token (`m4_defn` of a builtin) is pushed by call_macro
-        if let Err(e) = r {
-            return Err(e);
-        }
+        r?;
         self.push_text(out);
         self.cur_name = close_name;
         self.cur_line = close_line;
@@ -1108,12 +1116,8 @@ impl M4 {
                 if self.bad_argc(&name, argc, 2, 0) {
                     return Ok(());
                 }
-                for i in 1..argc {
-                    let def = self
-                        .symbols
-                        .get(&args[i].text)
-                        .and_then(|v| v.last())
-                        .cloned();
+                for a in args.iter().skip(1) {
+                    let def = self.symbols.get(&a.text).and_then(|v| v.last()).cloned();
                     match def {
                         None => {}
                         Some(Def::Text(t)) => {
@@ -1157,8 +1161,8 @@ impl M4 {
                         self.insert_diversion(n);
                     }
                 } else {
-                    for i in 1..argc {
-                        let a = args[i].text.clone();
+                    for a in args.iter().skip(1) {
+                        let a = a.text.clone();
                         let numeric = if a.is_empty() {
                             Some(0)
                         } else if a[0].is_ascii_whitespace() || a[0] == 0x0b {
@@ -1283,7 +1287,7 @@ impl M4 {
                 }
                 if self.bad_argc(&name, argc, 4, 0) {
                     return Ok(());
-                } else if argc % 3 == 0 {
+                } else if argc.is_multiple_of(3) {
                     self.bad_argc(&name, argc, 0, argc - 1);
                 }
                 let mut i = 1;

@@ -162,6 +162,8 @@ const CASES: &[&str] = &[
     "m4_changequote(`', `')`no quotes' m4_changequote()`still none' m4_changequote`back'\n",
     "m4_changecom()# not a comment ENV_MACHINE\nm4_changecom(`#')# a comment ENV_MACHINE\n",
     "m4_define(`ENV_MACHINE', `redefined')ENV_MACHINE m4_undefine(`ENV_ROLE')ENV_ROLE\n",
+    "m4_define(`mylen', m4_defn(`m4_len'))mylen(abcd) m4_defn(`m4_len')(x) m4_len(m4_defn(`m4_len'))\n",
+    "m4_define(`deep', `m4_ifelse(`$1', `', `', `[$1 deep(m4_substr(`$1', 1))]')')deep(abcdefghijklmnopqrstuvwxyz)\n",
     "m4_traceon(`x')x\n",
 ];
 
@@ -334,7 +336,7 @@ fn fragment() -> impl Strategy<Value = String> {
     leaf.prop_recursive(4, 48, 4, |inner| {
         let q = |s: String| format!("`{s}'");
         prop_oneof![
-            inner.clone().prop_map(move |s| q(s)),
+            inner.clone().prop_map(q),
             inner.clone().prop_map(|s| format!("``{s}''")),
             (word(), inner.clone()).prop_map(move |(n, b)| format!("m4_define(`{n}', `{b}')")),
             (word(), inner.clone()).prop_map(|(n, b)| format!("m4_pushdef(`{n}', `{b}')")),
@@ -347,6 +349,16 @@ fn fragment() -> impl Strategy<Value = String> {
                 .prop_map(|v| format!("m4_ifelse({})", v.join(","))),
             (word(), prop::collection::vec(inner.clone(), 0..4))
                 .prop_map(|(n, v)| format!("{n}({})", v.join(","))),
+            // a macro defined and called at once: `$` references meet arguments
+            (
+                word(),
+                inner.clone(),
+                prop::collection::vec(inner.clone(), 0..4)
+            )
+                .prop_map(|(n, b, v)| format!(
+                    "m4_define(`{n}', `{b}')m4_dnl\n{n}({})",
+                    v.join(",")
+                )),
             prop::collection::vec(inner.clone(), 0..4)
                 .prop_map(|v| format!("m4_shift({})", v.join(","))),
             inner.clone().prop_map(|s| format!("m4_len({s})")),
