@@ -69,12 +69,7 @@ current_digest() { if [ -f "$S/current" ]; then read -r _ d <"$S/current"; echo 
 /// sync and of `lab status`.
 /// `wait`: first wait (up to a minute) for a sync that holds the
 /// machine's lock, to see the machine as it leaves it.
-pub fn check_command(
-    root: &str,
-    known: Option<&Digest>,
-    units: &[String],
-    wait: bool,
-) -> String {
+pub fn check_command(root: &str, known: Option<&Digest>, units: &[String], wait: bool) -> String {
     let mut p = String::with_capacity(CHECK_PRELUDE.len() + 6000);
     p.push_str(CHECK_PRELUDE);
     static C: std::sync::OnceLock<String> = std::sync::OnceLock::new();
