@@ -8,7 +8,10 @@
 #                    NUL-separated (sent by lab beside the manifest)
 #   gen/GEN/stat     their cheap facts right after the apply, one line each:
 #                    `INODE SIZE MTIME CTIME RAWMODE UID GID NAME` (stat(1)
-#                    formats; a newline in a name is written as \001)
+#                    formats; a newline in a name is written as \001).
+#                    The ctime to the nanosecond: nothing can set it, and
+#                    every write, chmod, chown or rename moves it; mtime
+#                    in seconds only (formatting a fraction costs time)
 #   gen/GEN/actions  the generation's unit actions, `OP UNIT` a line
 #   gen/GEN/done     numbers of the actions that have run, one a line
 #
@@ -16,7 +19,7 @@
 # symlink, and nothing is read below a path whose parent is not a real
 # directory.
 
-SFMT='%i %s %.9Y %.9Z %f %u %g %n\0'
+SFMT='%i %s %Y %.9Z %f %u %g %n\0'
 
 # The cheap facts of every path of generation directory $1, now.
 stat_all() {
@@ -50,6 +53,9 @@ under_dirs() {
 drift() {
   D="$S/gen/$(current_gen)"
   [ -f "$D/paths0" ] || return 0
+  # (the common case, nothing changed: the facts now are the recorded
+  # ones, line for line, as the same command wrote them in the same order)
+  if [ -f "$D/stat" ] && stat_all "$D" | cmp -s - "$D/stat"; then return 0; fi
   { tr '\n\0' '\001\n' <"$D/paths0"; echo /; stat_all "$D"; } | awk -v rf="$D/stat" '
     function nm(l, i) { for (i = 0; i < 7; i++) l = substr(l, index(l, " ") + 1); return l }
     BEGIN { while ((getline l < rf) > 0) rec[nm(l)] = l }

@@ -198,17 +198,13 @@ impl<'a> ApplyPlan<'a> {
             match in_old {
                 // (kind changes between old and new are planned already)
                 Some(o) if o.is_dir() != e.is_dir() => {}
-                Some(_) if e.is_dir() => {
-                    if !p.chmod_dirs.iter().any(|d| d.path == *path) {
-                        p.chmod_dirs.push(e);
-                    }
+                Some(_) if e.is_dir() && !p.chmod_dirs.iter().any(|d| d.path == *path) => {
+                    p.chmod_dirs.push(e);
                 }
-                Some(_) => {
-                    if !p.writes.iter().any(|w| w.path == *path) {
-                        p.writes.push(e);
-                    }
+                Some(_) if !e.is_dir() && !p.writes.iter().any(|w| w.path == *path) => {
+                    p.writes.push(e);
                 }
-                None => {}
+                _ => {}
             }
         }
         p.writes.sort_by(|a, b| a.path.cmp(&b.path));
