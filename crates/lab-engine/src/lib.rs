@@ -389,16 +389,18 @@ impl Engine {
         reporter.scanned(files, hashed);
 
         // Each root's generation before and after this build: a root whose
-        // scan read nothing and found nothing changed keeps its
-        // fingerprints, its file and its generation (a no-op build writes
-        // no fingerprints, an edit those of one root).
+        // scan found nothing changed keeps its generation, and its file too
+        // when the scan read nothing (a no-op build writes no fingerprints,
+        // an edit those of one root). A file hashed again only because it
+        // was written within the previous scan's clock tick changes its
+        // fingerprint's stat, not what machines were built from, so the
+        // machines' states still name the right generation.
         let mut gens: Gens = HashMap::new();
         for (name, s) in &scans {
             let Ok(s) = s else { continue };
             let p = prev.get(name);
             let keep = p.filter(|p| {
-                s.hashed == 0
-                    && s.changed.is_empty()
+                s.changed.is_empty()
                     && p.root.exists == s.exists
                     && p.root.tree == s.tree
                     && p.root.listing == s.listing
@@ -433,7 +435,7 @@ impl Engine {
         for (name, s) in &scans {
             let Ok(s) = s else { continue };
             let (before, after) = gens[name];
-            if before != after || !prev.contains_key(name) {
+            if before != after || !prev.contains_key(name) || s.hashed > 0 {
                 self.state
                     .save_root(name, after, s.to_state(scanned_at_ns))
                     .map_err(|e| EngineError::Io {
