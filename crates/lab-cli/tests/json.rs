@@ -51,10 +51,13 @@ fn build_json() {
     let t = two();
     insta::assert_snapshot!("build", pretty(&json(&t, &["build", "--json"], 0)));
     t.file("layers/base/etc/motd.j2", "{{ machine }}.{{ domian }}\n");
-    insta::assert_snapshot!(
-        "build_failed",
-        pretty(&json(&t, &["build", "--json", "-m", "@web"], 1))
-    );
+    // (how many files it reads again depends on the file system's clock:
+    // one written within the clock tick of the last scan is read again)
+    let mut v = json(&t, &["build", "--json", "-m", "@web"], 1);
+    let read = v["read"].as_u64().unwrap();
+    assert!((1..=3).contains(&read), "{v}");
+    v["read"] = "1..3".into();
+    insta::assert_snapshot!("build_failed", pretty(&v));
 }
 
 #[test]

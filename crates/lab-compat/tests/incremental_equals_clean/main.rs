@@ -6,5 +6,6 @@
 //! ([`lab_compat::open`] picks the style) and built by the engine's one
 //! pipeline; each module holds one style's model of edits.
 
+mod common;
 mod make;
 mod native;

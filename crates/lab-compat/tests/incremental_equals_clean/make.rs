@@ -18,8 +18,9 @@
 //! sources for one path that differ are an error in this style, tested
 //! elsewhere; `dup/d` is the one path two layers share, always agreeing.
 
+use crate::common::{clear, make_parent, outputs, persisted_state_is_trusted};
 use lab_engine::{BuildOptions, Silent};
-use lab_testkit::{tree_listing, TestLab};
+use lab_testkit::TestLab;
 use proptest::prelude::*;
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -147,28 +148,6 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..BODIES.len(), 0..MODES.len()).prop_map(|(body, mode)| Op::Dup { body, mode }),
         1 => (0..MACHINES.len(), proptest::option::of(0..2usize)).prop_map(|(machine, arch)| Op::Gathered { machine, arch }),
     ]
-}
-
-fn clear(p: &Path) {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).unwrap(),
-        Ok(_) => std::fs::remove_file(p).unwrap(),
-        Err(_) => {}
-    }
-}
-
-fn make_parent(root: &Path, p: &Path) {
-    let parent = p.parent().unwrap();
-    let mut cur = root.to_path_buf();
-    for c in parent.strip_prefix(root).unwrap().components() {
-        cur.push(c);
-        if let Ok(m) = std::fs::symlink_metadata(&cur) {
-            if !m.is_dir() {
-                std::fs::remove_file(&cur).unwrap();
-            }
-        }
-    }
-    std::fs::create_dir_all(parent).unwrap();
 }
 
 /// A path m4 or a `!` copy follows: its symlinks must point at a file.
@@ -371,21 +350,6 @@ fn build(dir: &Path) -> Vec<(String, Result<(), String>)> {
         .collect()
 }
 
-fn outputs(dir: &Path) -> String {
-    let mut s = tree_listing(&dir.join(".lab/out"));
-    let mut ms: Vec<_> = std::fs::read_dir(dir.join(".lab/out"))
-        .into_iter()
-        .flatten()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "manifest"))
-        .collect();
-    ms.sort();
-    for m in ms {
-        s.push_str(&std::fs::read_to_string(m).unwrap());
-    }
-    s
-}
-
 /// The project every run starts from.
 fn start() -> TestLab {
     let lab = TestLab::new();
@@ -535,21 +499,7 @@ fn check_session(ops: Vec<(Op, bool)>) -> Result<(), TestCaseError> {
             b
         );
     }
-    session.persist().unwrap();
-    drop(session);
-    let before = outputs(lab.path());
-    let engine = lab_compat::open(lab.path()).unwrap();
-    let report = engine.build(&BuildOptions::default(), &Silent).unwrap();
-    prop_assert!(
-        report
-            .machines
-            .iter()
-            .all(|m| m.result.as_ref().is_ok_and(|r| r.up_to_date)),
-        "{:?}",
-        report.machines
-    );
-    prop_assert_eq!(outputs(lab.path()), before);
-    Ok(())
+    persisted_state_is_trusted(&lab, session)
 }
 
 proptest! {

@@ -6,8 +6,9 @@
 //! (a fresh engine each time, like a new process), copies the sources to a
 //! new directory, builds that from nothing, and compares the outputs.
 
+use crate::common::{clear, make_parent, outputs, persisted_state_is_trusted};
 use lab_engine::{BuildOptions, Silent};
-use lab_testkit::{tree_listing, TestLab};
+use lab_testkit::TestLab;
 use proptest::prelude::*;
 use std::path::Path;
 
@@ -146,30 +147,6 @@ impl Inventory {
     }
 }
 
-/// Remove whatever is at `p` (file, symlink or directory tree).
-fn clear(p: &Path) {
-    match std::fs::symlink_metadata(p) {
-        Ok(m) if m.is_dir() => std::fs::remove_dir_all(p).unwrap(),
-        Ok(_) => std::fs::remove_file(p).unwrap(),
-        Err(_) => {}
-    }
-}
-
-/// Make `p`'s parent a directory, replacing a file or symlink in the way.
-fn make_parent(root: &Path, p: &Path) {
-    let parent = p.parent().unwrap();
-    let mut cur = root.to_path_buf();
-    for c in parent.strip_prefix(root).unwrap().components() {
-        cur.push(c);
-        if let Ok(m) = std::fs::symlink_metadata(&cur) {
-            if !m.is_dir() {
-                std::fs::remove_file(&cur).unwrap();
-            }
-        }
-    }
-    std::fs::create_dir_all(parent).unwrap();
-}
-
 /// Apply an edit; returns the paths it touched (what a file watcher would
 /// report).
 fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) -> Vec<std::path::PathBuf> {
@@ -298,20 +275,6 @@ fn build(dir: &Path) -> Vec<(String, bool)> {
         .collect()
 }
 
-fn outputs(dir: &Path) -> String {
-    let mut s = tree_listing(&dir.join(".lab/out"));
-    for e in std::fs::read_dir(dir.join(".lab/out"))
-        .into_iter()
-        .flatten()
-    {
-        let e = e.unwrap();
-        if e.path().extension().is_some_and(|x| x == "manifest") {
-            s.push_str(&std::fs::read_to_string(e.path()).unwrap());
-        }
-    }
-    s
-}
-
 fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
     let lab = TestLab::new();
     lab.file("layers/_/_partials/p.j2", "base partial -- ")
@@ -395,22 +358,7 @@ fn check_session(ops: Vec<(Op, bool)>) -> Result<(), TestCaseError> {
             b
         );
     }
-    // and what the session persists is a state the next build trusts
-    session.persist().unwrap();
-    drop(session);
-    let before = outputs(lab.path());
-    let engine = lab_compat::open(lab.path()).unwrap();
-    let report = engine.build(&BuildOptions::default(), &Silent).unwrap();
-    prop_assert!(
-        report
-            .machines
-            .iter()
-            .all(|m| m.result.as_ref().is_ok_and(|r| r.up_to_date)),
-        "{:?}",
-        report.machines
-    );
-    prop_assert_eq!(outputs(lab.path()), before);
-    Ok(())
+    persisted_state_is_trusted(&lab, session)
 }
 
 proptest! {
