@@ -575,14 +575,20 @@ u_origs() {
 }
 
 # DIR NAME...: put back what $G/prev holds, through DIR/.lab-stage, a few
-# programs for the whole directory.
+# programs for the whole directory. A directory now where a file was (the
+# generation's own directories are gone by now, so it holds files lab did
+# not create) stays, and the file is not put back.
 u_back() {
   d=$1
   shift
   for f do
     shift
     if [ -L "$G/prev$d/$f" ] || { [ -e "$G/prev$d/$f" ] && [ ! -d "$G/prev$d/$f" ]; }; then
-      set -- "$@" "$G/prev$d/$f"
+      if [ -d "$R$d/$f" ] && [ ! -L "$R$d/$f" ]; then
+        out "kept $d/$f"
+      else
+        set -- "$@" "$G/prev$d/$f"
+      fi
     fi
   done
   [ $# -gt 0 ] || return 0

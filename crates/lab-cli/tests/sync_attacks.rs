@@ -96,6 +96,41 @@ fn converged(h: &Host, lab: &TestLab) {
     );
 }
 
+/// A generation that turned a file into a directory, which then got a file
+/// lab did not create: rolling it back keeps that directory (and the file)
+/// and says so, instead of stopping half way through the undo (found by
+/// the property test below, seed 1796416270570847105).
+#[test]
+fn rollback_keeps_a_directory_holding_foreign_files_where_a_file_was() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    let lab = project(fleet.hosts());
+    lab.file("layers/base/srv/t/k", "a file\n");
+    sync(&lab, "h1");
+    lab.remove("layers/base/srv/t/k")
+        .file("layers/base/srv/t/k/inner", "inner\n");
+    sync(&lab, "h1");
+    run(h, "echo foreign >/srv/t/k/foreign-1");
+    let (code, out, err) = labrun(&lab, &["rollback", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("back on generation 1"), "{out}");
+    assert!(out.contains("kept /srv/t/k"), "{out}");
+    assert_eq!(
+        run(h, "ls -A /srv/t/k; cat /srv/t/k/foreign-1"),
+        "foreign-1\nforeign\n"
+    );
+    // nothing left half done: a rollback to 0 works and keeps it too
+    let (code, out, err) = labrun(&lab, &["rollback", "-m", "h1", "--to", "0"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        run(
+            h,
+            "ls -A /srv/t/k; test -e /var/lib/lab/undoing && echo undoing; true"
+        ),
+        "foreign-1\n"
+    );
+}
+
 /// Item 1: directories that existed (empty) before lab's first sync stay
 /// on a rollback to 0, with their own mode; the ones lab created go.
 #[test]
