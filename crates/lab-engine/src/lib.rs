@@ -18,6 +18,7 @@ pub mod facts;
 pub mod machine;
 mod native;
 mod output;
+mod pods;
 mod reporter;
 pub mod scan;
 mod secret;

@@ -454,6 +454,9 @@ impl MachineJob<'_> {
         };
         let model: &dyn MachineModel = &*self.model;
         let name = self.name;
+        for w in model.warnings() {
+            reporter.warning(Some(name), &w);
+        }
         reporter.machine_started(name, plan.outs.len());
         let input = |k: &Key| model.input(k);
 

@@ -145,6 +145,12 @@ pub trait MachineModel: Sync {
         Vec::new()
     }
 
+    /// Things the user should know about the plan just made that do not
+    /// stop the build (the engine reports them).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Resolve the outputs: all of them, or (`only`) just these paths,
     /// which a previous full resolution produced and whose roots' listings
     /// are unchanged.

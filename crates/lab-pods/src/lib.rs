@@ -27,6 +27,26 @@ use std::path::Path;
 /// `pods/NAME.yaml` or `pods/NAME.yaml.j2`.
 pub const SOURCE_DIR: &str = "pods";
 
+/// Where a project keeps the images it ships, relative to the project:
+/// `images/NAME.tar` (an OCI archive) or `images/NAME/` (an OCI layout),
+/// which pods name `NAME` or `localhost/NAME:latest`.
+pub const IMAGES_DIR: &str = "images";
+
+/// The image name an entry of [`IMAGES_DIR`] ships, if it is one.
+pub fn image_name(file_name: &str, is_dir: bool) -> Option<&str> {
+    let name = if is_dir {
+        file_name
+    } else {
+        file_name.strip_suffix(".tar")?
+    };
+    let ok = !name.is_empty()
+        && !name.starts_with(['.', '-'])
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+    ok.then_some(name)
+}
+
 /// Quadlet's directory for units of every non-root user's systemd.
 pub const ROOTLESS_DIR: &str = "etc/containers/systemd/users";
 /// Quadlet's directory for units of the system manager.
