@@ -30,6 +30,9 @@ const POD: &str = "pod";
 const POD_USER: &str = "pod user";
 /// `Key::Ext(IMAGES, "")`: the names of the images the project ships.
 const IMAGES: &str = "project images";
+/// `Key::Ext(POD_LIST, "")`: the names of the machine's pods (the firewall
+/// reads every pod, including one that did not exist when it last ran).
+const POD_LIST: &str = "pod list";
 
 /// The names of the images a project ships (see [`lab_pods::IMAGES_DIR`]).
 pub(crate) fn project_images(project: &Path) -> Result<BTreeSet<String>, MachineError> {
@@ -174,6 +177,14 @@ impl Pods {
             .finish()
     }
 
+    fn list_digest(&self) -> Digest {
+        let mut h = Hasher::new("lab-pod-list-v1");
+        for n in self.sources.keys() {
+            h.str(n);
+        }
+        h.finish()
+    }
+
     fn images_digest(&self) -> Digest {
         let mut h = Hasher::new("lab-images-v1");
         for i in &self.ctx.images {
@@ -203,6 +214,7 @@ impl Pods {
         vec![
             (Key::Ext(POD_USER.into(), String::new()), self.user_digest()),
             (Key::Ext(IMAGES.into(), String::new()), self.images_digest()),
+            (Key::Ext(POD_LIST.into(), String::new()), self.list_digest()),
         ]
     }
 
@@ -224,6 +236,7 @@ impl Pods {
             }),
             POD_USER => Some(self.user_digest()),
             IMAGES => Some(self.images_digest()),
+            POD_LIST => Some(self.list_digest()),
             _ => return None,
         })
     }
@@ -265,6 +278,7 @@ impl Pods {
                 .values()
                 .flat_map(|c| c.deps.iter().cloned())
                 .collect();
+            deps.push((Key::Ext(POD_LIST.into(), String::new()), self.list_digest()));
             deps.sort_by(|a, b| a.0.cmp(&b.0));
             deps.dedup_by(|a, b| a.0 == b.0);
             self.firewall = Some((text, deps));
