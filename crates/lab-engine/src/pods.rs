@@ -76,7 +76,10 @@ enum PodOut {
 /// A pod compiled, with what its compile read.
 struct CompiledPod {
     compiled: Compiled,
+    /// The source as errors name it: relative to the project.
     shown: PathBuf,
+    /// The source's full path (conflicts name both sources by it).
+    path: PathBuf,
     deps: Vec<(Key, Digest)>,
 }
 
@@ -288,7 +291,7 @@ impl Pods {
         let mut dirs = BTreeMap::new();
         for (out, what) in &self.outs {
             let from = match what {
-                PodOut::Kube(n) | PodOut::Yaml(n) => self.compiled[n].shown.clone(),
+                PodOut::Kube(n) | PodOut::Yaml(n) => self.compiled[n].path.clone(),
                 PodOut::Firewall => PathBuf::from("the pods' ports"),
             };
             if let Some(w) = winners.get(out) {
@@ -364,6 +367,7 @@ impl Pods {
         Ok(CompiledPod {
             compiled,
             shown,
+            path,
             deps,
         })
     }
