@@ -29,9 +29,14 @@ pub(crate) fn kube(pod: &Pod, pod_user: &str) -> String {
         for c in &pod.containers {
             for p in &c.ports {
                 if let Some(h) = p.host_port {
+                    let ip = match p.host_ip {
+                        Some(std::net::IpAddr::V4(a)) => format!("{a}:"),
+                        Some(std::net::IpAddr::V6(a)) => format!("[{a}]:"),
+                        None => String::new(),
+                    };
                     let _ = writeln!(
                         s,
-                        "PublishPort={h}:{}/{}",
+                        "PublishPort={ip}{h}:{}/{}",
                         p.container_port,
                         p.protocol.lower()
                     );
@@ -162,6 +167,9 @@ pub(crate) fn yaml(pod: &Pod) -> String {
                 let _ = writeln!(s, "{i}- containerPort: {}", p.container_port);
                 if let Some(h) = p.host_port {
                     let _ = writeln!(s, "{i}  hostPort: {h}");
+                }
+                if let Some(ip) = p.host_ip {
+                    let _ = writeln!(s, "{i}  hostIP: {}", q(&ip.to_string()));
                 }
                 let _ = writeln!(s, "{i}  protocol: {}", p.protocol.kube_name());
                 if let Some(n) = &p.name {

@@ -93,6 +93,9 @@ pub struct Port {
     pub name: Option<String>,
     pub container_port: u16,
     pub host_port: Option<u16>,
+    /// A loopback address the host port is bound to: such a port is not
+    /// opened in the firewall.
+    pub host_ip: Option<std::net::IpAddr>,
     pub protocol: Protocol,
 }
 
@@ -140,13 +143,15 @@ pub enum SecurityValue {
 }
 
 impl Pod {
-    /// The ports of the machine this pod listens on: its `hostPort`s (its
-    /// `containerPort`s with `hostNetwork: true`), sorted.
+    /// The ports of the machine this pod listens on, to be opened in its
+    /// firewall: its `hostPort`s (its `containerPort`s with `hostNetwork:
+    /// true`) but those bound to a loopback `hostIP`, sorted.
     pub fn host_ports(&self) -> Vec<HostPort> {
         let mut v: Vec<HostPort> = self
             .containers
             .iter()
             .flat_map(|c| &c.ports)
+            .filter(|p| p.host_ip.is_none())
             .filter_map(|p| {
                 let port = if self.host_network {
                     Some(p.container_port)
@@ -870,7 +875,7 @@ fn container(
             let pm = r.mapping(p, "a port")?;
             r.only(
                 pm,
-                &["name", "containerPort", "hostPort", "protocol"],
+                &["name", "containerPort", "hostPort", "hostIP", "protocol"],
                 "a port",
             )?;
             let p_at = r.located(p.span(), 1);
@@ -910,6 +915,25 @@ fn container(
                 }
                 None => None,
             };
+            let host_ip = match r.key(pm, "hostIP") {
+                Some((k, v)) => {
+                    if host_port.is_none() {
+                        return Err(r.err(r.at_scalar(k), "`hostIP` needs a `hostPort`", None));
+                    }
+                    let v = r.string(v, "`hostIP`")?;
+                    match v.as_str().parse::<std::net::IpAddr>() {
+                        Ok(ip) if ip.is_loopback() => Some(ip),
+                        _ => {
+                            return Err(r.err(
+                                r.at_scalar(v),
+                                format!("`hostIP: {}` is not a loopback address", v.as_str()),
+                                Some("lab opens a pod's host ports on every address of the machine; `hostIP` may only keep one to the machine itself (`127.0.0.1` or `::1`)".into()),
+                            ))
+                        }
+                    }
+                }
+                None => None,
+            };
             let port_name = match r.key(pm, "name") {
                 Some((_, s)) => Some(r.string(s, "a port's `name`")?.as_str().to_string()),
                 None => None,
@@ -937,6 +961,7 @@ fn container(
                 name: port_name,
                 container_port,
                 host_port: host_port.map(|(p, _)| p),
+                host_ip,
                 protocol,
             });
         }

@@ -284,8 +284,14 @@ fn the_firewall_opens_exactly_the_host_ports() {
     let web = ok("web", TWO_CONTAINERS);
     let other = ok(
         "other",
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: other\nspec:\n  containers:\n  - name: x\n    image: web\n    ports:\n    - {containerPort: 1, hostPort: 9000}\n    - {containerPort: 2}\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: other\nspec:\n  containers:\n  - name: x\n    image: web\n    ports:\n    - {containerPort: 1, hostPort: 9000}\n    - {containerPort: 2}\n    - {containerPort: 3, hostPort: 9001, hostIP: 127.0.0.1}\n    - {containerPort: 4, hostPort: 9002, hostIP: \"::1\"}\n",
     );
+    assert!(other.kube.contains(
+        "PublishPort=9000:1/tcp\nPublishPort=127.0.0.1:9001:3/tcp\nPublishPort=[::1]:9002:4/tcp\n"
+    ));
+    assert!(other
+        .yaml
+        .contains("      hostPort: 9001\n      hostIP: \"127.0.0.1\"\n"));
     let text = firewall(&[
         (Path::new("pods/web.yaml"), &web.pod),
         (Path::new("pods/other.yaml"), &other.pod),

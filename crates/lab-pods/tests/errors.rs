@@ -105,8 +105,12 @@ fn other_unsupported_fields_list_what_is_supported() {
         "pods/web.yaml:10:7: `requests` is not supported in resources\n      requests:\n      ^^^^^^^^\nhint: lab applies `limits` only (as cgroup limits of the pod's unit)\n"
     );
     assert_eq!(
-        refusal(&with_container("    ports:\n    - containerPort: 80\n      hostIP: 127.0.0.1\n")),
-        "pods/web.yaml:11:7: `hostIP` is not supported in a port\n      hostIP: 127.0.0.1\n      ^^^^^^\nhint: lab supports in a port: `name`, `containerPort`, `hostPort`, `protocol`\n"
+        refusal(&with_container("    ports:\n    - containerPort: 80\n      appProtocol: http\n")),
+        "pods/web.yaml:11:7: `appProtocol` is not supported in a port\n      appProtocol: http\n      ^^^^^^^^^^^\nhint: lab supports in a port: `name`, `containerPort`, `hostPort`, `hostIP`, `protocol`\n"
+    );
+    assert_eq!(
+        refusal(&with_container("    ports:\n    - containerPort: 80\n      hostPort: 80\n      hostIP: 203.0.113.1\n")),
+        "pods/web.yaml:12:15: `hostIP: 203.0.113.1` is not a loopback address\n      hostIP: 203.0.113.1\n              ^^^^^^^^^^^\nhint: lab opens a pod's host ports on every address of the machine; `hostIP` may only keep one to the machine itself (`127.0.0.1` or `::1`)\n"
     );
     assert_eq!(
         refusal(&with_container("    securityContext:\n      seccompProfile: {}\n")),
