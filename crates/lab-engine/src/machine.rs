@@ -454,9 +454,6 @@ impl MachineJob<'_> {
         };
         let model: &dyn MachineModel = &*self.model;
         let name = self.name;
-        for w in model.warnings() {
-            reporter.warning(Some(name), &w);
-        }
         reporter.machine_started(name, plan.outs.len());
         let input = |k: &Key| model.input(k);
 
@@ -544,6 +541,9 @@ impl MachineJob<'_> {
         }
         if !errors.is_empty() {
             return Err(errors);
+        }
+        for w in model.warnings() {
+            reporter.warning(Some(name), &w);
         }
 
         // Paths no longer produced, and the nodes that made them.

@@ -22,7 +22,7 @@ use lab_pods::{Compiled, Context, PodError};
 use lab_render::{Includes, Scope};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// `Key::Ext(POD, NAME)`: the winning source of pod NAME.
 const POD: &str = "pod";
@@ -90,7 +90,10 @@ pub(crate) struct Pods {
     compiled: BTreeMap<String, CompiledPod>,
     outs: BTreeMap<String, PodOut>,
     firewall: Option<(String, Vec<(Key, Digest)>)>,
-    warnings: Vec<String>,
+    /// Each pod's warnings, told when its unit is compiled again.
+    warnings: BTreeMap<String, Vec<String>>,
+    /// The pods whose unit's step ran in this build.
+    stepped: Mutex<BTreeSet<String>>,
 }
 
 fn not_a_pod(path: PathBuf) -> MachineError {
@@ -166,7 +169,8 @@ impl Pods {
             compiled: BTreeMap::new(),
             outs: BTreeMap::new(),
             firewall: None,
-            warnings: Vec::new(),
+            warnings: BTreeMap::new(),
+            stepped: Mutex::default(),
         })
     }
 
@@ -260,7 +264,8 @@ impl Pods {
         self.warnings.clear();
         for (name, s) in &self.sources {
             let c = self.compile(stack, name, s, scope, includes)?;
-            self.warnings.extend(c.compiled.warnings.iter().cloned());
+            self.warnings
+                .insert(name.clone(), c.compiled.warnings.clone());
             for (out, what) in [
                 (c.compiled.kube_path(), PodOut::Kube(name.clone())),
                 (c.compiled.yaml_path(), PodOut::Yaml(name.clone())),
@@ -372,8 +377,14 @@ impl Pods {
         })
     }
 
+    /// The warnings of the pods whose unit was compiled again (a pod that
+    /// did not change is not warned about again).
     pub fn warnings(&self) -> Vec<String> {
-        self.warnings.clone()
+        let stepped = self.stepped.lock().unwrap();
+        stepped
+            .iter()
+            .flat_map(|n| self.warnings.get(n).into_iter().flatten().cloned())
+            .collect()
     }
 
     pub fn is_output(&self, out: &str) -> bool {
@@ -383,7 +394,10 @@ impl Pods {
     /// The step of a pod output: its text, compiled at planning.
     pub fn run_step(&self, out: &str) -> (Trace, Vec<u8>) {
         let (text, deps) = match &self.outs[out] {
-            PodOut::Kube(n) => (&self.compiled[n].compiled.kube, &self.compiled[n].deps),
+            PodOut::Kube(n) => {
+                self.stepped.lock().unwrap().insert(n.clone());
+                (&self.compiled[n].compiled.kube, &self.compiled[n].deps)
+            }
             PodOut::Yaml(n) => (&self.compiled[n].compiled.yaml, &self.compiled[n].deps),
             PodOut::Firewall => {
                 let (t, d) = self.firewall.as_ref().expect("planned");

@@ -145,8 +145,8 @@ pub trait MachineModel: Sync {
         Vec::new()
     }
 
-    /// Things the user should know about the plan just made that do not
-    /// stop the build (the engine reports them).
+    /// Things the user should know that do not stop the build, about what
+    /// the steps that ran made (the engine reports them after the steps).
     fn warnings(&self) -> Vec<String> {
         Vec::new()
     }

@@ -370,4 +370,15 @@ fn warnings_go_through_the_reporter() {
     let w = rec.warnings.into_inner().unwrap();
     assert_eq!(w.len(), 2, "{w:#?}");
     assert!(w[0].contains("container `pg` runs its image's entrypoint as PID 1 with no init"));
+    // told again when that pod is compiled again, not for another pod's edit
+    lab.file("layers/web/pods/web.yaml.j2", &WEB.replace("http", "httpd"));
+    let (rec, _) = build_with(&lab);
+    assert_eq!(rec.warnings.into_inner().unwrap(), Vec::<String>::new());
+    lab.file(
+        "layers/web/pods/db.yaml",
+        &DB.replace("    io.podman.annotations.init/pg: \"true\"\n", "")
+            .replace("localhost/postgres", "localhost/pg"),
+    );
+    let (rec, _) = build_with(&lab);
+    assert_eq!(rec.warnings.into_inner().unwrap().len(), 2);
 }
