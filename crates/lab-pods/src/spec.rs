@@ -488,6 +488,26 @@ pub(crate) fn parse(path: &Path, name: &str, text: &str, ctx: &Context) -> R<Pod
             Some("a pod file holds one `kind: Pod` (or `kind: Deployment`)".into()),
         ));
     }
+    // one document: a second one (`---` after content) would be ignored
+    let mut content = false;
+    for (i, line) in text.lines().enumerate() {
+        let marker = line.starts_with("---") || line.starts_with("...");
+        let rest = line.get(3..).unwrap_or("");
+        if marker && (rest.is_empty() || rest.starts_with([' ', '\t', '\r'])) {
+            if content {
+                return Err(r.err(
+                    Located::from_line(path, text, i + 1, Some(&line[..3])),
+                    "a pod file holds one YAML document",
+                    Some("put each pod in its own file: `pods/NAME.yaml`".into()),
+                ));
+            }
+            continue;
+        }
+        let t = line.trim();
+        if !t.is_empty() && !t.starts_with('#') && !line.starts_with('%') {
+            content = true;
+        }
+    }
     let opts = marked_yaml::LoaderOptions::default().error_on_duplicate_keys(true);
     let root = marked_yaml::parse_yaml_with_options(0, text, opts)
         .map_err(|e| load_error(path, text, &e))?;

@@ -263,6 +263,10 @@ fn names_kinds_and_values() {
         "pods/web.yaml:1:1: a pod file must be a YAML mapping\n[1, 2]\n^\n"
     );
     assert_eq!(
+        refusal("---\napiVersion: v1\nkind: Pod\n---\nkind: ConfigMap\n"),
+        "pods/web.yaml:4:1: a pod file holds one YAML document\n---\n^^^\nhint: put each pod in its own file: `pods/NAME.yaml`\n"
+    );
+    assert_eq!(
         refusal(""),
         "pods/web.yaml: the pod file is empty\nhint: a pod file holds one `kind: Pod` (or `kind: Deployment`)\n"
     );
