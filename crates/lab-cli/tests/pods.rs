@@ -129,3 +129,37 @@ fn warnings_are_printed_and_do_not_fail_the_build() {
          `io.podman.annotations.init/http: \"true\"` to the pod's metadata\n"
     );
 }
+
+#[test]
+fn show_explains_pod_files_and_pod_sources() {
+    let t = project();
+    let (code, out, err) = run(
+        &t,
+        &["show", "-m", "a", "/etc/containers/systemd/users/web.kube"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.starts_with(
+            "/etc/containers/systemd/users/web.kube on a (file 0644)\n  \
+             source: layers/web/pods/web.yaml.j2 (template)\n  \
+             reads: port = 8080\n---\n# Made by lab from a pod file"
+        ),
+        "{out}"
+    );
+    let (code, out, _) = run(&t, &["show", "layers/web/pods/web.yaml.j2"]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "layers/web/pods/web.yaml.j2 (template)\n  \
+         a: /etc/containers/systemd/users/web.kube, /etc/containers/systemd/users/web.yaml\n"
+    );
+    t.file(
+        "machines/a/pods/web.yaml",
+        &POD.replace("{{ port }}", "9000"),
+    );
+    let (_, out, _) = run(&t, &["show", "layers/web/pods/web.yaml.j2"]);
+    assert_eq!(
+        out,
+        "layers/web/pods/web.yaml.j2 (template)\n  a: pod `web`, overridden by machines/a/pods/web.yaml\n"
+    );
+}

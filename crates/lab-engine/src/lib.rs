@@ -30,6 +30,7 @@ pub mod style;
 
 pub use error::{EngineError, MachineError, StyleError};
 pub use lab_facts;
+pub use lab_pods;
 pub use machine::MachineReport;
 pub use native::NativeStyle;
 pub use reporter::{Reporter, Silent};

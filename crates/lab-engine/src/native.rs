@@ -49,7 +49,7 @@ impl Style for NativeStyle {
         out: &str,
         roots: &[RootScan],
     ) -> Result<Show, ShowError> {
-        show_native(engine, &machine.name, out, roots)
+        show_native(engine, machine, out, roots)
     }
 }
 
@@ -516,18 +516,78 @@ impl NativeMachine<'_> {
     }
 }
 
+/// `lab show` of a file a pod becomes (`None`: no pod makes `out`).
+fn show_pod_output(
+    engine: &Engine,
+    m: &Machine,
+    out: &str,
+    stack: &Stack,
+    resolved: &BTreeMap<String, Winner>,
+) -> Result<Option<Show>, ShowError> {
+    let mut pods = Pods::find(stack, m.pod_user(), Default::default())?;
+    if pods.is_empty() {
+        return Ok(None);
+    }
+    let images = crate::pods::project_images(&engine.project.root)?;
+    pods = Pods::find(stack, m.pod_user(), images)?;
+    let (gathered, _) = engine.gathered();
+    let scopes = engine.scopes(&gathered)?;
+    let scope = scopes[&m.name].clone();
+    let includes: Arc<dyn Includes> = Arc::new(DiskIncludes {
+        roots: stack
+            .roots
+            .iter()
+            .map(|r| (r.name.clone(), r.dir.clone()))
+            .collect(),
+    });
+    pods.plan(stack, resolved, &scope, &includes)?;
+    let Some((mut sources, template, content, deps)) = pods.show(stack, out) else {
+        return Ok(None);
+    };
+    // the firewall is made of every pod: none of them overrides another
+    let mut includes = Vec::new();
+    if out == lab_pods::FIREWALL_PATH {
+        includes = sources.drain(..).map(|s| s.display()).collect();
+    }
+    let mut reads = Vec::new();
+    for (k, _) in deps {
+        match k {
+            Key::Fact(f) => reads.push((f.clone(), scope.facts.get(&f).cloned())),
+            Key::Peer(p) => reads.push((format!("machines.{p}"), scope.machines.get(&p).cloned())),
+            _ => {}
+        }
+    }
+    Ok(Some(Show {
+        machine: m.name.clone(),
+        output: out.to_string(),
+        sources,
+        kind: "file",
+        mode: POD_FILE_MODE,
+        template,
+        content,
+        reads,
+        includes,
+    }))
+}
+
 /// [`Engine::show`] in the native style.
 fn show_native(
     engine: &Engine,
-    machine: &str,
+    m: &Machine,
     out: &str,
     roots: &[scan::RootScan],
 ) -> Result<Show, ShowError> {
+    let machine = m.name.as_str();
     let out = out.to_string();
     let stack = Stack {
         roots: roots.iter().collect(),
     };
     let resolved = stack.resolve()?;
+    if !resolved.contains_key(&out) {
+        if let Some(show) = show_pod_output(engine, m, &out, &stack, &resolved)? {
+            return Ok(show);
+        }
+    }
     let mut sources = Vec::new();
     for r in roots {
         for cand in [format!("{out}.j2"), out.clone()] {

@@ -391,6 +391,38 @@ impl Pods {
         self.outs.contains_key(out)
     }
 
+    /// For `lab show` (after [`Pods::plan`]): the sources of output `out`,
+    /// whether one is a template, its text and what its compile read.
+    #[allow(clippy::type_complexity)]
+    pub fn show(
+        &self,
+        stack: &Stack,
+        out: &str,
+    ) -> Option<(Vec<crate::ShowSource>, bool, Vec<u8>, Vec<(Key, Digest)>)> {
+        let source = |n: &str| {
+            let s = &self.sources[n];
+            crate::ShowSource {
+                root: stack.roots[s.root].name.clone(),
+                src: s.src.clone(),
+            }
+        };
+        let (names, text): (Vec<&String>, &String) = match self.outs.get(out)? {
+            PodOut::Kube(n) => (vec![n], &self.compiled[n].compiled.kube),
+            PodOut::Yaml(n) => (vec![n], &self.compiled[n].compiled.yaml),
+            PodOut::Firewall => (self.sources.keys().collect(), &self.firewall.as_ref()?.0),
+        };
+        let deps = names
+            .iter()
+            .flat_map(|n| self.compiled[*n].deps.iter().cloned())
+            .collect();
+        Some((
+            names.iter().map(|n| source(n)).collect(),
+            names.iter().any(|n| self.sources[*n].template),
+            text.as_bytes().to_vec(),
+            deps,
+        ))
+    }
+
     /// The step of a pod output: its text, compiled at planning.
     pub fn run_step(&self, out: &str) -> (Trace, Vec<u8>) {
         let (text, deps) = match &self.outs[out] {
