@@ -117,6 +117,10 @@ impl Pods {
     ) -> Result<Pods, MachineError> {
         let mut sources: BTreeMap<String, PodSource> = BTreeMap::new();
         for (ri, root) in stack.roots.iter().enumerate() {
+            // (a root without `pods` has no pod: no walk over its entries)
+            if !root.entries.contains_key(lab_pods::SOURCE_DIR) {
+                continue;
+            }
             let mut here: BTreeMap<&str, &str> = BTreeMap::new();
             let mut rels: Vec<(&String, SrcKind)> = root
                 .entries
