@@ -297,6 +297,33 @@ impl Pods {
             self.outs
                 .insert(lab_pods::FIREWALL_PATH.to_string(), PodOut::Firewall);
         }
+        // A pod's unit is `NAME.service` of its manager: no other file of
+        // the tree may make that unit.
+        for (name, c) in &self.compiled {
+            let same_unit = if c.compiled.pod.rootful {
+                [
+                    format!("{}/{name}.container", lab_pods::ROOTFUL_DIR),
+                    format!("etc/systemd/system/{name}.service"),
+                ]
+            } else {
+                [
+                    format!("{}/{name}.container", lab_pods::ROOTLESS_DIR),
+                    format!("etc/systemd/user/{name}.service"),
+                ]
+            };
+            for other in same_unit {
+                if let Some(w) = winners.get(&other) {
+                    return Err(MachineError::Style(Box::new(PodError {
+                        at: lab_core::Located::file(&c.shown),
+                        message: format!(
+                            "pod `{name}` and `{}` both make the unit `{name}.service`",
+                            stack.roots[w.root].path_of(&w.src).display()
+                        ),
+                        hint: Some("rename the pod (its file) or remove the other unit".into()),
+                    })));
+                }
+            }
+        }
         let mut dirs = BTreeMap::new();
         for (out, what) in &self.outs {
             let from = match what {

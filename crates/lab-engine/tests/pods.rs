@@ -360,6 +360,28 @@ fn a_layer_file_where_a_pod_writes_is_a_conflict() {
 }
 
 #[test]
+fn another_unit_of_the_pods_name_is_a_conflict() {
+    let lab = lab();
+    lab.file("layers/web/etc/systemd/system/db.service", "[Service]\n");
+    let (msg, at, _) = error_of(&lab, "a");
+    assert_eq!(
+        msg,
+        "pod `db` and `layers/web/etc/systemd/system/db.service` both make the unit `db.service`"
+    );
+    assert_eq!(at.unwrap().to_string(), "layers/web/pods/db.yaml");
+    lab.remove("layers/web/etc/systemd/system/db.service");
+    lab.file(
+        "machines/a/etc/containers/systemd/users/web.container",
+        "[Container]\n",
+    );
+    let (msg, _, _) = error_of(&lab, "a");
+    assert_eq!(
+        msg,
+        "pod `web` and `machines/a/etc/containers/systemd/users/web.container` both make the unit `web.service`"
+    );
+}
+
+#[test]
 fn warnings_go_through_the_reporter() {
     let lab = lab();
     lab.file(

@@ -572,6 +572,24 @@ pub(crate) fn parse(path: &Path, name: &str, text: &str, ctx: &Context) -> R<Pod
                 r.only(sel, &["matchLabels"], "a selector")?;
                 if let Some((_, ml)) = r.key(sel, "matchLabels") {
                     r.string_map(ml, "`matchLabels`")?;
+                    let wanted = r.mapping(ml, "`matchLabels`")?;
+                    let has = match tmeta.and_then(|m| r.key(m, "labels")) {
+                        Some((_, l)) => r.string_map(l, "`labels`")?,
+                        None => Vec::new(),
+                    };
+                    for (k, v) in wanted.iter() {
+                        let v = r.string(v, "a label")?.as_str();
+                        if !has.iter().any(|(hk, hv)| hk == k.as_str() && hv == v) {
+                            return Err(r.err(
+                                r.at_scalar(k),
+                                format!(
+                                    "the Deployment selects `{}: {v}`, which its template's labels do not have",
+                                    k.as_str()
+                                ),
+                                Some("give the template's `metadata.labels` the labels the selector names".into()),
+                            ));
+                        }
+                    }
                 }
             }
             let pspec = r.required(tpl, "spec", "the Deployment's template", &tpl_at)?;

@@ -209,6 +209,14 @@ fn deployments_run_one_replica() {
     );
     let t = d("1").replace(
         "  template:",
+        "  selector:\n    matchLabels: {app: web}\n  template:",
+    );
+    assert_eq!(
+        refusal(&t),
+        "pods/web.yaml:8:19: the Deployment selects `app: web`, which its template's labels do not have\n    matchLabels: {app: web}\n                  ^^^\nhint: give the template's `metadata.labels` the labels the selector names\n"
+    );
+    let t = d("1").replace(
+        "  template:",
         "  strategy:\n    type: Recreate\n  template:",
     );
     assert_eq!(
