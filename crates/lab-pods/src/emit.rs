@@ -2,7 +2,7 @@
 //! normalised YAML, the nftables rules for its host ports, and the
 //! warnings about it.
 
-use crate::spec::{Pod, SecurityValue, Volume};
+use crate::pod::{Pod, SecurityValue, Volume};
 use crate::{HostPort, PodError, Protocol, INIT_ANNOTATION, ROOTFUL_ANNOTATION};
 use lab_core::Located;
 use std::fmt::Write;

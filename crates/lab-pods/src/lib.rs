@@ -13,10 +13,12 @@
 
 mod emit;
 mod error;
+mod pod;
+mod reader;
 mod spec;
 
 pub use error::PodError;
-pub use spec::{
+pub use pod::{
     Container, HostPort, Pod, Port, Protocol, Restart, SecurityValue, Volume, VolumeMount,
 };
 
