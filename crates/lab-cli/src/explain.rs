@@ -252,6 +252,14 @@ pub fn show_source(
     if let Some((pod, _)) = lab_engine::lab_pods::source_name(inner) {
         return show_pod_source(engine, rel, kind, name, pod, names);
     }
+    let pods_dir = lab_engine::lab_pods::SOURCE_DIR;
+    if inner == pods_dir || inner.starts_with(&format!("{pods_dir}/")) {
+        println!(
+            "  `{pods_dir}/` holds pods (`NAME.yaml`, `NAME.yaml.j2`), which become Quadlet files; \
+             it lands nowhere itself"
+        );
+        return Ok(());
+    }
     let out = if template {
         inner.strip_suffix(".j2").unwrap_or(inner)
     } else {

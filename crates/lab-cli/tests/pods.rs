@@ -153,6 +153,11 @@ fn show_explains_pod_files_and_pod_sources() {
         "layers/web/pods/web.yaml.j2 (template)\n  \
          a: /etc/containers/systemd/users/web.kube, /etc/containers/systemd/users/web.yaml\n"
     );
+    let (_, out, _) = run(&t, &["show", "layers/web/pods"]);
+    assert_eq!(
+        out,
+        "layers/web/pods (directory)\n  `pods/` holds pods (`NAME.yaml`, `NAME.yaml.j2`), which become Quadlet files; it lands nowhere itself\n"
+    );
     t.file(
         "machines/a/pods/web.yaml",
         &POD.replace("{{ port }}", "9000"),
