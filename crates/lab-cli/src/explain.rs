@@ -161,6 +161,53 @@ pub fn project_source(engine: &Engine, path: &str) -> Option<String> {
     None
 }
 
+/// `lab show layers/app/pods/web.yaml`: for each machine whose stack holds
+/// it, the Quadlet files pod `pod` becomes there, or the file that wins.
+fn show_pod_source(
+    engine: &Engine,
+    rel: &str,
+    kind: &str,
+    name: &str,
+    pod: &str,
+    names: &[String],
+) -> Result<(), Failure> {
+    use lab_engine::lab_pods::unit_dir;
+    let mut used = false;
+    for m in &engine.project.machines {
+        let in_stack = match kind {
+            "machines" => m.name == name,
+            _ => name == "_" || m.layers.iter().any(|l| l.name == name),
+        };
+        if (!names.is_empty() && !names.contains(&m.name)) || !in_stack {
+            continue;
+        }
+        used = true;
+        let made = [false, true].into_iter().find_map(|rootful| {
+            let kube = format!("{}/{pod}.kube", unit_dir(rootful));
+            engine.show(&m.name, &kube).ok()
+        });
+        match made {
+            None => println!(
+                "  {}: pod `{pod}` does not build (see `lab build -m {}`)",
+                m.name, m.name
+            ),
+            Some(s) => {
+                let src = s.sources.last().map(|s| s.display()).unwrap_or_default();
+                let dir = s.output.rsplit_once('/').map_or("", |(d, _)| d);
+                if src != rel {
+                    println!("  {}: pod `{pod}`, overridden by {src}", m.name);
+                } else {
+                    println!("  {}: /{dir}/{pod}.kube, /{dir}/{pod}.yaml", m.name);
+                }
+            }
+        }
+    }
+    if !used {
+        println!("  used by no machine (no machine lists `{kind}/{name}`)");
+    }
+    Ok(())
+}
+
 /// `lab show layers/nginx/etc/nginx/nginx.conf.j2`: for each machine
 /// (of `names`; all when empty) whose stack holds the file's root, where
 /// the file lands, or which file wins that path instead.
@@ -200,6 +247,17 @@ pub fn show_source(
         || inner.starts_with(&format!("{}/", lab_engine::PARTIALS_DIR));
     if partial {
         println!("  a partial: templates include it; it lands nowhere itself");
+        return Ok(());
+    }
+    if let Some((pod, _)) = lab_engine::lab_pods::source_name(inner) {
+        return show_pod_source(engine, rel, kind, name, pod, names);
+    }
+    let pods_dir = lab_engine::lab_pods::SOURCE_DIR;
+    if inner == pods_dir || inner.starts_with(&format!("{pods_dir}/")) {
+        println!(
+            "  `{pods_dir}/` holds pods (`NAME.yaml`, `NAME.yaml.j2`), which become Quadlet files; \
+             it lands nowhere itself"
+        );
         return Ok(());
     }
     let out = if template {

@@ -15,5 +15,5 @@ pub use error::ConfigError;
 pub use lab_core::{Diagnose, Located};
 pub use project::{
     owner_of, valid_name, Become, LayerRef, Machine, OwnerRule, Project, Settings, Transport,
-    UnitAction, UnitRule, CONFIG_FILE, RESERVED_VARIABLES,
+    UnitAction, UnitRule, CONFIG_FILE, DEFAULT_POD_USER, RESERVED_VARIABLES,
 };

@@ -96,6 +96,34 @@ pub struct Machine {
     pub ssh_options: Vec<String>,
     /// How lab becomes root on the machine when `user` is not root.
     pub become_method: Option<Become>,
+    /// `pod_user` (the machine's, else `[settings]`'s): the user whose
+    /// systemd runs the machine's rootless pods. See [`Machine::pod_user`].
+    pub pod_user: Option<String>,
+}
+
+/// The pod user when lab.toml names none and the machine's `user` is root.
+pub const DEFAULT_POD_USER: &str = "pods";
+
+impl Machine {
+    /// The user whose systemd runs the machine's rootless pods:
+    /// `pod_user` in lab.toml, else the machine's `user` when it is not
+    /// root, else `pods`.
+    pub fn pod_user(&self) -> &str {
+        match &self.pod_user {
+            Some(u) => u,
+            None if self.user != "root" => &self.user,
+            None => DEFAULT_POD_USER,
+        }
+    }
+}
+
+/// A user name a pod user may have (what `useradd` accepts by default).
+fn valid_user(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 32
+        && s.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-')
 }
 
 /// `become = "sudo"`: the executor, fact gathering and unit actions run
@@ -217,6 +245,7 @@ struct RawSettings {
     watch_check_s: Option<Spanned<i64>>,
     #[serde(rename = "become")]
     become_method: Option<Spanned<String>>,
+    pod_user: Option<Spanned<String>>,
     #[serde(default)]
     age_identities: Vec<String>,
     #[serde(default)]
@@ -241,6 +270,7 @@ struct RawMachine {
     root_outside_project: Option<Spanned<bool>>,
     #[serde(rename = "become")]
     become_method: Option<Spanned<String>>,
+    pod_user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -475,6 +505,18 @@ impl Project {
             }
         };
         let default_become = become_of(&raw.settings.become_method)?;
+        let pod_user_of = |v: &Option<Spanned<String>>| -> Result<Option<String>, ConfigError> {
+            match v {
+                None => Ok(None),
+                Some(u) if valid_user(u.get_ref()) => Ok(Some(u.get_ref().clone())),
+                Some(u) => Err(invalid(
+                    u.span(),
+                    format!("`{}` is not a user name", u.get_ref()),
+                    Some("a pod user is lowercase letters, digits, `_` and `-`, starting with a letter or `_`".into()),
+                )),
+            }
+        };
+        let default_pod_user = pod_user_of(&raw.settings.pod_user)?;
 
         let mut machines = Vec::new();
         let mut tags: IndexMap<String, Vec<String>> = IndexMap::new();
@@ -602,7 +644,12 @@ impl Project {
             if !machine_tags.is_empty() {
                 tags.insert(name.clone(), machine_tags);
             }
+            let pod_user = match &m.pod_user {
+                Some(_) => pod_user_of(&m.pod_user)?,
+                None => default_pod_user.clone(),
+            };
             machines.push(Machine {
+                pod_user,
                 become_method,
                 ssh_options: Vec::new(),
                 at: at(m_span.start..m_span.start),
@@ -974,5 +1021,22 @@ action = "reload"
         // a value that is TOML keeps toml's own message
         let e = parse("[machines.a]\nport = 22 22\n").unwrap_err();
         assert_ne!(e.to_string(), "the value of `port` must be a quoted string");
+    }
+
+    #[test]
+    fn pod_user_defaults_and_overrides() {
+        let p = parse(
+            "[settings]\npod_user = \"apps\"\n[machines.a]\n[machines.b]\nuser = \"deploy\"\n\
+             [machines.c]\npod_user = \"web\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.machine("a").unwrap().pod_user(), "apps");
+        assert_eq!(p.machine("c").unwrap().pod_user(), "web");
+        let p = parse("[machines.a]\n[machines.b]\nuser = \"deploy\"\n").unwrap();
+        assert_eq!(p.machine("a").unwrap().pod_user(), "pods");
+        assert_eq!(p.machine("b").unwrap().pod_user(), "deploy");
+        let e = parse("[machines.a]\npod_user = \"Root!\"\n").unwrap_err();
+        assert_eq!(e.to_string(), "`Root!` is not a user name");
+        assert_eq!(lab_core::Diagnose::location(&e).unwrap().line, 2);
     }
 }

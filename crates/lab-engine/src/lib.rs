@@ -18,6 +18,7 @@ pub mod facts;
 pub mod machine;
 mod native;
 mod output;
+mod pods;
 mod reporter;
 pub mod scan;
 mod secret;
@@ -29,6 +30,7 @@ pub mod style;
 
 pub use error::{EngineError, MachineError, StyleError};
 pub use lab_facts;
+pub use lab_pods;
 pub use machine::MachineReport;
 pub use native::NativeStyle;
 pub use reporter::{Reporter, Silent};

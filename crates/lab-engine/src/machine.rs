@@ -542,6 +542,9 @@ impl MachineJob<'_> {
         if !errors.is_empty() {
             return Err(errors);
         }
+        for w in model.warnings() {
+            reporter.warning(Some(name), &w);
+        }
 
         // Paths no longer produced, and the nodes that made them.
         let gone: Vec<String> = if fast {

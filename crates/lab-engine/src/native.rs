@@ -4,6 +4,7 @@
 //! template's render is a step of its own, so a render that gives the same
 //! bytes stops there (early cutoff).
 
+use crate::pods::{Pods, POD_FILE_MODE};
 use crate::scan::{self, RootScan, SrcKind};
 use crate::secret::{self, AgeKeys};
 use crate::stack::{output_path, source_digest, Stack, Winner};
@@ -48,7 +49,7 @@ impl Style for NativeStyle {
         out: &str,
         roots: &[RootScan],
     ) -> Result<Show, ShowError> {
-        show_native(engine, &machine.name, out, roots)
+        show_native(engine, machine, out, roots)
     }
 }
 
@@ -84,6 +85,15 @@ impl Prepared for NativeBuild<'_> {
     ) -> Result<Box<dyn MachineModel + 's>, Vec<MachineError>> {
         let scope = self.scopes[&m.name].clone();
         let summary = machine_summary(&m.name, &roots, &scope, &self.engine.project.owners);
+        let stack = Stack { roots };
+        let mut pods = Pods::find(&stack, m.pod_user(), Default::default()).map_err(|e| vec![e])?;
+        if !pods.is_empty() {
+            let images =
+                crate::pods::project_images(&self.engine.project.root).map_err(|e| vec![e])?;
+            pods = Pods::find(&stack, m.pod_user(), images).map_err(|e| vec![e])?;
+        }
+        let summary = pods.summarize(summary);
+        let roots = stack.roots;
         let includes: Arc<dyn Includes> = Arc::new(DiskIncludes {
             roots: roots
                 .iter()
@@ -97,6 +107,7 @@ impl Prepared for NativeBuild<'_> {
             age: self.engine.age(),
             includes,
             winners: BTreeMap::new(),
+            pods,
         }))
     }
 }
@@ -111,6 +122,8 @@ struct NativeMachine<'a> {
     includes: Arc<dyn Includes>,
     /// The winners of the planned outputs (see [`MachineModel::plan`]).
     winners: BTreeMap<String, Winner>,
+    /// The machine's pods (see `pods`).
+    pods: Pods,
 }
 
 /// A machine's input summary: its stack (each root's tree digest), its
@@ -156,11 +169,18 @@ impl MachineModel for NativeMachine<'_> {
     }
 
     fn inputs(&self) -> HashMap<Key, Digest> {
-        input_digests(&self.scope)
+        let mut m = input_digests(&self.scope);
+        m.extend(self.pods.inputs());
+        m
     }
 
     fn incremental(&self) -> bool {
-        true
+        // an edit may move a pod's files (see `pods`)
+        self.pods.is_empty()
+    }
+
+    fn warnings(&self) -> Vec<String> {
+        self.pods.warnings()
     }
 
     fn source_keys(&self, ri: usize, rel: &str) -> Vec<Key> {
@@ -176,28 +196,39 @@ impl MachineModel for NativeMachine<'_> {
         if self.stack.include(rel).is_some_and(|(r, _)| r == ri) {
             keys.push(Key::Include(rel.to_string()));
         }
+        keys.extend(self.pods.source_key(ri, rel));
         keys
     }
 
     fn plan(&mut self, only: Option<BTreeSet<String>>) -> Result<Plan, MachineError> {
         self.winners = match only {
-            Some(outs) => outs
+            // (a machine with pods is never planned in part: see `pods`)
+            Some(outs) if self.pods.is_empty() => outs
                 .into_iter()
                 .filter_map(|o| self.stack.winner_of(&o).map(|w| (o, w)))
                 .collect(),
-            None => self.stack.resolve()?,
+            _ => self.stack.resolve()?,
         };
-        Ok(Plan {
-            outs: self
-                .winners
-                .iter()
-                .map(|(o, w)| (o.clone(), self.stack.entry(w).kind == SrcKind::Dir))
-                .collect(),
-            dirs: BTreeMap::new(),
-        })
+        let mut outs: BTreeMap<String, bool> = self
+            .winners
+            .iter()
+            .map(|(o, w)| (o.clone(), self.stack.entry(w).kind == SrcKind::Dir))
+            .collect();
+        let mut dirs = BTreeMap::new();
+        if !self.pods.is_empty() {
+            let (pod_outs, pod_dirs) =
+                self.pods
+                    .plan(&self.stack, &self.winners, &self.scope, &self.includes)?;
+            outs.extend(pod_outs.into_iter().map(|o| (o, false)));
+            dirs = pod_dirs;
+        }
+        Ok(Plan { outs, dirs })
     }
 
     fn input(&self, k: &Key) -> Option<Digest> {
+        if let Some(d) = self.pods.input(&self.stack, k) {
+            return d;
+        }
         match k {
             Key::Source(out) => self.winners.get(out).map(|w| self.stack.source_digest(w)),
             Key::Include(name) => Some(self.include_digest(name)),
@@ -206,6 +237,9 @@ impl MachineModel for NativeMachine<'_> {
     }
 
     fn step(&self, out: &str) -> Option<Key> {
+        if self.pods.is_output(out) {
+            return Some(Key::Render(out.to_string()));
+        }
         self.winners
             .get(out)
             .filter(|w| w.template)
@@ -213,10 +247,23 @@ impl MachineModel for NativeMachine<'_> {
     }
 
     fn run_step(&self, out: &str) -> Result<Made, MachineError> {
+        if self.pods.is_output(out) {
+            let (trace, bytes) = self.pods.run_step(out);
+            return Ok(Made {
+                trace,
+                bytes: Some(bytes),
+                entry: None,
+                rendered: true,
+            });
+        }
         self.render(&self.winners[out])
     }
 
     fn make(&self, out: &str, graph: &Graph, step: Option<&[u8]>) -> Result<Made, MachineError> {
+        if self.pods.is_output(out) {
+            let bytes = step.expect("a pod output's step runs first");
+            return Ok(made_from_step(out, POD_FILE_MODE, bytes, graph));
+        }
         self.write_output(out, &self.winners[out], graph, step)
     }
 }
@@ -259,7 +306,32 @@ impl Includes for DiskIncludes {
     }
 }
 
-fn render_value(bytes: &[u8], mode: u32) -> Digest {
+/// An output file made of its step's bytes (a render, a pod's compile).
+fn made_from_step(out: &str, mode: u32, bytes: &[u8], graph: &Graph) -> Made {
+    let render_key = Key::Render(out.to_string());
+    let value = graph.trace(&render_key).expect("stepped").value;
+    let entry = Entry {
+        path: out.to_string(),
+        mode,
+        kind: EntryKind::File {
+            size: bytes.len() as u64,
+            sha256: Digest::of(bytes),
+        },
+        owner: None,
+        group: None,
+    };
+    Made {
+        trace: Trace {
+            deps: vec![(render_key, value)],
+            value: entry.digest(),
+        },
+        bytes: Some(bytes.to_vec()),
+        entry: Some(entry),
+        rendered: false,
+    }
+}
+
+pub(crate) fn render_value(bytes: &[u8], mode: u32) -> Digest {
     Hasher::new("lab-render-v1")
         .bytes(bytes)
         .u64(mode as u64)
@@ -444,18 +516,78 @@ impl NativeMachine<'_> {
     }
 }
 
+/// `lab show` of a file a pod becomes (`None`: no pod makes `out`).
+fn show_pod_output(
+    engine: &Engine,
+    m: &Machine,
+    out: &str,
+    stack: &Stack,
+    resolved: &BTreeMap<String, Winner>,
+) -> Result<Option<Show>, ShowError> {
+    let mut pods = Pods::find(stack, m.pod_user(), Default::default())?;
+    if pods.is_empty() {
+        return Ok(None);
+    }
+    let images = crate::pods::project_images(&engine.project.root)?;
+    pods = Pods::find(stack, m.pod_user(), images)?;
+    let (gathered, _) = engine.gathered();
+    let scopes = engine.scopes(&gathered)?;
+    let scope = scopes[&m.name].clone();
+    let includes: Arc<dyn Includes> = Arc::new(DiskIncludes {
+        roots: stack
+            .roots
+            .iter()
+            .map(|r| (r.name.clone(), r.dir.clone()))
+            .collect(),
+    });
+    pods.plan(stack, resolved, &scope, &includes)?;
+    let Some((mut sources, template, content, deps)) = pods.show(stack, out) else {
+        return Ok(None);
+    };
+    // the firewall is made of every pod: none of them overrides another
+    let mut includes = Vec::new();
+    if out == lab_pods::FIREWALL_PATH {
+        includes = sources.drain(..).map(|s| s.display()).collect();
+    }
+    let mut reads = Vec::new();
+    for (k, _) in deps {
+        match k {
+            Key::Fact(f) => reads.push((f.clone(), scope.facts.get(&f).cloned())),
+            Key::Peer(p) => reads.push((format!("machines.{p}"), scope.machines.get(&p).cloned())),
+            _ => {}
+        }
+    }
+    Ok(Some(Show {
+        machine: m.name.clone(),
+        output: out.to_string(),
+        sources,
+        kind: "file",
+        mode: POD_FILE_MODE,
+        template,
+        content,
+        reads,
+        includes,
+    }))
+}
+
 /// [`Engine::show`] in the native style.
 fn show_native(
     engine: &Engine,
-    machine: &str,
+    m: &Machine,
     out: &str,
     roots: &[scan::RootScan],
 ) -> Result<Show, ShowError> {
+    let machine = m.name.as_str();
     let out = out.to_string();
     let stack = Stack {
         roots: roots.iter().collect(),
     };
     let resolved = stack.resolve()?;
+    if !resolved.contains_key(&out) {
+        if let Some(show) = show_pod_output(engine, m, &out, &stack, &resolved)? {
+            return Ok(show);
+        }
+    }
     let mut sources = Vec::new();
     for r in roots {
         for cand in [format!("{out}.j2"), out.clone()] {

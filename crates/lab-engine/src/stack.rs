@@ -3,7 +3,8 @@
 //! The stack is `layers/_` (if present), the machine's layers in order, then
 //! `machines/NAME/`; later roots win per output path. A regular file named
 //! `X.j2` is a template producing `X`. Everything under a top-level
-//! `_partials/` is only for `{% include %}` and never output. When the
+//! `_partials/` is only for `{% include %}` and never output, nor is a
+//! top-level `pods/` (pod sources: see `pods`). When the
 //! winner of a path is not a directory, entries of lower roots below it are
 //! shadowed (a machine can replace a directory with a symlink).
 
@@ -28,6 +29,13 @@ pub struct Winner {
 /// that are never output (partials).
 pub fn output_path(rel: &str, kind: SrcKind) -> Option<(&str, bool)> {
     if rel == PARTIALS_DIR || rel.starts_with("_partials/") {
+        return None;
+    }
+    // pod sources become Quadlet files (see `pods`), never `/pods/...`
+    if rel
+        .strip_prefix(lab_pods::SOURCE_DIR)
+        .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+    {
         return None;
     }
     if kind == SrcKind::File {

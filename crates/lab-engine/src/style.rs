@@ -145,6 +145,12 @@ pub trait MachineModel: Sync {
         Vec::new()
     }
 
+    /// Things the user should know that do not stop the build, about what
+    /// the steps that ran made (the engine reports them after the steps).
+    fn warnings(&self) -> Vec<String> {
+        Vec::new()
+    }
+
     /// Resolve the outputs: all of them, or (`only`) just these paths,
     /// which a previous full resolution produced and whose roots' listings
     /// are unchanged.

@@ -33,6 +33,17 @@ const TEMPLATE_BODIES: &[&str] = &[
     "{% if port is defined %}port {{ port }}{% else %}no port{% endif %}\n",
     "{# same output as static #}static\n",
 ];
+/// Pod sources (`pods/NAME.yaml[.j2]`): `@` is the pod's name, `#` its
+/// index (so two pods never publish one port). The first two are plain
+/// files, the others templates; one is rootful, so moving between bodies
+/// moves the pod's files between Quadlet's directories.
+const PODS: &[&str] = &["p0", "p1"];
+const POD_BODIES: &[&str] = &[
+    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: @\nspec:\n  containers:\n  - name: app\n    image: localhost/app\n    ports:\n    - {containerPort: 80, hostPort: 800#}\n",
+    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: @\n  annotations: {lab.dev/rootful: \"true\"}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: app\n    image: localhost/app\n",
+    "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: @\nspec:\n  template:\n    spec:\n      containers:\n      - name: app\n        image: localhost/app\n        env:\n        - {name: DOMAIN, value: \"{{ domain }}\"}\n",
+    "apiVersion: v1\nkind: Pod\nmetadata:\n  name: @\n{% if port is defined %}  annotations: {lab.dev/rootful: \"true\"}\n{% endif %}spec:\n  containers:\n  - name: app\n    image: localhost/app\n    ports:\n    - containerPort: 80\n{% if port is defined %}      hostPort: {{ 9000 + port * 10 + # }}\n{% endif %}",
+];
 const TARGETS: &[&str] = &["/usr/share/zoneinfo/UTC", "../b", "a", "/nonexistent/x"];
 const MODES: &[u32] = &[0o644, 0o600, 0o755];
 
@@ -84,10 +95,21 @@ enum Op {
         layers: Vec<bool>,
     },
     ToggleMachine3,
+    Pod {
+        root: usize,
+        pod: usize,
+        body: usize,
+    },
+    DeletePod {
+        root: usize,
+        pod: usize,
+    },
+    TogglePodUser,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let r = 0..ROOTS.len();
+    let r2 = r.clone();
     prop_oneof![
         4 => (r.clone(), 0..PLAIN.len(), 0..BODIES.len()).prop_map(|(root, path, body)| Op::Write { root, path, body }),
         3 => (r.clone(), 0..TEMPLATES.len(), 0..TEMPLATE_BODIES.len()).prop_map(|(root, path, body)| Op::Template { root, path, body }),
@@ -100,6 +122,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0..3usize, proptest::option::of(1u16..3)).prop_map(|(domain, port)| Op::Fact { domain, port }),
         2 => (0..3usize, proptest::collection::vec(any::<bool>(), 2)).prop_map(|(machine, layers)| Op::Layers { machine, layers }),
         1 => Just(Op::ToggleMachine3),
+        3 => (r2.clone(), 0..PODS.len(), 0..POD_BODIES.len()).prop_map(|(root, pod, body)| Op::Pod { root, pod, body }),
+        1 => (r2, 0..PODS.len()).prop_map(|(root, pod)| Op::DeletePod { root, pod }),
+        1 => Just(Op::TogglePodUser),
     ]
 }
 
@@ -110,11 +135,16 @@ struct Inventory {
     port: Option<u16>,
     layers: [Vec<bool>; 3],
     m3: bool,
+    pod_user: bool,
 }
 
 impl Inventory {
     fn toml(&self) -> String {
-        let mut s = format!("[facts]\ndomain = \"d{}.example\"\n", self.domain);
+        let mut s = String::new();
+        if self.pod_user {
+            s.push_str("[settings]\npod_user = \"svc\"\n\n");
+        }
+        s.push_str(&format!("[facts]\ndomain = \"d{}.example\"\n", self.domain));
         if let Some(p) = self.port {
             s.push_str(&format!("port = {p}\n"));
         }
@@ -240,6 +270,34 @@ fn apply(lab: &TestLab, inv: &mut Inventory, op: &Op) -> Vec<std::path::PathBuf>
         }
         Op::Layers { machine, layers } => inv.layers[*machine] = layers.clone(),
         Op::ToggleMachine3 => inv.m3 = !inv.m3,
+        Op::Pod { root, pod, body } => {
+            let name = PODS[*pod];
+            let suffix = if *body >= 2 { ".yaml.j2" } else { ".yaml" };
+            let other = if *body >= 2 { ".yaml" } else { ".yaml.j2" };
+            let p = at(*root, &format!("pods/{name}{suffix}"));
+            let o = at(*root, &format!("pods/{name}{other}"));
+            let fresh = missing_ancestors(base, &p);
+            make_parent(base, &p);
+            clear(&o);
+            std::fs::write(
+                &p,
+                POD_BODIES[*body]
+                    .replace('@', name)
+                    .replace('#', &pod.to_string()),
+            )
+            .unwrap();
+            touched.push(o);
+            touched.push(p);
+            touched.extend(fresh);
+        }
+        Op::DeletePod { root, pod } => {
+            for suffix in [".yaml", ".yaml.j2"] {
+                let p = at(*root, &format!("pods/{}{suffix}", PODS[*pod]));
+                clear(&p);
+                touched.push(p);
+            }
+        }
+        Op::TogglePodUser => inv.pod_user = !inv.pod_user,
     }
     let toml = inv.toml();
     if std::fs::read_to_string(base.join("lab.toml"))
@@ -285,6 +343,7 @@ fn check(ops: Vec<Op>) -> Result<(), TestCaseError> {
         port: None,
         layers: [vec![true, false], vec![true, true], vec![false, true]],
         m3: true,
+        pod_user: false,
     };
     lab.file("lab.toml", &inv.toml());
     build(lab.path());
@@ -327,6 +386,7 @@ fn check_session(ops: Vec<(Op, bool)>) -> Result<(), TestCaseError> {
         port: None,
         layers: [vec![true, false], vec![true, true], vec![false, true]],
         m3: true,
+        pod_user: false,
     };
     lab.file("lab.toml", &inv.toml());
     let engine = lab_compat::open(lab.path()).unwrap();
