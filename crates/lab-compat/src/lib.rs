@@ -14,8 +14,11 @@
 //! - a followed (`!`) symlink also depends on the [`file_key`] of itself,
 //!   whose digest is the content and mode of whatever it points to, inside
 //!   or outside the project;
-//! - an m4 template depends on its source, on all the machine's facts
-//!   ([`facts_key`]: m4 gets every fact), and on the [`file_key`] of every
+//! - an m4 template depends on its source, on the facts it looked up
+//!   ([`FACTS_READ`]: every name whose lookup found a fact or nothing,
+//!   so a fact added later that it looked for re-renders it too; all the
+//!   facts, [`facts_key`], when GNU m4 rendered it), and on the
+//!   [`file_key`] of every
 //!   file m4 opened (preludes, `m4_include`s, the template itself when it
 //!   is a symlink) plus every literal `m4_include`/`m4_sinclude` name that
 //!   did not exist (so creating it later re-renders).
@@ -78,9 +81,28 @@ pub fn file_key(path: impl Into<String>) -> Key {
 }
 
 /// The input key of all the facts of a machine at once (m4 gets every
-/// fact, so a render depends on the whole set).
+/// fact, so a render by GNU m4 depends on the whole set).
 pub fn facts_key() -> Key {
     Key::Ext("facts".into(), String::new())
+}
+
+/// The kind of the input key of the facts a render looked up by name
+/// (see [`lab_render::m4::M4Rendered::defines_read`]): `Key::Ext(FACTS_READ,
+/// NAMES)`, the names `\n`-separated; its digest is [`facts_read_digest`].
+pub const FACTS_READ: &str = "facts-read";
+
+/// The digest of the facts named in a [`FACTS_READ`] key (`\n`-separated
+/// names): each name's value, or that it has none.
+pub fn facts_read_digest(facts: &IndexMap<String, String>, names: &str) -> Digest {
+    let mut h = Hasher::new("lab-compat-facts-read-v1");
+    for n in names.split('\n').filter(|n| !n.is_empty()) {
+        h.str(n);
+        match facts.get(n) {
+            Some(v) => h.str("=").str(v),
+            None => h.str("-"),
+        };
+    }
+    h.finish()
 }
 
 /// A make-style rule that a machine's sources break.
@@ -420,6 +442,9 @@ impl MachineModel for CompatMachine<'_> {
                 .map(|o| plan::source_digest(o, &self.roots, None)),
             Key::Ext(kind, p) if kind == "file" => Some(self.file_digest(p)),
             Key::Ext(kind, _) if kind == "facts" => Some(self.facts_d),
+            Key::Ext(kind, names) if kind == FACTS_READ => {
+                Some(facts_read_digest(&self.facts, names))
+            }
             _ => None,
         }
     }
@@ -591,10 +616,15 @@ impl CompatMachine<'_> {
                     preludes: &self.build.preludes,
                     src: &src_key,
                 })?;
-                let mut deps = vec![
-                    (source, plan::source_digest(out, &self.roots, None)),
-                    (facts_key(), self.facts_d),
-                ];
+                let facts = match &r.defines_read {
+                    Some(names) => {
+                        let joined = names.join("\n");
+                        let d = facts_read_digest(&self.facts, &joined);
+                        (Key::Ext(FACTS_READ.into(), joined), d)
+                    }
+                    None => (facts_key(), self.facts_d),
+                };
+                let mut deps = vec![(source, plan::source_digest(out, &self.roots, None)), facts];
                 let mut seen: BTreeSet<String> = BTreeSet::new();
                 let mut names: Vec<String> = Vec::new();
                 for f in &r.read {

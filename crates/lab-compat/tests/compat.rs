@@ -432,10 +432,25 @@ fn fact_changes_rerender_templates_only() {
         r#"{"ENV_ROLE": "replica", "ENV_PGVERSION": 17}"#,
     );
     let rec = assert_incremental_equals_clean(&f);
-    assert_eq!(
-        ran(&rec),
-        ["db: output `etc/db/db.conf`", "db: output `root/.iftoprc`"]
+    // only the template that looked those facts up (`.iftoprc` reads
+    // ENV_MACHINE alone)
+    assert_eq!(ran(&rec), ["db: output `etc/db/db.conf`"]);
+    // a fact that a template looked for and did not find is read too
+    f.lab.file(
+        "layers/_/root/.m4.iftoprc",
+        "HEADER\nm4_ifdef(`ENV_IFTOP', `ENV_IFTOP', `dns-resolution: no')\n",
     );
+    assert_incremental_equals_clean(&f);
+    f.lab.file(
+        ".facts/db.json",
+        r#"{"ENV_ROLE": "replica", "ENV_PGVERSION": 17, "ENV_IFTOP": "dns-resolution: yes"}"#,
+    );
+    let rec = assert_incremental_equals_clean(&f);
+    assert_eq!(ran(&rec), ["db: output `root/.iftoprc`"]);
+    assert!(f
+        .lab
+        .read(".lab/out/db/root/.iftoprc")
+        .ends_with("dns-resolution: yes\n"));
     assert!(f
         .lab
         .read(".lab/out/db/etc/db/db.conf")

@@ -80,6 +80,11 @@ pub struct Outcome {
     /// Every file opened, in order, each once, named as GNU m4's
     /// `--debug=i` names it.
     pub read: Vec<String>,
+    /// With [`M4::track_defines`]: every name whose lookup found a `-D`
+    /// definition, a builtin or nothing at all, sorted. The output depends
+    /// on the `-D` definitions only through these names (a lookup that
+    /// found a macro the input defined does not depend on them).
+    pub defines_read: Option<Vec<String>>,
 }
 
 /// A file the run looked at (opened, or looked for and not found), with
@@ -267,6 +272,11 @@ pub struct M4 {
     sysval: i32,
     read: Vec<String>,
     looked: Vec<Looked>,
+    /// `-D` definitions as given (a lookup that finds this very text found
+    /// the `-D` definition).
+    dash_d: HashMap<Vec<u8>, Arc<[u8]>>,
+    /// See [`Outcome::defines_read`].
+    defines_read: Option<std::collections::HashSet<Vec<u8>>>,
     ran_commands: bool,
     depth: usize,
     finished: Option<i32>,
@@ -310,6 +320,8 @@ impl M4 {
             sysval: 0,
             read: Vec::new(),
             looked: Vec::new(),
+            dash_d: HashMap::new(),
+            defines_read: None,
             ran_commands: false,
             depth: 0,
             finished: None,
@@ -318,10 +330,36 @@ impl M4 {
 
     /// `-DNAME=VALUE`.
     pub fn define(&mut self, name: &str, value: &str) {
-        self.symbols.insert(
-            name.as_bytes().to_vec(),
-            vec![Def::Text(Arc::from(value.as_bytes()))],
-        );
+        let text: Arc<[u8]> = Arc::from(value.as_bytes());
+        self.dash_d
+            .insert(name.as_bytes().to_vec(), Arc::clone(&text));
+        self.symbols
+            .insert(name.as_bytes().to_vec(), vec![Def::Text(text)]);
+    }
+
+    /// From now on, record which names' lookups depended on the `-D`
+    /// definitions ([`Outcome::defines_read`]).
+    pub fn track_defines(&mut self) {
+        self.defines_read.get_or_insert_with(Default::default);
+    }
+
+    /// The definition `name` has now (its top one), noting the lookup
+    /// unless it found text the input defined (see
+    /// [`Outcome::defines_read`]): a `-D` of that name would have changed
+    /// what it found when it found the `-D` text, nothing, or a builtin
+    /// (which `-D` replaces).
+    fn lookup(&mut self, name: &[u8]) -> Option<Def> {
+        let def = self.symbols.get(name).and_then(|v| v.last()).cloned();
+        if let Some(set) = &mut self.defines_read {
+            let depends = match &def {
+                None | Some(Def::Builtin(_)) => true,
+                Some(Def::Text(t)) => self.dash_d.get(name).is_some_and(|d| Arc::ptr_eq(d, t)),
+            };
+            if depends && !set.contains(name) {
+                set.insert(name.to_vec());
+            }
+        }
+        def
     }
 
     /// Whether `m4_syscmd`/`m4_esyscmd` ran (a state that ran commands is
@@ -390,11 +428,20 @@ impl M4 {
                 self.status
             }
         };
+        let defines_read = self.defines_read.map(|set| {
+            let mut names: Vec<String> = set
+                .into_iter()
+                .map(|n| String::from_utf8_lossy(&n).into_owned())
+                .collect();
+            names.sort();
+            names
+        });
         Outcome {
             stdout: self.stdout,
             stderr: self.stderr,
             status,
             read: self.read,
+            defines_read,
         }
     }
 
@@ -796,7 +843,7 @@ impl M4 {
                 Ok(())
             }
             Tok::Word(w) => {
-                let def = self.symbols.get(&w).and_then(|v| v.last()).cloned();
+                let def = self.lookup(&w);
                 match def {
                     None => {
                         self.ship(obs.as_deref_mut(), &w);
@@ -987,7 +1034,7 @@ impl M4 {
                     return unsupported("a builtin token as the name given to `indir'");
                 }
                 let wanted = args[1].text.clone();
-                let def = self.symbols.get(&wanted).and_then(|v| v.last()).cloned();
+                let def = self.lookup(&wanted);
                 match def {
                     None => {
                         self.warn(&format!(
@@ -1117,7 +1164,7 @@ impl M4 {
                     return Ok(());
                 }
                 for a in args.iter().skip(1) {
-                    let def = self.symbols.get(&a.text).and_then(|v| v.last()).cloned();
+                    let def = self.lookup(&a.text);
                     match def {
                         None => {}
                         Some(Def::Text(t)) => {
@@ -1273,7 +1320,7 @@ impl M4 {
                 if self.bad_argc(&name, argc, 3, 4) {
                     return Ok(());
                 }
-                let defined = self.symbols.get(arg(1)).is_some_and(|v| !v.is_empty());
+                let defined = self.lookup(arg(1)).is_some();
                 if defined {
                     out.extend_from_slice(arg(2));
                 } else if argc >= 4 {

@@ -60,6 +60,7 @@ fn gnu(cwd: &Path, defines: &[(String, String)], files: &[String]) -> Outcome {
         stderr,
         status: out.status.code().unwrap_or(-1),
         read,
+        defines_read: None,
     }
 }
 
@@ -434,4 +435,90 @@ fn random_programs_match_gnu_m4() {
     let (e, d) = (evaluated.into_inner(), declined.into_inner());
     eprintln!("random programs: {e} evaluated in process, {d} declined");
     assert!(d * 4 <= e + d, "{d} of {} random programs declined", e + d);
+}
+
+/// An in-process run that records which `-D` names it depended on.
+fn tracked(cwd: &Path, defines: &[(String, String)], files: &[String]) -> Result<Outcome, Error> {
+    let mut m = lab_m4::M4::new(Config::make_style(cwd));
+    m.track_defines();
+    for (k, v) in defines {
+        m.define(k, v);
+    }
+    for f in files {
+        m.process_file(f)?;
+    }
+    Ok(m.finish())
+}
+
+/// The promise of `defines_read` (make-style builds re-render a template
+/// only when a fact it read changed): giving every other name a new `-D`
+/// value, or a `-D` it did not have, changes nothing in the run. (The new
+/// values hold no names, so a wrong answer shows as a difference, not as
+/// an endless expansion.)
+fn defines_read_is_all_that_matters(text: &str) -> Result<(), String> {
+    let d = tempfile::tempdir().unwrap();
+    let inc = "included ENV_MACHINE `q' # c\n";
+    std::fs::write(d.path().join("inc.m4"), inc).unwrap();
+    std::fs::write(d.path().join("t.m4"), text).unwrap();
+    let files = ["t.m4".to_string()];
+    let Ok(base) = tracked(d.path(), &defines(), &files) else {
+        return Ok(());
+    };
+    let read: std::collections::BTreeSet<String> =
+        base.defines_read.clone().unwrap().into_iter().collect();
+    let mut words: std::collections::BTreeSet<String> =
+        DEFINES.iter().map(|(k, _)| k.to_string()).collect();
+    for w in format!("{text} {inc}")
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_'))
+    {
+        words.insert(w.to_string());
+    }
+    let mut changed: Vec<(String, String)> = defines()
+        .into_iter()
+        .map(|(k, v)| {
+            if read.contains(&k) {
+                (k, v)
+            } else {
+                (k.clone(), format!("{v}<{}>", k.len()))
+            }
+        })
+        .collect();
+    for w in &words {
+        if !read.contains(w) && !DEFINES.iter().any(|(k, _)| k == w) {
+            changed.push((w.clone(), format!("<{}>", w.len())));
+        }
+    }
+    let again =
+        tracked(d.path(), &changed, &files).map_err(|e| format!("{e}\nprogram:\n{text}"))?;
+    if (&again.stdout, &again.stderr, again.status) != (&base.stdout, &base.stderr, base.status) {
+        return Err(format!(
+            "program:\n{text}\nread {read:?}\n--- with the defines: {:?}\n--- with the others changed: {:?}",
+            String::from_utf8_lossy(&base.stdout),
+            String::from_utf8_lossy(&again.stdout)
+        ));
+    }
+    Ok(())
+}
+
+#[test]
+fn output_depends_only_on_the_defines_it_read() {
+    let failures: Vec<String> = CASES
+        .iter()
+        .filter_map(|c| defines_read_is_all_that_matters(c).err())
+        .collect();
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+    use proptest::test_runner::{Config as RunnerConfig, TestRunner};
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases: 300,
+        failure_persistence: None,
+        ..RunnerConfig::default()
+    });
+    let r = runner.run(&prop::collection::vec(fragment(), 1..6), |parts| {
+        defines_read_is_all_that_matters(&parts.concat())
+            .map_err(proptest::test_runner::TestCaseError::fail)
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
 }

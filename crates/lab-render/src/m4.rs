@@ -48,6 +48,9 @@ pub struct M4Rendered {
     /// to the project root, or absolute): the preludes, the template and
     /// whatever they included.
     pub read: Vec<String>,
+    /// The only `-D` names the output depends on, when m4 ran in process
+    /// ([`lab_m4::Outcome::defines_read`]); `None`: any of them (GNU m4).
+    pub defines_read: Option<Vec<String>>,
 }
 
 /// Find `m4` on `PATH`.
@@ -96,6 +99,7 @@ fn from_outcome(job: &M4Job, o: lab_m4::Outcome) -> Result<M4Rendered, RenderErr
     Ok(M4Rendered {
         bytes: o.stdout,
         read: o.read,
+        defines_read: o.defines_read,
     })
 }
 
@@ -131,6 +135,7 @@ fn in_process(job: &M4Job) -> Option<lab_m4::Outcome> {
         Some(state) if still_valid(&state) => (*state).clone(),
         _ => {
             let mut m = lab_m4::M4::new(lab_m4::Config::make_style(job.cwd));
+            m.track_defines();
             for (k, v) in job.defines {
                 m.define(k, v);
             }
@@ -195,6 +200,7 @@ pub fn render_gnu(job: &M4Job) -> Result<M4Rendered, RenderError> {
     Ok(M4Rendered {
         bytes: out.stdout,
         read,
+        defines_read: None,
     })
 }
 
