@@ -45,6 +45,12 @@ pub struct Host {
     /// Console log of the container (fleet only).
     #[serde(default)]
     pub log: Option<PathBuf>,
+    /// The pod user (podman fleets only): `pods`, lingering, with subuids.
+    #[serde(default)]
+    pub pod_user: Option<String>,
+    /// The memory cap of this host in bytes, when one was asked for.
+    #[serde(default)]
+    pub memory_max: Option<u64>,
 }
 
 impl Host {
