@@ -559,6 +559,7 @@ pub fn make_machines(
             transport: Transport::Ssh,
             ssh_options: e.options,
             become_method: None,
+            pod_user: None,
             at,
             name,
         });

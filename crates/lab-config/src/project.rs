@@ -96,6 +96,22 @@ pub struct Machine {
     pub ssh_options: Vec<String>,
     /// How lab becomes root on the machine when `user` is not root.
     pub become_method: Option<Become>,
+    /// `pod_user` as lab.toml sets it (the machine's key, else
+    /// `[settings] pod_user`); see [`Machine::pod_user`].
+    pub pod_user: Option<String>,
+}
+
+impl Machine {
+    /// The user whose systemd runs the machine's rootless pods: `pod_user`
+    /// of lab.toml, else the machine's `user` when it is not root, else
+    /// `pods`.
+    pub fn pod_user(&self) -> &str {
+        match &self.pod_user {
+            Some(u) => u,
+            None if self.user != "root" => &self.user,
+            None => "pods",
+        }
+    }
 }
 
 /// `become = "sudo"`: the executor, fact gathering and unit actions run
@@ -221,6 +237,7 @@ struct RawSettings {
     age_identities: Vec<String>,
     #[serde(default)]
     secret_facts: Vec<String>,
+    pod_user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -241,6 +258,7 @@ struct RawMachine {
     root_outside_project: Option<Spanned<bool>>,
     #[serde(rename = "become")]
     become_method: Option<Spanned<String>>,
+    pod_user: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -602,8 +620,23 @@ impl Project {
             if !machine_tags.is_empty() {
                 tags.insert(name.clone(), machine_tags);
             }
+            let pod_user = match m.pod_user.as_ref().or(raw.settings.pod_user.as_ref()) {
+                Some(u) if !valid_user_name(u.get_ref()) => {
+                    return Err(invalid(
+                        u.span(),
+                        format!("invalid `pod_user` `{}`", u.get_ref()),
+                        Some(
+                            "a user name: letters, digits, `_`, `-`, `.`, not starting with `-`"
+                                .into(),
+                        ),
+                    ));
+                }
+                Some(u) => Some(u.get_ref().clone()),
+                None => None,
+            };
             machines.push(Machine {
                 become_method,
+                pod_user,
                 ssh_options: Vec::new(),
                 at: at(m_span.start..m_span.start),
                 host: m.host.unwrap_or_else(|| name.clone()),
@@ -975,4 +1008,14 @@ action = "reload"
         let e = parse("[machines.a]\nport = 22 22\n").unwrap_err();
         assert_ne!(e.to_string(), "the value of `port` must be a quoted string");
     }
+}
+
+/// A POSIX-portable user name (what `useradd` takes everywhere).
+fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }

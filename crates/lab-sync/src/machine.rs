@@ -47,6 +47,9 @@ pub struct Target {
     /// watched before its state is reported (lab.toml's `settle_ms`).
     pub settle_ms: u64,
     pub rules: Vec<UnitRule>,
+    /// The user whose systemd runs the machine's rootless pods (the units
+    /// of `/etc/containers/systemd/users/`).
+    pub pod_user: String,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -386,7 +389,13 @@ impl MachineSync<'_> {
             attempts += 1;
             let mut plan = ApplyPlan::repairing(&old, &new, &check.seen);
             plan.expect = Some(check.expect());
-            let fresh = units::actions(&old, &new, &plan.touched(), &self.target.rules);
+            let fresh = units::actions(
+                &old,
+                &new,
+                &plan.touched(),
+                &self.target.rules,
+                &self.target.pod_user,
+            );
             let actions = crate::converge::merge_actions(&check.pending, &fresh);
             let settle = if opts.rollback_on_failure {
                 self.target.settle_ms.max(ROLLBACK_SETTLE_MS)
@@ -530,8 +539,13 @@ impl MachineSync<'_> {
             self.fetch_manifest(to, None)?
         };
         let plan = ApplyPlan::new(&cur_manifest, &target);
-        let actions: Vec<UnitAction> =
-            units::actions(&cur_manifest, &target, &plan.touched(), &self.target.rules);
+        let actions: Vec<UnitAction> = units::actions(
+            &cur_manifest,
+            &target,
+            &plan.touched(),
+            &self.target.rules,
+            &self.target.pod_user,
+        );
         let program = lab_agent::rollback_program(
             to,
             &actions,
