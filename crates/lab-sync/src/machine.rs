@@ -50,6 +50,9 @@ pub struct Target {
     /// The user whose systemd runs the machine's rootless pods (the units
     /// of `/etc/containers/systemd/users/`).
     pub pod_user: String,
+    /// The project's `images/` (OCI archives the pods may use; see
+    /// [`crate::images`]).
+    pub images_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -148,6 +151,25 @@ pub struct MachineSync<'a> {
 }
 
 impl MachineSync<'_> {
+    /// Before the pods' units act: the images they use that the machine
+    /// lacks, loaded into the right user's podman storage.
+    fn ship_images(&mut self, new: &Manifest) -> Result<Vec<String>, SyncError> {
+        if !self.target.systemd {
+            return Ok(Vec::new());
+        }
+        let want = crate::images::wanted(&self.target.out_dir, new, &self.target.pod_user);
+        if want.is_empty() {
+            return Ok(Vec::new());
+        }
+        let images = crate::images::project_images(&self.target.images_dir).map_err(|e| {
+            SyncError::Build {
+                machine: self.target.name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        crate::images::ship(self.transport, &images, &want)
+    }
+
     /// Check the machine, changing nothing: one command (see [`Probe`]).
     /// `units`: whose state to report. A sync holding the machine's lock
     /// is waited for (see [`MachineSync::check_now`]).
@@ -312,7 +334,7 @@ impl MachineSync<'_> {
         let digest = Digest::of(new_text.as_bytes());
         let mut attempts = 0;
         // (what runs that stopped as stale had to say: a recovery, say)
-        let mut notes: Vec<String> = Vec::new();
+        let mut notes: Vec<String> = self.ship_images(&new)?;
         // What lab knows of the machine: its generation, digest, applied
         // manifest, and what the last check of it found.
         let (mut gen, mut base, mut known, mut check) = match self.cached() {
