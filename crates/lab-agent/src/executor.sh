@@ -750,6 +750,31 @@ sc() {
   if [ -n "$SC_USER" ]; then systemctl --user -M "$SC_USER@" "$@"; else systemctl "$@"; fi
 }
 
+# pmx ARGS: podman of the current scope (see `scope`), as that user.
+pmx() {
+  if [ -n "$SC_USER" ]; then
+    (cd / && exec runuser -u "$SC_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin \
+      HOME="$(getent passwd "$SC_USER" | cut -d: -f6)" XDG_RUNTIME_DIR="/run/user/$SC_UID" podman "$@")
+  else
+    podman "$@"
+  fi
+}
+
+# podman_leftovers UNIT: after a Quadlet unit whose file is gone stopped,
+# remove the pods and containers it made (labelled with it by Quadlet):
+# the `podman kube down` of its ExecStopPost needed the YAML that this
+# generation removed.
+podman_leftovers() {
+  command -v podman >/dev/null 2>&1 || return 0
+  f="label=PODMAN_SYSTEMD_UNIT=$1"
+  for p in $(pmx ps -a --filter "$f" --format '{{.Pod}}' 2>/dev/null </dev/null | sort -u); do
+    pmx pod rm -f -- "$p" >/dev/null 2>&1 </dev/null || :
+  done
+  for c in $(pmx ps -a -q --filter "$f" 2>/dev/null </dev/null); do
+    pmx rm -f -- "$c" >/dev/null 2>&1 </dev/null || :
+  done
+}
+
 # unit_state NAME: one `systemctl show` for what lab needs to know of a
 # unit (each systemctl run is a fork, an exec and a D-Bus connection).
 unit_state() {
@@ -833,7 +858,11 @@ act() {
   case $U_ACTIVE in active | reloading) active=1 ;; esac
   case $a in
     stop)
-      if [ $active = 1 ]; then sc stop -- "$v" </dev/null && r=ok || r=failed; else r=skipped; fi ;;
+      if [ $active = 1 ]; then sc stop -- "$v" </dev/null && r=ok || r=failed; else r=skipped; fi
+      # (its file is gone: a unit that failed on its way down would stay
+      # listed as failed for good; a Quadlet pod's `kube down` often does)
+      sc reset-failed -- "$v" 2>/dev/null || :
+      podman_leftovers "$v" ;;
     start)
       # reset-failed also resets the start limit counter: fast deploys and
       # watch cycles start a unit more often than 5 times in 10 s

@@ -386,10 +386,10 @@ fn a_missing_or_non_lingering_pod_user_fails_clearly() {
     h.run("useradd --create-home lazy").unwrap();
     let t = project(&h, "pod_user = \"lazy\"\n");
     web_image(&t, &h, "web", "x\n");
-    web_pod(&t, "web", "web", 8080, "1");
+    web_pod(&t, "lazyweb", "web", 8080, "1");
     let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
     assert_eq!(code, 1, "{out}\n{err}");
-    assert!(out.contains("lazy/web.service"), "{out}");
+    assert!(out.contains("lazy/lazyweb.service"), "{out}");
     assert!(out.contains("does not linger"), "{out}");
     assert!(out.contains("loginctl enable-linger lazy"), "{out}");
 }

@@ -236,10 +236,13 @@ pub fn ship(
     let users: BTreeSet<Option<&str>> = todo.iter().map(|(u, _)| *u).collect();
     let mut cmd = String::new();
     for u in &users {
-        // (a pod user that is not there gets no images: its units fail,
-        // saying why, when they act)
+        // (a pod user that is not there, or does not linger, gets no
+        // images: its units fail, saying why, when they act)
         let check = match u {
-            Some(name) => format!("id -u {} >/dev/null 2>&1 && ", quote(name)),
+            Some(name) => format!(
+                "id -u {q} >/dev/null 2>&1 && [ -e /var/lib/systemd/linger/{q} ] && ",
+                q = quote(name)
+            ),
             None => "command -v podman >/dev/null && ".to_string(),
         };
         cmd.push_str(&format!(
@@ -254,7 +257,8 @@ pub fn ship(
     for line in out.stdout_text().lines() {
         if let Some(u) = line.strip_prefix("user ") {
             cur = u.to_string();
-        } else {
+            have.entry(cur.clone()).or_default();
+        } else if !line.trim().is_empty() {
             let id = line.trim().trim_start_matches("sha256:").to_string();
             have.entry(cur.clone()).or_default().insert(id);
         }

@@ -220,14 +220,14 @@ pub fn ps_command(pods: &[DesiredPod], lines: usize) -> String {
             "echo \"user {u}\"\n\
              if [ {uq} != - ] && ! why=$(pu {uq}); then echo \"usererror $why\"; else\n\
              sc {uq} show -p Id -p ActiveState -p SubState -p NRestarts -- {units} 2>/dev/null | sed 's/^/show /'\n\
-             echo containers; pm {uq} ps -a --format json 2>/dev/null; echo endcontainers\n\
+             echo containers; pm {uq} ps -a --pod --format json 2>/dev/null; echo endcontainers\n\
              pm {uq} ps -q --no-trunc 2>/dev/null | while read -r id; do\n\
                pid=$(pm {uq} inspect --format '{{{{.State.Pid}}}}' \"$id\" 2>/dev/null) || continue\n\
                [ \"${{pid:-0}}\" -gt 0 ] || continue\n\
                cg=$(sed -n 's/^0:://p' /proc/$pid/cgroup 2>/dev/null)\n\
                if [ -n \"$cg\" ] && [ -r \"/sys/fs/cgroup$cg/memory.current\" ]; then m=$(cat \"/sys/fs/cgroup$cg/memory.current\")\n\
                else m=0; for p in $(cat \"/sys/fs/cgroup$cg/cgroup.procs\" 2>/dev/null || echo $pid); do\n\
-                 r=$(sed -n 's/^VmRSS: *\\([0-9]*\\) kB/\\1/p' /proc/$p/status 2>/dev/null); m=$((m + ${{r:-0}} * 1024)); done; fi\n\
+                 r=$(sed -n 's/^VmRSS:[[:space:]]*\\([0-9]*\\) kB/\\1/p' /proc/$p/status 2>/dev/null); m=$((m + ${{r:-0}} * 1024)); done; fi\n\
                echo \"mem $id $m\"\n\
              done\n\
              fi\n",
