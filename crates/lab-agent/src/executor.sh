@@ -767,12 +767,19 @@ pmx() {
 podman_leftovers() {
   command -v podman >/dev/null 2>&1 || return 0
   f="label=PODMAN_SYSTEMD_UNIT=$1"
-  for p in $(pmx ps -a --filter "$f" --format '{{.Pod}}' 2>/dev/null </dev/null | sort -u); do
-    pmx pod rm -f -- "$p" >/dev/null 2>&1 </dev/null || :
+  # (twice: a pod whose containers are still being cleaned up after the
+  # stop refuses the first removal)
+  for _ in 1 2; do
+    for p in $(pmx ps -a --pod --filter "$f" --format '{{.Pod}}' 2>/dev/null </dev/null | sort -u); do
+      pmx pod rm -f -- "$p" >/dev/null 2>&1 </dev/null || :
+    done
+    for c in $(pmx ps -a -q --filter "$f" 2>/dev/null </dev/null); do
+      pmx rm -f -- "$c" >/dev/null 2>&1 </dev/null || :
+    done
   done
-  for c in $(pmx ps -a -q --filter "$f" 2>/dev/null </dev/null); do
-    pmx rm -f -- "$c" >/dev/null 2>&1 </dev/null || :
-  done
+  if [ -n "$(pmx ps -a -q --filter "$f" 2>/dev/null </dev/null)" ]; then
+    out "note: containers of $1 are left: $(pmx ps -a --filter "$f" --format '{{.Names}}' 2>&1 </dev/null | tr '\n' ' ')"
+  fi
 }
 
 # unit_state NAME: one `systemctl show` for what lab needs to know of a
