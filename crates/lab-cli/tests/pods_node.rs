@@ -95,7 +95,8 @@ fn project(h: &Host, extra: &str) -> TestLab {
 /// index says `body`; its command serves it on `port`. Returns the ID.
 fn web_image(t: &TestLab, h: &Host, name: &str, body: &str) -> String {
     std::fs::create_dir_all(t.join("images")).unwrap();
-    OciImage::new(&format!("localhost/{name}:1"))
+    // (lab names it after its file: `localhost/NAME:latest`)
+    OciImage::new(&format!("localhost/{name}:built"))
         .busybox(h.root.as_ref().unwrap().join("bin/busybox"))
         .file("/www/index.html", body.as_bytes(), 0o644)
         .write(&t.join(&format!("images/{name}.tar")))
@@ -124,13 +125,13 @@ spec:
   restartPolicy: Always
   containers:
   - name: httpd
-    image: localhost/{image}:1
+    image: localhost/{image}:latest
     command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; httpd -f -p {port} -h /www & wait\"]
     ports:
     - containerPort: {port}
       hostPort: {port}
   - name: sidecar
-    image: localhost/{image}:1
+    image: localhost/{image}:latest
     command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; echo sidecar {version} up; while :; do sleep 1; done & wait\"]
 "
         ),
@@ -215,6 +216,17 @@ fn a_pod_serves_restarts_alone_stops_and_comes_back_on_rollback() {
         .unwrap();
     assert_eq!(names.lines().count(), 3, "{names}");
 
+    // a new image of web (same name, same YAML): web restarts on it, other
+    // keeps its processes
+    let web_before = pod_pids(&h, "web");
+    let id2 = web_image(&t, &h, "web", "hello from web, image 2\n");
+    assert_ne!(id2, id);
+    let out = sync_ok(&t);
+    assert!(out.contains("localhost/web:latest"), "{out}");
+    assert!(answers(&h, 8080).contains("image 2"));
+    assert_ne!(pod_pids(&h, "web"), web_before);
+    assert_eq!(pod_pids(&h, "other"), other_before);
+
     // removed: stopped, its unit gone, the other pod untouched
     t.remove(&format!("{USERS}/web.kube"));
     t.remove(&format!("{USERS}/web.yaml"));
@@ -254,7 +266,7 @@ spec:
   restartPolicy: {policy}
   containers:
   - name: job
-    image: localhost/web:1
+    image: web
     command: [\"/bin/sh\", \"-c\", \"echo {name} ran; sleep 1; exit 3\"]
 "
         ),

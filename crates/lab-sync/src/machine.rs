@@ -157,8 +157,8 @@ impl MachineSync<'_> {
         if !self.target.systemd {
             return Ok(Vec::new());
         }
-        let want = crate::images::wanted(&self.target.out_dir, new, &self.target.pod_user);
-        if want.is_empty() {
+        let uses = crate::images::wanted(&self.target.out_dir, new, &self.target.pod_user);
+        if uses.is_empty() {
             return Ok(Vec::new());
         }
         let images = crate::images::project_images(&self.target.images_dir).map_err(|e| {
@@ -167,7 +167,14 @@ impl MachineSync<'_> {
                 message: e.to_string(),
             }
         })?;
-        crate::images::ship(self.transport, &images, &want)
+        // (what lab last applied there: paths it changes restart their
+        // pods anyway; unknown: every path counts as changed)
+        let old = self.cached().map(|(m, _)| m);
+        let changed = |p: &str| match &old {
+            Some(o) => o.get(p) != new.get(p),
+            None => true,
+        };
+        crate::images::ship(self.transport, &images, &uses, &changed)
     }
 
     /// Check the machine, changing nothing: one command (see [`Probe`]).
@@ -368,6 +375,7 @@ impl MachineSync<'_> {
                     pending: check.pending.clone(),
                 };
                 if check.pending.is_empty() {
+                    report.apply.notes = notes;
                     return Ok(report);
                 }
                 // unit actions a killed run left: run them, nothing else
