@@ -12,6 +12,7 @@ use assert_cmd::Command;
 use lab_testhosts::{Host, OciImage, TestHosts};
 use lab_testkit::TestLab;
 use std::io::{Read, Write};
+use std::process::Command as Process;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -377,6 +378,42 @@ fn ps_shows_pods_and_a_failed_one_with_its_journal_and_logs_reads_it() {
     let (code, out, _) = lab(&t, &["logs", "-m", "h1", "web-sidecar"]);
     assert_eq!(code, 0);
     assert!(out.contains("sidecar 1 up"), "{out}");
+    // -f: a line the pod writes later shows up while lab follows
+    let mut child = Process::new(assert_cmd::cargo::cargo_bin("lab"))
+        .current_dir(t.path())
+        .args(["logs", "-m", "h1", "web", "-f", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // (the first line says lab is following)
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("lab logs -f printed nothing");
+    h.podman("exec web-sidecar sh -c 'echo followed-line > /proc/1/fd/1'")
+        .unwrap();
+    let seen = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.contains("followed-line") => break true,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "lab logs -f did not show the new line");
+
     let (code, out, err) = lab(&t, &["logs", "-m", "h1", "nothing-here"]);
     assert_eq!(code, 1, "{out}");
     assert!(err.contains("nothing-here"), "{err}");
@@ -433,8 +470,20 @@ fn three_pods_on_a_512_mb_node_stay_under_its_limit() {
 /// (bytes used, limit) of a capped host's memory cgroup, seen from outside.
 fn node_memory(h: &Host) -> (u64, u64) {
     let state = h.root.as_ref().unwrap().parent().unwrap();
-    let cgroups = std::fs::read_to_string(state.join("cgroups")).unwrap();
-    for d in cgroups.lines() {
+    // the host's own cgroups, or (when nspawn runs in a systemd scope,
+    // capped by MemoryMax=) its scope's
+    let mut cgroups = std::fs::read_to_string(state.join("cgroups")).unwrap_or_default();
+    for base in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/unified",
+    ] {
+        cgroups.push_str(&format!(
+            "\n{base}/system.slice/lab-testhosts-{}.scope",
+            h.name
+        ));
+    }
+    for d in cgroups.lines().filter(|l| !l.is_empty()) {
         let d = std::path::Path::new(d);
         let read = |f: &str| {
             std::fs::read_to_string(d.join(f))
