@@ -139,10 +139,13 @@ def wait_http(addr, port, want, t0, timeout=60):
 class Node:
     def __init__(self, host):
         self.h = host
-        self.ssh = ["ssh", "-F", "/dev/null", "-i", host["identity"], "-o",
-                    f"UserKnownHostsFile={host['known_hosts']}", "-o", "BatchMode=yes",
-                    "-o", "ControlMaster=auto", "-o", f"ControlPath=/tmp/pb-{host['name']}-%C",
-                    "-o", "ControlPersist=60", f"root@{host['address']}"]
+        base = ["ssh", "-F", "/dev/null", "-i", host["identity"], "-o",
+                f"UserKnownHostsFile={host['known_hosts']}", "-o", "BatchMode=yes"]
+        dest = f"root@{host['address']}"
+        # (a fresh login per command, as a script doing it by hand would)
+        self.plain = base + [dest]
+        self.ssh = base + ["-o", "ControlMaster=auto", "-o", f"ControlPath=/tmp/pb-{host['name']}-%C",
+                           "-o", "ControlPersist=60", dest]
 
     def run(self, cmd, data=None):
         return subprocess.run(self.ssh + [cmd], input=data, check=True, capture_output=True).stdout.decode()
@@ -235,9 +238,8 @@ def main():
 
         # by hand: image over ssh, kube play over ssh (each a fresh ssh
         # login, as a script would do it)
-        plain = [x for x in node.ssh if not x.startswith("Control")]
-        plain = [x for i, x in enumerate(plain) if not (x == "-o" and i + 1 < len(plain)
-                                                          and plain[i + 1].startswith("Control"))]
+        plain = node.plain
+
         def hand(cmd, data=None):
             subprocess.run(plain + [cmd], input=data, check=True, capture_output=True)
         pm = ("cd / && runuser -u pods -- env -i PATH=/usr/bin:/bin HOME=/home/pods "
