@@ -859,6 +859,16 @@ pub(crate) fn expand_home(p: &str) -> PathBuf {
     }
 }
 
+/// A POSIX-portable user name (what `useradd` takes everywhere).
+fn valid_user_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1008,14 +1018,20 @@ action = "reload"
         let e = parse("[machines.a]\nport = 22 22\n").unwrap_err();
         assert_ne!(e.to_string(), "the value of `port` must be a quoted string");
     }
-}
 
-/// A POSIX-portable user name (what `useradd` takes everywhere).
-fn valid_user_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 32
-        && !name.starts_with('-')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    #[test]
+    fn pod_user_of_a_machine() {
+        let p =
+            parse("[machines.a]\n[machines.b]\nuser = \"me\"\n[machines.c]\npod_user = \"app\"\n")
+                .unwrap();
+        let users: Vec<&str> = p.machines.iter().map(|m| m.pod_user()).collect();
+        assert_eq!(users, ["pods", "me", "app"]);
+        let p =
+            parse("[settings]\npod_user = \"svc\"\n[machines.a]\n[machines.b]\npod_user = \"x\"\n")
+                .unwrap();
+        let users: Vec<&str> = p.machines.iter().map(|m| m.pod_user()).collect();
+        assert_eq!(users, ["svc", "x"]);
+        let e = parse("[machines.a]\npod_user = \"-x y\"\n").unwrap_err();
+        assert!(e.to_string().contains("invalid `pod_user` `-x y`"), "{e}");
+    }
 }
