@@ -75,7 +75,7 @@ fn text(style: Style, machine: &str, pods: &[PodStatus], now: i64) -> String {
             l.push(' ');
             l.push_str(&format!("{c:<width$}", width = w[i]));
         }
-        format!("{} \n", l.trim_end())
+        format!("{}\n", l.trim_end())
     };
     s.push_str(&line(&head.map(String::from)));
     for (r, p) in rows.iter().zip(pods) {
