@@ -449,7 +449,9 @@ fn three_pods_on_a_512_mb_node_stay_under_its_limit() {
     assert_eq!(h.memory_max, Some(512 << 20));
     let t = project(&h, "");
     web_image(&t, &h, "web", "small\n");
-    for (i, name) in ["a", "b", "c"].iter().enumerate() {
+    // (no all-hex names like `a`: `podman kube play --replace` looks a pod
+    // up by name or ID prefix, and pod `c` would replace pod `c0fb...`)
+    for (i, name) in ["small1", "small2", "small3"].iter().enumerate() {
         web_pod(&t, name, "web", 8090 + i as u16, "1");
     }
     sync_ok(&t);
