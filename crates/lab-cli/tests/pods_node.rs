@@ -17,8 +17,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Hosts: 1 lifecycle, 2 restart policies, 3 ps/logs, 4 pod user errors,
-/// 5 a 512 MB node.
-const HOSTS: usize = 5;
+/// 5 a 512 MB node, 6 a rootful pod.
+const HOSTS: usize = 6;
 const SMALL_NODE: usize = 5;
 
 static FLEET: OnceLock<Mutex<Option<TestHosts>>> = OnceLock::new();
@@ -500,4 +500,46 @@ fn node_memory(h: &Host) -> (u64, u64) {
         }
     }
     panic!("no memory cgroup of {} in {cgroups}", h.name)
+}
+
+#[test]
+fn a_rootful_pod_runs_in_the_system_manager_from_roots_storage() {
+    let h = host(6);
+    let t = project(&h, "");
+    let id = web_image(&t, &h, "web", "rootful\n");
+    web_pod(&t, "web", "web", 8080, "1");
+    // the same files, one directory up: root's Quadlet directory
+    for f in ["web.kube", "web.yaml"] {
+        let text = t.read(&format!("{USERS}/{f}"));
+        t.remove(&format!("{USERS}/{f}"));
+        t.file(
+            &format!("machines/h1/etc/containers/systemd/{f}"),
+            &text.replace("[Unit]\nConditionUser=pods\n", "[Unit]\n"),
+        );
+    }
+    let out = sync_ok(&t);
+    assert!(out.contains("start web.service"), "{out}");
+    assert!(!out.contains("pods/"), "{out}");
+    assert!(answers(&h, 8080).contains("rootful"));
+    assert_eq!(
+        h.run("systemctl is-active web.service").unwrap().trim(),
+        "active"
+    );
+    assert!(h.run("podman images -q --no-trunc").unwrap().contains(&id));
+    let before = h
+        .run("podman ps --filter pod=web --format '{{.Pid}}'")
+        .unwrap();
+    web_pod(&t, "web", "web", 8080, "2");
+    let yaml = t.read(&format!("{USERS}/web.yaml"));
+    t.remove(&format!("{USERS}/web.yaml"));
+    t.remove(&format!("{USERS}/web.kube"));
+    t.file("machines/h1/etc/containers/systemd/web.yaml", &yaml);
+    let out = sync_ok(&t);
+    assert!(out.contains("restart web.service"), "{out}");
+    answers(&h, 8080);
+    assert_ne!(
+        h.run("podman ps --filter pod=web --format '{{.Pid}}'")
+            .unwrap(),
+        before
+    );
 }
