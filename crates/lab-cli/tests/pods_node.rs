@@ -358,6 +358,11 @@ fn ps_shows_pods_and_a_failed_one_with_its_journal_and_logs_reads_it() {
     assert!(out.contains("| "), "journal tail of the failed pod: {out}");
     assert!(out.contains("missing"), "the tail says why: {out}");
 
+    // `lab status` names the pod user's failed unit too
+    let (code, out, err) = lab(&t, &["status", "-m", "h1"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("failed pods/broken.service"), "{out}");
+
     let (_, json, _) = lab(&t, &["ps", "-m", "h1", "--json"]);
     let v: serde_json::Value =
         serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
