@@ -767,6 +767,7 @@ pmx() {
 podman_leftovers() {
   command -v podman >/dev/null 2>&1 || return 0
   f="label=PODMAN_SYSTEMD_UNIT=$1"
+  [ -n "$(pmx ps -a -q --filter "$f" 2>/dev/null </dev/null)" ] || return 0
   # (twice: a pod whose containers are still being cleaned up after the
   # stop refuses the first removal)
   for _ in 1 2; do
