@@ -158,7 +158,9 @@ impl Check {
                 if let Some(op) = op(o) {
                     c.pending.push(UnitAction {
                         op,
-                        unit: if op == UnitOp::DaemonReload {
+                        // (`-`: the system manager's daemon-reload;
+                        // `USER/`: a user manager's)
+                        unit: if op == UnitOp::DaemonReload && u == "-" {
                             String::new()
                         } else {
                             u.to_string()

@@ -134,7 +134,12 @@ probe() { # KNOWN WAIT UNIT...
   pending
   if [ $# -gt 0 ] && command -v systemctl >/dev/null 2>&1; then
     for u do
-      printf 'unit %s %s\n' "$u" "$(systemctl show -p ActiveState --value -- "$u" 2>/dev/null </dev/null || echo unknown)"
+      # (USER/UNIT: a unit of that user's systemd, a rootless pod)
+      case $u in
+        */*) a=$(systemctl --user -M "${u%%/*}@" show -p ActiveState --value -- "${u#*/}" 2>/dev/null </dev/null) || a=unknown ;;
+        *) a=$(systemctl show -p ActiveState --value -- "$u" 2>/dev/null </dev/null) || a=unknown ;;
+      esac
+      printf 'unit %s %s\n' "$u" "${a:-unknown}"
     done
   fi
   if [ "$(current_digest)" != "$k" ] && [ -f "$S/gen/$g/manifest" ]; then

@@ -721,7 +721,7 @@ run_actions() {
   while read -r a u <&3; do
     i=$((i + 1))
     case $dn in *" $i "*) continue ;; esac
-    if [ "$a" = daemon-reload ]; then daemon_reload; else act "$a" "$u"; fi
+    if [ "$a" = daemon-reload ]; then daemon_reload "$u"; else act "$a" "$u"; fi
     echo "$i" >>"$G/done"
   done 3<"$G/actions"
 }
@@ -730,11 +730,72 @@ run_actions() {
 
 has_systemd() { [ "${LAB_SYSTEMD:-1}" = 1 ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
 
-# unit_state UNIT: one `systemctl show` for what lab needs to know of a
+# A unit named USER/UNIT is a unit of USER's systemd (a rootless pod of the
+# pod user): scope NAME sets SC_USER (empty: the system manager), SC_UNIT,
+# SC_UID and SC_ERR (why that user's manager cannot be reached; empty when
+# it can).
+scope() {
+  SC_ERR=""
+  case $1 in
+    */*)
+      SC_USER=${1%%/*} SC_UNIT=${1#*/}
+      if ! SC_UID=$(id -u -- "$SC_USER" 2>/dev/null); then
+        SC_ERR="the pod user $SC_USER does not exist on this machine (hint: create it, or set pod_user in lab.toml)"
+      elif [ ! -e "/var/lib/systemd/linger/$SC_USER" ]; then
+        SC_ERR="the pod user $SC_USER does not linger, so its systemd does not run without a login (hint: loginctl enable-linger $SC_USER)"
+      elif ! systemctl is-active --quiet "user@$SC_UID.service" 2>/dev/null &&
+        ! systemctl start "user@$SC_UID.service" </dev/null 2>/dev/null; then
+        SC_ERR="the systemd of the pod user $SC_USER (user@$SC_UID.service) does not run"
+      fi ;;
+    *) SC_USER="" SC_UNIT=$1 ;;
+  esac
+}
+
+# sc ARGS: systemctl of the current scope (see `scope`).
+sc() {
+  if [ -n "$SC_USER" ]; then systemctl --user -M "$SC_USER@" "$@"; else systemctl "$@"; fi
+}
+
+# pmx ARGS: podman of the current scope (see `scope`), as that user.
+pmx() {
+  if [ -n "$SC_USER" ]; then
+    (cd / && exec runuser -u "$SC_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin \
+      HOME="$(getent passwd "$SC_USER" | cut -d: -f6)" XDG_RUNTIME_DIR="/run/user/$SC_UID" podman "$@")
+  else
+    podman "$@"
+  fi
+}
+
+# podman_leftovers UNIT: after a Quadlet unit whose file is gone stopped,
+# remove the pods and containers it made (labelled with it by Quadlet):
+# the `podman kube down` of its ExecStopPost needed the YAML that this
+# generation removed.
+podman_leftovers() {
+  command -v podman >/dev/null 2>&1 || return 0
+  f="label=PODMAN_SYSTEMD_UNIT=$1"
+  [ -n "$(pmx ps -a -q --filter "$f" 2>/dev/null </dev/null)" ] || return 0
+  # (twice: a pod whose containers are still being cleaned up after the
+  # stop refuses the first removal)
+  for _ in 1 2; do
+    for p in $(pmx ps -a --pod --filter "$f" --format '{{.Pod}}' 2>/dev/null </dev/null | sort -u); do
+      pmx pod rm -f -- "$p" >/dev/null 2>&1 </dev/null || :
+    done
+    for c in $(pmx ps -a -q --filter "$f" 2>/dev/null </dev/null); do
+      pmx rm -f -- "$c" >/dev/null 2>&1 </dev/null || :
+    done
+  done
+  if [ -n "$(pmx ps -a -q --filter "$f" 2>/dev/null </dev/null)" ]; then
+    out "note: containers of $1 are left: $(pmx ps -a --filter "$f" --format '{{.Names}}' 2>&1 </dev/null | tr '\n' ' ')"
+  fi
+}
+
+# unit_state NAME: one `systemctl show` for what lab needs to know of a
 # unit (each systemctl run is a fork, an exec and a D-Bus connection).
 unit_state() {
   U_ACTIVE=unknown U_SUB=unknown U_TYPE=- U_RESULT=-
-  props=$(systemctl show -p ActiveState -p SubState -p Type -p Result -- "$1" 2>/dev/null) || :
+  scope "$1"
+  [ -z "$SC_ERR" ] || return 0
+  props=$(sc show -p ActiveState -p SubState -p Type -p Result -- "$SC_UNIT" 2>/dev/null) || :
   while IFS='=' read -r k v; do
     case $k in
       ActiveState) U_ACTIVE=${v:-unknown} ;;
@@ -747,6 +808,20 @@ $props
 EOF
 }
 
+# unit_journal NAME LINES: the tail of a unit's journal (a user unit's:
+# its own lines and its manager's about it).
+unit_journal() {
+  scope "$1"
+  if [ -n "$SC_ERR" ]; then
+    echo "lab: $SC_ERR"
+  elif [ -n "$SC_USER" ]; then
+    journalctl -n "$2" --no-pager -o short-iso _UID="$SC_UID" _SYSTEMD_USER_UNIT="$SC_UNIT" + \
+      _UID="$SC_UID" USER_UNIT="$SC_UNIT" 2>&1 </dev/null
+  else
+    journalctl -u "$SC_UNIT" -n "$2" --no-pager -o short-iso 2>&1 </dev/null
+  fi
+}
+
 unit_report() { # ACTION UNIT RESULT, after unit_state of UNIT
   res=$3
   if [ "$res" = failed ] && [ "$U_RESULT" = start-limit-hit ]; then
@@ -755,15 +830,28 @@ unit_report() { # ACTION UNIT RESULT, after unit_state of UNIT
   out "unit $2 $1 $res $U_ACTIVE $U_SUB"
   if [ "$res" != ok ] && [ "$res" != skipped ]; then
     out "journal $2"
-    j=$(journalctl -u "$2" -n "${LAB_JOURNAL_LINES:-20}" --no-pager -o short-iso 2>&1 </dev/null | sed 's/^/| /') || :
+    j=$(unit_journal "$2" "${LAB_JOURNAL_LINES:-20}" | sed 's/^/| /') || :
     [ -z "$j" ] || out "$j"
     out "endjournal $2"
   fi
 }
 
+# daemon_reload [USER/]: the system manager's (`-` or empty), or USER's.
 daemon_reload() {
   has_systemd || { out "daemon-reload skipped"; return 0; }
-  if systemctl daemon-reload </dev/null; then out "daemon-reload ok"; else out "daemon-reload failed"; fi
+  case ${1:--} in
+    -)
+      if systemctl daemon-reload </dev/null; then out "daemon-reload ok"; else out "daemon-reload failed"; fi ;;
+    *)
+      # (a failure shows again in the results of that user's units, with
+      # the reason)
+      scope "$1"
+      if [ -n "$SC_ERR" ]; then
+        out "note: daemon-reload of the systemd of $SC_USER skipped: $SC_ERR"
+      elif ! sc daemon-reload </dev/null; then
+        out "note: daemon-reload of the systemd of $SC_USER failed"
+      fi ;;
+  esac
 }
 
 # act ACTION UNIT: restart | start | stop | reload | reload-or-restart.
@@ -774,26 +862,36 @@ act() {
   u=$2
   if ! has_systemd; then out "unit $u $a skipped no-systemd -"; return 0; fi
   unit_state "$u"
+  if [ -n "$SC_ERR" ]; then
+    DONE="$DONE$a $u failed
+"
+    return 0
+  fi
+  v=$SC_UNIT
   active=0
   case $U_ACTIVE in active | reloading) active=1 ;; esac
   case $a in
     stop)
-      if [ $active = 1 ]; then systemctl stop -- "$u" </dev/null && r=ok || r=failed; else r=skipped; fi ;;
+      if [ $active = 1 ]; then sc stop -- "$v" </dev/null && r=ok || r=failed; else r=skipped; fi
+      # (its file is gone: a unit that failed on its way down would stay
+      # listed as failed for good; a Quadlet pod's `kube down` often does)
+      sc reset-failed -- "$v" 2>/dev/null || :
+      podman_leftovers "$v" ;;
     start)
       # reset-failed also resets the start limit counter: fast deploys and
       # watch cycles start a unit more often than 5 times in 10 s
-      systemctl reset-failed -- "$u" 2>/dev/null || :
+      sc reset-failed -- "$v" 2>/dev/null || :
       if [ $active = 1 ]; then a=restart; fi
-      systemctl "$a" -- "$u" </dev/null && r=ok || r=failed ;;
+      sc "$a" -- "$v" </dev/null && r=ok || r=failed ;;
     restart)
       if [ $active = 1 ] || [ "$U_ACTIVE" = failed ]; then
-        systemctl reset-failed -- "$u" 2>/dev/null || :
-        systemctl restart -- "$u" </dev/null && r=ok || r=failed
+        sc reset-failed -- "$v" 2>/dev/null || :
+        sc restart -- "$v" </dev/null && r=ok || r=failed
       else
         r=skipped
       fi ;;
     reload | reload-or-restart)
-      if [ $active = 1 ]; then systemctl "$a" -- "$u" </dev/null && r=ok || r=failed; else r=skipped; fi ;;
+      if [ $active = 1 ]; then sc "$a" -- "$v" </dev/null && r=ok || r=failed; else r=skipped; fi ;;
     *) r=failed ;;
   esac
   DONE="$DONE$a $u $r

@@ -54,7 +54,9 @@ impl UnitOp {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnitAction {
     pub op: UnitOp,
-    /// Empty for `DaemonReload`.
+    /// The unit; `USER/UNIT` for a unit of a user's systemd
+    /// ([`lab_core::ScopedUnit`]). For `DaemonReload`: empty (the system
+    /// manager) or `USER/` (that user's manager).
     pub unit: String,
 }
 
@@ -65,7 +67,7 @@ pub(crate) fn push_journal(s: &mut String, units: &[UnitAction]) {
     let mut body = String::new();
     for u in units {
         match u.op {
-            UnitOp::DaemonReload => body.push_str("daemon-reload -\n"),
+            UnitOp::DaemonReload if u.unit.is_empty() => body.push_str("daemon-reload -\n"),
             // (unit names have no white space; a name that did would be
             // refused by systemctl, not split here)
             op => body.push_str(&format!(

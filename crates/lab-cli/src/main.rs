@@ -12,9 +12,11 @@ mod explain;
 mod facts;
 mod init;
 mod json;
+mod logs;
 mod ls;
 mod progress;
 mod prompt;
+mod ps;
 mod select;
 mod status;
 mod sync;
@@ -143,6 +145,43 @@ enum Command {
         /// Print JSON on stdout (schema in the README).
         #[arg(long)]
         json: bool,
+    },
+    /// The pods each machine's build wants against what runs there: state,
+    /// restarts, uptime, memory, ports; a pod not running with the tail of
+    /// its journal (exit 1 then).
+    Ps {
+        #[command(flatten)]
+        select: Select,
+        /// Machines asked in parallel.
+        #[arg(short, long, value_name = "N", default_value_t = 8)]
+        jobs: usize,
+        /// Journal lines shown for a pod that is not running.
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
+        lines: usize,
+        /// Trust and record host keys that known_hosts does not have yet.
+        #[arg(long)]
+        accept_new: bool,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The journal of a pod (its unit and its containers), a container or
+    /// a unit on a machine.
+    Logs {
+        /// The machine.
+        #[arg(short, long = "machine", value_name = "NAME")]
+        machine: String,
+        /// A pod, a container or a unit of that machine.
+        name: String,
+        /// Keep printing as the journal grows.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines of the past to show.
+        #[arg(short = 'n', long, value_name = "N", default_value_t = 50)]
+        lines: usize,
+        /// Trust and record a host key that known_hosts does not have yet.
+        #[arg(long)]
+        accept_new: bool,
     },
     /// Gather a machine's facts (arch, OS release, CPUs, memory, ...), cache
     /// them in .lab/facts/NAME.json and print them.
@@ -579,6 +618,47 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             each(style, &names, |m| {
                 sync::rollback(&engine, style, m, *to, *accept_new)
             })
+        }
+        Command::Ps {
+            select,
+            jobs,
+            lines,
+            accept_new,
+            json,
+        } => {
+            let engine = open(&cli, style)?;
+            let names = select::resolve(&engine, style, &select.selection())?;
+            ps::ps(
+                &engine,
+                style,
+                &ps::PsArgs {
+                    machines: names,
+                    json: *json,
+                    accept_new: *accept_new,
+                    jobs: *jobs,
+                    lines: *lines,
+                },
+            )
+        }
+        Command::Logs {
+            machine,
+            name,
+            follow,
+            lines,
+            accept_new,
+        } => {
+            let engine = open(&cli, style)?;
+            logs::logs(
+                &engine,
+                style,
+                &logs::LogsArgs {
+                    machine,
+                    name,
+                    lines: *lines,
+                    follow: *follow,
+                    accept_new: *accept_new,
+                },
+            )
         }
         Command::Ls { select, json } => {
             let engine = open(&cli, style)?;

@@ -11,7 +11,6 @@ use lab_engine::{BuildOptions, Engine};
 use lab_manifest::Manifest;
 use lab_sync::{MachineSync, Probe};
 use serde_json::{json, Value};
-use std::collections::BTreeSet;
 
 pub struct StatusArgs {
     pub machines: Vec<String>,
@@ -44,27 +43,6 @@ pub fn repaired_lines(drift: &[Drift], pending: &[UnitAction]) -> String {
         ));
     }
     s
-}
-
-/// The units lab manages on a machine with manifest `m`: unit files it
-/// writes, and the units of its `[[units]]` rules that cover a path of it.
-fn managed_units(m: &Manifest, rules: &[lab_sync::UnitRule]) -> Vec<String> {
-    use lab_sync::units::{classify, UnitFile};
-    let mut out = BTreeSet::new();
-    for p in m.entries.keys() {
-        match classify(p) {
-            Some(UnitFile::Unit(u) | UnitFile::DropIn(u) | UnitFile::Quadlet(u))
-                if !u.contains("@.") =>
-            {
-                out.insert(u);
-            }
-            _ => {}
-        }
-        for r in rules.iter().filter(|r| r.matches(p)) {
-            out.insert(r.unit.clone());
-        }
-    }
-    out.into_iter().collect()
 }
 
 /// One machine's state.
@@ -198,7 +176,7 @@ fn one(
             message: format!("{}: no build", target.manifest_path.display()),
         })?;
     let units = if target.systemd {
-        managed_units(&built, &target.rules)
+        lab_sync::units::managed_units(&built, &target.rules, &target.pod_user)
     } else {
         Vec::new()
     };

@@ -17,4 +17,4 @@ pub use digest::{Digest, Hasher};
 pub use exit::ExecutorExit;
 pub use layout::{LabDir, LAB_DIR};
 pub use located::{Diagnose, Located};
-pub use unit::{UnitResultCode, UnitState};
+pub use unit::{ScopedUnit, UnitResultCode, UnitState};

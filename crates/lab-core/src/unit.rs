@@ -1,6 +1,43 @@
 //! How the executor reports a unit after its action, as the words of its
 //! line `unit NAME ACTION RESULT ACTIVE SUB` (lab-agent's `executor.sh`
-//! writes them; everything that reads them goes through these types).
+//! writes them; everything that reads them goes through these types), and
+//! how a unit of a user's systemd is named.
+
+/// A unit of a user's systemd manager (a rootless pod's `NAME.service` in
+/// the pod user's manager) is named `USER/UNIT` wherever lab names units:
+/// the unit action journal on the machine, the executor's report, lab's
+/// output. `/` never occurs in a systemd unit name, so the two cannot be
+/// confused. `USER/` alone (no unit) is that manager itself (its
+/// `daemon-reload`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScopedUnit<'a> {
+    /// `None`: the system manager.
+    pub user: Option<&'a str>,
+    pub unit: &'a str,
+}
+
+impl<'a> ScopedUnit<'a> {
+    pub fn parse(name: &'a str) -> ScopedUnit<'a> {
+        match name.split_once('/') {
+            Some((user, unit)) => ScopedUnit {
+                user: Some(user),
+                unit,
+            },
+            None => ScopedUnit {
+                user: None,
+                unit: name,
+            },
+        }
+    }
+
+    /// `USER/UNIT`, or `UNIT` for the system manager.
+    pub fn name(user: Option<&str>, unit: &str) -> String {
+        match user {
+            Some(u) => format!("{u}/{unit}"),
+            None => unit.to_string(),
+        }
+    }
+}
 
 /// The `RESULT` word: what the action did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,6 +105,16 @@ impl<'a> UnitState<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scoped_names() {
+        let u = ScopedUnit::parse("pods/web.service");
+        assert_eq!((u.user, u.unit), (Some("pods"), "web.service"));
+        assert_eq!(ScopedUnit::name(u.user, u.unit), "pods/web.service");
+        let s = ScopedUnit::parse("nginx.service");
+        assert_eq!((s.user, s.unit), (None, "nginx.service"));
+        assert_eq!(ScopedUnit::parse("pods/").unit, "");
+    }
 
     #[test]
     fn words() {

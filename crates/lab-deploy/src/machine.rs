@@ -68,6 +68,8 @@ pub fn target(project: &Project, m: &Machine, lab_dir: &Path) -> Target {
         keep: project.settings.generations,
         settle_ms: project.settings.settle_ms,
         rules: unit_rules(project),
+        pod_user: m.pod_user().to_string(),
+        images_dir: project.root.join("images"),
     }
 }
 

@@ -24,11 +24,13 @@ pub fn merge_actions(pending: &[UnitAction], fresh: &[UnitAction]) -> Vec<UnitAc
     if pending.is_empty() {
         return fresh.to_vec();
     }
-    let mut reload = false;
+    // (the system manager's daemon-reload is unit `""`, a pod user's
+    // `USER/`: each one once)
+    let mut reloads: std::collections::BTreeSet<&str> = Default::default();
     let mut per_unit: BTreeMap<&str, UnitOp> = BTreeMap::new();
     for a in pending.iter().chain(fresh) {
         if a.op == UnitOp::DaemonReload {
-            reload = true;
+            reloads.insert(a.unit.as_str());
             continue;
         }
         let e = per_unit.entry(a.unit.as_str()).or_insert(a.op);
@@ -46,12 +48,10 @@ pub fn merge_actions(pending: &[UnitAction], fresh: &[UnitAction]) -> Vec<UnitAc
             })
     };
     let mut out: Vec<UnitAction> = of(UnitOp::Stop).collect();
-    if reload {
-        out.push(UnitAction {
-            op: UnitOp::DaemonReload,
-            unit: String::new(),
-        });
-    }
+    out.extend(reloads.into_iter().map(|u| UnitAction {
+        op: UnitOp::DaemonReload,
+        unit: u.to_string(),
+    }));
     for want in [
         UnitOp::Reload,
         UnitOp::ReloadOrRestart,
@@ -87,5 +87,18 @@ mod tests {
             ]
         );
         assert_eq!(merge_actions(&[], &fresh), fresh.to_vec());
+        // a pod user's daemon-reload is its own
+        let pending = [
+            a(UnitOp::DaemonReload, "pods/"),
+            a(UnitOp::Start, "pods/w.service"),
+        ];
+        assert_eq!(
+            merge_actions(&pending, &[a(UnitOp::DaemonReload, "")]),
+            vec![
+                a(UnitOp::DaemonReload, ""),
+                a(UnitOp::DaemonReload, "pods/"),
+                a(UnitOp::Start, "pods/w.service"),
+            ]
+        );
     }
 }

@@ -27,6 +27,12 @@ pub enum SyncError {
         fingerprint: String,
         expected: String,
     },
+    #[error("loading image `{image}` into the podman storage of `{user}` failed: {output}")]
+    Image {
+        image: String,
+        user: String,
+        output: String,
+    },
     #[error("bootstrap stopped while {step}: {message}")]
     Bootstrap { step: String, message: String },
     #[error("cannot read `{path}`: {message}")]

@@ -47,6 +47,12 @@ pub struct Target {
     /// watched before its state is reported (lab.toml's `settle_ms`).
     pub settle_ms: u64,
     pub rules: Vec<UnitRule>,
+    /// The user whose systemd runs the machine's rootless pods (the units
+    /// of `/etc/containers/systemd/users/`).
+    pub pod_user: String,
+    /// The project's `images/` (OCI archives the pods may use; see
+    /// [`crate::images`]).
+    pub images_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -145,6 +151,32 @@ pub struct MachineSync<'a> {
 }
 
 impl MachineSync<'_> {
+    /// Before the pods' units act: the images they use that the machine
+    /// lacks, loaded into the right user's podman storage.
+    fn ship_images(&mut self, new: &Manifest) -> Result<Vec<String>, SyncError> {
+        if !self.target.systemd {
+            return Ok(Vec::new());
+        }
+        let uses = crate::images::wanted(&self.target.out_dir, new, &self.target.pod_user);
+        if uses.is_empty() {
+            return Ok(Vec::new());
+        }
+        let images = crate::images::project_images(&self.target.images_dir).map_err(|e| {
+            SyncError::Build {
+                machine: self.target.name.clone(),
+                message: e.to_string(),
+            }
+        })?;
+        // (what lab last applied there: paths it changes restart their
+        // pods anyway; unknown: every path counts as changed)
+        let old = self.cached().map(|(m, _)| m);
+        let changed = |p: &str| match &old {
+            Some(o) => o.get(p) != new.get(p),
+            None => true,
+        };
+        crate::images::ship(self.transport, &images, &uses, &changed)
+    }
+
     /// Check the machine, changing nothing: one command (see [`Probe`]).
     /// `units`: whose state to report. A sync holding the machine's lock
     /// is waited for (see [`MachineSync::check_now`]).
@@ -309,7 +341,7 @@ impl MachineSync<'_> {
         let digest = Digest::of(new_text.as_bytes());
         let mut attempts = 0;
         // (what runs that stopped as stale had to say: a recovery, say)
-        let mut notes: Vec<String> = Vec::new();
+        let mut notes: Vec<String> = self.ship_images(&new)?;
         // What lab knows of the machine: its generation, digest, applied
         // manifest, and what the last check of it found.
         let (mut gen, mut base, mut known, mut check) = match self.cached() {
@@ -343,6 +375,7 @@ impl MachineSync<'_> {
                     pending: check.pending.clone(),
                 };
                 if check.pending.is_empty() {
+                    report.apply.notes = notes;
                     return Ok(report);
                 }
                 // unit actions a killed run left: run them, nothing else
@@ -386,7 +419,13 @@ impl MachineSync<'_> {
             attempts += 1;
             let mut plan = ApplyPlan::repairing(&old, &new, &check.seen);
             plan.expect = Some(check.expect());
-            let fresh = units::actions(&old, &new, &plan.touched(), &self.target.rules);
+            let fresh = units::actions(
+                &old,
+                &new,
+                &plan.touched(),
+                &self.target.rules,
+                &self.target.pod_user,
+            );
             let actions = crate::converge::merge_actions(&check.pending, &fresh);
             let settle = if opts.rollback_on_failure {
                 self.target.settle_ms.max(ROLLBACK_SETTLE_MS)
@@ -530,8 +569,13 @@ impl MachineSync<'_> {
             self.fetch_manifest(to, None)?
         };
         let plan = ApplyPlan::new(&cur_manifest, &target);
-        let actions: Vec<UnitAction> =
-            units::actions(&cur_manifest, &target, &plan.touched(), &self.target.rules);
+        let actions: Vec<UnitAction> = units::actions(
+            &cur_manifest,
+            &target,
+            &plan.touched(),
+            &self.target.rules,
+            &self.target.pod_user,
+        );
         let program = lab_agent::rollback_program(
             to,
             &actions,

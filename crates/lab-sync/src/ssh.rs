@@ -1124,6 +1124,38 @@ impl Transport for SshTransport {
         })
     }
 
+    fn run_streaming(
+        &mut self,
+        command: &str,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<(i32, Vec<u8>), SyncError> {
+        self.commands += 1;
+        let err = |e: ssh2::Error| SyncError::Channel(e.message().to_string());
+        let mut ch = self.session.channel_session().map_err(err)?;
+        let command = match &self.sudo {
+            Some(_) => format!("exec sudo -n -- sh -c {}", lab_agent::quote(command)),
+            None => command.to_string(),
+        };
+        ch.exec(&command).map_err(err)?;
+        let _ = ch.send_eof();
+        // (a follow may be silent for long: no I/O timeout while it runs)
+        self.session.set_timeout(0);
+        let mut buf = [0u8; 16 * 1024];
+        let read = loop {
+            match ch.read(&mut buf) {
+                Ok(0) => break Ok(()),
+                Ok(n) => out(&buf[..n]),
+                Err(e) => break Err(e),
+            }
+        };
+        self.session.set_timeout(self.io_timeout.as_millis() as u32);
+        read.map_err(|e| SyncError::Channel(e.to_string()))?;
+        let mut stderr = Vec::new();
+        let _ = ch.stderr().read_to_end(&mut stderr);
+        ch.wait_close().map_err(err)?;
+        Ok((ch.exit_status().map_err(err)?, stderr))
+    }
+
     fn commands(&self) -> u64 {
         self.commands
     }

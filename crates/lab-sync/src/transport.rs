@@ -50,6 +50,19 @@ pub trait Transport: Send {
     fn reconnect(&mut self) -> Result<(), SyncError> {
         Ok(())
     }
+
+    /// Run `command` (no stdin) and hand its stdout to `out` as it comes
+    /// (`lab logs -f`); stderr is returned with the exit status. The
+    /// default runs it to its end first.
+    fn run_streaming(
+        &mut self,
+        command: &str,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<(i32, Vec<u8>), SyncError> {
+        let o = self.run(command, &mut |_| Ok(()))?;
+        out(&o.stdout);
+        Ok((o.status, o.stderr))
+    }
 }
 
 /// Counts bytes on their way to a command's stdin, and swallows the error

@@ -6,6 +6,14 @@
 //! `/usr/share/containers/systemd`; any other file maps to a unit through a
 //! `[[units]]` rule of lab.toml.
 //!
+//! Quadlet files under `/etc/containers/systemd/users/` are the machine's
+//! pod user's (Quadlet generates them for every non-root user; the pod
+//! user's `.kube` says `ConditionUser=`): their units live in that user's
+//! systemd and are named `USER/UNIT` ([`lab_core::ScopedUnit`]); the same
+//! rules apply there, with that manager's own `daemon-reload`. A changed
+//! `/etc/nftables.d/*.nft` (the pods' firewall drop-in) reloads
+//! `nftables.service` (when it runs).
+//!
 //! - a unit file, drop-in or Quadlet file added, changed or removed:
 //!   `daemon-reload`, once;
 //! - a unit file removed: stop the unit (before the daemon-reload);
@@ -19,6 +27,7 @@
 //! then reloads, restarts and starts.
 
 use lab_agent::{UnitAction, UnitOp};
+use lab_core::ScopedUnit;
 use lab_manifest::Manifest;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -54,6 +63,11 @@ const UNIT_DIRS: &[&str] = &[
     "lib/systemd/system/",
 ];
 const QUADLET_DIRS: &[&str] = &["etc/containers/systemd/", "usr/share/containers/systemd/"];
+/// Quadlet files of every non-root user (lab's: the pod user's).
+const USER_QUADLET_DIR: &str = "etc/containers/systemd/users/";
+/// nftables drop-ins (`*.nft`): `nftables.service` reloads them.
+const NFTABLES_DIR: &str = "etc/nftables.d/";
+const NFTABLES_UNIT: &str = "nftables.service";
 const UNIT_TYPES: &[&str] = &[
     "service",
     "socket",
@@ -79,6 +93,10 @@ pub enum UnitFile {
     Wants(String),
     /// A Quadlet file and the unit systemd generates from it.
     Quadlet(String),
+    /// A Quadlet file of the pod user, and its unit in that user's systemd.
+    UserQuadlet(String),
+    /// A drop-in of a pod user's Quadlet file.
+    UserDropIn(String),
 }
 
 fn is_unit_name(name: &str) -> bool {
@@ -108,6 +126,18 @@ fn quadlet_unit(name: &str) -> Option<String> {
 
 /// Classify a machine path (relative, like `etc/systemd/system/x.service`).
 pub fn classify(path: &str) -> Option<UnitFile> {
+    if let Some(rest) = path.strip_prefix(USER_QUADLET_DIR) {
+        let parts: Vec<&str> = rest.split('/').collect();
+        return match parts.as_slice() {
+            [name] => quadlet_unit(name).map(UnitFile::UserQuadlet),
+            [dir, conf] if conf.ends_with(".conf") => dir
+                .strip_suffix(".d")
+                .and_then(quadlet_unit)
+                .map(UnitFile::UserDropIn),
+            // (users/UID/: one user's own Quadlet files; not lab's pods)
+            _ => None,
+        };
+    }
     for d in UNIT_DIRS {
         let Some(rest) = path.strip_prefix(d) else {
             continue;
@@ -145,6 +175,54 @@ pub fn classify(path: &str) -> Option<UnitFile> {
     None
 }
 
+/// The units lab manages on a machine with manifest `m`: unit and Quadlet
+/// files it writes (the pod user's as `USER/UNIT`), and the units of its
+/// `[[units]]` rules that cover a path of it.
+pub fn managed_units(m: &Manifest, rules: &[UnitRule], pod_user: &str) -> Vec<String> {
+    let mut out = BTreeSet::new();
+    for p in m.entries.keys() {
+        match classify(p) {
+            Some(UnitFile::Unit(u) | UnitFile::DropIn(u) | UnitFile::Quadlet(u))
+                if !u.contains("@.") =>
+            {
+                out.insert(u);
+            }
+            Some(UnitFile::UserQuadlet(u) | UnitFile::UserDropIn(u)) if !u.contains("@.") => {
+                out.insert(ScopedUnit::name(Some(pod_user), &u));
+            }
+            _ => {}
+        }
+        for r in rules.iter().filter(|r| r.matches(p)) {
+            out.insert(r.unit.clone());
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// For `DIR/NAME.yaml` in a Quadlet directory with a `DIR/NAME.kube` in
+/// either manifest: `NAME.kube`, and whether it is the pod user's.
+fn kube_of_yaml(path: &str, old: &Manifest, new: &Manifest) -> Option<(String, bool)> {
+    let stem = path
+        .strip_suffix(".yaml")
+        .or_else(|| path.strip_suffix(".yml"))?;
+    let (dir, name) = stem.rsplit_once('/')?;
+    let user = format!("{dir}/") == USER_QUADLET_DIR;
+    if !user && !QUADLET_DIRS.iter().any(|d| format!("{dir}/") == *d) {
+        return None;
+    }
+    let kube = format!("{stem}.kube");
+    (old.get(&kube).is_some() || new.get(&kube).is_some()).then(|| (format!("{name}.kube"), user))
+}
+
+/// A Quadlet file appeared: start; changed: restart; removed: stop.
+fn quadlet_op(before: bool, after: bool) -> UnitOp {
+    match (before, after) {
+        (_, false) => UnitOp::Stop,
+        (false, true) => UnitOp::Start,
+        _ => UnitOp::Restart,
+    }
+}
+
 fn rank(op: UnitOp) -> u8 {
     match op {
         UnitOp::Reload => 1,
@@ -156,14 +234,18 @@ fn rank(op: UnitOp) -> u8 {
     }
 }
 
-/// The unit actions for a change from `old` to `new` that touched `paths`.
+/// The unit actions for a change from `old` to `new` that touched `paths`;
+/// the units of `/etc/containers/systemd/users/` are `pod_user`'s.
 pub fn actions(
     old: &Manifest,
     new: &Manifest,
     paths: &BTreeSet<&str>,
     rules: &[UnitRule],
+    pod_user: &str,
 ) -> Vec<UnitAction> {
     let mut reload = false;
+    let mut user_reload = false;
+    let user_unit = |u: &str| ScopedUnit::name(Some(pod_user), u);
     let mut per_unit: BTreeMap<String, UnitOp> = BTreeMap::new();
     let mut ask = |unit: &str, op: UnitOp| {
         if is_template(unit) {
@@ -205,16 +287,35 @@ pub fn actions(
             }
             Some(UnitFile::Quadlet(u)) => {
                 reload = true;
+                ask(&u, quadlet_op(before.is_some(), after.is_some()));
+            }
+            Some(UnitFile::UserQuadlet(u)) => {
+                user_reload = true;
                 ask(
-                    &u,
-                    match (before, after) {
-                        (_, None) => UnitOp::Stop,
-                        (None, Some(_)) => UnitOp::Start,
-                        _ => UnitOp::Restart,
-                    },
+                    &user_unit(&u),
+                    quadlet_op(before.is_some(), after.is_some()),
                 );
             }
+            Some(UnitFile::UserDropIn(u)) => {
+                user_reload = true;
+                ask(&user_unit(&u), UnitOp::Restart);
+            }
             None => {}
+        }
+        // a pod's YAML (`Yaml=NAME.yaml` of `NAME.kube` beside it)
+        if let Some((kube, user)) = kube_of_yaml(p, old, new) {
+            let unit = quadlet_unit(&kube).expect("a .kube names a unit");
+            // (the generated unit is the same: no daemon-reload for this)
+            if user {
+                ask(&user_unit(&unit), UnitOp::Restart);
+            } else {
+                ask(&unit, UnitOp::Restart);
+            }
+        }
+        if p.strip_prefix(NFTABLES_DIR)
+            .is_some_and(|n| !n.contains('/') && n.ends_with(".nft"))
+        {
+            ask(NFTABLES_UNIT, UnitOp::Reload);
         }
         for r in rules.iter().filter(|r| r.matches(p)) {
             ask(
@@ -239,6 +340,12 @@ pub fn actions(
         out.push(UnitAction {
             op: UnitOp::DaemonReload,
             unit: String::new(),
+        });
+    }
+    if user_reload {
+        out.push(UnitAction {
+            op: UnitOp::DaemonReload,
+            unit: user_unit(""),
         });
     }
     for want in [
@@ -334,7 +441,7 @@ mod tests {
 
     fn plan(old: &Manifest, new: &Manifest, rules: &[UnitRule]) -> Vec<String> {
         let plan = lab_agent::ApplyPlan::new(old, new);
-        actions(old, new, &plan.touched(), rules)
+        actions(old, new, &plan.touched(), rules, "pods")
             .iter()
             .map(|a| format!("{} {}", a.op.as_str(), a.unit).trim().to_string())
             .collect()
@@ -399,6 +506,49 @@ mod tests {
         ]);
         assert_eq!(plan(&old, &new2, &[r1]), ["reload app.service"]);
         assert!(plan(&old, &old, &[]).is_empty());
+    }
+
+    #[test]
+    fn pod_user_quadlets_act_in_that_users_systemd() {
+        let old = manifest(&[
+            file("etc/containers/systemd/users/web.kube", "k"),
+            file("etc/containers/systemd/users/web.yaml", "y1"),
+            file("etc/containers/systemd/users/gone.kube", "g"),
+            file("etc/containers/systemd/db.container", "d"),
+            file("etc/nftables.d/lab-pods.nft", "a"),
+        ]);
+        let new = manifest(&[
+            file("etc/containers/systemd/users/web.kube", "k2"),
+            file("etc/containers/systemd/users/web.yaml", "y2"),
+            file("etc/containers/systemd/users/new.kube", "n"),
+            file("etc/containers/systemd/users/new.kube.d/x.conf", "x"),
+            file("etc/containers/systemd/db.container", "d"),
+            file("etc/nftables.d/lab-pods.nft", "b"),
+        ]);
+        // only the YAML of a pod changed: that pod restarts
+        let yaml_only = manifest(&[
+            file("etc/containers/systemd/users/web.kube", "k"),
+            file("etc/containers/systemd/users/web.yaml", "y2"),
+            file("etc/containers/systemd/users/gone.kube", "g"),
+            file("etc/containers/systemd/db.container", "d"),
+            file("etc/nftables.d/lab-pods.nft", "a"),
+        ]);
+        assert_eq!(plan(&old, &yaml_only, &[]), ["restart pods/web.service"]);
+        assert_eq!(
+            plan(&old, &new, &[]),
+            [
+                "stop pods/gone.service",
+                "daemon-reload pods/",
+                "reload nftables.service",
+                "restart pods/web.service",
+                "start pods/new.service",
+            ]
+        );
+        assert_eq!(
+            classify("etc/containers/systemd/users/1000/x.kube"),
+            None,
+            "a uid's own directory is not lab's pod user's"
+        );
     }
 
     #[test]

@@ -50,6 +50,10 @@ pub enum Error {
         want: usize,
     },
 
+    /// A running fleet named for reuse does not fit what was asked for.
+    #[error("fleet `{fleet}` cannot be reused: {reason}")]
+    Reuse { fleet: String, reason: String },
+
     /// The loopback sshd did not come up.
     #[error("sshd fixture did not start: {reason}\n--- sshd log ---\n{log}")]
     Sshd { reason: String, log: String },

@@ -9,6 +9,67 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// one (`LAB_TESTHOSTS_REUSE=th`). A reused fleet is never torn down by us.
 pub const REUSE_ENV: &str = "LAB_TESTHOSTS_REUSE";
 
+/// The same for podman fleets (`LAB_TESTHOSTS_REUSE_PODMAN=tp`); a fleet
+/// with memory caps is never reused.
+pub const REUSE_PODMAN_ENV: &str = "LAB_TESTHOSTS_REUSE_PODMAN";
+
+/// Which base root a fleet boots (`LAB_TESTHOSTS_FLAVOR` of the script).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Flavor {
+    /// Debian bookworm minbase with systemd and sshd.
+    #[default]
+    Bookworm,
+    /// Debian trixie with podman 5 (Quadlet), crun, passt, uidmap, nftables
+    /// and a pod user `pods` with linger and subuids; fixed for rootless
+    /// podman inside nspawn. `/bin/busybox` (static) is in the base, for
+    /// [`crate::OciImage`].
+    Podman,
+}
+
+impl Flavor {
+    fn as_str(self) -> &'static str {
+        match self {
+            Flavor::Bookworm => "bookworm",
+            Flavor::Podman => "podman",
+        }
+    }
+}
+
+/// How to boot a fleet: `TestHosts::builder().podman().memory_max(3,
+/// "512M").up(3)`.
+#[derive(Debug, Clone, Default)]
+pub struct FleetBuilder {
+    flavor: Flavor,
+    /// (1-based host index, systemd size like `512M`)
+    memory_max: Vec<(usize, String)>,
+}
+
+impl FleetBuilder {
+    /// Boot the podman flavor.
+    pub fn podman(mut self) -> Self {
+        self.flavor = Flavor::Podman;
+        self
+    }
+
+    /// Boot this flavor.
+    pub fn flavor(mut self, flavor: Flavor) -> Self {
+        self.flavor = flavor;
+        self
+    }
+
+    /// Cap host `index` (1-based) at `size` of memory (`512M`), like a
+    /// small VPS: the container and everything in it share that limit.
+    pub fn memory_max(mut self, index: usize, size: &str) -> Self {
+        self.memory_max.push((index, size.to_string()));
+        self
+    }
+
+    /// Boot `n` hosts (or reuse a running fleet, see [`REUSE_ENV`]).
+    pub fn up(self, n: usize) -> Result<TestHosts> {
+        TestHosts::boot(n, self)
+    }
+}
+
 /// A fleet of real hosts (systemd-nspawn containers with systemd and sshd),
 /// booted by `scripts/testhosts up N` under a fleet name unique to this
 /// call, and torn down (`scripts/testhosts down`) when dropped, also while
@@ -19,6 +80,8 @@ pub const REUSE_ENV: &str = "LAB_TESTHOSTS_REUSE";
 #[derive(Debug)]
 pub struct TestHosts {
     name: String,
+    flavor: Flavor,
+    memory_max: String,
     state_dir: PathBuf,
     identity: PathBuf,
     known_hosts: PathBuf,
@@ -40,15 +103,39 @@ impl TestHosts {
     /// `LAB_TESTHOSTS_REUSE` when that one is running with at least `n`
     /// reachable hosts (then only its first `n` hosts are handed out).
     pub fn up(n: usize) -> Result<TestHosts> {
+        Self::builder().up(n)
+    }
+
+    /// Boot `n` podman hosts (see [`Flavor::Podman`]).
+    pub fn up_podman(n: usize) -> Result<TestHosts> {
+        Self::builder().podman().up(n)
+    }
+
+    /// A fleet with options (flavor, memory caps).
+    pub fn builder() -> FleetBuilder {
+        FleetBuilder::default()
+    }
+
+    fn boot(n: usize, opts: FleetBuilder) -> Result<TestHosts> {
         if !crate::is_root() {
             return Err(Error::NotRoot {
                 what: "TestHosts::up",
                 euid: nix::unistd::geteuid().as_raw(),
             });
         }
-        if let Ok(reuse) = std::env::var(REUSE_ENV) {
+        let memory_max = opts
+            .memory_max
+            .iter()
+            .map(|(i, size)| format!("{i}={size}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let reuse_env = match opts.flavor {
+            Flavor::Bookworm => REUSE_ENV,
+            Flavor::Podman => REUSE_PODMAN_ENV,
+        };
+        if let Ok(reuse) = std::env::var(reuse_env) {
             if !reuse.is_empty() {
-                match Self::reuse(&reuse, n) {
+                match Self::reuse(&reuse, n, &opts) {
                     Ok(fleet) => return Ok(fleet),
                     Err(e) => {
                         eprintln!(
@@ -59,40 +146,67 @@ impl TestHosts {
             }
         }
         let name = unique_fleet_name();
-        // A stale fleet of that name (from a dead process whose PID got
-        // reused) must not be taken for ours: start from nothing.
-        script(&name, &["down"])?;
         let mut fleet = TestHosts {
             name: name.clone(),
-            state_dir: PathBuf::new(),
-            identity: PathBuf::new(),
-            known_hosts: PathBuf::new(),
-            hosts: Vec::new(),
-            owned: true,
-        };
-        // from here on, Drop tears down whatever got started
-        script(&name, &["up", &n.to_string()])?;
-        fleet.load_inventory(n)?;
-        Ok(fleet)
-    }
-
-    fn reuse(name: &str, n: usize) -> Result<TestHosts> {
-        // exit status 0 only when every host answers over ssh
-        script(name, &["status"])?;
-        let mut fleet = TestHosts {
-            name: name.to_string(),
+            flavor: opts.flavor,
+            memory_max,
             state_dir: PathBuf::new(),
             identity: PathBuf::new(),
             known_hosts: PathBuf::new(),
             hosts: Vec::new(),
             owned: false,
         };
+        // A stale fleet of that name (from a dead process whose PID got
+        // reused) must not be taken for ours: start from nothing.
+        fleet.script(&["down"])?;
+        // from here on, Drop tears down whatever got started
+        fleet.owned = true;
+        fleet.script(&["up", &n.to_string()])?;
         fleet.load_inventory(n)?;
         Ok(fleet)
     }
 
+    fn reuse(name: &str, n: usize, opts: &FleetBuilder) -> Result<TestHosts> {
+        let mut fleet = TestHosts {
+            name: name.to_string(),
+            flavor: opts.flavor,
+            memory_max: String::new(),
+            state_dir: PathBuf::new(),
+            identity: PathBuf::new(),
+            known_hosts: PathBuf::new(),
+            hosts: Vec::new(),
+            owned: false,
+        };
+        // exit status 0 only when every host answers over ssh
+        fleet.script(&["status"])?;
+        fleet.load_inventory(n)?;
+        for (i, host) in fleet.hosts.iter().enumerate() {
+            let want = opts
+                .memory_max
+                .iter()
+                .find(|(index, _)| *index == i + 1)
+                .map(|(_, size)| size_bytes(size));
+            if host.memory_max != want || host.pod_user.is_some() != (opts.flavor == Flavor::Podman)
+            {
+                return Err(Error::Reuse {
+                    fleet: name.to_string(),
+                    reason: format!(
+                        "host {} is not of the flavor or memory cap asked for",
+                        host.name
+                    ),
+                });
+            }
+        }
+        Ok(fleet)
+    }
+
+    /// Run `scripts/testhosts ARGS` for this fleet; stdout on success.
+    fn script(&self, args: &[&str]) -> Result<String> {
+        script(&self.name, self.flavor, &self.memory_max, args)
+    }
+
     fn load_inventory(&mut self, n: usize) -> Result<()> {
-        let json = script(&self.name, &["inventory"])?;
+        let json = self.script(&["inventory"])?;
         let inv: Inventory = serde_json::from_str(&json).map_err(|source| Error::Inventory {
             fleet: self.name.clone(),
             source,
@@ -115,6 +229,11 @@ impl TestHosts {
     /// The hosts, in order `<name>1`, `<name>2`, ...
     pub fn hosts(&self) -> &[Host] {
         &self.hosts
+    }
+
+    /// The base this fleet booted.
+    pub fn flavor(&self) -> Flavor {
+        self.flavor
     }
 
     /// The fleet name (prefix of host names, netns and veth names).
@@ -148,7 +267,7 @@ impl TestHosts {
     pub fn down(mut self) -> Result<()> {
         let owned = std::mem::replace(&mut self.owned, false);
         if owned {
-            script(&self.name, &["down"])?;
+            self.script(&["down"])?;
         }
         Ok(())
     }
@@ -162,13 +281,28 @@ impl TestHosts {
 impl Drop for TestHosts {
     fn drop(&mut self) {
         if self.owned {
-            if let Err(e) = script(&self.name, &["down"]) {
+            if let Err(e) = self.script(&["down"]) {
                 eprintln!(
                     "lab-testhosts: tearing down fleet `{}` failed: {e}",
                     self.name
                 );
             }
         }
+    }
+}
+
+/// `512M` -> bytes, as the script reads a size.
+fn size_bytes(size: &str) -> u64 {
+    let (digits, unit) = match size.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&size[..i], c),
+        _ => (size, 'B'),
+    };
+    let n: u64 = digits.parse().unwrap_or(0);
+    match unit {
+        'K' => n << 10,
+        'M' => n << 20,
+        'G' => n << 30,
+        _ => n,
     }
 }
 
@@ -205,16 +339,19 @@ fn unique_fleet_name() -> String {
 }
 
 /// Run `scripts/testhosts ARGS` for fleet `name`; stdout on success.
-fn script(name: &str, args: &[&str]) -> Result<String> {
+fn script(name: &str, flavor: Flavor, memory_max: &str, args: &[&str]) -> Result<String> {
     let path = TestHosts::script_path();
     let command = format!(
-        "LAB_TESTHOSTS_NAME={name} {} {}",
+        "LAB_TESTHOSTS_NAME={name} LAB_TESTHOSTS_FLAVOR={} LAB_TESTHOSTS_MEMORY_MAX={memory_max} {} {}",
+        flavor.as_str(),
         path.display(),
         args.join(" ")
     );
     let out = Command::new(&path)
         .args(args)
         .env("LAB_TESTHOSTS_NAME", name)
+        .env("LAB_TESTHOSTS_FLAVOR", flavor.as_str())
+        .env("LAB_TESTHOSTS_MEMORY_MAX", memory_max)
         .stdin(Stdio::null())
         .output()
         .map_err(|source| Error::Spawn {

@@ -45,6 +45,12 @@ pub struct Host {
     /// Console log of the container (fleet only).
     #[serde(default)]
     pub log: Option<PathBuf>,
+    /// The pod user (podman fleets only): `pods`, lingering, with subuids.
+    #[serde(default)]
+    pub pod_user: Option<String>,
+    /// The memory cap of this host in bytes, when one was asked for.
+    #[serde(default)]
+    pub memory_max: Option<u64>,
 }
 
 impl Host {
@@ -101,6 +107,24 @@ impl Host {
             command: format!("ssh {} {cmd}", self.destination()),
             source,
         })
+    }
+
+    /// `podman ARGS` as the host's pod user (podman fleets), with the
+    /// environment rootless podman needs; stdout on success.
+    pub fn podman(&self, args: &str) -> Result<String> {
+        let user = self.pod_user.as_deref().unwrap_or("pods");
+        self.run(&format!(
+            "cd / && uid=$(id -u {user}) && runuser -u {user} -- env -i PATH=/usr/bin:/bin \
+             HOME=/home/{user} XDG_RUNTIME_DIR=/run/user/$uid podman {args}"
+        ))
+    }
+
+    /// `systemctl --user ARGS` in the pod user's systemd; stdout, whatever
+    /// the exit status (`is-active` of a stopped unit exits 3).
+    pub fn user_systemctl(&self, args: &str) -> Result<String> {
+        let user = self.pod_user.as_deref().unwrap_or("pods");
+        let out = self.ssh(&format!("systemctl --user -M {user}@ {args}"))?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Like [`Host::ssh`] but a non-zero exit is an [`Error::Command`];

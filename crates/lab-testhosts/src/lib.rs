@@ -28,11 +28,13 @@
 mod error;
 mod fleet;
 mod host;
+mod oci;
 mod sshd;
 
 pub use error::{Error, Result};
-pub use fleet::TestHosts;
+pub use fleet::{Flavor, FleetBuilder, TestHosts, REUSE_ENV, REUSE_PODMAN_ENV};
 pub use host::Host;
+pub use oci::OciImage;
 pub use sshd::SshdFixture;
 
 /// Whether the current process runs as root (euid 0).

@@ -102,6 +102,8 @@ impl SshdFixture {
                         host_address: None,
                         root: None,
                         log: Some(log_path),
+                        pod_user: None,
+                        memory_max: None,
                     };
                     return Ok(SshdFixture {
                         dir,

@@ -1,0 +1,578 @@
+//! Pods on the node, for real: rootless podman Quadlet `.kube` pods of the
+//! pod user in podman test hosts (Debian trixie, podman 5; see
+//! docs/testhosts.md), driven by `lab sync`, `lab rollback`, `lab ps` and
+//! `lab logs`. Images are local OCI archives (`images/NAME.tar`) that lab
+//! ships over its own connection. Needs root.
+//!
+//! One fleet per test binary (booted by the first test that needs it,
+//! torn down at exit); each test has a host of its own, so they run in
+//! parallel without sharing a machine's generations.
+
+use assert_cmd::Command;
+use lab_testhosts::{Host, OciImage, TestHosts};
+use lab_testkit::TestLab;
+use std::io::{Read, Write};
+use std::process::Command as Process;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Hosts: 1 lifecycle, 2 restart policies, 3 ps/logs, 4 pod user errors,
+/// 5 a 512 MB node, 6 a rootful pod.
+const HOSTS: usize = 6;
+const SMALL_NODE: usize = 5;
+
+static FLEET: OnceLock<Mutex<Option<TestHosts>>> = OnceLock::new();
+
+extern "C" fn teardown() {
+    if let Some(m) = FLEET.get() {
+        if let Ok(mut f) = m.lock() {
+            drop(f.take());
+        }
+    }
+}
+
+/// Host `i` (1-based) of the shared fleet.
+fn host(i: usize) -> Host {
+    assert!(
+        lab_testhosts::is_root(),
+        "pods_node needs root (overlay mounts, network namespaces, systemd-nspawn)"
+    );
+    let m = FLEET.get_or_init(|| {
+        let fleet = TestHosts::builder()
+            .podman()
+            .memory_max(SMALL_NODE, "512M")
+            .up(HOSTS)
+            .expect("boot podman test hosts");
+        // SAFETY: registers a plain extern "C" fn with no captured state.
+        unsafe { libc::atexit(teardown) };
+        Mutex::new(Some(fleet))
+    });
+    m.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .unwrap()
+        .hosts()[i - 1]
+        .clone()
+}
+
+fn lab_cmd(lab: &TestLab) -> Command {
+    let mut c = Command::cargo_bin("lab").unwrap();
+    c.current_dir(lab.path()).env("NO_COLOR", "1");
+    c
+}
+
+/// `lab ARGS`: (exit code, stdout, stderr).
+fn lab(lab: &TestLab, args: &[&str]) -> (i32, String, String) {
+    let out = lab_cmd(lab).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn sync_ok(t: &TestLab) -> String {
+    let (code, out, err) = lab(t, &["sync", "-m", "h1"]);
+    assert_eq!(code, 0, "lab sync failed:\n{out}\n{err}");
+    out
+}
+
+/// A project with one machine `h1` on `h`.
+fn project(h: &Host, extra: &str) -> TestLab {
+    let t = TestLab::new();
+    t.file(
+        "lab.toml",
+        &format!(
+            "[settings]\nknown_hosts = \"{}\"\n\n[machines.h1]\nhost = \"{}\"\nidentity = \"{}\"\n{extra}",
+            h.known_hosts.display(),
+            h.address,
+            h.identity.display()
+        ),
+    );
+    t
+}
+
+/// `images/NAME.tar`: busybox (from the host's root) with a web root whose
+/// index says `body`; its command serves it on `port`. Returns the ID.
+fn web_image(t: &TestLab, h: &Host, name: &str, body: &str) -> String {
+    std::fs::create_dir_all(t.join("images")).unwrap();
+    // (lab names it after its file: `localhost/NAME:latest`)
+    OciImage::new(&format!("localhost/{name}:built"))
+        .busybox(h.root.as_ref().unwrap().join("bin/busybox"))
+        .file("/www/index.html", body.as_bytes(), 0o644)
+        .write(&t.join(&format!("images/{name}.tar")))
+        .unwrap()
+}
+
+const USERS: &str = "machines/h1/etc/containers/systemd/users";
+
+/// A pod NAME of the pod user: an HTTP server on `port` (hostPort too) and
+/// a sidecar, both handling SIGTERM (so a restart takes no 10 s).
+fn web_pod(t: &TestLab, name: &str, image: &str, port: u16, version: &str) {
+    t.file(
+        &format!("{USERS}/{name}.kube"),
+        &format!("[Unit]\nConditionUser=pods\n\n[Kube]\nYaml={name}.yaml\n\n[Install]\nWantedBy=default.target\n"),
+    );
+    t.file(
+        &format!("{USERS}/{name}.yaml"),
+        &format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+  labels:
+    version: \"{version}\"
+spec:
+  restartPolicy: Always
+  containers:
+  - name: httpd
+    image: localhost/{image}:latest
+    command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; httpd -f -p {port} -h /www & wait\"]
+    ports:
+    - containerPort: {port}
+      hostPort: {port}
+  - name: sidecar
+    image: localhost/{image}:latest
+    command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; echo sidecar {version} up; while :; do sleep 1; done & wait\"]
+"
+        ),
+    );
+}
+
+fn http_get(addr: &str) -> std::io::Result<String> {
+    let mut s =
+        std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    Ok(body)
+}
+
+/// The pod answers (a started Quadlet unit of Type=notify is up when
+/// `systemctl start` returns; a few tries cover pasta's port forwarder).
+fn answers(h: &Host, port: u16) -> String {
+    let addr = format!("{}:{port}", h.address);
+    let t0 = Instant::now();
+    loop {
+        match http_get(&addr) {
+            Ok(body) if body.contains("200 OK") => return body,
+            r if t0.elapsed() > Duration::from_secs(20) => panic!("{addr} does not answer: {r:?}"),
+            _ => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn user_active(h: &Host, unit: &str) -> String {
+    h.user_systemctl(&format!("is-active {unit}"))
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// PIDs of the pod's containers' main processes (as the pod user sees
+/// them), sorted.
+fn pod_pids(h: &Host, pod: &str) -> String {
+    h.podman(&format!(
+        "ps --filter pod={pod} --format '{{{{.Names}}}} {{{{.Pid}}}}' --sort names"
+    ))
+    .unwrap()
+}
+
+#[test]
+fn a_pod_serves_restarts_alone_stops_and_comes_back_on_rollback() {
+    let h = host(1);
+    let t = project(&h, "");
+    let id = web_image(&t, &h, "web", "hello from web\n");
+    web_image(&t, &h, "other", "hello from other\n");
+    web_pod(&t, "web", "web", 8080, "1");
+    web_pod(&t, "other", "other", 8081, "1");
+
+    let out = sync_ok(&t);
+    assert!(out.contains("pods/web.service"), "{out}");
+    assert!(answers(&h, 8080).contains("hello from web"));
+    assert!(answers(&h, 8081).contains("hello from other"));
+    // the image went into the pod user's storage, under its own ID
+    let images = h.podman("images -q --no-trunc").unwrap();
+    assert!(images.contains(&id), "{images}");
+    // a second sync ships nothing again and changes nothing
+    let again = sync_ok(&t);
+    assert!(!again.contains("loaded image"), "{again}");
+
+    // the YAML of web changes: web restarts, other keeps its processes
+    let web_before = pod_pids(&h, "web");
+    let other_before = pod_pids(&h, "other");
+    web_pod(&t, "web", "web", 8080, "2");
+    let out = sync_ok(&t);
+    assert!(out.contains("pods/web.service"), "{out}");
+    assert!(!out.contains("pods/other.service"), "{out}");
+    answers(&h, 8080);
+    assert_ne!(pod_pids(&h, "web"), web_before);
+    assert_eq!(pod_pids(&h, "other"), other_before);
+    let labels = h.podman("pod inspect web --format '{{.Labels}}'").unwrap();
+    assert!(labels.contains("version:2"), "{labels}");
+    // the old containers are gone: one pod web, its infra and two containers
+    let names = h
+        .podman("ps -a --filter pod=web --format '{{.Names}}'")
+        .unwrap();
+    assert_eq!(names.lines().count(), 3, "{names}");
+
+    // a new image of web (same name, same YAML): web restarts on it, other
+    // keeps its processes
+    let web_before = pod_pids(&h, "web");
+    let id2 = web_image(&t, &h, "web", "hello from web, image 2\n");
+    assert_ne!(id2, id);
+    let out = sync_ok(&t);
+    assert!(out.contains("localhost/web:latest"), "{out}");
+    assert!(answers(&h, 8080).contains("image 2"));
+    assert_ne!(pod_pids(&h, "web"), web_before);
+    assert_eq!(pod_pids(&h, "other"), other_before);
+
+    // removed: stopped, its unit gone, the other pod untouched
+    t.remove(&format!("{USERS}/web.kube"));
+    t.remove(&format!("{USERS}/web.yaml"));
+    sync_ok(&t);
+    assert_eq!(user_active(&h, "web.service"), "inactive");
+    assert!(http_get(&format!("{}:8080", h.address)).is_err());
+    assert!(!h
+        .user_systemctl("list-unit-files web.service")
+        .unwrap()
+        .contains("web.service"));
+    assert!(h.podman("pod exists web").is_err());
+    assert_eq!(pod_pids(&h, "other"), other_before);
+
+    // rollback: web is back, serving its second version
+    let (code, out, err) = lab(&t, &["rollback", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(answers(&h, 8080).contains("hello from web"));
+    assert_eq!(user_active(&h, "web.service"), "active");
+    let labels = h.podman("pod inspect web --format '{{.Labels}}'").unwrap();
+    assert!(labels.contains("version:2"), "{labels}");
+}
+
+/// A pod of one container that exits at once, with `policy`.
+fn exiting_pod(t: &TestLab, name: &str, policy: &str) {
+    t.file(
+        &format!("{USERS}/{name}.kube"),
+        &format!("[Unit]\nConditionUser=pods\n\n[Kube]\nYaml={name}.yaml\n"),
+    );
+    t.file(
+        &format!("{USERS}/{name}.yaml"),
+        &format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  restartPolicy: {policy}
+  containers:
+  - name: job
+    image: web
+    command: [\"/bin/sh\", \"-c\", \"echo {name} ran; sleep 1; exit 3\"]
+"
+        ),
+    );
+}
+
+fn restarts(h: &Host, container: &str) -> u64 {
+    h.podman(&format!(
+        "inspect --format '{{{{.RestartCount}}}}' {container}"
+    ))
+    .unwrap()
+    .trim()
+    .parse()
+    .unwrap()
+}
+
+#[test]
+fn restart_policy_always_restarts_a_container_and_never_does_not() {
+    let h = host(2);
+    let t = project(&h, "");
+    web_image(&t, &h, "web", "x\n");
+    exiting_pod(&t, "always", "Always");
+    exiting_pod(&t, "never", "Never");
+    sync_ok(&t);
+    // (no timing decides: wait for the event, with a generous bound)
+    let t0 = Instant::now();
+    while restarts(&h, "always-job") < 2 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "restartPolicy Always: the container was not restarted"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // `never`: its container ran once; the pod's unit ended with it (and
+    // `podman kube down` removed the pod), nothing started it again
+    let t0 = Instant::now();
+    while user_active(&h, "never.service") == "active" {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "never.service still active"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let uid = h.run("id -u pods").unwrap();
+    let runs = h
+        .run(&format!(
+            "journalctl --no-pager -o cat _UID={} CONTAINER_NAME=never-job | grep -c 'never ran' || true",
+            uid.trim()
+        ))
+        .unwrap();
+    assert_eq!(runs.trim(), "1", "never-job ran once");
+    assert!(restarts(&h, "always-job") >= 2);
+}
+
+#[test]
+fn ps_shows_pods_and_a_failed_one_with_its_journal_and_logs_reads_it() {
+    let h = host(3);
+    let t = project(&h, "");
+    web_image(&t, &h, "web", "ps\n");
+    web_pod(&t, "web", "web", 8080, "1");
+    // a pod whose image is nowhere: its unit fails
+    t.file(
+        &format!("{USERS}/broken.kube"),
+        "[Unit]\nConditionUser=pods\n\n[Kube]\nYaml=broken.yaml\n",
+    );
+    t.file(
+        &format!("{USERS}/broken.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: broken\nspec:\n  containers:\n  - name: app\n    image: localhost/missing:1\n",
+    );
+    let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
+    assert_eq!(code, 1, "the broken pod fails the sync:\n{out}\n{err}");
+    assert!(out.contains("pods/broken.service"), "{out}");
+    answers(&h, 8080);
+
+    let (code, out, err) = lab(&t, &["ps", "-m", "h1"]);
+    assert_eq!(code, 1, "a failed pod: exit 1\n{out}\n{err}");
+    let web = out
+        .lines()
+        .find(|l| l.contains(" web "))
+        .unwrap_or_else(|| panic!("no web line: {out}"));
+    assert!(web.contains("running"), "{out}");
+    assert!(web.contains("8080"), "{out}");
+    let broken = out
+        .lines()
+        .find(|l| l.contains(" broken "))
+        .unwrap_or_else(|| panic!("no broken line: {out}"));
+    assert!(broken.contains("failed"), "{out}");
+    assert!(out.contains("| "), "journal tail of the failed pod: {out}");
+    assert!(out.contains("missing"), "the tail says why: {out}");
+
+    // `lab status` names the pod user's failed unit too
+    let (code, out, err) = lab(&t, &["status", "-m", "h1"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("failed pods/broken.service"), "{out}");
+
+    let (_, json, _) = lab(&t, &["ps", "-m", "h1", "--json"]);
+    let v: serde_json::Value =
+        serde_json::from_str(json.trim()).unwrap_or_else(|e| panic!("{e}: {json}"));
+    let pods = v["machines"]["h1"]["pods"].as_array().unwrap();
+    let web = pods.iter().find(|p| p["name"] == "web").unwrap();
+    assert_eq!(web["state"], "running");
+    assert_eq!(web["containers"].as_array().unwrap().len(), 2);
+    assert!(web["memory_bytes"].as_u64().unwrap() > 0, "{web}");
+    assert_eq!(web["ports"][0], "8080");
+    let broken = pods.iter().find(|p| p["name"] == "broken").unwrap();
+    assert_eq!(broken["state"], "failed");
+    assert!(!broken["journal"].as_array().unwrap().is_empty());
+
+    // logs of a pod (its unit and containers), and of one container
+    let (code, out, err) = lab(&t, &["logs", "-m", "h1", "web", "-n", "50"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("sidecar 1 up"), "{out}");
+    let (code, out, _) = lab(&t, &["logs", "-m", "h1", "web-sidecar"]);
+    assert_eq!(code, 0);
+    assert!(out.contains("sidecar 1 up"), "{out}");
+    // -f: a line the pod writes later shows up while lab follows
+    let mut child = Process::new(assert_cmd::cargo::cargo_bin("lab"))
+        .current_dir(t.path())
+        .args(["logs", "-m", "h1", "web", "-f", "-n", "1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // (the first line says lab is following)
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("lab logs -f printed nothing");
+    h.podman("exec web-sidecar sh -c 'echo followed-line > /proc/1/fd/1'")
+        .unwrap();
+    let seen = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(l) if l.contains("followed-line") => break true,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(seen, "lab logs -f did not show the new line");
+
+    let (code, out, err) = lab(&t, &["logs", "-m", "h1", "nothing-here"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains("nothing-here"), "{err}");
+}
+
+#[test]
+fn a_missing_or_non_lingering_pod_user_fails_clearly() {
+    let h = host(4);
+    let t = project(&h, "pod_user = \"nobody-here\"\n");
+    web_image(&t, &h, "web", "x\n");
+    web_pod(&t, "web", "web", 8080, "1");
+    let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(
+        format!("{out}{err}").contains("nobody-here"),
+        "names the user: {out}\n{err}"
+    );
+
+    h.run("useradd --create-home lazy").unwrap();
+    let t = project(&h, "pod_user = \"lazy\"\n");
+    web_image(&t, &h, "web", "x\n");
+    web_pod(&t, "lazyweb", "web", 8080, "1");
+    let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(out.contains("lazy/lazyweb.service"), "{out}");
+    assert!(out.contains("does not linger"), "{out}");
+    assert!(out.contains("loginctl enable-linger lazy"), "{out}");
+}
+
+#[test]
+fn three_pods_on_a_512_mb_node_stay_under_its_limit() {
+    let h = host(SMALL_NODE);
+    assert_eq!(h.memory_max, Some(512 << 20));
+    let t = project(&h, "");
+    web_image(&t, &h, "web", "small\n");
+    // (no all-hex names like `a`: `podman kube play --replace` looks a pod
+    // up by name or ID prefix, and pod `c` would replace pod `c0fb...`)
+    for (i, name) in ["small1", "small2", "small3"].iter().enumerate() {
+        web_pod(&t, name, "web", 8090 + i as u16, "1");
+    }
+    sync_ok(&t);
+    for i in 0..3 {
+        answers(&h, 8090 + i);
+    }
+    // the node's own cgroup, seen from outside: its limit is 512 MiB and it
+    // never ran into it (no allocation failed at the limit, no OOM kill),
+    // with three pods and all of the node's own processes
+    let m = node_memory(&h);
+    assert_eq!(m.limit, 512 << 20);
+    assert_eq!(m.hit_limit, 0, "the node ran into its limit: {m:?}");
+    assert!(m.peak < m.limit, "{m:?}");
+    eprintln!("512 MiB node with three pods: {m:?}");
+}
+
+#[derive(Debug)]
+#[allow(dead_code)]
+struct NodeMemory {
+    used: u64,
+    peak: u64,
+    limit: u64,
+    /// times an allocation met the limit (v1 `memory.failcnt`) or OOM
+    /// kills (v2 `memory.events` `oom_kill`)
+    hit_limit: u64,
+}
+
+/// The memory of a capped host's cgroup, seen from outside.
+fn node_memory(h: &Host) -> NodeMemory {
+    let state = h.root.as_ref().unwrap().parent().unwrap();
+    // the host's own cgroups, or (when nspawn runs in a systemd scope,
+    // capped by MemoryMax=) its scope's
+    let mut cgroups = std::fs::read_to_string(state.join("cgroups")).unwrap_or_default();
+    for base in [
+        "/sys/fs/cgroup",
+        "/sys/fs/cgroup/memory",
+        "/sys/fs/cgroup/unified",
+    ] {
+        cgroups.push_str(&format!(
+            "\n{base}/system.slice/lab-testhosts-{}.scope",
+            h.name
+        ));
+    }
+    for d in cgroups.lines().filter(|l| !l.is_empty()) {
+        let d = std::path::Path::new(d);
+        let read = |f: &str| {
+            std::fs::read_to_string(d.join(f))
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+        };
+        if let (Some(used), Some(limit)) =
+            (read("memory.usage_in_bytes"), read("memory.limit_in_bytes"))
+        {
+            return NodeMemory {
+                used,
+                peak: read("memory.max_usage_in_bytes").unwrap_or(used),
+                limit,
+                hit_limit: read("memory.failcnt").unwrap_or(0),
+            };
+        }
+        if let (Some(used), Some(limit)) = (read("memory.current"), read("memory.max")) {
+            let events = std::fs::read_to_string(d.join("memory.events")).unwrap_or_default();
+            let oom = events
+                .lines()
+                .find_map(|l| l.strip_prefix("oom_kill "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            return NodeMemory {
+                used,
+                peak: read("memory.peak").unwrap_or(used),
+                limit,
+                hit_limit: oom,
+            };
+        }
+    }
+    panic!("no memory cgroup of {} in {cgroups}", h.name)
+}
+
+#[test]
+fn a_rootful_pod_runs_in_the_system_manager_from_roots_storage() {
+    let h = host(6);
+    let t = project(&h, "");
+    let id = web_image(&t, &h, "web", "rootful\n");
+    web_pod(&t, "web", "web", 8080, "1");
+    // the same files, one directory up: root's Quadlet directory
+    for f in ["web.kube", "web.yaml"] {
+        let text = t.read(&format!("{USERS}/{f}"));
+        t.remove(&format!("{USERS}/{f}"));
+        t.file(
+            &format!("machines/h1/etc/containers/systemd/{f}"),
+            &text.replace("[Unit]\nConditionUser=pods\n", "[Unit]\n"),
+        );
+    }
+    let out = sync_ok(&t);
+    assert!(out.contains("start web.service"), "{out}");
+    assert!(!out.contains("pods/"), "{out}");
+    assert!(answers(&h, 8080).contains("rootful"));
+    assert_eq!(
+        h.run("systemctl is-active web.service").unwrap().trim(),
+        "active"
+    );
+    assert!(h.run("podman images -q --no-trunc").unwrap().contains(&id));
+    let before = h
+        .run("podman ps --filter pod=web --format '{{.Pid}}'")
+        .unwrap();
+    web_pod(&t, "web", "web", 8080, "2");
+    let yaml = t.read(&format!("{USERS}/web.yaml"));
+    t.remove(&format!("{USERS}/web.yaml"));
+    t.remove(&format!("{USERS}/web.kube"));
+    t.file("machines/h1/etc/containers/systemd/web.yaml", &yaml);
+    let out = sync_ok(&t);
+    assert!(out.contains("restart web.service"), "{out}");
+    answers(&h, 8080);
+    assert_ne!(
+        h.run("podman ps --filter pod=web --format '{{.Pid}}'")
+            .unwrap(),
+        before
+    );
+}
