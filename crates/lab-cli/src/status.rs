@@ -94,15 +94,8 @@ impl State {
             "applied_at": self.probe.applied_at,
             "interrupted": self.probe.interrupted,
             "changes": self.changes.iter().map(|p| format!("/{p}")).collect::<Vec<_>>(),
-            "drift": self.drift.iter().map(|d| json!({
-                "path": format!("/{}", d.path),
-                "kind": d.kind.as_str(),
-                "now": d.seen.kind_name(),
-            })).collect::<Vec<_>>(),
-            "pending": self.probe.check.pending.iter().map(|a| json!({
-                "action": a.op.as_str(),
-                "unit": a.unit,
-            })).collect::<Vec<_>>(),
+            "drift": crate::json::drift(&self.drift),
+            "pending": crate::json::pending(&self.probe.check.pending),
             "failed_units": self.failed_units,
             "error": null,
         })

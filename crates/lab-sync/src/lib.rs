@@ -22,7 +22,7 @@ pub use error::SyncError;
 pub use machine::{Change, MachineSync, Outcome, Probe, SyncOptions, SyncReport, Target};
 pub use ssh::{HostKeyPolicy, Login, SshSpec, SshTarget, SshTransport};
 pub use ssh2_config;
-pub use transport::{LocalTransport, Output, Transport};
+pub use transport::{Input, LocalTransport, Output, Transport};
 pub use units::{RuleAction, UnitRule};
 
 use std::path::{Path, PathBuf};

@@ -366,8 +366,8 @@ impl MachineSync<'_> {
                     if attempts >= 5 {
                         return Err(SyncError::Contended(attempts));
                     }
-                    (gen, base, check) = (Some(g), b, Check::parse(&out.stdout_text()));
                     notes.extend(r.notes.iter().cloned());
+                    (gen, base, known, check) = self.after_stale(g, b, Some(digest), &out)?;
                     continue;
                 }
                 if out.status != 0 || !r.finished {
@@ -438,13 +438,12 @@ impl MachineSync<'_> {
                             output: out.stdout_text(),
                         });
                     };
-                    gen = Some(g);
-                    base = b;
-                    check = Check::parse(&out.stdout_text());
                     notes.extend(report.notes.iter().cloned());
                     if attempts >= 5 {
                         return Err(SyncError::Contended(attempts));
                     }
+                    let sent = base;
+                    (gen, base, known, check) = self.after_stale(g, b, sent, &out)?;
                     continue;
                 }
                 Some(ExecutorExit::Failed) => {
@@ -493,23 +492,49 @@ impl MachineSync<'_> {
         }
     }
 
+    /// Where the machine is after it refused a run as stale (`g`, `b`):
+    /// when it was on the base the run named (`sent`), its answer holds
+    /// what its check found (drift, pending actions: the run expected
+    /// others); when it was elsewhere (another sync, a rollback, a run
+    /// of lab killed before it could remember), it answered before its
+    /// check, so ask for one.
+    #[allow(clippy::type_complexity)]
+    fn after_stale(
+        &mut self,
+        g: u64,
+        b: Option<Digest>,
+        sent: Option<Digest>,
+        out: &Output,
+    ) -> Result<(Option<u64>, Option<Digest>, Option<Manifest>, Check), SyncError> {
+        if b == sent {
+            return Ok((Some(g), b, None, Check::parse(&out.stdout_text())));
+        }
+        let p = self.check_now(&[])?;
+        Ok((Some(p.gen), p.digest, p.manifest, p.check))
+    }
+
     /// Put the machine back on generation `to` (default: the one before the
-    /// current), and run the unit actions that change implies. `current` is
-    /// what the caller already knows of the machine.
+    /// current), and run the unit actions that change implies, and those
+    /// the generation it leaves still had pending (a killed run's): the
+    /// rollback's journal replaces that generation's, so they run now or
+    /// would be lost. `current` is what the caller already knows of the
+    /// machine (a sync that has just run its actions: none are pending).
     pub fn rollback_to(
         &mut self,
         to: Option<u64>,
         current: Option<(u64, Digest, &Manifest)>,
     ) -> Result<Report, SyncError> {
-        let (gen, digest, cur_manifest) = match current {
-            Some((g, d, m)) => (g, Some(d), m.clone()),
+        let (gen, cur_manifest, pending) = match current {
+            Some((g, _, m)) => (g, m.clone(), Vec::new()),
             None => {
-                let (g, d) = self.probe()?;
-                let m = self.fetch_manifest(g, d.as_ref())?;
-                (g, d, m)
+                let p = self.check(&[])?;
+                let m = match p.manifest {
+                    Some(m) => m,
+                    None => self.fetch_manifest(p.gen, p.digest.as_ref())?,
+                };
+                (p.gen, m, p.check.pending)
             }
         };
-        let _ = digest;
         let to = match to {
             Some(t) => t,
             None if gen > 0 => gen - 1,
@@ -530,8 +555,8 @@ impl MachineSync<'_> {
             self.fetch_manifest(to, None)?
         };
         let plan = ApplyPlan::new(&cur_manifest, &target);
-        let actions: Vec<UnitAction> =
-            units::actions(&cur_manifest, &target, &plan.touched(), &self.target.rules);
+        let fresh = units::actions(&cur_manifest, &target, &plan.touched(), &self.target.rules);
+        let actions: Vec<UnitAction> = crate::converge::merge_actions(&pending, &fresh);
         let program = lab_agent::rollback_program(
             to,
             &actions,
