@@ -183,9 +183,14 @@ fn one(
     t: &mut dyn lab_sync::Transport,
 ) -> Result<State, lab_sync::SyncError> {
     let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
-    let built = std::fs::read_to_string(&target.manifest_path)
+    let (built, digest) = std::fs::read_to_string(&target.manifest_path)
         .ok()
-        .and_then(|t| Manifest::parse(&t).ok())
+        .and_then(|t| {
+            Some((
+                Manifest::parse(&t).ok()?,
+                lab_core::Digest::of(t.as_bytes()),
+            ))
+        })
         .ok_or_else(|| lab_sync::SyncError::Build {
             machine: m.name.clone(),
             message: format!("{}: no build", target.manifest_path.display()),
@@ -199,7 +204,7 @@ fn one(
         target: &target,
         transport: t,
     }
-    .check(&units)?;
+    .check_against(&units, &digest)?;
     let (changes, drift) = match &probe.manifest {
         Some(applied) => {
             let plan = ApplyPlan::new(applied, &built);
@@ -208,7 +213,8 @@ fn one(
                 probe.check.drift(applied),
             )
         }
-        // (an interrupted run: the next sync recovers, then looks again)
+        // (an interrupted run: the next sync recovers, then looks again;
+        // or the machine is on this build and nothing drifted)
         None => (Vec::new(), Vec::new()),
     };
     let failed_units = probe
@@ -237,21 +243,50 @@ pub fn status(engine: &Engine, style: Style, args: &StatusArgs) -> Result<(), Fa
     })?;
     let project = &engine.project;
     // connect (facts gathered over the connection when none are cached:
-    // the build needs them), then build, then one check per machine
-    let connected = lab_deploy::parallel(machines.clone(), args.jobs, |m| {
-        crate::verbose::connecting(m);
-        let r = lab_deploy::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
-            |mut t| {
-                let cached = lab_engine::lab_facts::load(engine.lab_dir(), &m.name)
-                    .is_ok_and(|f| !f.is_empty());
-                if !cached {
-                    lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
-                }
-                Ok(t)
-            },
-        );
-        (m, r)
+    // the build needs them), then build, then one check per machine; with
+    // every machine's facts cached, the build runs while lab connects
+    let all_cached = machines.iter().all(|m| {
+        lab_engine::lab_facts::load(engine.lab_dir(), &m.name).is_ok_and(|f| !f.is_empty())
     });
+    let reporter = crate::progress::CliReporter::new(false, true);
+    // (outputs are trusted: a status compares manifests, and never reads
+    // or sends an output file; a sync's stream checks what it sends)
+    let build = |names: Vec<String>| {
+        engine.build(
+            &BuildOptions {
+                machines: names,
+                trust_outputs: true,
+                ..Default::default()
+            },
+            &reporter,
+        )
+    };
+    let connect = || {
+        lab_deploy::parallel(machines.clone(), args.jobs, |m| {
+            crate::verbose::connecting(m);
+            let r = lab_deploy::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
+                |mut t| {
+                    let cached = lab_engine::lab_facts::load(engine.lab_dir(), &m.name)
+                        .is_ok_and(|f| !f.is_empty());
+                    if !cached {
+                        lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
+                    }
+                    Ok(t)
+                },
+            );
+            (m, r)
+        })
+    };
+    let (connected, early) = if all_cached {
+        let all: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
+        std::thread::scope(|s| {
+            let b = s.spawn(|| build(all));
+            let c = connect();
+            (c, Some(b.join().expect("the build thread")))
+        })
+    } else {
+        (connect(), None)
+    };
     let mut failed: Vec<String> = Vec::new();
     let mut doc: Vec<Value> = Vec::new();
     let mut open = Vec::new();
@@ -271,23 +306,20 @@ pub fn status(engine: &Engine, style: Style, args: &StatusArgs) -> Result<(), Fa
     }
     let names: Vec<String> = open.iter().map(|(m, _)| m.name.clone()).collect();
     let mut build_failed = false;
-    if !names.is_empty() {
-        let reporter = crate::progress::CliReporter::new(false, true);
-        let report = engine
-            .build(
-                &BuildOptions {
-                    machines: names,
-                    ..Default::default()
-                },
-                &reporter,
-            )
-            .map_err(|e| {
-                reporter.finish();
-                eprint!("{}", diag::render(style, &e, None));
-                Failure::Usage
-            })?;
+    if !names.is_empty() || early.is_some() {
+        let report = match early {
+            Some(r) => r,
+            None => build(names.clone()),
+        }
+        .map_err(|e| {
+            reporter.finish();
+            eprint!("{}", diag::render(style, &e, None));
+            Failure::Usage
+        })?;
         reporter.finish();
-        for m in &report.machines {
+        // (a machine that could not be reached is reported as such, built
+        // or not)
+        for m in report.machines.iter().filter(|m| names.contains(&m.name)) {
             if let Err(errors) = &m.result {
                 for e in errors {
                     eprint!("{}", diag::machine_error(style, engine, &m.name, e).0);

@@ -12,6 +12,7 @@ pub mod converge;
 pub mod diff;
 mod error;
 mod machine;
+pub mod mux;
 mod openssh;
 pub mod secrets;
 pub mod ssh;
@@ -80,9 +81,21 @@ pub fn connect(
         }
         Endpoint::Ssh(spec) => {
             let t = SshTarget::resolve(spec, ssh_config);
-            Ok(Box::new(SshTransport::connect(
-                &t, accept_new, timeout, io_timeout,
-            )?))
+            // a master from an earlier run: through it; else lab's own
+            // connection, and a master for the next runs (see `mux`)
+            let Some(mux) = mux::Mux::of(spec, &t) else {
+                return Ok(Box::new(SshTransport::connect(
+                    &t, accept_new, timeout, io_timeout,
+                )?));
+            };
+            if mux.alive() {
+                return Ok(Box::new(mux::MuxTransport::new(
+                    mux, t, timeout, io_timeout,
+                )));
+            }
+            let direct = SshTransport::connect(&t, accept_new, timeout, io_timeout)?;
+            mux.start_master();
+            Ok(Box::new(direct))
         }
     }
 }

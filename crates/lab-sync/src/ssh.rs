@@ -34,6 +34,9 @@ pub struct SshSpec {
     pub known_hosts: Option<PathBuf>,
     /// Every command runs through `sudo -n`.
     pub sudo: bool,
+    /// Where lab keeps the control sockets of connections shared across
+    /// its runs (see [`crate::mux`]); `None`: nothing is shared.
+    pub control_dir: Option<PathBuf>,
 }
 
 /// Where and how to reach one machine, after lab.toml and `~/.ssh/config`.
@@ -79,6 +82,9 @@ pub struct SshTarget {
     pub refused: Option<(String, String)>,
     /// Every command runs through `sudo -n` (`become = "sudo"`).
     pub sudo: bool,
+    /// The user's own `ControlPath` (`~/.ssh/config`, expanded by `ssh
+    /// -G`): a shared connection uses it instead of lab's.
+    pub control_path: Option<PathBuf>,
 }
 
 impl SshTarget {
@@ -103,6 +109,7 @@ impl SshTarget {
             alias: host.to_string(),
             refused: None,
             sudo: false,
+            control_path: None,
         }
     }
 }
@@ -1051,6 +1058,44 @@ impl Write for ChannelInput<'_> {
     }
 }
 
+/// `command` as it runs on the machine: through `sudo -n` with
+/// `become = "sudo"` (`-n` never asks: no one could answer).
+pub(crate) fn with_sudo(t: &SshTarget, command: &str) -> String {
+    if t.sudo {
+        format!("exec sudo -n -- sh -c {}", lab_agent::quote(command))
+    } else {
+        command.to_string()
+    }
+}
+
+/// sudo's own refusal, told from the command's failure by its words.
+pub(crate) fn sudo_refusal(t: &SshTarget, status: i32, stderr: &[u8]) -> Result<(), SyncError> {
+    if !t.sudo {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(stderr);
+    let refused = status == 1
+        && said.starts_with("sudo: ")
+        && [
+            "password is required",
+            "not in the sudoers",
+            "not allowed",
+            "a terminal is required",
+        ]
+        .iter()
+        .any(|w| said.contains(w));
+    let missing = status == 127 && said.contains("sudo") && said.contains("not found");
+    if refused || missing {
+        return Err(SyncError::Sudo {
+            user: t.user.clone(),
+            host: t.known_hosts_name(),
+            message: said.lines().next().unwrap_or_default().to_string(),
+            missing,
+        });
+    }
+    Ok(())
+}
+
 impl Transport for SshTransport {
     fn run(&mut self, command: &str, input: Input<'_>) -> Result<Output, SyncError> {
         self.commands += 1;
@@ -1058,10 +1103,7 @@ impl Transport for SshTransport {
         let mut ch = self.session.channel_session().map_err(err)?;
         // `become = "sudo"`: `-n` never asks (no one could answer); sudo's
         // own refusal is told from the command's failure by its words
-        let command = match &self.sudo {
-            Some(_) => format!("exec sudo -n -- sh -c {}", lab_agent::quote(command)),
-            None => command.to_string(),
-        };
+        let command = with_sudo(&self.target, command);
         ch.exec(&command).map_err(err)?;
         self.session.set_blocking(false);
         let mut stdin = ChannelInput {
@@ -1095,27 +1137,8 @@ impl Transport for SshTransport {
         let _ = ch.stderr().read_to_end(&mut stderr);
         ch.wait_close().map_err(err)?;
         let status = ch.exit_status().map_err(err)?;
-        if let Some((user, host)) = &self.sudo {
-            let said = String::from_utf8_lossy(&stderr);
-            let refused = status == 1
-                && said.starts_with("sudo: ")
-                && [
-                    "password is required",
-                    "not in the sudoers",
-                    "not allowed",
-                    "a terminal is required",
-                ]
-                .iter()
-                .any(|w| said.contains(w));
-            let missing = status == 127 && said.contains("sudo") && said.contains("not found");
-            if refused || missing {
-                return Err(SyncError::Sudo {
-                    user: user.clone(),
-                    host: host.clone(),
-                    message: said.lines().next().unwrap_or_default().to_string(),
-                    missing,
-                });
-            }
+        if self.sudo.is_some() {
+            sudo_refusal(&self.target, status, &stderr)?;
         }
         Ok(Output {
             status,
