@@ -903,13 +903,118 @@ fn a_change_during_the_apply_is_drift_for_the_next_check(
     assert_eq!(lab_run(lab, &["check", "-m", "h3"]).0, 0);
 }
 
+/// `lab` with its SSH control sockets in `runtime/lab-ssh`.
+fn lab_in(lab: &lab_testkit::TestLab, runtime: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let mut c = lab_testkit::lab(lab, args);
+    c.env("XDG_RUNTIME_DIR", runtime)
+        .env_remove("LAB_SSH_MULTIPLEX");
+    let out = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The one control socket in `runtime/lab-ssh` (beside it: the host key
+/// lab verified), once its master answers; and the master's PID.
+fn master(runtime: &std::path::Path) -> (std::path::PathBuf, u32) {
+    for _ in 0..200 {
+        let socks: Vec<_> = std::fs::read_dir(runtime.join("lab-ssh"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_type()
+                            .is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_socket(&t))
+                    })
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let [sock] = socks.as_slice() {
+            let out = std::process::Command::new("ssh")
+                .args(["-O", "check", "-S"])
+                .arg(sock)
+                .arg("x")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stderr).to_string();
+            if let Some(pid) = said
+                .split("pid=")
+                .nth(1)
+                .and_then(|t| t.split(')').next())
+                .and_then(|p| p.parse().ok())
+            {
+                return (sock.clone(), pid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("no master in {}", runtime.display());
+}
+
+/// A connection is kept open across runs: with the machine's sshd
+/// refusing new logins, the next runs still reach it through the master;
+/// a master killed (its socket left behind) is noticed, and lab's own
+/// connection takes over and starts a new one.
+fn connections_are_kept_open_across_runs(lab: &lab_testkit::TestLab, h: &lab_testhosts::Host) {
+    let runtime = tempfile::tempdir().unwrap();
+    let rt = runtime.path();
+    let (code, out) = lab_in(lab, rt, &["sync", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}");
+    let (sock, pid) = master(rt);
+    let mode = std::fs::metadata(rt.join("lab-ssh")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o700
+    );
+
+    // no new logins (sessions live on; a timer starts sshd again in any case)
+    run(
+        h,
+        "systemd-run --on-active=120 systemctl start ssh.service >/dev/null 2>&1;          systemctl stop ssh.service",
+    );
+    assert!(h.run("true").is_err(), "sshd still takes logins");
+    let (code, out) = lab_in(lab, rt, &["check", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = lab_in(lab, rt, &["sync", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("h1: up to date"), "{out}");
+    let back = std::process::Command::new("ssh")
+        .args(["-o", "ControlMaster=no", "-S"])
+        .arg(&sock)
+        .args(["x", "systemctl start ssh.service"])
+        .status()
+        .unwrap();
+    assert!(back.success());
+    run(h, "true");
+
+    // the master killed (by its PID: a process this test's lab started)
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sock.exists(), "a killed master leaves its socket");
+    let (code, out) = lab_in(lab, rt, &["check", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, fresh) = master(rt);
+    assert_ne!(fresh, pid);
+    let _ = std::process::Command::new("ssh")
+        .args(["-O", "exit", "-S"])
+        .arg(&sock)
+        .arg("x")
+        .output();
+}
+
 /// The loose ends of convergence, on one fleet (a machine each).
 #[test]
-fn json_rollback_and_a_change_during_the_apply() {
+fn json_rollback_a_change_during_the_apply_and_kept_connections() {
     let fleet = TestHosts::up(3).unwrap();
     let lab = units_project(&fleet);
     let h = fleet.hosts();
     sync_and_watch_json_tell_drift_and_pending(&lab, &h[0]);
     rollback_runs_the_pending_actions_of_the_generation_it_leaves(&lab, &h[1]);
     a_change_during_the_apply_is_drift_for_the_next_check(&lab, &h[2]);
+    connections_are_kept_open_across_runs(&lab, &h[0]);
 }

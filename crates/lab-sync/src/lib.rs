@@ -88,13 +88,15 @@ pub fn connect(
                     &t, accept_new, timeout, io_timeout,
                 )?));
             };
-            if mux.alive() {
+            if mux.usable(&t) {
                 return Ok(Box::new(mux::MuxTransport::new(
                     mux, t, timeout, io_timeout,
                 )));
             }
             let direct = SshTransport::connect(&t, accept_new, timeout, io_timeout)?;
-            mux.start_master();
+            if let Some(key) = direct.host_key_blob() {
+                mux.start_master(&key);
+            }
             Ok(Box::new(direct))
         }
     }

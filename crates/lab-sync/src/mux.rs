@@ -24,6 +24,7 @@
 use crate::ssh::{SshSpec, SshTarget, SshTransport};
 use crate::transport::{Counting, Input, Output, Transport};
 use crate::SyncError;
+use base64::Engine as _;
 use lab_core::Digest;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -44,6 +45,10 @@ pub(crate) struct Mux {
     socket: PathBuf,
     /// `ssh`'s options and destination, for the master and the clients.
     args: Vec<String>,
+    /// The socket is in lab's own directory (not the user's `ControlPath`).
+    own: bool,
+    /// The host key lab verified when it started the master (base64).
+    key_file: PathBuf,
 }
 
 impl Mux {
@@ -105,7 +110,15 @@ impl Mux {
             return None;
         }
         args.push(spec.host.clone());
-        Some(Mux { socket, args })
+        let own = t.control_path.is_none();
+        let key_name = Digest::of(socket.as_os_str().as_encoded_bytes()).to_hex();
+        let key_file = dir.join(format!("{}.key", &key_name[..20]));
+        Some(Mux {
+            socket,
+            args,
+            own,
+            key_file,
+        })
     }
 
     /// Whether a master listens on the socket (a connection to it is
@@ -115,17 +128,58 @@ impl Mux {
         is_master(&self.socket) && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
     }
 
+    /// Whether the master can be used for `t`: it listens, lab started
+    /// it (a master of the user's own, or one whose key lab did not
+    /// record, is not used), and the host key lab verified then is still
+    /// the one known_hosts names. A master of lab's whose key is no
+    /// longer known is told to exit: lab's own connection says why.
+    pub(crate) fn usable(&self, t: &SshTarget) -> bool {
+        if !self.alive() {
+            return false;
+        }
+        let key = std::fs::read_to_string(&self.key_file).ok().and_then(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k.trim())
+                .ok()
+        });
+        if key.is_some_and(|k| crate::ssh::still_known(t, &k)) {
+            return true;
+        }
+        if self.own {
+            let _ = Command::new("ssh")
+                .args(["-O", "exit"])
+                .args(&self.args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        false
+    }
+
     /// Start a master in the background for the next runs (its own
     /// process group: a Ctrl-C of this run does not end it). Nothing is
     /// waited for; a master that cannot start leaves nothing behind, and
     /// the next run connects as this one did.
-    pub(crate) fn start_master(&self) {
-        if let Some(dir) = self.socket.parent() {
+    /// `key`: the host key lab's own connection just verified.
+    pub(crate) fn start_master(&self, key: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        // (lab's own directory; a ControlPath of the user's is theirs)
+        if let Some(dir) = self.key_file.parent() {
             if std::fs::create_dir_all(dir).is_err() {
                 return;
             }
-            use std::os::unix::fs::PermissionsExt;
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let tmp = self.key_file.with_extension("tmp");
+        let text = base64::engine::general_purpose::STANDARD.encode(key);
+        if std::fs::write(&tmp, text).is_err() || std::fs::rename(&tmp, &self.key_file).is_err() {
+            return;
+        }
+        // (a master that died left its socket: ssh would not replace it;
+        // only lab's own, in its own directory, is removed)
+        if self.own && is_master(&self.socket) && !self.alive() {
+            let _ = std::fs::remove_file(&self.socket);
         }
         // (a command that ends at once, not `-N`: when another run's
         // master took the socket first, this ssh is no master, runs `true`
@@ -252,12 +306,19 @@ impl Transport for MuxTransport {
         let stdout = out.join().unwrap_or_default();
         let stderr = err.join().unwrap_or_default();
         written.map_err(|e| SyncError::Channel(e.to_string()))?;
-        // (255: ssh's own failure, the connection lost on the way)
+        // 255: ssh's own failure, or the command ended by a signal (no
+        // exit status: 0, as lab's own connection reports it; the
+        // command's report says whether it finished); which one, the
+        // master tells: it is gone with a lost connection
         let status = match status.code() {
+            Some(255) | None if self.mux.alive() => 0,
             Some(255) | None => {
-                return Err(SyncError::Channel(
-                    String::from_utf8_lossy(&stderr).trim().to_string(),
-                ))
+                let said = String::from_utf8_lossy(&stderr).trim().to_string();
+                return Err(SyncError::Channel(if said.is_empty() {
+                    "the connection was lost".into()
+                } else {
+                    said
+                }));
             }
             Some(s) => s,
         };
@@ -295,4 +356,63 @@ impl Transport for MuxTransport {
 pub fn is_master(p: &Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
     std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mux(spec: &SshSpec, f: impl FnOnce(&mut SshTarget)) -> Mux {
+        let mut t = SshTarget::new("10.0.0.1", 22, "root", "/k".into());
+        f(&mut t);
+        Mux::of(spec, &t).unwrap()
+    }
+
+    /// Different users, ports, proxies, keys or known_hosts never share a
+    /// master; the same settings always do.
+    #[test]
+    fn a_socket_per_way_of_connecting() {
+        std::env::remove_var("LAB_SSH_MULTIPLEX");
+        let spec = SshSpec {
+            host: "web".into(),
+            control_dir: Some("/run/x".into()),
+            ..Default::default()
+        };
+        let base = mux(&spec, |_| {}).socket;
+        assert_eq!(mux(&spec, |_| {}).socket, base);
+        assert!(base.starts_with("/run/x"));
+        let others = [
+            mux(&spec, |t| t.user = "deploy".into()).socket,
+            mux(&spec, |t| t.port = 2222).socket,
+            mux(&spec, |t| t.host = "10.0.0.2".into()).socket,
+            mux(&spec, |t| t.proxy_command = Some("nc %h %p".into())).socket,
+            mux(&spec, |t| t.proxy_jump = vec!["bastion".into()]).socket,
+            mux(&spec, |t| t.known_hosts = "/other".into()).socket,
+            mux(&spec, |t| t.host_key_alias = Some("a".into())).socket,
+            mux(
+                &SshSpec {
+                    identities: vec!["/id".into()],
+                    ..spec.clone()
+                },
+                |_| {},
+            )
+            .socket,
+        ];
+        for (i, o) in others.iter().enumerate() {
+            assert_ne!(*o, base, "{i}");
+            assert!(others[i + 1..].iter().all(|x| x != o), "{i}");
+        }
+        // the user's own ControlPath wins; nothing shared without a
+        // directory, nor for a machine lab refuses
+        let theirs = mux(&spec, |t| t.control_path = Some("/home/u/.ssh/cm".into()));
+        assert_eq!(theirs.socket, PathBuf::from("/home/u/.ssh/cm"));
+        let none = SshSpec {
+            control_dir: None,
+            ..spec.clone()
+        };
+        assert!(Mux::of(&none, &SshTarget::new("h", 22, "root", "/k".into())).is_none());
+        let mut refused = SshTarget::new("h", 22, "root", "/k".into());
+        refused.refused = Some(("f:1".into(), "no".into()));
+        assert!(Mux::of(&spec, &refused).is_none());
+    }
 }
