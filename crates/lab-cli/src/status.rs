@@ -48,10 +48,13 @@ pub fn repaired_lines(drift: &[Drift], pending: &[UnitAction]) -> String {
 
 /// The units lab manages on a machine with manifest `m`: unit files it
 /// writes, and the units of its `[[units]]` rules that cover a path of it.
-fn managed_units(m: &Manifest, rules: &[lab_sync::UnitRule]) -> Vec<String> {
+fn managed_units<'a>(
+    paths: impl Iterator<Item = &'a str>,
+    rules: &[lab_sync::UnitRule],
+) -> Vec<String> {
     use lab_sync::units::{classify, UnitFile};
     let mut out = BTreeSet::new();
-    for p in m.entries.keys() {
+    for p in paths {
         match classify(p) {
             Some(UnitFile::Unit(u) | UnitFile::DropIn(u) | UnitFile::Quadlet(u))
                 if !u.contains("@.") =>
@@ -183,22 +186,25 @@ fn one(
     t: &mut dyn lab_sync::Transport,
 ) -> Result<State, lab_sync::SyncError> {
     let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
-    let (built, digest) = std::fs::read_to_string(&target.manifest_path)
-        .ok()
-        .and_then(|t| {
-            Some((
-                Manifest::parse(&t).ok()?,
-                lab_core::Digest::of(t.as_bytes()),
-            ))
-        })
-        .ok_or_else(|| lab_sync::SyncError::Build {
-            machine: m.name.clone(),
-            message: format!("{}: no build", target.manifest_path.display()),
-        })?;
-    let units = if target.systemd {
-        managed_units(&built, &target.rules)
-    } else {
-        Vec::new()
+    let no_build = || lab_sync::SyncError::Build {
+        machine: m.name.clone(),
+        message: format!("{}: no build", target.manifest_path.display()),
+    };
+    let text = std::fs::read_to_string(&target.manifest_path).map_err(|_| no_build())?;
+    let digest = lab_core::Digest::of(text.as_bytes());
+    let parse = || Manifest::parse(&text).map_err(|_| no_build());
+    // (the build is parsed only when it is to be compared: the units need
+    // only its paths)
+    let mut built = None;
+    let units = match (target.systemd, Manifest::paths(&text)) {
+        (false, _) => Vec::new(),
+        (true, Some(paths)) => managed_units(paths.into_iter(), &target.rules),
+        (true, None) => {
+            let b = parse()?;
+            let u = managed_units(b.entries.keys().map(String::as_str), &target.rules);
+            built = Some(b);
+            u
+        }
     };
     let probe = MachineSync {
         target: &target,
@@ -207,6 +213,10 @@ fn one(
     .check_against(&units, &digest)?;
     let (changes, drift) = match &probe.manifest {
         Some(applied) => {
+            let built = match built {
+                Some(b) => b,
+                None => parse()?,
+            };
             let plan = ApplyPlan::new(applied, &built);
             (
                 plan.touched().into_iter().map(str::to_string).collect(),
