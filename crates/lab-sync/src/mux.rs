@@ -19,6 +19,10 @@
 //! `HostKeyAlias`, `ProxyJump`, `ProxyCommand`), so two machines, users,
 //! ports or proxies never share one. A `ControlPath` of the user's own
 //! (`~/.ssh/config`, as `ssh -G` expands it) is used as it is instead.
+//! A master is used only while the host key lab verified when it started
+//! it (kept beside the sockets) is still the known one: a key changed or
+//! revoked since goes to lab's own connection and its refusal, and a
+//! master lab did not start is never used.
 //! `LAB_SSH_MULTIPLEX=0` turns all of this off.
 
 use crate::ssh::{SshSpec, SshTarget, SshTransport};
