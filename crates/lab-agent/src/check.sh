@@ -26,10 +26,78 @@ stat_all() {
   (cd "${R:-/}" && xargs -0 -r stat --printf "$SFMT" -- <"$1/paths0" 2>/dev/null) | tr '\n\0' '\001\n'
 }
 
-# Record the facts of generation directory $1 (right after its apply).
+# Record the facts of generation directory $1 (right after its apply,
+# before its commit; or after a rollback to it). Only facts known to be
+# lab's are recorded: a line equal to the last record (the apply's check
+# found the path as lab left it), or the line of a regular file whose
+# content and mode, read after its stat, are what the manifest says. A
+# file changed behind lab's back while the apply ran (after its check,
+# before this record) is recorded as facts no stat prints: the next check
+# looks at it, finds the drift and the next sync repairs it. (Trusting such a line
+# would hide the drift for as long as nobody touches the file again.)
 record() {
   [ -f "$1/paths0" ] || return 0
-  stat_all "$1" >"$1/stat.tmp" && mv -f -- "$1/stat.tmp" "$1/stat"
+  stat_all "$1" >"$1/stat.tmp" || return 0
+  o="$S/gen/$(current_gen)/stat"
+  [ "$1" != "$S/gen/$(current_gen)" ] || o="$1/stat"
+  [ -f "$o" ] || o=/dev/null
+  unverified "$1" "$o" >"$1/stat.bad" || :
+  # one line per path, in order: a line not to be trusted, or a path
+  # missing now, is recorded as facts no stat prints (`0 0 0 0 0 - -`),
+  # so that every check sees it differ
+  if [ -s "$1/stat.bad" ] ||
+    [ "$(tr -cd '\000' <"$1/paths0" | wc -c)" -ne "$(wc -l <"$1/stat.tmp")" ]; then
+    { tr '\n\0' '\001\n' <"$1/paths0"; echo /; cat -- "$1/stat.tmp"; } | awk -v bad="$1/stat.bad" '
+      function nm(l, i) { for (i = 0; i < 7; i++) l = substr(l, index(l, " ") + 1); return l }
+      BEGIN { while ((getline l < bad) > 0) b[l] = 1 }
+      part == 0 { if ($0 == "/") part = 1; else order[++n] = $0; next }
+      { now[nm($0)] = $0 }
+      END {
+        for (i = 1; i <= n; i++) {
+          k = order[i]
+          if (!(k in now) || (now[k] in b)) print "0 0 0 0 0 - - " k; else print now[k]
+        }
+      }' >"$1/stat.ok" && mv -f -- "$1/stat.ok" "$1/stat.tmp"
+  fi
+  rm -f -- "$1/stat.bad"
+  mv -f -- "$1/stat.tmp" "$1/stat"
+}
+
+# The lines of DIR/stat.tmp (facts now) of regular files whose facts
+# differ from record OLD and whose content or mode is not the manifest's
+# (or cannot be told: a name that needs escaping in JSON). The stat came
+# first: a change after it moves the ctime, so the next check sees it.
+unverified() { # DIR OLD
+  if command -v diff >/dev/null 2>&1; then
+    diff -- "$2" "$1/stat.tmp" | sed -n 's/^> //p'
+  else
+    cat -- "$1/stat.tmp"
+  fi | grep '^[0-9]* [0-9]* [0-9]* [0-9.]* 8' >"$1/stat.new" || { rm -f -- "$1/stat.new"; return 0; }
+  # the prefix of each one's manifest line, up to its mode
+  awk '{ n = $0; for (i = 0; i < 7; i++) n = substr(n, index(n, " ") + 1)
+         print "{\"path\":\"/" n "\",\"kind\":\"file\",\"mode\":\"" }' "$1/stat.new" >"$1/stat.pat"
+  grep -F -f "$1/stat.pat" -- "$1/manifest" >"$1/stat.man" || :
+  awk '{ n = $0; for (i = 0; i < 7; i++) n = substr(n, index(n, " ") + 1); print n }' "$1/stat.new" |
+    tr '\n' '\0' | (cd "${R:-/}" && xargs -0 -r sha256sum -- 2>/dev/null) >"$1/stat.sum" || :
+  awk -v man="$1/stat.man" -v sum="$1/stat.sum" '
+    function hex(h, i, v) { v = 0; for (i = 1; i <= length(h); i++) v = v * 16 + index("0123456789abcdef", substr(h, i, 1)) - 1; return v }
+    function oct(o, i, v) { v = 0; for (i = 1; i <= length(o); i++) v = v * 8 + substr(o, i, 1); return v }
+    BEGIN {
+      while ((getline l < man) > 0) {
+        if (!match(l, /^\{"path":"\/[^"\\]*"/)) continue
+        p = substr(l, 11, RLENGTH - 11)
+        if (match(l, /"mode":"[0-7]*"/)) mode[p] = oct(substr(l, RSTART + 8, RLENGTH - 9))
+        if (match(l, /"sha256":"[0-9a-f]*"/)) sha[p] = substr(l, RSTART + 10, RLENGTH - 11)
+      }
+      while ((getline l < sum) > 0) {
+        if (substr(l, 1, 1) == "\\") continue
+        got[substr(l, 67)] = substr(l, 1, 64)
+      }
+    }
+    { n = $0; for (i = 0; i < 7; i++) n = substr(n, index(n, " ") + 1)
+      m = hex($5) % 4096
+      if (!(n in sha) || got[n] != sha[n] || mode[n] != m) print }' "$1/stat.new"
+  rm -f -- "$1/stat.new" "$1/stat.pat" "$1/stat.man" "$1/stat.sum"
 }
 
 # Each directory above relative path $1 is a real directory.
@@ -53,9 +121,28 @@ under_dirs() {
 drift() {
   D="$S/gen/$(current_gen)"
   [ -f "$D/paths0" ] || return 0
-  # (the common case, nothing changed: the facts now are the recorded
-  # ones, line for line, as the same command wrote them in the same order)
-  if [ -f "$D/stat" ] && stat_all "$D" | cmp -s - "$D/stat"; then return 0; fi
+  # (the facts now against the record, one line per path in the same
+  # order, as the same command wrote them: `diff` hands on only the lines
+  # that differ, nothing in the common case; each path once, in order)
+  if [ -f "$D/stat" ] && command -v diff >/dev/null 2>&1; then
+    stat_all "$D" | diff -- "$D/stat" - | sed -n 's/^\([<>]\) /\1/p' | awk '
+    function nm(l, i) { for (i = 0; i < 7; i++) l = substr(l, index(l, " ") + 1); return l }
+    { t = substr($0, 1, 1); l = substr($0, 2); k = nm(l)
+      if (!(k in seen)) { seen[k] = 1; order[++n] = k }
+      if (t == "<") rec[k] = l; else now[k] = l }
+    END {
+      for (i = 1; i <= n; i++) {
+        k = order[i]
+        if (!(k in now)) { print "G"; print k; continue }
+        if ((k in rec) && rec[k] == now[k]) continue
+        ru = "-"; rg = "-"
+        if (k in rec) { split(rec[k], r, " "); ru = r[6]; rg = r[7] }
+        split(now[k], f, " ")
+        print "C " f[5] " " f[6] " " f[7] " " ru " " rg
+        print k
+      }
+    }'
+  else
   { tr '\n\0' '\001\n' <"$D/paths0"; echo /; stat_all "$D"; } | awk -v rf="$D/stat" '
     function nm(l, i) { for (i = 0; i < 7; i++) l = substr(l, index(l, " ") + 1); return l }
     BEGIN { while ((getline l < rf) > 0) rec[nm(l)] = l }
@@ -72,7 +159,8 @@ drift() {
         print "C " f[5] " " f[6] " " f[7] " " ru " " rg
         print k
       }
-    }' | while read -r t m u g ru rg; do
+    }'
+  fi | while read -r t m u g ru rg; do
     IFS= read -r n
     p=$n
     case $n in *"$(printf '\001')"*) p=$(printf '%s' "$n" | tr '\001' '\n') ;; esac

@@ -4,6 +4,7 @@
 //! would print, without colour). Human diagnostics still go to stderr.
 
 use crate::diag::{self, Style};
+use lab_agent::{Drift, UnitAction};
 use lab_config::Diagnose;
 use lab_sync::diff::DiffLine;
 use lab_sync::{Outcome, SyncReport};
@@ -18,6 +19,54 @@ pub fn error_text(e: &dyn Diagnose, context: Option<&str>) -> String {
 
 fn paths(v: &[String]) -> Vec<String> {
     v.iter().map(|p| format!("/{p}")).collect()
+}
+
+/// Drift found on a machine (`lab status`, and repaired by `lab sync` and
+/// `lab watch`): `[{"path", "kind", "now"}]`.
+pub fn drift(d: &[Drift]) -> Value {
+    d.iter()
+        .map(|d| {
+            json!({
+                "path": format!("/{}", d.path),
+                "kind": d.kind.as_str(),
+                "now": d.seen.kind_name(),
+            })
+        })
+        .collect()
+}
+
+/// Unit actions an earlier run left pending (found by `lab status`, run
+/// by `lab sync` and `lab watch`): `[{"action", "unit"}]`.
+pub fn pending(p: &[UnitAction]) -> Value {
+    p.iter()
+        .map(|a| json!({ "action": a.op.as_str(), "unit": a.unit }))
+        .collect()
+}
+
+/// A sync's outcome and generation.
+fn outcome(r: &SyncReport) -> (&'static str, u64) {
+    match r.outcome {
+        Outcome::Unchanged { gen } => ("unchanged", gen),
+        Outcome::Applied { gen } => ("applied", gen),
+        Outcome::RolledBack { gen } => ("rolled-back", gen),
+    }
+}
+
+/// The one sync of a machine in a `lab watch --json` cycle.
+pub fn watch_sync(r: &SyncReport) -> Value {
+    let (outcome, gen) = outcome(r);
+    json!({
+        "outcome": outcome,
+        "generation": gen,
+        "written": r.written,
+        "removed": r.removed,
+        "bytes": r.content_bytes,
+        "units": r.apply.units.iter().map(|u| json!({
+            "unit": u.unit, "action": u.action, "result": u.result, "active": u.active,
+        })).collect::<Vec<_>>(),
+        "drift": drift(&r.drift),
+        "pending": pending(&r.pending),
+    })
 }
 
 /// `lab build --json`, one machine.
@@ -43,11 +92,7 @@ pub fn build_machine(name: &str, result: &Result<lab_engine::MachineReport, Vec<
 
 /// `lab sync --json`, one machine that was synced.
 pub fn sync_machine(name: &str, r: &SyncReport) -> Value {
-    let (outcome, gen) = match r.outcome {
-        Outcome::Unchanged { gen } => ("unchanged", gen),
-        Outcome::Applied { gen } => ("applied", gen),
-        Outcome::RolledBack { gen } => ("rolled-back", gen),
-    };
+    let (outcome, gen) = outcome(r);
     let units = |rep: &lab_agent::Report| {
         rep.units
             .iter()
@@ -74,6 +119,8 @@ pub fn sync_machine(name: &str, r: &SyncReport) -> Value {
         "bytes": r.content_bytes,
         "units": units(&r.apply),
         "rollback_units": r.rollback.as_ref().map(units),
+        "drift": drift(&r.drift),
+        "pending": pending(&r.pending),
         "errors": if r.ok() { vec![] } else {
             vec![format!("unit failure: {}", r.failed_units.join(", "))]
         },

@@ -72,15 +72,8 @@ impl State {
             "applied_at": self.probe.applied_at,
             "interrupted": self.probe.interrupted,
             "changes": self.changes.iter().map(|p| format!("/{p}")).collect::<Vec<_>>(),
-            "drift": self.drift.iter().map(|d| json!({
-                "path": format!("/{}", d.path),
-                "kind": d.kind.as_str(),
-                "now": d.seen.kind_name(),
-            })).collect::<Vec<_>>(),
-            "pending": self.probe.check.pending.iter().map(|a| json!({
-                "action": a.op.as_str(),
-                "unit": a.unit,
-            })).collect::<Vec<_>>(),
+            "drift": crate::json::drift(&self.drift),
+            "pending": crate::json::pending(&self.probe.check.pending),
             "failed_units": self.failed_units,
             "error": null,
         })
@@ -168,32 +161,51 @@ fn one(
     t: &mut dyn lab_sync::Transport,
 ) -> Result<State, lab_sync::SyncError> {
     let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
-    let built = std::fs::read_to_string(&target.manifest_path)
-        .ok()
-        .and_then(|t| Manifest::parse(&t).ok())
-        .ok_or_else(|| lab_sync::SyncError::Build {
-            machine: m.name.clone(),
-            message: format!("{}: no build", target.manifest_path.display()),
-        })?;
-    let units = if target.systemd {
-        lab_sync::units::managed_units(&built, &target.rules, &target.pod_user)
-    } else {
-        Vec::new()
+    let no_build = || lab_sync::SyncError::Build {
+        machine: m.name.clone(),
+        message: format!("{}: no build", target.manifest_path.display()),
+    };
+    let text = std::fs::read_to_string(&target.manifest_path).map_err(|_| no_build())?;
+    let digest = lab_core::Digest::of(text.as_bytes());
+    let parse = || Manifest::parse(&text).map_err(|_| no_build());
+    // (the build is parsed only when it is to be compared: the units need
+    // only its paths)
+    let mut built = None;
+    let units = match (target.systemd, Manifest::paths(&text)) {
+        (false, _) => Vec::new(),
+        (true, Some(paths)) => {
+            lab_sync::units::managed_units(paths, &target.rules, &target.pod_user)
+        }
+        (true, None) => {
+            let b = parse()?;
+            let u = lab_sync::units::managed_units(
+                b.entries.keys().map(String::as_str),
+                &target.rules,
+                &target.pod_user,
+            );
+            built = Some(b);
+            u
+        }
     };
     let probe = MachineSync {
         target: &target,
         transport: t,
     }
-    .check(&units)?;
+    .check_against(&units, &digest)?;
     let (changes, drift) = match &probe.manifest {
         Some(applied) => {
+            let built = match built {
+                Some(b) => b,
+                None => parse()?,
+            };
             let plan = ApplyPlan::new(applied, &built);
             (
                 plan.touched().into_iter().map(str::to_string).collect(),
                 probe.check.drift(applied),
             )
         }
-        // (an interrupted run: the next sync recovers, then looks again)
+        // (an interrupted run: the next sync recovers, then looks again;
+        // or the machine is on this build and nothing drifted)
         None => (Vec::new(), Vec::new()),
     };
     let failed_units = probe
@@ -222,21 +234,50 @@ pub fn status(engine: &Engine, style: Style, args: &StatusArgs) -> Result<(), Fa
     })?;
     let project = &engine.project;
     // connect (facts gathered over the connection when none are cached:
-    // the build needs them), then build, then one check per machine
-    let connected = lab_deploy::parallel(machines.clone(), args.jobs, |m| {
-        crate::verbose::connecting(m);
-        let r = lab_deploy::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
-            |mut t| {
-                let cached = lab_engine::lab_facts::load(engine.lab_dir(), &m.name)
-                    .is_ok_and(|f| !f.is_empty());
-                if !cached {
-                    lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
-                }
-                Ok(t)
-            },
-        );
-        (m, r)
+    // the build needs them), then build, then one check per machine; with
+    // every machine's facts cached, the build runs while lab connects
+    let all_cached = machines.iter().all(|m| {
+        lab_engine::lab_facts::load(engine.lab_dir(), &m.name).is_ok_and(|f| !f.is_empty())
     });
+    let reporter = crate::progress::CliReporter::new(false, true);
+    // (outputs are trusted: a status compares manifests, and never reads
+    // or sends an output file; a sync's stream checks what it sends)
+    let build = |names: Vec<String>| {
+        engine.build(
+            &BuildOptions {
+                machines: names,
+                trust_outputs: true,
+                ..Default::default()
+            },
+            &reporter,
+        )
+    };
+    let connect = || {
+        lab_deploy::parallel(machines.clone(), args.jobs, |m| {
+            crate::verbose::connecting(m);
+            let r = lab_deploy::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
+                |mut t| {
+                    let cached = lab_engine::lab_facts::load(engine.lab_dir(), &m.name)
+                        .is_ok_and(|f| !f.is_empty());
+                    if !cached {
+                        lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
+                    }
+                    Ok(t)
+                },
+            );
+            (m, r)
+        })
+    };
+    let (connected, early) = if all_cached {
+        let all: Vec<String> = machines.iter().map(|m| m.name.clone()).collect();
+        std::thread::scope(|s| {
+            let b = s.spawn(|| build(all));
+            let c = connect();
+            (c, Some(b.join().expect("the build thread")))
+        })
+    } else {
+        (connect(), None)
+    };
     let mut failed: Vec<String> = Vec::new();
     let mut doc: Vec<Value> = Vec::new();
     let mut open = Vec::new();
@@ -256,23 +297,20 @@ pub fn status(engine: &Engine, style: Style, args: &StatusArgs) -> Result<(), Fa
     }
     let names: Vec<String> = open.iter().map(|(m, _)| m.name.clone()).collect();
     let mut build_failed = false;
-    if !names.is_empty() {
-        let reporter = crate::progress::CliReporter::new(false, true);
-        let report = engine
-            .build(
-                &BuildOptions {
-                    machines: names,
-                    ..Default::default()
-                },
-                &reporter,
-            )
-            .map_err(|e| {
-                reporter.finish();
-                eprint!("{}", diag::render(style, &e, None));
-                Failure::Usage
-            })?;
+    if !names.is_empty() || early.is_some() {
+        let report = match early {
+            Some(r) => r,
+            None => build(names.clone()),
+        }
+        .map_err(|e| {
+            reporter.finish();
+            eprint!("{}", diag::render(style, &e, None));
+            Failure::Usage
+        })?;
         reporter.finish();
-        for m in &report.machines {
+        // (a machine that could not be reached is reported as such, built
+        // or not)
+        for m in report.machines.iter().filter(|m| names.contains(&m.name)) {
             if let Err(errors) = &m.result {
                 for e in errors {
                     eprint!("{}", diag::machine_error(style, engine, &m.name, e).0);

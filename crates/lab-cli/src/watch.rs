@@ -8,7 +8,7 @@ use crate::diag::{self, Style};
 use crate::Failure;
 use lab_config::Diagnose;
 use lab_deploy::{Cycle, DeployError, Event, Events, Watch, WatchOptions};
-use lab_sync::{Outcome, SyncReport};
+use lab_sync::Outcome;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,24 +23,6 @@ pub struct WatchArgs {
 
 fn error_text(e: &dyn Diagnose) -> String {
     diag::render(Style::plain(), e, None).trim_end().to_string()
-}
-
-fn sync_json(r: &SyncReport) -> Value {
-    let (outcome, gen) = match r.outcome {
-        Outcome::Unchanged { gen } => ("unchanged", gen),
-        Outcome::Applied { gen } => ("applied", gen),
-        Outcome::RolledBack { gen } => ("rolled-back", gen),
-    };
-    json!({
-        "outcome": outcome,
-        "generation": gen,
-        "written": r.written,
-        "removed": r.removed,
-        "bytes": r.content_bytes,
-        "units": r.apply.units.iter().map(|u| json!({
-            "unit": u.unit, "action": u.action, "result": u.result, "active": u.active,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 pub fn watch(engine: lab_engine::Engine, style: Style, args: &WatchArgs) -> Result<(), Failure> {
@@ -166,7 +148,8 @@ impl Sink<'_> {
                     | Outcome::Applied { gen }
                     | Outcome::RolledBack { gen }) = rep.outcome;
                     crate::ls::record_in(&self.lab_dir, name, gen);
-                    machines.get_mut(name).expect("every machine")["sync"] = sync_json(rep);
+                    machines.get_mut(name).expect("every machine")["sync"] =
+                        crate::json::watch_sync(rep);
                     if !rep.ok() {
                         errors.push(format!(
                             "{name}: units failed: {}",

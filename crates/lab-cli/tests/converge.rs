@@ -387,6 +387,13 @@ fn settled(h: &lab_testhosts::Host) {
 
 fn units_project(fleet: &TestHosts) -> lab_testkit::TestLab {
     let lab = project(fleet.hosts());
+    with_units(&lab);
+    lab
+}
+
+/// The slow.service and rl.service units of [`units_project`] and their
+/// rules, added to `lab`.
+fn with_units(lab: &lab_testkit::TestLab) {
     let toml = lab.read("lab.toml");
     lab.file(
         "lab.toml",
@@ -415,7 +422,6 @@ fn units_project(fleet: &TestHosts) -> lab_testkit::TestLab {
     )
     .file("layers/base/etc/slow/conf", "1\n")
     .file("layers/base/etc/rl/conf", "1\n");
-    lab
 }
 
 /// Change what the three rules cover (probe reload, rl reload, slow
@@ -428,15 +434,30 @@ fn sync_killed(
     cond: &str,
     then: &str,
 ) -> i32 {
-    for f in ["probe/version", "slow/conf", "rl/conf"] {
-        lab.file(&format!("layers/base/etc/{f}"), &format!("{v}\n"));
+    let v = format!("{v}\n");
+    let files = ["probe/version", "slow/conf", "rl/conf"].map(|f| (f, v.as_str()));
+    sync_killed_with(lab, h, "h1", &files, cond, then)
+}
+
+/// [`sync_killed`] of `machine`, with `files` (under `layers/base/etc/`)
+/// given these contents.
+fn sync_killed_with(
+    lab: &lab_testkit::TestLab,
+    h: &lab_testhosts::Host,
+    machine: &str,
+    files: &[(&str, &str)],
+    cond: &str,
+    then: &str,
+) -> i32 {
+    for (f, text) in files {
+        lab.file(&format!("layers/base/etc/{f}"), text);
     }
     build(lab);
     let w = when(h, cond, if then.is_empty() { "echo ready" } else { then });
     let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("lab"))
         .current_dir(lab.path())
         .env("NO_COLOR", "1")
-        .args(["sync", "-m", "h1"])
+        .args(["sync", "-m", machine])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -655,4 +676,345 @@ fn drift_on_a_full_or_read_only_disk_fails_cleanly_and_is_repaired_later() {
     assert!(out.contains("  repaired /srv/small/a: deleted\n"), "{out}");
     assert_eq!(lab_run(&lab, &["check", "-m", "h1"]).0, 0);
     run(h, "umount /srv/small");
+}
+
+/// A connection that, when the sync's apply has checked the machine under
+/// its lock and waits for the stream (its `inflight` directory is there),
+/// first runs `meddle` on the machine over a connection of its own: a
+/// change made after the check and before the commit.
+struct Meddling<'a> {
+    inner: Box<dyn lab_sync::Transport>,
+    host: &'a lab_testhosts::Host,
+    meddle: Option<String>,
+}
+
+impl lab_sync::Transport for Meddling<'_> {
+    fn run(
+        &mut self,
+        command: &str,
+        input: lab_sync::Input<'_>,
+    ) -> Result<lab_sync::Output, lab_sync::SyncError> {
+        // (the executor's command; the check's is `sh -c` with no LAB_SYSTEMD)
+        if !command.contains("LAB_SYSTEMD=") {
+            return self.inner.run(command, input);
+        }
+        let (host, meddle) = (self.host, self.meddle.take());
+        self.inner.run(command, &mut |w| {
+            if let Some(m) = &meddle {
+                let mut waited = 0;
+                while run(host, "test -d /var/lib/lab/inflight && echo y || true") != "y\n" {
+                    waited += 1;
+                    assert!(waited < 600, "the apply never got past its check");
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                run(host, m);
+            }
+            input(w)
+        })
+    }
+
+    fn commands(&self) -> u64 {
+        self.inner.commands()
+    }
+
+    fn sent(&self) -> u64 {
+        self.inner.sent()
+    }
+}
+
+/// `lab sync --json` and `lab watch --json` say what drift they repaired
+/// and which pending unit actions they ran, in the shapes of `lab status
+/// --json`.
+fn sync_and_watch_json_tell_drift_and_pending(lab: &lab_testkit::TestLab, h: &lab_testhosts::Host) {
+    assert!(sync(lab, "h1").report.ok());
+    let reloading = "[ \"$(systemctl show -p ActiveState --value rl.service)\" = reloading ]";
+    let v2 = ["probe/version", "slow/conf", "rl/conf"].map(|f| (f, "2\n"));
+    assert_eq!(
+        sync_killed_with(lab, h, "h1", &v2, reloading, KILL_EXECUTOR),
+        1
+    );
+    settled(h);
+    run(h, "echo theirs >>/etc/slow/conf");
+    // (lab was killed before it could remember where the machine is: its
+    // first try is refused as stale, and the machine is checked again)
+    let (code, out, err) = lab_run(lab, &["sync", "-m", "h1", "--json"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let m = &v["machines"][0];
+    assert_eq!(m["outcome"], "applied", "{m}");
+    assert_eq!(
+        m["drift"],
+        serde_json::json!([{"path": "/etc/slow/conf", "kind": "content-changed", "now": "file"}])
+    );
+    assert_eq!(
+        m["pending"],
+        serde_json::json!([
+            {"action": "reload", "unit": "rl.service"},
+            {"action": "restart", "unit": "slow.service"},
+        ])
+    );
+    let ran: Vec<String> = m["units"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| {
+            format!(
+                "{} {}",
+                u["action"].as_str().unwrap(),
+                u["unit"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(ran, ["reload rl.service", "restart slow.service"]);
+
+    // a watch session's first cycle repairs drift found at its start
+    run(h, "chmod 600 /etc/probe/version");
+    let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("lab"))
+        .current_dir(lab.path())
+        .env("NO_COLOR", "1")
+        .args(["watch", "-m", "h1", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().unwrap()));
+    let first = lines.next().expect("a cycle").unwrap();
+    // (lab's own process, by its PID)
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let c: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let s = &c["machines"]["h1"]["sync"];
+    assert_eq!(s["outcome"], "applied", "{c}");
+    assert_eq!(
+        s["drift"],
+        serde_json::json!([{"path": "/etc/probe/version", "kind": "mode-changed", "now": "file"}])
+    );
+    assert_eq!(s["pending"], serde_json::json!([]));
+    assert_eq!(run(h, "stat -c %a /etc/probe/version"), "644\n");
+}
+
+/// `lab rollback` from a generation with unit actions still pending runs
+/// them too: the rollback's own journal replaces that generation's, so
+/// they would be lost otherwise.
+fn rollback_runs_the_pending_actions_of_the_generation_it_leaves(
+    lab: &lab_testkit::TestLab,
+    h: &lab_testhosts::Host,
+) {
+    // generation 1: rl 1; 2: rl 2; 3: rl 1 again and probe 3, killed in
+    // the reload of rl (probe's had run): back to 1, the rollback itself
+    // changes only probe's file, and rl's reload is still owed
+    for f in ["probe/version", "slow/conf", "rl/conf"] {
+        lab.file(&format!("layers/base/etc/{f}"), "1\n");
+    }
+    let first = sync(lab, "h2");
+    assert!(first.report.ok(), "{:?}", first.report.apply);
+    lab.file("layers/base/etc/rl/conf", "2\n");
+    let second = sync(lab, "h2");
+    assert_eq!(second.report.outcome, Outcome::Applied { gen: 2 });
+    let reloading = "[ \"$(systemctl show -p ActiveState --value rl.service)\" = reloading ]";
+    let third = [("rl/conf", "1\n"), ("probe/version", "3\n")];
+    assert_eq!(
+        sync_killed_with(lab, h, "h2", &third, reloading, KILL_EXECUTOR),
+        1
+    );
+    settled(h);
+    let (_, st) = status_json(lab, &["-m", "h2"]);
+    assert_eq!(st["machines"][0]["generation"], 3);
+    assert_eq!(
+        st["machines"][0]["pending"],
+        serde_json::json!([{"action": "reload", "unit": "rl.service"}])
+    );
+
+    let before = counts(h);
+    let (code, out, err) = lab_run(lab, &["rollback", "-m", "h2", "--to", "1"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.starts_with("h2: back on generation 1\n"), "{out}");
+    assert!(out.contains("  reload rl.service: ok"), "{out}");
+    assert!(out.contains("  reload probe.service: ok"), "{out}");
+    assert_eq!(
+        counts(h),
+        (before.0, before.1 + 1, before.2 + 1),
+        "rl's owed reload ran, once, with probe's"
+    );
+    let (_, st) = status_json(lab, &["-m", "h2"]);
+    assert_eq!(st["machines"][0]["generation"], 1);
+    assert_eq!(st["machines"][0]["pending"], serde_json::json!([]));
+    assert_eq!(st["machines"][0]["drift"], serde_json::json!([]));
+    assert_eq!(run(h, "cat /etc/rl/conf /etc/probe/version"), "1\n1\n");
+}
+
+/// A managed file changed on the machine after a sync's check and before
+/// its commit: the sync goes on (it does not own that moment), but never
+/// records the file's new facts as lab's: the next check reports the
+/// drift, the next sync repairs it.
+fn a_change_during_the_apply_is_drift_for_the_next_check(
+    lab: &lab_testkit::TestLab,
+    h: &lab_testhosts::Host,
+) {
+    lab.file("layers/base/srv/race/a", "a v1\n")
+        .file("layers/base/srv/race/b", "b v1\n")
+        .file("layers/base/srv/race/c", "c v1\n");
+    sync(lab, "h3");
+    lab.file("layers/base/srv/race/b", "b v2\n");
+    build(lab);
+    let project = lab_config::Project::load(lab.path()).unwrap();
+    let m = project.machine("h3").unwrap().clone();
+    let target = lab_deploy::target(&project, &m, &lab.join(".lab"));
+    let mut t = Meddling {
+        inner: lab_deploy::connect(&project, &m, None, false).unwrap(),
+        host: h,
+        meddle: Some("echo theirs >/srv/race/a; chmod 600 /srv/race/c".into()),
+    };
+    let r = lab_sync::MachineSync {
+        target: &target,
+        transport: &mut t,
+    }
+    .sync(&SyncOptions::default())
+    .unwrap();
+    assert!(t.meddle.is_none(), "the change was made during the apply");
+    let Outcome::Applied { gen } = r.outcome else {
+        panic!("{:?}", r.outcome)
+    };
+    assert!(r.drift.is_empty(), "{:?}", r.drift);
+    assert_eq!(run(h, "cat /srv/race/a /srv/race/b"), "theirs\nb v2\n");
+
+    let (code, st) = status_json(lab, &["-m", "h3"]);
+    assert_eq!(code, 0);
+    assert_eq!(st["machines"][0]["generation"], gen);
+    assert_eq!(
+        st["machines"][0]["drift"],
+        serde_json::json!([
+            {"path": "/srv/race/a", "kind": "content-changed", "now": "file"},
+            {"path": "/srv/race/c", "kind": "mode-changed", "now": "file"},
+        ])
+    );
+    let fixed = sync(lab, "h3");
+    assert_eq!(
+        drift_of(&fixed.report),
+        vec![
+            ("srv/race/a".to_string(), DriftKind::ContentChanged),
+            ("srv/race/c".to_string(), DriftKind::ModeChanged),
+        ]
+    );
+    assert_eq!(
+        run(h, "cat /srv/race/a; stat -c %a /srv/race/c"),
+        "a v1\n644\n"
+    );
+    assert_eq!(lab_run(lab, &["check", "-m", "h3"]).0, 0);
+}
+
+/// `lab` with its SSH control sockets in `runtime/lab-ssh`.
+fn lab_in(lab: &lab_testkit::TestLab, runtime: &std::path::Path, args: &[&str]) -> (i32, String) {
+    let mut c = lab_testkit::lab(lab, args);
+    c.env("XDG_RUNTIME_DIR", runtime)
+        .env_remove("LAB_SSH_MULTIPLEX");
+    let out = c.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The one control socket in `runtime/lab-ssh` (beside it: the host key
+/// lab verified), once its master answers; and the master's PID.
+fn master(runtime: &std::path::Path) -> (std::path::PathBuf, u32) {
+    for _ in 0..200 {
+        let socks: Vec<_> = std::fs::read_dir(runtime.join("lab-ssh"))
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| {
+                        e.file_type()
+                            .is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_socket(&t))
+                    })
+                    .map(|e| e.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        if let [sock] = socks.as_slice() {
+            let out = std::process::Command::new("ssh")
+                .args(["-O", "check", "-S"])
+                .arg(sock)
+                .arg("x")
+                .output()
+                .unwrap();
+            let said = String::from_utf8_lossy(&out.stderr).to_string();
+            if let Some(pid) = said
+                .split("pid=")
+                .nth(1)
+                .and_then(|t| t.split(')').next())
+                .and_then(|p| p.parse().ok())
+            {
+                return (sock.clone(), pid);
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("no master in {}", runtime.display());
+}
+
+/// A connection is kept open across runs: with the machine's sshd
+/// refusing new logins, the next runs still reach it through the master;
+/// a master killed (its socket left behind) is noticed, and lab's own
+/// connection takes over and starts a new one.
+fn connections_are_kept_open_across_runs(lab: &lab_testkit::TestLab, h: &lab_testhosts::Host) {
+    let runtime = tempfile::tempdir().unwrap();
+    let rt = runtime.path();
+    let (code, out) = lab_in(lab, rt, &["sync", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}");
+    let (sock, pid) = master(rt);
+    let mode = std::fs::metadata(rt.join("lab-ssh")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o700
+    );
+
+    // no new logins (sessions live on; a timer starts sshd again in any case)
+    run(
+        h,
+        "systemd-run --on-active=120 systemctl start ssh.service >/dev/null 2>&1;          systemctl stop ssh.service",
+    );
+    assert!(h.run("true").is_err(), "sshd still takes logins");
+    let (code, out) = lab_in(lab, rt, &["check", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = lab_in(lab, rt, &["sync", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("h1: up to date"), "{out}");
+    let back = std::process::Command::new("ssh")
+        .args(["-o", "ControlMaster=no", "-S"])
+        .arg(&sock)
+        .args(["x", "systemctl start ssh.service"])
+        .status()
+        .unwrap();
+    assert!(back.success());
+    run(h, "true");
+
+    // the master killed (by its PID: a process this test's lab started)
+    std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(sock.exists(), "a killed master leaves its socket");
+    let (code, out) = lab_in(lab, rt, &["check", "-m", "h1"]);
+    assert_eq!(code, 0, "{out}");
+    let (_, fresh) = master(rt);
+    assert_ne!(fresh, pid);
+    let _ = std::process::Command::new("ssh")
+        .args(["-O", "exit", "-S"])
+        .arg(&sock)
+        .arg("x")
+        .output();
+}
+
+/// The loose ends of convergence, on one fleet (a machine each).
+#[test]
+fn json_rollback_a_change_during_the_apply_and_kept_connections() {
+    let fleet = TestHosts::up(3).unwrap();
+    let lab = units_project(&fleet);
+    let h = fleet.hosts();
+    sync_and_watch_json_tell_drift_and_pending(&lab, &h[0]);
+    rollback_runs_the_pending_actions_of_the_generation_it_leaves(&lab, &h[1]);
+    a_change_during_the_apply_is_drift_for_the_next_check(&lab, &h[2]);
+    connections_are_kept_open_across_runs(&lab, &h[0]);
 }

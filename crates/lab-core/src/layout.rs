@@ -9,6 +9,8 @@
 //! .lab/state/                     the engine's state (see lab-engine's `state`)
 //! .lab/facts/NAME.json            facts gathered from a machine (user-editable)
 //! .lab/sync/NAME.applied          the generation lab last saw applied on it
+//! .lab/ssh/                       control sockets of SSH connections kept
+//!                                 open across runs (or $XDG_RUNTIME_DIR/lab-ssh/)
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -83,6 +85,16 @@ impl LabDir {
     /// `.lab/sync/NAME.applied`: what lab last saw applied on the machine.
     pub fn applied_path(&self, machine: &str) -> PathBuf {
         self.root.join("sync").join(format!("{machine}.applied"))
+    }
+
+    /// Where the control sockets of SSH connections shared across runs
+    /// live: `runtime_dir/lab-ssh` (the caller passes
+    /// `$XDG_RUNTIME_DIR`, private to the user), else `.lab/ssh`.
+    pub fn ssh_control_dir(&self, runtime_dir: Option<&Path>) -> PathBuf {
+        match runtime_dir {
+            Some(r) if r.is_absolute() => r.join("lab-ssh"),
+            _ => self.root.join("ssh"),
+        }
     }
 
     /// `.lab/facts/NAME.json`

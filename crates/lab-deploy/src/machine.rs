@@ -23,6 +23,13 @@ pub fn ssh_spec(project: &Project, m: &Machine) -> SshSpec {
             .collect(),
         known_hosts: project.settings.known_hosts.clone(),
         sudo: m.become_method == Some(Become::Sudo),
+        control_dir: Some(
+            lab_core::LabDir::of_project(&project.root).ssh_control_dir(
+                std::env::var_os("XDG_RUNTIME_DIR")
+                    .map(std::path::PathBuf::from)
+                    .as_deref(),
+            ),
+        ),
     }
 }
 

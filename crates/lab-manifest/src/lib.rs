@@ -244,6 +244,27 @@ impl Manifest {
         }
         Ok(m)
     }
+
+    /// The paths of manifest `text` (relative, in its order) without
+    /// parsing its entries, for what needs only the paths (`lab status`
+    /// asks a machine about the units they belong to): `None` when a line
+    /// is not plainly `{"path":"/...",...` (an escaped name, another
+    /// format), and the caller parses it whole.
+    pub fn paths(text: &str) -> Option<Vec<&str>> {
+        let mut lines = text.lines();
+        lines.next()?.strip_prefix("{\"lab_manifest\":1,")?;
+        let mut out = Vec::new();
+        for l in lines.filter(|l| !l.is_empty()) {
+            let rest = l.strip_prefix("{\"path\":\"/")?;
+            let end = rest.find('"')?;
+            let p = &rest[..end];
+            if p.is_empty() || p.contains('\\') || !rest[end..].starts_with("\",") {
+                return None;
+            }
+            out.push(p);
+        }
+        Some(out)
+    }
 }
 
 /// One line of a human-readable summary: `+ /etc/motd (file 0644, 13 B)`.
@@ -278,6 +299,27 @@ pub fn describe(e: &Entry) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_without_parsing() {
+        let mut m = Manifest::new("web");
+        for p in ["etc/a b", "etc/x\"y", "etc/z"] {
+            m.insert(Entry {
+                path: p.into(),
+                mode: 0o644,
+                kind: EntryKind::Symlink { target: "t".into() },
+                owner: None,
+                group: None,
+            });
+        }
+        // an escaped name: parse it whole
+        assert_eq!(Manifest::paths(&m.to_text()), None);
+        m.entries.remove("etc/x\"y");
+        assert_eq!(
+            Manifest::paths(&m.to_text()),
+            Some(vec!["etc/a b", "etc/z"])
+        );
+    }
 
     fn sample() -> Manifest {
         let mut m = Manifest::new("web1");

@@ -13,6 +13,7 @@ pub mod diff;
 mod error;
 pub mod images;
 mod machine;
+pub mod mux;
 mod openssh;
 pub mod pods;
 pub mod secrets;
@@ -24,7 +25,7 @@ pub use error::SyncError;
 pub use machine::{Change, MachineSync, Outcome, Probe, SyncOptions, SyncReport, Target};
 pub use ssh::{HostKeyPolicy, Login, SshSpec, SshTarget, SshTransport};
 pub use ssh2_config;
-pub use transport::{LocalTransport, Output, Transport};
+pub use transport::{Input, LocalTransport, Output, Transport};
 pub use units::{RuleAction, UnitRule};
 
 use std::path::{Path, PathBuf};
@@ -82,9 +83,23 @@ pub fn connect(
         }
         Endpoint::Ssh(spec) => {
             let t = SshTarget::resolve(spec, ssh_config);
-            Ok(Box::new(SshTransport::connect(
-                &t, accept_new, timeout, io_timeout,
-            )?))
+            // a master from an earlier run: through it; else lab's own
+            // connection, and a master for the next runs (see `mux`)
+            let Some(mux) = mux::Mux::of(spec, &t) else {
+                return Ok(Box::new(SshTransport::connect(
+                    &t, accept_new, timeout, io_timeout,
+                )?));
+            };
+            if mux.usable(&t) {
+                return Ok(Box::new(mux::MuxTransport::new(
+                    mux, t, timeout, io_timeout,
+                )));
+            }
+            let direct = SshTransport::connect(&t, accept_new, timeout, io_timeout)?;
+            if let Some(key) = direct.host_key_blob() {
+                mux.start_master(&key);
+            }
+            Ok(Box::new(direct))
         }
     }
 }

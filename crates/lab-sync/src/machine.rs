@@ -145,6 +145,32 @@ pub struct Probe {
     pub manifest: Option<Manifest>,
 }
 
+/// The applied manifest as a check left it: its text (sent by the
+/// machine, or cached here, with the machine's digest), empty (before
+/// lab's first sync), or unknown (to be fetched).
+enum AppliedText {
+    Text(String),
+    Empty,
+    Unknown,
+}
+
+impl AppliedText {
+    fn parse(self, gen: u64, machine: &str) -> Result<Option<Manifest>, SyncError> {
+        match self {
+            AppliedText::Text(t) => {
+                Manifest::parse(&t)
+                    .map(Some)
+                    .map_err(|e| SyncError::Protocol {
+                        status: 0,
+                        output: format!("manifest of generation {gen}: {e}"),
+                    })
+            }
+            AppliedText::Empty => Ok(Some(Manifest::new(machine))),
+            AppliedText::Unknown => Ok(None),
+        }
+    }
+}
+
 pub struct MachineSync<'a> {
     pub target: &'a Target,
     pub transport: &'a mut dyn Transport,
@@ -169,7 +195,9 @@ impl MachineSync<'_> {
         })?;
         // (what lab last applied there: paths it changes restart their
         // pods anyway; unknown: every path counts as changed)
-        let old = self.cached().map(|(m, _)| m);
+        let old = self
+            .cached_text()
+            .and_then(|(t, _)| Manifest::parse(&t).ok());
         let changed = |p: &str| match &old {
             Some(o) => o.get(p) != new.get(p),
             None => true,
@@ -191,8 +219,33 @@ impl MachineSync<'_> {
         self.check_with(units, false)
     }
 
+    /// [`MachineSync::check`] by a caller that has the build whose
+    /// manifest has digest `built`: when the machine is on it and no stat
+    /// changed there, nothing is to be compared, and the applied manifest
+    /// is left out (`None`: unparsed, as for an interrupted run).
+    pub fn check_against(&mut self, units: &[String], built: &Digest) -> Result<Probe, SyncError> {
+        let (mut p, applied) = self.check_raw(units, true)?;
+        if p.digest != Some(*built) || !p.check.seen.is_empty() {
+            p.manifest = applied.parse(p.gen, &self.target.name)?;
+        }
+        Ok(p)
+    }
+
     fn check_with(&mut self, units: &[String], wait: bool) -> Result<Probe, SyncError> {
-        let cached = self.cached();
+        let (mut p, applied) = self.check_raw(units, wait)?;
+        p.manifest = applied.parse(p.gen, &self.target.name)?;
+        Ok(p)
+    }
+
+    /// [`MachineSync::check`], the applied manifest left unparsed (a
+    /// no-change sync never needs it: parsing two manifests of 10k entries
+    /// was a third of its time).
+    fn check_raw(
+        &mut self,
+        units: &[String],
+        wait: bool,
+    ) -> Result<(Probe, AppliedText), SyncError> {
+        let cached = self.cached_text();
         let known = cached.as_ref().map(|(_, d)| *d);
         let out = self.transport.run(
             &check_command(&self.target.root, known.as_ref(), units, wait),
@@ -226,20 +279,16 @@ impl MachineSync<'_> {
                 }
             }
         }
-        p.manifest = match (manifest_text, cached) {
+        let applied = match (manifest_text, cached) {
             (Some(t), _) if Some(Digest::of(t.as_bytes())) == digest => {
-                let m = Manifest::parse(&t).map_err(|e| SyncError::Protocol {
-                    status: 0,
-                    output: format!("manifest of generation {gen}: {e}"),
-                })?;
                 self.remember(&t);
-                Some(m)
+                AppliedText::Text(t)
             }
-            (None, Some((m, d))) if Some(d) == digest => Some(m),
-            _ if gen == 0 => Some(Manifest::new(&self.target.name)),
-            _ => None,
+            (None, Some((t, d))) if Some(d) == digest => AppliedText::Text(t),
+            _ if gen == 0 => AppliedText::Empty,
+            _ => AppliedText::Unknown,
         };
-        Ok(p)
+        Ok((p, applied))
     }
 
     /// The machine's generation and manifest digest (`None` before lab's
@@ -303,14 +352,24 @@ impl MachineSync<'_> {
     }
 
     fn new_manifest(&self) -> Result<(Manifest, String), SyncError> {
-        let err = |m: String| SyncError::Build {
-            machine: self.target.name.clone(),
-            message: m,
-        };
-        let text = std::fs::read_to_string(&self.target.manifest_path)
-            .map_err(|e| err(format!("{}: {e}", self.target.manifest_path.display())))?;
-        let m = Manifest::parse(&text).map_err(|e| err(e.to_string()))?;
+        let text = self.new_text()?;
+        let m = self.parse_new(&text)?;
         Ok((m, text))
+    }
+
+    /// The built manifest's text.
+    fn new_text(&self) -> Result<String, SyncError> {
+        std::fs::read_to_string(&self.target.manifest_path).map_err(|e| SyncError::Build {
+            machine: self.target.name.clone(),
+            message: format!("{}: {e}", self.target.manifest_path.display()),
+        })
+    }
+
+    fn parse_new(&self, text: &str) -> Result<Manifest, SyncError> {
+        Manifest::parse(text).map_err(|e| SyncError::Build {
+            machine: self.target.name.clone(),
+            message: e.to_string(),
+        })
     }
 
     fn remember(&self, text: &str) {
@@ -325,10 +384,10 @@ impl MachineSync<'_> {
 
     /// The manifest this machine applied last, as cached here, and its
     /// digest.
-    fn cached(&self) -> Option<(Manifest, Digest)> {
+    fn cached_text(&self) -> Option<(String, Digest)> {
         let text = std::fs::read_to_string(&self.target.cache_path).ok()?;
-        let m = Manifest::parse(&text).ok()?;
-        Some((m, Digest::of(text.as_bytes())))
+        let d = Digest::of(text.as_bytes());
+        Some((text, d))
     }
 
     /// Ship the built manifest to the machine.
@@ -337,30 +396,58 @@ impl MachineSync<'_> {
     /// once (one command); the machine refuses it if it is elsewhere, and
     /// says where it is, and lab plans again from there.
     pub fn sync(&mut self, opts: &SyncOptions) -> Result<SyncReport, SyncError> {
-        let (new, new_text) = self.new_manifest()?;
+        let new_text = self.new_text()?;
         let digest = Digest::of(new_text.as_bytes());
+        // (parsed only when something is to be done)
+        let mut new: Option<Manifest> = None;
         let mut attempts = 0;
-        // (what runs that stopped as stale had to say: a recovery, say)
-        let mut notes: Vec<String> = self.ship_images(&new)?;
+        // (what runs that stopped as stale had to say: a recovery, say;
+        // and first, the images of the machine's pods: only a manifest
+        // with Quadlet files can name one, others are not parsed here)
+        let mut notes: Vec<String> = Vec::new();
+        if new_text.contains("containers/systemd/") {
+            let m = self.parse_new(&new_text)?;
+            notes = self.ship_images(&m)?;
+            new = Some(m);
+        }
         // What lab knows of the machine: its generation, digest, applied
         // manifest, and what the last check of it found.
-        let (mut gen, mut base, mut known, mut check) = match self.cached() {
+        let cached = self.cached_text();
+        let cached_digest = cached.as_ref().map(|(_, d)| *d);
+        let from_cache = match cached {
+            Some((t, d)) if d != digest => Manifest::parse(&t).ok().map(|m| (m, d)),
+            _ => None,
+        };
+        let (mut gen, mut base, mut known, mut check) = match from_cache {
             // (a change goes out at once; the machine refuses it, saying
             // what it found, when it is not as the cache says)
-            Some((m, d)) if d != digest => (None, Some(d), Some(m), Check::default()),
-            _ => {
-                let p = self.check_now(&[])?;
-                (Some(p.gen), p.digest, p.manifest, p.check)
+            Some((m, d)) => (None, Some(d), Some(m), Check::default()),
+            None => {
+                let (p, applied) = self.check_raw(&[], false)?;
+                // (nothing to ship and no stat changed: the applied
+                // manifest is not looked at, so not parsed)
+                let m = if p.digest == Some(digest) && p.check.seen.is_empty() {
+                    None
+                } else {
+                    applied.parse(p.gen, &self.target.name)?
+                };
+                (Some(p.gen), p.digest, m, p.check)
             }
         };
         loop {
-            let old = match known.take() {
-                Some(m) => m,
-                None => self.fetch_manifest(gen.unwrap_or_default(), base.as_ref())?,
+            let old = if base == Some(digest) && check.seen.is_empty() {
+                None
+            } else {
+                Some(match known.take() {
+                    Some(m) => m,
+                    None => self.fetch_manifest(gen.unwrap_or_default(), base.as_ref())?,
+                })
             };
-            let drift: Vec<Drift> = check.drift(&old);
+            let drift: Vec<Drift> = old.as_ref().map(|o| check.drift(o)).unwrap_or_default();
             if base == Some(digest) && drift.is_empty() {
-                self.remember(&new_text);
+                if cached_digest != Some(digest) {
+                    self.remember(&new_text);
+                }
                 let mut report = SyncReport {
                     outcome: Outcome::Unchanged {
                         gen: gen.unwrap_or_default(),
@@ -399,8 +486,8 @@ impl MachineSync<'_> {
                     if attempts >= 5 {
                         return Err(SyncError::Contended(attempts));
                     }
-                    (gen, base, check) = (Some(g), b, Check::parse(&out.stdout_text()));
                     notes.extend(r.notes.iter().cloned());
+                    (gen, base, known, check) = self.after_stale(g, b, Some(digest), &out)?;
                     continue;
                 }
                 if out.status != 0 || !r.finished {
@@ -417,11 +504,16 @@ impl MachineSync<'_> {
                 return Ok(report);
             }
             attempts += 1;
-            let mut plan = ApplyPlan::repairing(&old, &new, &check.seen);
+            let old = old.expect("looked at: the machine is not on the build, or drifted");
+            if new.is_none() {
+                new = Some(self.parse_new(&new_text)?);
+            }
+            let new = new.as_ref().expect("parsed");
+            let mut plan = ApplyPlan::repairing(&old, new, &check.seen);
             plan.expect = Some(check.expect());
             let fresh = units::actions(
                 &old,
-                &new,
+                new,
                 &plan.touched(),
                 &self.target.rules,
                 &self.target.pod_user,
@@ -477,13 +569,12 @@ impl MachineSync<'_> {
                             output: out.stdout_text(),
                         });
                     };
-                    gen = Some(g);
-                    base = b;
-                    check = Check::parse(&out.stdout_text());
                     notes.extend(report.notes.iter().cloned());
                     if attempts >= 5 {
                         return Err(SyncError::Contended(attempts));
                     }
+                    let sent = base;
+                    (gen, base, known, check) = self.after_stale(g, b, sent, &out)?;
                     continue;
                 }
                 Some(ExecutorExit::Failed) => {
@@ -524,7 +615,7 @@ impl MachineSync<'_> {
             };
             if opts.rollback_on_failure && !result.failed_units.is_empty() {
                 let prev = now - 1;
-                let rb = self.rollback_to(Some(prev), Some((now, digest, &new)))?;
+                let rb = self.rollback_to(Some(prev), Some((now, digest, new)))?;
                 result.outcome = Outcome::RolledBack { gen: prev };
                 result.rollback = Some(rb);
             }
@@ -532,23 +623,49 @@ impl MachineSync<'_> {
         }
     }
 
+    /// Where the machine is after it refused a run as stale (`g`, `b`):
+    /// when it was on the base the run named (`sent`), its answer holds
+    /// what its check found (drift, pending actions: the run expected
+    /// others); when it was elsewhere (another sync, a rollback, a run
+    /// of lab killed before it could remember), it answered before its
+    /// check, so ask for one.
+    #[allow(clippy::type_complexity)]
+    fn after_stale(
+        &mut self,
+        g: u64,
+        b: Option<Digest>,
+        sent: Option<Digest>,
+        out: &Output,
+    ) -> Result<(Option<u64>, Option<Digest>, Option<Manifest>, Check), SyncError> {
+        if b == sent {
+            return Ok((Some(g), b, None, Check::parse(&out.stdout_text())));
+        }
+        let p = self.check_now(&[])?;
+        Ok((Some(p.gen), p.digest, p.manifest, p.check))
+    }
+
     /// Put the machine back on generation `to` (default: the one before the
-    /// current), and run the unit actions that change implies. `current` is
-    /// what the caller already knows of the machine.
+    /// current), and run the unit actions that change implies, and those
+    /// the generation it leaves still had pending (a killed run's): the
+    /// rollback's journal replaces that generation's, so they run now or
+    /// would be lost. `current` is what the caller already knows of the
+    /// machine (a sync that has just run its actions: none are pending).
     pub fn rollback_to(
         &mut self,
         to: Option<u64>,
         current: Option<(u64, Digest, &Manifest)>,
     ) -> Result<Report, SyncError> {
-        let (gen, digest, cur_manifest) = match current {
-            Some((g, d, m)) => (g, Some(d), m.clone()),
+        let (gen, cur_manifest, pending) = match current {
+            Some((g, _, m)) => (g, m.clone(), Vec::new()),
             None => {
-                let (g, d) = self.probe()?;
-                let m = self.fetch_manifest(g, d.as_ref())?;
-                (g, d, m)
+                let p = self.check(&[])?;
+                let m = match p.manifest {
+                    Some(m) => m,
+                    None => self.fetch_manifest(p.gen, p.digest.as_ref())?,
+                };
+                (p.gen, m, p.check.pending)
             }
         };
-        let _ = digest;
         let to = match to {
             Some(t) => t,
             None if gen > 0 => gen - 1,
@@ -569,13 +686,14 @@ impl MachineSync<'_> {
             self.fetch_manifest(to, None)?
         };
         let plan = ApplyPlan::new(&cur_manifest, &target);
-        let actions: Vec<UnitAction> = units::actions(
+        let fresh = units::actions(
             &cur_manifest,
             &target,
             &plan.touched(),
             &self.target.rules,
             &self.target.pod_user,
         );
+        let actions: Vec<UnitAction> = crate::converge::merge_actions(&pending, &fresh);
         let program = lab_agent::rollback_program(
             to,
             &actions,

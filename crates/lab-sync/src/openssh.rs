@@ -232,6 +232,7 @@ pub(crate) fn target(m: &SshSpec, g: &Effective, config: Option<&Path>) -> SshTa
             .map(Duration::from_secs),
         alias: m.host.clone(),
         refused,
+        control_path: first(g, "controlpath").filter(|v| !none(v)).map(exp),
         ..SshTarget::new(&host, port, &user, known_hosts)
     }
 }

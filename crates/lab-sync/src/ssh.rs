@@ -34,6 +34,9 @@ pub struct SshSpec {
     pub known_hosts: Option<PathBuf>,
     /// Every command runs through `sudo -n`.
     pub sudo: bool,
+    /// Where lab keeps the control sockets of connections shared across
+    /// its runs (see [`crate::mux`]); `None`: nothing is shared.
+    pub control_dir: Option<PathBuf>,
 }
 
 /// Where and how to reach one machine, after lab.toml and `~/.ssh/config`.
@@ -79,6 +82,9 @@ pub struct SshTarget {
     pub refused: Option<(String, String)>,
     /// Every command runs through `sudo -n` (`become = "sudo"`).
     pub sudo: bool,
+    /// The user's own `ControlPath` (`~/.ssh/config`, expanded by `ssh
+    /// -G`): a shared connection uses it instead of lab's.
+    pub control_path: Option<PathBuf>,
 }
 
 impl SshTarget {
@@ -103,6 +109,7 @@ impl SshTarget {
             alias: host.to_string(),
             refused: None,
             sudo: false,
+            control_path: None,
         }
     }
 }
@@ -470,6 +477,11 @@ impl SshTransport {
         Ok(me)
     }
 
+    /// The host key this connection verified.
+    pub(crate) fn host_key_blob(&self) -> Option<Vec<u8>> {
+        self.session.host_key().map(|(k, _)| k.to_vec())
+    }
+
     /// Check the host key; `true` when it was new and has been recorded.
     fn verify_host_key(
         &self,
@@ -489,57 +501,23 @@ impl SshTransport {
                     .unwrap_or_default()
             )
         );
-        let mut kh = self
-            .session
-            .known_hosts()
-            .map_err(|e| SyncError::ssh(t, "known_hosts", e))?;
-        let (lookup, lookup_port) = match &t.host_key_alias {
-            Some(a) => (a.as_str(), 22),
-            None => (t.host.as_str(), t.port),
-        };
-        let mut cert_authority = None;
-        for file in std::iter::once(&t.known_hosts).chain(&t.known_hosts_also) {
-            let Ok(text) = std::fs::read_to_string(file) else {
-                continue;
-            };
-            for (i, line) in text.lines().enumerate() {
-                let l = line.trim_start();
-                if l.is_empty() || l.starts_with('#') {
-                    continue;
-                }
-                if let Some(rest) = l.strip_prefix('@') {
-                    let mut f = rest.split_whitespace();
-                    let (marker, hosts, blob) = (f.next(), f.next(), f.nth(1));
-                    let names = hosts.unwrap_or_default();
-                    if !host_pattern_matches(names, lookup, lookup_port) {
-                        continue;
-                    }
-                    match marker {
-                        Some("revoked")
-                            if blob.is_some_and(|b| {
-                                base64::engine::general_purpose::STANDARD
-                                    .decode(b)
-                                    .is_ok_and(|b| b == key)
-                            }) =>
-                        {
-                            return Err(SyncError::HostKeyChanged {
-                                host: t.known_hosts_name(),
-                                fingerprint: format!("{fingerprint}, marked @revoked"),
-                                known_hosts: format!("{}:{}", file.display(), i + 1),
-                            });
-                        }
-                        Some("cert-authority") => {
-                            cert_authority = Some(format!("{}:{}", file.display(), i + 1));
-                        }
-                        _ => {}
-                    }
-                    continue;
-                }
-                // a line libssh2 cannot read is skipped, as OpenSSH does
-                let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
-            }
-        }
-        match kh.check_port(lookup, lookup_port, key) {
+        let (found, cert_authority) = known_hosts_check(&self.session, t, key, &fingerprint)?;
+        self.decide(t, policy, found, cert_authority, key, ktype, fingerprint)
+    }
+
+    /// What to do with a host key that known_hosts says `found` about.
+    #[allow(clippy::too_many_arguments)]
+    fn decide(
+        &self,
+        t: &SshTarget,
+        policy: &HostKeyPolicy<'_>,
+        found: CheckResult,
+        cert_authority: Option<String>,
+        key: &[u8],
+        ktype: HostKeyType,
+        fingerprint: String,
+    ) -> Result<bool, SyncError> {
+        match found {
             CheckResult::Match => Ok(false),
             CheckResult::Mismatch => Err(SyncError::HostKeyChanged {
                 host: t.known_hosts_name(),
@@ -1051,6 +1029,119 @@ impl Write for ChannelInput<'_> {
     }
 }
 
+/// The known_hosts files' answer about `key` for `t` (and the
+/// `@cert-authority` line that vouches for the host, if any); a key
+/// marked `@revoked` is an error.
+fn known_hosts_check(
+    session: &Session,
+    t: &SshTarget,
+    key: &[u8],
+    fingerprint: &str,
+) -> Result<(CheckResult, Option<String>), SyncError> {
+    let mut kh = session
+        .known_hosts()
+        .map_err(|e| SyncError::ssh(t, "known_hosts", e))?;
+    let (lookup, lookup_port) = match &t.host_key_alias {
+        Some(a) => (a.as_str(), 22),
+        None => (t.host.as_str(), t.port),
+    };
+    let mut cert_authority = None;
+    for file in std::iter::once(&t.known_hosts).chain(&t.known_hosts_also) {
+        let Ok(text) = std::fs::read_to_string(file) else {
+            continue;
+        };
+        for (i, line) in text.lines().enumerate() {
+            let l = line.trim_start();
+            if l.is_empty() || l.starts_with('#') {
+                continue;
+            }
+            if let Some(rest) = l.strip_prefix('@') {
+                let mut f = rest.split_whitespace();
+                let (marker, hosts, blob) = (f.next(), f.next(), f.nth(1));
+                let names = hosts.unwrap_or_default();
+                if !host_pattern_matches(names, lookup, lookup_port) {
+                    continue;
+                }
+                match marker {
+                    Some("revoked")
+                        if blob.is_some_and(|b| {
+                            base64::engine::general_purpose::STANDARD
+                                .decode(b)
+                                .is_ok_and(|b| b == key)
+                        }) =>
+                    {
+                        return Err(SyncError::HostKeyChanged {
+                            host: t.known_hosts_name(),
+                            fingerprint: format!("{fingerprint}, marked @revoked"),
+                            known_hosts: format!("{}:{}", file.display(), i + 1),
+                        });
+                    }
+                    Some("cert-authority") => {
+                        cert_authority = Some(format!("{}:{}", file.display(), i + 1));
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            // a line libssh2 cannot read is skipped, as OpenSSH does
+            let _ = kh.read_str(line, KnownHostFileKind::OpenSSH);
+        }
+    }
+    Ok((kh.check_port(lookup, lookup_port, key), cert_authority))
+}
+
+/// Whether host key `key` (as a connection of lab's verified it) is still
+/// the known key of `t`: a connection kept open across runs is used only
+/// then (a key changed or revoked since is refused by lab's own
+/// connection, with its message).
+pub(crate) fn still_known(t: &SshTarget, key: &[u8]) -> bool {
+    let Ok(session) = Session::new() else {
+        return false;
+    };
+    matches!(
+        known_hosts_check(&session, t, key, ""),
+        Ok((CheckResult::Match, _))
+    )
+}
+
+/// `command` as it runs on the machine: through `sudo -n` with
+/// `become = "sudo"` (`-n` never asks: no one could answer).
+pub(crate) fn with_sudo(t: &SshTarget, command: &str) -> String {
+    if t.sudo {
+        format!("exec sudo -n -- sh -c {}", lab_agent::quote(command))
+    } else {
+        command.to_string()
+    }
+}
+
+/// sudo's own refusal, told from the command's failure by its words.
+pub(crate) fn sudo_refusal(t: &SshTarget, status: i32, stderr: &[u8]) -> Result<(), SyncError> {
+    if !t.sudo {
+        return Ok(());
+    }
+    let said = String::from_utf8_lossy(stderr);
+    let refused = status == 1
+        && said.starts_with("sudo: ")
+        && [
+            "password is required",
+            "not in the sudoers",
+            "not allowed",
+            "a terminal is required",
+        ]
+        .iter()
+        .any(|w| said.contains(w));
+    let missing = status == 127 && said.contains("sudo") && said.contains("not found");
+    if refused || missing {
+        return Err(SyncError::Sudo {
+            user: t.user.clone(),
+            host: t.known_hosts_name(),
+            message: said.lines().next().unwrap_or_default().to_string(),
+            missing,
+        });
+    }
+    Ok(())
+}
+
 impl Transport for SshTransport {
     fn run(&mut self, command: &str, input: Input<'_>) -> Result<Output, SyncError> {
         self.commands += 1;
@@ -1058,10 +1149,7 @@ impl Transport for SshTransport {
         let mut ch = self.session.channel_session().map_err(err)?;
         // `become = "sudo"`: `-n` never asks (no one could answer); sudo's
         // own refusal is told from the command's failure by its words
-        let command = match &self.sudo {
-            Some(_) => format!("exec sudo -n -- sh -c {}", lab_agent::quote(command)),
-            None => command.to_string(),
-        };
+        let command = with_sudo(&self.target, command);
         ch.exec(&command).map_err(err)?;
         self.session.set_blocking(false);
         let mut stdin = ChannelInput {
@@ -1095,27 +1183,8 @@ impl Transport for SshTransport {
         let _ = ch.stderr().read_to_end(&mut stderr);
         ch.wait_close().map_err(err)?;
         let status = ch.exit_status().map_err(err)?;
-        if let Some((user, host)) = &self.sudo {
-            let said = String::from_utf8_lossy(&stderr);
-            let refused = status == 1
-                && said.starts_with("sudo: ")
-                && [
-                    "password is required",
-                    "not in the sudoers",
-                    "not allowed",
-                    "a terminal is required",
-                ]
-                .iter()
-                .any(|w| said.contains(w));
-            let missing = status == 127 && said.contains("sudo") && said.contains("not found");
-            if refused || missing {
-                return Err(SyncError::Sudo {
-                    user: user.clone(),
-                    host: host.clone(),
-                    message: said.lines().next().unwrap_or_default().to_string(),
-                    missing,
-                });
-            }
+        if self.sudo.is_some() {
+            sudo_refusal(&self.target, status, &stderr)?;
         }
         Ok(Output {
             status,

@@ -178,9 +178,13 @@ pub fn classify(path: &str) -> Option<UnitFile> {
 /// The units lab manages on a machine with manifest `m`: unit and Quadlet
 /// files it writes (the pod user's as `USER/UNIT`), and the units of its
 /// `[[units]]` rules that cover a path of it.
-pub fn managed_units(m: &Manifest, rules: &[UnitRule], pod_user: &str) -> Vec<String> {
+pub fn managed_units<'a>(
+    paths: impl IntoIterator<Item = &'a str>,
+    rules: &[UnitRule],
+    pod_user: &str,
+) -> Vec<String> {
     let mut out = BTreeSet::new();
-    for p in m.entries.keys() {
+    for p in paths {
         match classify(p) {
             Some(UnitFile::Unit(u) | UnitFile::DropIn(u) | UnitFile::Quadlet(u))
                 if !u.contains("@.") =>

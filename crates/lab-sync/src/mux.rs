@@ -1,0 +1,422 @@
+//! SSH connections kept open across lab invocations, the way Ansible does
+//! by default: OpenSSH's `ControlMaster=auto` with `ControlPersist=60s`.
+//!
+//! A fresh SSH login costs a key exchange and an sshd process on the
+//! machine (0.1-0.3 s, and CPU on both ends: eight at once on two cores
+//! take a second). So the first connection to a machine is lab's own
+//! (libssh2: host keys checked with lab's rules and messages), and beside
+//! it lab starts an OpenSSH master in the background; while that master
+//! lives (60 s after its last use), the next `lab` runs its commands
+//! through it (`ssh -S SOCKET`), a few milliseconds each.
+//!
+//! The master is started with `StrictHostKeyChecking=yes` against the
+//! known_hosts files lab just verified the machine with, `BatchMode=yes`,
+//! and the same config file, identities, user and port: it never accepts
+//! what lab would not. Its socket (in `.lab/ssh/` or
+//! `$XDG_RUNTIME_DIR/lab-ssh/`, see [`lab_core::LabDir::ssh_control_dir`])
+//! is named by a digest of everything that makes a connection different
+//! (local user, config file, host, port, user, identities, known_hosts,
+//! `HostKeyAlias`, `ProxyJump`, `ProxyCommand`), so two machines, users,
+//! ports or proxies never share one. A `ControlPath` of the user's own
+//! (`~/.ssh/config`, as `ssh -G` expands it) is used as it is instead.
+//! A master is used only while the host key lab verified when it started
+//! it (kept beside the sockets) is still the known one: a key changed or
+//! revoked since goes to lab's own connection and its refusal, and a
+//! master lab did not start is never used.
+//! `LAB_SSH_MULTIPLEX=0` turns all of this off.
+
+use crate::ssh::{SshSpec, SshTarget, SshTransport};
+use crate::transport::{Counting, Input, Output, Transport};
+use crate::SyncError;
+use base64::Engine as _;
+use lab_core::Digest;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// How long an idle master stays (OpenSSH's `ControlPersist`).
+pub const CONTROL_PERSIST: &str = "60s";
+
+/// A Unix socket's path must fit in `sun_path` (108 bytes on Linux,
+/// less elsewhere): longer ones are not multiplexed.
+const SOCKET_PATH_MAX: usize = 100;
+
+/// How to reach one machine through a shared master.
+#[derive(Clone, Debug)]
+pub(crate) struct Mux {
+    /// The control socket.
+    socket: PathBuf,
+    /// `ssh`'s options and destination, for the master and the clients.
+    args: Vec<String>,
+    /// The socket is in lab's own directory (not the user's `ControlPath`).
+    own: bool,
+    /// The host key lab verified when it started the master (base64).
+    key_file: PathBuf,
+}
+
+impl Mux {
+    /// The shared connection of `t` (resolved from `spec`), or `None` when
+    /// it is not to be shared: no control directory, turned off, a
+    /// directive lab refuses, or a socket path too long.
+    pub(crate) fn of(spec: &SshSpec, t: &SshTarget) -> Option<Mux> {
+        let dir = spec.control_dir.as_ref()?;
+        if std::env::var("LAB_SSH_MULTIPLEX").is_ok_and(|v| v == "0") || t.refused.is_some() {
+            return None;
+        }
+        let config = std::env::var_os("LAB_SSH_CONFIG").map(PathBuf::from);
+        let mut args: Vec<String> = Vec::new();
+        if let Some(f) = &config {
+            args.extend(["-F".into(), f.display().to_string()]);
+        }
+        args.extend(["-p".into(), t.port.to_string(), "-l".into(), t.user.clone()]);
+        for i in &spec.identities {
+            args.extend(["-i".into(), crate::ssh::expand(i).display().to_string()]);
+        }
+        let mut known = vec![t.known_hosts.display().to_string()];
+        known.extend(t.known_hosts_also.iter().map(|p| p.display().to_string()));
+        for o in [
+            "BatchMode=yes".to_string(),
+            "StrictHostKeyChecking=yes".to_string(),
+            format!("UserKnownHostsFile={}", known.join(" ")),
+            "LogLevel=ERROR".to_string(),
+        ] {
+            args.extend(["-o".into(), o]);
+        }
+        let socket = match &t.control_path {
+            Some(p) => p.clone(),
+            None => {
+                let uid = unsafe { libc::getuid() };
+                let mut key = format!(
+                    "{uid}\0{}\0{}\0{}\0{}\0{:?}\0{:?}\0{:?}\0",
+                    spec.host,
+                    t.host,
+                    t.port,
+                    t.user,
+                    t.host_key_alias,
+                    t.proxy_jump,
+                    t.proxy_command
+                );
+                for a in &args {
+                    key.push_str(a);
+                    key.push('\0');
+                }
+                let name = Digest::of(key.as_bytes()).to_hex()[..20].to_string();
+                dir.join(name)
+            }
+        };
+        if socket.as_os_str().len() > SOCKET_PATH_MAX {
+            return None;
+        }
+        args.extend(["-o".into(), format!("ControlPath={}", socket.display())]);
+        // (`--` would end the options: the destination comes last)
+        if spec.host.starts_with('-') {
+            return None;
+        }
+        args.push(spec.host.clone());
+        let own = t.control_path.is_none();
+        let key_name = Digest::of(socket.as_os_str().as_encoded_bytes()).to_hex();
+        let key_file = dir.join(format!("{}.key", &key_name[..20]));
+        Some(Mux {
+            socket,
+            args,
+            own,
+            key_file,
+        })
+    }
+
+    /// Whether a master listens on the socket (a connection to it is
+    /// accepted: a master that is gone leaves a socket that refuses; no
+    /// `ssh -O check` process, which costs as much as the command).
+    pub(crate) fn alive(&self) -> bool {
+        is_master(&self.socket) && std::os::unix::net::UnixStream::connect(&self.socket).is_ok()
+    }
+
+    /// Whether the master can be used for `t`: it listens, lab started
+    /// it (a master of the user's own, or one whose key lab did not
+    /// record, is not used), and the host key lab verified then is still
+    /// the one known_hosts names. A master of lab's whose key is no
+    /// longer known is told to exit: lab's own connection says why.
+    pub(crate) fn usable(&self, t: &SshTarget) -> bool {
+        if !self.alive() {
+            return false;
+        }
+        let key = std::fs::read_to_string(&self.key_file).ok().and_then(|k| {
+            base64::engine::general_purpose::STANDARD
+                .decode(k.trim())
+                .ok()
+        });
+        if key.is_some_and(|k| crate::ssh::still_known(t, &k)) {
+            return true;
+        }
+        if self.own {
+            let _ = Command::new("ssh")
+                .args(["-O", "exit"])
+                .args(&self.args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+        false
+    }
+
+    /// Start a master in the background for the next runs (its own
+    /// process group: a Ctrl-C of this run does not end it). Nothing is
+    /// waited for; a master that cannot start leaves nothing behind, and
+    /// the next run connects as this one did.
+    /// `key`: the host key lab's own connection just verified.
+    pub(crate) fn start_master(&self, key: &[u8]) {
+        use std::os::unix::fs::PermissionsExt;
+        // (lab's own directory; a ControlPath of the user's is theirs)
+        if let Some(dir) = self.key_file.parent() {
+            if std::fs::create_dir_all(dir).is_err() {
+                return;
+            }
+            let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+        }
+        let tmp = self.key_file.with_extension("tmp");
+        let text = base64::engine::general_purpose::STANDARD.encode(key);
+        if std::fs::write(&tmp, text).is_err() || std::fs::rename(&tmp, &self.key_file).is_err() {
+            return;
+        }
+        // (a master that died left its socket: ssh would not replace it;
+        // only lab's own, in its own directory, is removed)
+        if self.own && is_master(&self.socket) && !self.alive() {
+            let _ = std::fs::remove_file(&self.socket);
+        }
+        // (a command that ends at once, not `-N`: when another run's
+        // master took the socket first, this ssh is no master, runs `true`
+        // and ends, rather than staying connected for ever)
+        let mut c = Command::new("ssh");
+        c.args([
+            "-T",
+            "-o",
+            "ControlMaster=yes",
+            "-o",
+            &format!("ControlPersist={CONTROL_PERSIST}"),
+            // (a machine gone silent ends the master, and its clients
+            // with it, within a minute)
+            "-o",
+            "ServerAliveInterval=15",
+        ])
+        .args(&self.args)
+        .arg("true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        std::os::unix::process::CommandExt::process_group(&mut c, 0);
+        if let Ok(mut child) = c.spawn() {
+            // (reaped when it goes to the background or gives up)
+            std::thread::spawn(move || child.wait());
+        }
+    }
+
+    /// `ssh` running `command` through the master.
+    fn command(&self, command: &str) -> Command {
+        let mut c = Command::new("ssh");
+        c.args(["-T", "-o", "ControlMaster=no"])
+            .args(&self.args)
+            .arg(command);
+        c
+    }
+}
+
+/// Commands through a shared master; if it is gone (the connection was
+/// lost, or it timed out in a long session), lab's own connection takes
+/// over.
+pub struct MuxTransport {
+    mux: Mux,
+    direct: Option<SshTransport>,
+    target: SshTarget,
+    timeout: Duration,
+    io_timeout: Duration,
+    commands: u64,
+    sent: u64,
+}
+
+impl MuxTransport {
+    pub(crate) fn new(
+        mux: Mux,
+        target: SshTarget,
+        timeout: Duration,
+        io_timeout: Duration,
+    ) -> MuxTransport {
+        MuxTransport {
+            mux,
+            direct: None,
+            target,
+            timeout,
+            io_timeout,
+            commands: 0,
+            sent: 0,
+        }
+    }
+}
+
+impl Transport for MuxTransport {
+    fn run(&mut self, command: &str, input: Input<'_>) -> Result<Output, SyncError> {
+        if let Some(d) = &mut self.direct {
+            return d.run(command, input);
+        }
+        self.commands += 1;
+        let cmd = crate::ssh::with_sudo(&self.target, command);
+        let mut child = self
+            .mux
+            .command(&cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| SyncError::Channel(format!("ssh: {e}")))?;
+        let read = |r: Option<Box<dyn Read + Send>>| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut buf);
+                }
+                buf
+            })
+        };
+        let out = read(
+            child
+                .stdout
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let err = read(
+            child
+                .stderr
+                .take()
+                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        );
+        let written = match child.stdin.take() {
+            Some(stdin) => {
+                let mut w = std::io::BufWriter::with_capacity(
+                    256 * 1024,
+                    Counting {
+                        inner: stdin,
+                        count: &mut self.sent,
+                        broken: false,
+                    },
+                );
+                input(&mut w).and_then(|()| w.flush())
+            }
+            None => Ok(()),
+        };
+        let status = child
+            .wait()
+            .map_err(|e| SyncError::Channel(format!("ssh: {e}")))?;
+        let stdout = out.join().unwrap_or_default();
+        let stderr = err.join().unwrap_or_default();
+        written.map_err(|e| SyncError::Channel(e.to_string()))?;
+        // 255: ssh's own failure, or the command ended by a signal (no
+        // exit status: 0, as lab's own connection reports it; the
+        // command's report says whether it finished); which one, the
+        // master tells: it is gone with a lost connection
+        let status = match status.code() {
+            Some(255) | None if self.mux.alive() => 0,
+            Some(255) | None => {
+                let said = String::from_utf8_lossy(&stderr).trim().to_string();
+                return Err(SyncError::Channel(if said.is_empty() {
+                    "the connection was lost".into()
+                } else {
+                    said
+                }));
+            }
+            Some(s) => s,
+        };
+        crate::ssh::sudo_refusal(&self.target, status, &stderr)?;
+        Ok(Output {
+            status,
+            stdout,
+            stderr,
+        })
+    }
+
+    fn commands(&self) -> u64 {
+        self.commands + self.direct.as_ref().map_or(0, |d| d.commands())
+    }
+
+    fn sent(&self) -> u64 {
+        self.sent + self.direct.as_ref().map_or(0, |d| d.sent())
+    }
+
+    fn reconnect(&mut self) -> Result<(), SyncError> {
+        if self.direct.is_none() && self.mux.alive() {
+            return Ok(());
+        }
+        self.direct = Some(SshTransport::connect(
+            &self.target,
+            false,
+            self.timeout,
+            self.io_timeout,
+        )?);
+        Ok(())
+    }
+}
+
+/// Whether `p` is a socket (a master's, alive or not).
+pub fn is_master(p: &Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_socket())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mux(spec: &SshSpec, f: impl FnOnce(&mut SshTarget)) -> Mux {
+        let mut t = SshTarget::new("10.0.0.1", 22, "root", "/k".into());
+        f(&mut t);
+        Mux::of(spec, &t).unwrap()
+    }
+
+    /// Different users, ports, proxies, keys or known_hosts never share a
+    /// master; the same settings always do.
+    #[test]
+    fn a_socket_per_way_of_connecting() {
+        std::env::remove_var("LAB_SSH_MULTIPLEX");
+        let spec = SshSpec {
+            host: "web".into(),
+            control_dir: Some("/run/x".into()),
+            ..Default::default()
+        };
+        let base = mux(&spec, |_| {}).socket;
+        assert_eq!(mux(&spec, |_| {}).socket, base);
+        assert!(base.starts_with("/run/x"));
+        let others = [
+            mux(&spec, |t| t.user = "deploy".into()).socket,
+            mux(&spec, |t| t.port = 2222).socket,
+            mux(&spec, |t| t.host = "10.0.0.2".into()).socket,
+            mux(&spec, |t| t.proxy_command = Some("nc %h %p".into())).socket,
+            mux(&spec, |t| t.proxy_jump = vec!["bastion".into()]).socket,
+            mux(&spec, |t| t.known_hosts = "/other".into()).socket,
+            mux(&spec, |t| t.host_key_alias = Some("a".into())).socket,
+            mux(
+                &SshSpec {
+                    identities: vec!["/id".into()],
+                    ..spec.clone()
+                },
+                |_| {},
+            )
+            .socket,
+        ];
+        for (i, o) in others.iter().enumerate() {
+            assert_ne!(*o, base, "{i}");
+            assert!(others[i + 1..].iter().all(|x| x != o), "{i}");
+        }
+        // the user's own ControlPath wins; nothing shared without a
+        // directory, nor for a machine lab refuses
+        let theirs = mux(&spec, |t| t.control_path = Some("/home/u/.ssh/cm".into()));
+        assert_eq!(theirs.socket, PathBuf::from("/home/u/.ssh/cm"));
+        let none = SshSpec {
+            control_dir: None,
+            ..spec.clone()
+        };
+        assert!(Mux::of(&none, &SshTarget::new("h", 22, "root", "/k".into())).is_none());
+        let mut refused = SshTarget::new("h", 22, "root", "/k".into());
+        refused.refused = Some(("f:1".into(), "no".into()));
+        assert!(Mux::of(&spec, &refused).is_none());
+    }
+}
