@@ -84,6 +84,30 @@ impl Select {
 /// The help of `-m` for a command that needs machines named.
 const NAMED: &str = "Machines to work on: NAME, @TAG (every machine with that tag) or a glob like 'web*'; repeatable; -m or --all is required";
 
+/// How a command that talks to many machines reaches them.
+#[derive(clap::Args, Debug, Clone, Copy)]
+struct Fanout {
+    /// Machines worked on in parallel.
+    #[arg(short, long, value_name = "N", default_value_t = 8)]
+    jobs: usize,
+    /// Trust and record host keys that known_hosts does not have yet.
+    #[arg(long)]
+    accept_new: bool,
+}
+
+/// `lab status` and `lab check` (the same question; check answers with
+/// its exit code).
+#[derive(clap::Args)]
+struct StatusCmd {
+    #[command(flatten)]
+    select: Select,
+    #[command(flatten)]
+    fanout: Fanout,
+    /// Print JSON on stdout (schema in the README).
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Render every machine's tree into .lab/out/NAME/ (only what changed).
@@ -152,15 +176,11 @@ enum Command {
     Ps {
         #[command(flatten)]
         select: Select,
-        /// Machines asked in parallel.
-        #[arg(short, long, value_name = "N", default_value_t = 8)]
-        jobs: usize,
+        #[command(flatten)]
+        fanout: Fanout,
         /// Journal lines shown for a pod that is not running.
         #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
         lines: usize,
-        /// Trust and record host keys that known_hosts does not have yet.
-        #[arg(long)]
-        accept_new: bool,
         /// Print JSON on stdout (schema in the README).
         #[arg(long)]
         json: bool,
@@ -211,12 +231,8 @@ enum Command {
     Sync {
         #[command(flatten)]
         select: Select,
-        /// Machines synced in parallel.
-        #[arg(short, long, value_name = "N", default_value_t = 8)]
-        jobs: usize,
-        /// Trust and record host keys that known_hosts does not have yet.
-        #[arg(long)]
-        accept_new: bool,
+        #[command(flatten)]
+        fanout: Fanout,
         /// When a unit fails after the sync, put the machine back on the
         /// previous generation.
         #[arg(long)]
@@ -256,35 +272,11 @@ enum Command {
     /// Whether each machine is in sync, changing nothing: changes the
     /// source would ship, paths that drifted on the machine, unit actions
     /// pending, failed units, the applied generation.
-    Status {
-        #[command(flatten)]
-        select: Select,
-        /// Machines checked in parallel.
-        #[arg(short, long, value_name = "N", default_value_t = 8)]
-        jobs: usize,
-        /// Trust and record host keys that known_hosts does not have yet.
-        #[arg(long)]
-        accept_new: bool,
-        /// Print JSON on stdout (schema in the README).
-        #[arg(long)]
-        json: bool,
-    },
+    Status(StatusCmd),
     /// `lab status` for CI: exit 0 everything in sync, 3 something would
     /// change or drifted, 1 a machine failed or was unreachable, 2 usage
     /// or project error.
-    Check {
-        #[command(flatten)]
-        select: Select,
-        /// Machines checked in parallel.
-        #[arg(short, long, value_name = "N", default_value_t = 8)]
-        jobs: usize,
-        /// Trust and record host keys that known_hosts does not have yet.
-        #[arg(long)]
-        accept_new: bool,
-        /// Print JSON on stdout (schema in the README).
-        #[arg(long)]
-        json: bool,
-    },
+    Check(StatusCmd),
     /// Make a hand fix on a machine source: copy the machine's version of
     /// each drifted plain file into machines/NAME/ (templates are refused).
     Adopt {
@@ -513,8 +505,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
         }
         Command::Sync {
             select,
-            jobs,
-            accept_new,
+            fanout: Fanout { jobs, accept_new },
             rollback_on_failure,
             json,
         } => {
@@ -574,18 +565,16 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             }
             r
         }
-        Command::Status {
+        Command::Status(StatusCmd {
             select,
-            jobs,
-            accept_new,
+            fanout: Fanout { jobs, accept_new },
             json,
-        }
-        | Command::Check {
+        })
+        | Command::Check(StatusCmd {
             select,
-            jobs,
-            accept_new,
+            fanout: Fanout { jobs, accept_new },
             json,
-        } => {
+        }) => {
             let engine = open(&cli, style)?;
             let names = select::resolve(&engine, style, &select.selection())?;
             status::status(
@@ -596,7 +585,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                     json: *json,
                     accept_new: *accept_new,
                     jobs: *jobs,
-                    check: matches!(cli.command, Command::Check { .. }),
+                    check: matches!(cli.command, Command::Check(_)),
                 },
             )
         }
@@ -621,9 +610,8 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
         }
         Command::Ps {
             select,
-            jobs,
+            fanout: Fanout { jobs, accept_new },
             lines,
-            accept_new,
             json,
         } => {
             let engine = open(&cli, style)?;

@@ -158,15 +158,12 @@ pub fn ps(engine: &Engine, style: Style, args: &PsArgs) -> Result<(), Failure> {
     // connect (facts gathered when none are cached: the build needs them)
     let connected = lab_deploy::parallel(machines.clone(), args.jobs, |m| {
         crate::verbose::connecting(m);
-        let r = lab_deploy::connect(project, m, ssh_config.as_ref(), args.accept_new).and_then(
-            |mut t| {
-                let cached = lab_engine::lab_facts::load(engine.lab_dir(), &m.name)
-                    .is_ok_and(|f| !f.is_empty());
-                if !cached {
-                    lab_sync::gather_facts(t.as_mut(), engine.lab_dir(), &m.name)?;
-                }
-                Ok(t)
-            },
+        let r = lab_deploy::connect_with_facts(
+            project,
+            engine.lab_dir(),
+            m,
+            ssh_config.as_ref(),
+            args.accept_new,
         );
         (m, r)
     });

@@ -17,7 +17,10 @@ mod sync;
 mod watch;
 
 pub use event::{Built, Cycle, CycleTimes, Event, Events, MachineCycle, Quiet, Step};
-pub use machine::{connect, endpoint, ssh_spec, target, unit_rules, CONNECT_TIMEOUT, IO_TIMEOUT};
+pub use machine::{
+    connect, connect_with_facts, endpoint, ssh_spec, target, unit_rules, CONNECT_TIMEOUT,
+    IO_TIMEOUT,
+};
 pub use pool::{cached_facts, facts_cached, parallel, Connector};
 pub use sync::{build, sync, sync_one, MachineResult, MachineRun, SyncPlan, SyncRun};
 pub use watch::{BackoffPolicy, Schedule, Stopper, Watch, WatchOptions};

@@ -101,3 +101,20 @@ pub fn connect(
         IO_TIMEOUT,
     )
 }
+
+/// [`connect`], then, when no facts of `m` are cached in `lab_dir`, gather
+/// them over the new connection (a build needs them).
+pub fn connect_with_facts(
+    project: &Project,
+    lab_dir: &Path,
+    m: &Machine,
+    ssh_config: Option<&lab_sync::ssh2_config::SshConfig>,
+    accept_new: bool,
+) -> Result<Box<dyn Transport>, SyncError> {
+    let mut t = connect(project, m, ssh_config, accept_new)?;
+    let cached = lab_engine::lab_facts::load(lab_dir, &m.name).is_ok_and(|f| !f.is_empty());
+    if !cached {
+        lab_sync::gather_facts(t.as_mut(), lab_dir, &m.name)?;
+    }
+    Ok(t)
+}
