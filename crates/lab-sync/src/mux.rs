@@ -254,6 +254,34 @@ impl MuxTransport {
     }
 }
 
+impl MuxTransport {
+    /// A command's exit status through the master. 255: ssh's own
+    /// failure, or the command ended by a signal (no exit status: 0, as
+    /// lab's own connection reports it; the command's report says whether
+    /// it finished); which one, the master tells: it is gone with a lost
+    /// connection.
+    fn exit_status(
+        &self,
+        status: std::process::ExitStatus,
+        stderr: &[u8],
+    ) -> Result<i32, SyncError> {
+        let status = match status.code() {
+            Some(255) | None if self.mux.alive() => 0,
+            Some(255) | None => {
+                let said = String::from_utf8_lossy(stderr).trim().to_string();
+                return Err(SyncError::Channel(if said.is_empty() {
+                    "the connection was lost".into()
+                } else {
+                    said
+                }));
+            }
+            Some(s) => s,
+        };
+        crate::ssh::sudo_refusal(&self.target, status, stderr)?;
+        Ok(status)
+    }
+}
+
 impl Transport for MuxTransport {
     fn run(&mut self, command: &str, input: Input<'_>) -> Result<Output, SyncError> {
         if let Some(d) = &mut self.direct {
@@ -310,28 +338,55 @@ impl Transport for MuxTransport {
         let stdout = out.join().unwrap_or_default();
         let stderr = err.join().unwrap_or_default();
         written.map_err(|e| SyncError::Channel(e.to_string()))?;
-        // 255: ssh's own failure, or the command ended by a signal (no
-        // exit status: 0, as lab's own connection reports it; the
-        // command's report says whether it finished); which one, the
-        // master tells: it is gone with a lost connection
-        let status = match status.code() {
-            Some(255) | None if self.mux.alive() => 0,
-            Some(255) | None => {
-                let said = String::from_utf8_lossy(&stderr).trim().to_string();
-                return Err(SyncError::Channel(if said.is_empty() {
-                    "the connection was lost".into()
-                } else {
-                    said
-                }));
-            }
-            Some(s) => s,
-        };
-        crate::ssh::sudo_refusal(&self.target, status, &stderr)?;
+        let status = self.exit_status(status, &stderr)?;
         Ok(Output {
             status,
             stdout,
             stderr,
         })
+    }
+
+    /// `lab logs -f` through the master: stdout handed on as it comes.
+    fn run_streaming(
+        &mut self,
+        command: &str,
+        out: &mut dyn FnMut(&[u8]),
+    ) -> Result<(i32, Vec<u8>), SyncError> {
+        if let Some(d) = &mut self.direct {
+            return d.run_streaming(command, out);
+        }
+        self.commands += 1;
+        let cmd = crate::ssh::with_sudo(&self.target, command);
+        let mut child = self
+            .mux
+            .command(&cmd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| SyncError::Channel(format!("ssh: {e}")))?;
+        let err = child.stderr.take().map(|mut r| {
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let _ = r.read_to_end(&mut buf);
+                buf
+            })
+        });
+        if let Some(mut r) = child.stdout.take() {
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => out(&buf[..n]),
+                }
+            }
+        }
+        let status = child
+            .wait()
+            .map_err(|e| SyncError::Channel(format!("ssh: {e}")))?;
+        let stderr = err.and_then(|t| t.join().ok()).unwrap_or_default();
+        let status = self.exit_status(status, &stderr)?;
+        Ok((status, stderr))
     }
 
     fn commands(&self) -> u64 {
