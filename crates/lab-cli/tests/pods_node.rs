@@ -333,7 +333,7 @@ fn ps_shows_pods_and_a_failed_one_with_its_journal_and_logs_reads_it() {
     // a pod whose image is nowhere: its unit fails
     t.file(
         &format!("{PODS}/broken.yaml"),
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: broken\nspec:\n  containers:\n  - name: app\n    image: localhost/missing:1\n",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: broken\nspec:\n  restartPolicy: Never\n  containers:\n  - name: app\n    image: localhost/missing:1\n",
     );
     let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
     assert_eq!(code, 1, "the broken pod fails the sync:\n{out}\n{err}");
