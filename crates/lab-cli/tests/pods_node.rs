@@ -104,17 +104,23 @@ fn web_image(t: &TestLab, h: &Host, name: &str, body: &str) -> String {
         .unwrap()
 }
 
-const USERS: &str = "machines/h1/etc/containers/systemd/users";
+/// What a user writes: the machine's pod sources, compiled by lab-pods.
+const PODS: &str = "machines/h1/pods";
 
 /// A pod NAME of the pod user: an HTTP server on `port` (hostPort too) and
 /// a sidecar, both handling SIGTERM (so a restart takes no 10 s).
 fn web_pod(t: &TestLab, name: &str, image: &str, port: u16, version: &str) {
+    web_pod_with(t, name, image, port, version, "");
+}
+
+/// [`web_pod`] with `annotations` (lines indented under `annotations:`).
+fn web_pod_with(t: &TestLab, name: &str, image: &str, port: u16, version: &str, annotations: &str) {
+    let annotations = match annotations {
+        "" => String::new(),
+        a => format!("  annotations:\n{a}"),
+    };
     t.file(
-        &format!("{USERS}/{name}.kube"),
-        &format!("[Unit]\nConditionUser=pods\n\n[Kube]\nYaml={name}.yaml\n\n[Install]\nWantedBy=default.target\n"),
-    );
-    t.file(
-        &format!("{USERS}/{name}.yaml"),
+        &format!("{PODS}/{name}.yaml"),
         &format!(
             "apiVersion: v1
 kind: Pod
@@ -122,17 +128,17 @@ metadata:
   name: {name}
   labels:
     version: \"{version}\"
-spec:
+{annotations}spec:
   restartPolicy: Always
   containers:
   - name: httpd
-    image: localhost/{image}:latest
+    image: {image}
     command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; httpd -f -p {port} -h /www & wait\"]
     ports:
     - containerPort: {port}
       hostPort: {port}
   - name: sidecar
-    image: localhost/{image}:latest
+    image: {image}
     command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; echo sidecar {version} up; while :; do sleep 1; done & wait\"]
 "
         ),
@@ -229,8 +235,7 @@ fn a_pod_serves_restarts_alone_stops_and_comes_back_on_rollback() {
     assert_eq!(pod_pids(&h, "other"), other_before);
 
     // removed: stopped, its unit gone, the other pod untouched
-    t.remove(&format!("{USERS}/web.kube"));
-    t.remove(&format!("{USERS}/web.yaml"));
+    t.remove(&format!("{PODS}/web.yaml"));
     sync_ok(&t);
     assert_eq!(user_active(&h, "web.service"), "inactive");
     assert!(http_get(&format!("{}:8080", h.address)).is_err());
@@ -251,13 +256,10 @@ fn a_pod_serves_restarts_alone_stops_and_comes_back_on_rollback() {
 }
 
 /// A pod of one container that exits at once, with `policy`.
+/// A pod of the base layer, a template that reads a fact (`nproc`).
 fn exiting_pod(t: &TestLab, name: &str, policy: &str) {
     t.file(
-        &format!("{USERS}/{name}.kube"),
-        &format!("[Unit]\nConditionUser=pods\n\n[Kube]\nYaml={name}.yaml\n"),
-    );
-    t.file(
-        &format!("{USERS}/{name}.yaml"),
+        &format!("layers/_/pods/{name}.yaml.j2"),
         &format!(
             "apiVersion: v1
 kind: Pod
@@ -268,7 +270,7 @@ spec:
   containers:
   - name: job
     image: web
-    command: [\"/bin/sh\", \"-c\", \"echo {name} ran; sleep 1; exit 3\"]
+    command: [\"/bin/sh\", \"-c\", \"echo {name} ran on {{{{ nproc }}}} cpus; sleep 1; exit 3\"]
 "
         ),
     );
@@ -330,12 +332,8 @@ fn ps_shows_pods_and_a_failed_one_with_its_journal_and_logs_reads_it() {
     web_pod(&t, "web", "web", 8080, "1");
     // a pod whose image is nowhere: its unit fails
     t.file(
-        &format!("{USERS}/broken.kube"),
-        "[Unit]\nConditionUser=pods\n\n[Kube]\nYaml=broken.yaml\n",
-    );
-    t.file(
-        &format!("{USERS}/broken.yaml"),
-        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: broken\nspec:\n  containers:\n  - name: app\n    image: localhost/missing:1\n",
+        &format!("{PODS}/broken.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: broken\nspec:\n  restartPolicy: Never\n  containers:\n  - name: app\n    image: localhost/missing:1\n",
     );
     let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
     assert_eq!(code, 1, "the broken pod fails the sync:\n{out}\n{err}");
@@ -535,21 +533,14 @@ fn node_memory(h: &Host) -> NodeMemory {
     panic!("no memory cgroup of {} in {cgroups}", h.name)
 }
 
+const ROOTFUL: &str = "    lab.dev/rootful: \"true\"\n";
+
 #[test]
 fn a_rootful_pod_runs_in_the_system_manager_from_roots_storage() {
     let h = host(6);
     let t = project(&h, "");
     let id = web_image(&t, &h, "web", "rootful\n");
-    web_pod(&t, "web", "web", 8080, "1");
-    // the same files, one directory up: root's Quadlet directory
-    for f in ["web.kube", "web.yaml"] {
-        let text = t.read(&format!("{USERS}/{f}"));
-        t.remove(&format!("{USERS}/{f}"));
-        t.file(
-            &format!("machines/h1/etc/containers/systemd/{f}"),
-            &text.replace("[Unit]\nConditionUser=pods\n", "[Unit]\n"),
-        );
-    }
+    web_pod_with(&t, "web", "web", 8080, "1", ROOTFUL);
     let out = sync_ok(&t);
     assert!(out.contains("start web.service"), "{out}");
     assert!(!out.contains("pods/"), "{out}");
@@ -562,11 +553,7 @@ fn a_rootful_pod_runs_in_the_system_manager_from_roots_storage() {
     let before = h
         .run("podman ps --filter pod=web --format '{{.Pid}}'")
         .unwrap();
-    web_pod(&t, "web", "web", 8080, "2");
-    let yaml = t.read(&format!("{USERS}/web.yaml"));
-    t.remove(&format!("{USERS}/web.yaml"));
-    t.remove(&format!("{USERS}/web.kube"));
-    t.file("machines/h1/etc/containers/systemd/web.yaml", &yaml);
+    web_pod_with(&t, "web", "web", 8080, "2", ROOTFUL);
     let out = sync_ok(&t);
     assert!(out.contains("restart web.service"), "{out}");
     answers(&h, 8080);

@@ -90,7 +90,7 @@ spec:
 const DB: &str = r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: db
+  name: pgdb
   annotations:
     lab.dev/rootful: "true"
     io.podman.annotations.init/pg: "true"
@@ -107,7 +107,7 @@ fn lab() -> TestLab {
     lab.file("lab.toml", TOML)
         .file("layers/web/etc/motd", "hi\n")
         .file("layers/web/pods/web.yaml.j2", WEB)
-        .file("layers/web/pods/db.yaml", DB);
+        .file("layers/web/pods/pgdb.yaml", DB);
     ran(&lab);
     assert!(ran(&lab).is_empty());
     lab
@@ -132,8 +132,8 @@ fn pods_become_quadlet_files_not_copies() {
             "/etc",
             "/etc/containers",
             "/etc/containers/systemd",
-            "/etc/containers/systemd/db.kube",
-            "/etc/containers/systemd/db.yaml",
+            "/etc/containers/systemd/pgdb.kube",
+            "/etc/containers/systemd/pgdb.yaml",
             "/etc/containers/systemd/users",
             "/etc/containers/systemd/users/web.kube",
             "/etc/containers/systemd/users/web.yaml",
@@ -157,16 +157,16 @@ fn pods_become_quadlet_files_not_copies() {
 fn editing_one_pod_reruns_only_its_nodes() {
     let lab = lab();
     lab.file(
-        "layers/web/pods/db.yaml",
+        "layers/web/pods/pgdb.yaml",
         &DB.replace("localhost/postgres", "localhost/pg16"),
     );
     let mut want = Vec::new();
     for m in ["a", "b"] {
         for k in [
             // (the unit's text did not change: it stops there)
-            "output `etc/containers/systemd/db.yaml`",
-            "render `etc/containers/systemd/db.kube`",
-            "render `etc/containers/systemd/db.yaml`",
+            "output `etc/containers/systemd/pgdb.yaml`",
+            "render `etc/containers/systemd/pgdb.kube`",
+            "render `etc/containers/systemd/pgdb.yaml`",
             // the firewall reads every pod, and stops there (same ports)
             "render `etc/nftables.d/lab-pods.nft`",
         ] {
@@ -176,7 +176,7 @@ fn editing_one_pod_reruns_only_its_nodes() {
     want.sort();
     assert_eq!(ran(&lab), want);
     assert!(lab
-        .read(".lab/out/a/etc/containers/systemd/db.yaml")
+        .read(".lab/out/a/etc/containers/systemd/pgdb.yaml")
         .contains("image: \"localhost/pg16\""));
 }
 
@@ -186,7 +186,7 @@ fn a_fact_reruns_the_pods_that_read_it() {
     lab.file("lab.toml", &TOML.replace("port = 8080", "port = 8081"));
     let got = ran(&lab);
     assert!(got.contains(&"a: output `etc/nftables.d/lab-pods.nft`".to_string()));
-    assert!(!got.iter().any(|k| k.contains("db.")), "{got:#?}");
+    assert!(!got.iter().any(|k| k.contains("pgdb.")), "{got:#?}");
     assert!(lab
         .read(".lab/out/b/etc/nftables.d/lab-pods.nft")
         .ends_with("tcp dport { 8081 } accept\n"));
@@ -264,14 +264,14 @@ fn the_pod_user_and_shipped_images_are_inputs() {
         ran(&lab),
         strs(&[
             "a: output `etc/containers/systemd/users/web.kube`",
-            "a: render `etc/containers/systemd/db.kube`",
-            "a: render `etc/containers/systemd/db.yaml`",
+            "a: render `etc/containers/systemd/pgdb.kube`",
+            "a: render `etc/containers/systemd/pgdb.yaml`",
             "a: render `etc/containers/systemd/users/web.kube`",
             "a: render `etc/containers/systemd/users/web.yaml`",
             "a: render `etc/nftables.d/lab-pods.nft`",
             "b: output `etc/containers/systemd/users/web.kube`",
-            "b: render `etc/containers/systemd/db.kube`",
-            "b: render `etc/containers/systemd/db.yaml`",
+            "b: render `etc/containers/systemd/pgdb.kube`",
+            "b: render `etc/containers/systemd/pgdb.yaml`",
             "b: render `etc/containers/systemd/users/web.kube`",
             "b: render `etc/containers/systemd/users/web.yaml`",
             "b: render `etc/nftables.d/lab-pods.nft`",
@@ -301,7 +301,7 @@ fn the_pod_user_and_shipped_images_are_inputs() {
 fn a_bad_pod_stops_its_machine_with_its_place() {
     let lab = lab();
     lab.file(
-        "machines/a/pods/db.yaml",
+        "machines/a/pods/pgdb.yaml",
         &DB.replace(
             "        image: localhost/postgres\n",
             "        image: localhost/postgres\n        startupProbe: {}\n",
@@ -310,7 +310,7 @@ fn a_bad_pod_stops_its_machine_with_its_place() {
     let (msg, at, hint) = error_of(&lab, "a");
     assert_eq!(msg, "`startupProbe` is not supported in a container");
     let at = at.unwrap();
-    assert_eq!(at.to_string(), "machines/a/pods/db.yaml:14:9");
+    assert_eq!(at.to_string(), "machines/a/pods/pgdb.yaml:14:9");
     assert_eq!(at.line_text, "        startupProbe: {}");
     assert!(hint.unwrap().contains("podman#18332"));
     // the other machine still builds, and a's outputs stay as they were
@@ -323,7 +323,7 @@ fn a_bad_pod_stops_its_machine_with_its_place() {
         .result
         .is_ok());
     assert!(lab
-        .join(".lab/out/a/etc/containers/systemd/db.kube")
+        .join(".lab/out/a/etc/containers/systemd/pgdb.kube")
         .is_file());
 }
 
@@ -362,14 +362,14 @@ fn a_layer_file_where_a_pod_writes_is_a_conflict() {
 #[test]
 fn another_unit_of_the_pods_name_is_a_conflict() {
     let lab = lab();
-    lab.file("layers/web/etc/systemd/system/db.service", "[Service]\n");
+    lab.file("layers/web/etc/systemd/system/pgdb.service", "[Service]\n");
     let (msg, at, _) = error_of(&lab, "a");
     assert_eq!(
         msg,
-        "pod `db` and `layers/web/etc/systemd/system/db.service` both make the unit `db.service`"
+        "pod `pgdb` and `layers/web/etc/systemd/system/pgdb.service` both make the unit `pgdb.service`"
     );
-    assert_eq!(at.unwrap().to_string(), "layers/web/pods/db.yaml");
-    lab.remove("layers/web/etc/systemd/system/db.service");
+    assert_eq!(at.unwrap().to_string(), "layers/web/pods/pgdb.yaml");
+    lab.remove("layers/web/etc/systemd/system/pgdb.service");
     lab.file(
         "machines/a/etc/containers/systemd/users/web.container",
         "[Container]\n",
@@ -385,7 +385,7 @@ fn another_unit_of_the_pods_name_is_a_conflict() {
 fn warnings_go_through_the_reporter() {
     let lab = lab();
     lab.file(
-        "layers/web/pods/db.yaml",
+        "layers/web/pods/pgdb.yaml",
         &DB.replace("    io.podman.annotations.init/pg: \"true\"\n", ""),
     );
     let (rec, _) = build_with(&lab);
@@ -397,7 +397,7 @@ fn warnings_go_through_the_reporter() {
     let (rec, _) = build_with(&lab);
     assert_eq!(rec.warnings.into_inner().unwrap(), Vec::<String>::new());
     lab.file(
-        "layers/web/pods/db.yaml",
+        "layers/web/pods/pgdb.yaml",
         &DB.replace("    io.podman.annotations.init/pg: \"true\"\n", "")
             .replace("localhost/postgres", "localhost/pg"),
     );

@@ -240,6 +240,18 @@ fn pod(
             )),
         ));
     }
+    // `podman kube play --replace` reads an all-hex name as a pod ID prefix
+    // and replaced another pod on a node
+    if name.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(r.err(
+            r.at_scalar(name_node),
+            format!("the pod name `{name}` is made only of hex digits"),
+            Some(format!(
+                "podman takes `{name}` for a pod ID prefix and would replace another pod: add a \
+                 letter after `f` or a `-` (`{name}-pod`), to the file name too"
+            )),
+        ));
+    }
     let mut labels = Vec::new();
     let mut annotations: Vec<(String, String)> = Vec::new();
     let mut ann_nodes: Vec<(&MarkedScalarNode, &Node)> = Vec::new();

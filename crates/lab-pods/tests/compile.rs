@@ -179,20 +179,20 @@ spec:
 #[test]
 fn a_rootful_deployment_becomes_a_system_pod() {
     let c = ok(
-        "db",
+        "pgdb",
         r#"apiVersion: apps/v1
 kind: Deployment
 metadata:
-  name: db
-  labels: {app: db}
+  name: pgdb
+  labels: {app: pgdb}
   annotations:
     lab.dev/rootful: "true"
 spec:
   selector:
-    matchLabels: {app: db}
+    matchLabels: {app: pgdb}
   template:
     metadata:
-      labels: {app: db, tier: data}
+      labels: {app: pgdb, tier: data}
     spec:
       hostNetwork: true
       restartPolicy: Never
@@ -204,15 +204,15 @@ spec:
         - containerPort: 5432
 "#,
     );
-    assert_eq!(c.kube_path(), "etc/containers/systemd/db.kube");
+    assert_eq!(c.kube_path(), "etc/containers/systemd/pgdb.kube");
     assert_eq!(
         c.kube,
         "# Made by lab from a pod file; edits here are replaced by the next sync.
 [Unit]
-Description=Pod db
+Description=Pod pgdb
 
 [Kube]
-Yaml=db.yaml
+Yaml=pgdb.yaml
 LogDriver=journald
 ExitCodePropagation=any
 
@@ -229,9 +229,9 @@ WantedBy=multi-user.target
 apiVersion: v1
 kind: Pod
 metadata:
-  name: "db"
+  name: "pgdb"
   labels:
-    "app": "db"
+    "app": "pgdb"
     "tier": "data"
   annotations:
     "lab.dev/rootful": "true"

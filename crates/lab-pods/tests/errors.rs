@@ -288,3 +288,26 @@ fn two_containers_may_not_share_a_host_port() {
         "pods/web.yaml:14:37: port 8080/tcp is published twice in this pod\n    - {containerPort: 81, hostPort: 8080}\n                                    ^^^^\n"
     );
 }
+
+#[test]
+fn hex_only_pod_name() {
+    for name in ["a", "cafe", "c0ffee"] {
+        let text = format!("apiVersion: v1\nkind: Pod\nmetadata:\n  name: {name}\nspec:\n  containers:\n  - name: app\n    image: web\n");
+        let path = format!("pods/{name}.yaml");
+        let e = compile(Path::new(&path), name, &text, &ctx()).unwrap_err();
+        assert_eq!(
+            format!("{}: {}\nhint: {}", e.at, e.message, e.hint.unwrap()),
+            format!(
+                "pods/{name}.yaml:4:9: the pod name `{name}` is made only of hex digits\nhint: podman takes `{name}` for a pod ID prefix and would replace another pod: add a letter after `f` or a `-` (`{name}-pod`), to the file name too"
+            )
+        );
+    }
+    // a letter past `f` makes it a name
+    compile(
+        Path::new("pods/cafez.yaml"),
+        "cafez",
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: cafez\nspec:\n  containers:\n  - name: app\n    image: web\n",
+        &ctx(),
+    )
+    .unwrap();
+}
