@@ -306,11 +306,9 @@ impl Includes for DiskIncludes {
     }
 }
 
-/// An output file made of its step's bytes (a render, a pod's compile).
-fn made_from_step(out: &str, mode: u32, bytes: &[u8], graph: &Graph) -> Made {
-    let render_key = Key::Render(out.to_string());
-    let value = graph.trace(&render_key).expect("stepped").value;
-    let entry = Entry {
+/// The manifest entry of an output file holding `bytes`.
+fn file_entry(out: &str, mode: u32, bytes: &[u8]) -> Entry {
+    Entry {
         path: out.to_string(),
         mode,
         kind: EntryKind::File {
@@ -319,7 +317,14 @@ fn made_from_step(out: &str, mode: u32, bytes: &[u8], graph: &Graph) -> Made {
         },
         owner: None,
         group: None,
-    };
+    }
+}
+
+/// An output file made of its step's bytes (a render, a pod's compile).
+fn made_from_step(out: &str, mode: u32, bytes: &[u8], graph: &Graph) -> Made {
+    let render_key = Key::Render(out.to_string());
+    let value = graph.trace(&render_key).expect("stepped").value;
+    let entry = file_entry(out, mode, bytes);
     Made {
         trace: Trace {
             deps: vec![(render_key, value)],
@@ -426,16 +431,7 @@ impl NativeMachine<'_> {
             let bytes = rendered.expect("a template's render runs first");
             let render_key = Key::Render(out.to_string());
             let value = graph.trace(&render_key).expect("rendered").value;
-            let entry = Entry {
-                path: out.to_string(),
-                mode,
-                kind: EntryKind::File {
-                    size: bytes.len() as u64,
-                    sha256: Digest::of(bytes),
-                },
-                owner: None,
-                group: None,
-            };
+            let entry = file_entry(out, mode, bytes);
             (entry, Some(bytes), (render_key, value))
         } else {
             match src_entry.kind {
