@@ -55,7 +55,20 @@ pub struct Config {
     pub include_dirs: Vec<PathBuf>,
     /// How m4 names itself in messages (`argv[0]`).
     pub program_name: String,
+    /// How much expansion a run may do before it is stopped as endless:
+    /// each macro call costs [`CALL_COST`] plus the bytes it expands to.
+    /// GNU m4 runs `define(`x', `x')x` for ever (and a self-doubling
+    /// argument until memory runs out); lab stops it with an error at the
+    /// call instead of hanging the build.
+    pub max_work: u64,
 }
+
+/// The work one macro call costs besides the bytes it expands to.
+pub const CALL_COST: u64 = 256;
+
+/// The default [`Config::max_work`]: a few seconds of expansion, far more
+/// than any real template does.
+pub const DEFAULT_MAX_WORK: u64 = 1 << 28;
 
 impl Config {
     /// The call make-style labs use: `m4 --fatal-warnings --prefix-builtins`.
@@ -66,6 +79,7 @@ impl Config {
             fatal_warnings: true,
             include_dirs: Vec::new(),
             program_name: "m4".to_string(),
+            max_work: DEFAULT_MAX_WORK,
         }
     }
 }
@@ -279,6 +293,8 @@ pub struct M4 {
     defines_read: Option<std::collections::HashSet<Vec<u8>>>,
     ran_commands: bool,
     depth: usize,
+    /// Work done so far (see [`Config::max_work`]).
+    work: u64,
     finished: Option<i32>,
 }
 
@@ -324,6 +340,7 @@ impl M4 {
             defines_read: None,
             ran_commands: false,
             depth: 0,
+            work: 0,
             finished: None,
         }
     }
@@ -513,6 +530,7 @@ impl M4 {
         if text.is_empty() {
             return;
         }
+        self.drop_exhausted_text();
         self.input.push(Input {
             data: Arc::from(text),
             pos: 0,
@@ -521,6 +539,17 @@ impl M4 {
                 line: self.cur_line,
             },
         });
+    }
+
+    /// Pop the exhausted expansions on top of the input stack before
+    /// pushing more (reading would pop them with no other effect). Without
+    /// this, a macro whose expansion ends in a call (tail recursion) grows
+    /// the stack by one entry per call and every look-ahead walks it all.
+    fn drop_exhausted_text(&mut self) {
+        while matches!(self.input.last(), Some(i) if matches!(i.src, Src::Str { .. }) && i.pos == i.data.len())
+        {
+            self.input.pop();
+        }
     }
 
     // ---- characters --------------------------------------------------------
@@ -893,6 +922,20 @@ impl M4 {
         let r = self.call_macro(&def, &mut args, &mut out);
         // a builtin token (`m4_defn` of a builtin) is pushed by call_macro
         r?;
+        self.work = self
+            .work
+            .saturating_add(CALL_COST + out.len() as u64 + args_len(&args));
+        if self.work > self.cfg.max_work {
+            return Err(self.fatal_at(
+                open_name,
+                open_line,
+                &format!(
+                    "ERROR: expansion of `{}' does not end (more than {} MiB of macro expansion; a macro that expands to a call of itself?)",
+                    String::from_utf8_lossy(&args[0].text),
+                    self.cfg.max_work >> 20
+                ),
+            ));
+        }
         self.push_text(out);
         self.cur_name = close_name;
         self.cur_line = close_line;
@@ -952,6 +995,7 @@ impl M4 {
     }
 
     fn push_macro(&mut self, b: B) {
+        self.drop_exhausted_text();
         self.input.push(Input {
             data: Arc::from(&b""[..]),
             pos: 0,
@@ -1781,4 +1825,10 @@ pub fn run(cfg: Config, defines: &[(String, String)], files: &[String]) -> Resul
         m.process_file(f)?;
     }
     Ok(m.finish())
+}
+
+/// The bytes of a call's arguments (its name excluded): collecting them is
+/// work too (a self-doubling argument grows there).
+fn args_len(args: &[Arg]) -> u64 {
+    args.iter().skip(1).map(|a| a.text.len() as u64).sum()
 }
