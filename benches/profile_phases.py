@@ -43,6 +43,10 @@ FUNCS = {
     "tostate": r"^lab_graph::graph::Graph::to_state$",
     "resolve": r"^lab_engine::stack::Stack::resolve$",
     "totext": r"^lab_manifest::Manifest::to_text$",
+    "tamper": r"^lab_engine::machine::outputs_changed$",
+    "prepare": r"^<lab_engine::native::NativeStyle as lab_engine::style::Style>::prepare$",
+    "model": r"^<lab_engine::native::NativeBuild as lab_engine::style::Prepared>::machine$",
+    "saveroot": r"^lab_engine::state::StateDir::save_root$",
     # generic: one symbol per state type (sources, machine graph, summary)
     "wstate": r"^lab_engine::state::write(<.*>)?$",
 }
@@ -55,9 +59,13 @@ SPANS = [
     ("load .lab/state/roots/*", "loadsrc", "loadsrc_ret", "first"),
     ("stamp", "stamp", "stamp_ret", "first"),
     ("scan all roots (first scan_root -> last return)", "scanroot", "scanroot_ret", "last"),
+    ("outputs changed behind lab's back? (beside the scan)", "tamper", "tamper_ret", "last"),
     ("facts and scopes", "scopes", "scopes_ret", "first"),
+    ("native style: prepare", "prepare", "prepare_ret", "first"),
+    ("machine models (first -> last return)", "model", "model_ret", "last"),
     ("machines (first MachineJob::run -> last return)", "mrun", "mrun_ret", "last"),
     ("state::write calls (first -> last return)", "wstate", "wstate_ret", "last"),
+    ("save changed roots' fingerprints", "saveroot", "saveroot_ret", "last"),
     ("build_locked return -> process exit", "locked_ret", "exit", "first"),
     ("TOTAL process", "exec", "exit", "first"),
 ]

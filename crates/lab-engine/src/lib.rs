@@ -374,16 +374,39 @@ impl Engine {
             path: self.state.dir.clone(),
             source: e,
         })?;
-        let scans: HashMap<String, Result<RootScan, MachineError>> = root_names
-            .par_iter()
-            .map(|name| {
-                let prev = prev.get(name).map(|f| &f.root);
-                (
-                    name.clone(),
-                    scan::scan_root(root, name, prev, &self.ignore),
-                )
-            })
-            .collect();
+        // The sources' scan, and beside it (sharing the cores) the look
+        // for outputs changed behind lab's back.
+        let (scans, tampered): (HashMap<String, Result<RootScan, MachineError>>, _) = rayon::join(
+            || {
+                root_names
+                    .par_iter()
+                    .map(|name| {
+                        let prev = prev.get(name).map(|f| &f.root);
+                        (
+                            name.clone(),
+                            scan::scan_root(root, name, prev, &self.ignore),
+                        )
+                    })
+                    .collect()
+            },
+            || -> HashMap<String, bool> {
+                if opts.trust_outputs || opts.force {
+                    return HashMap::new();
+                }
+                machines
+                    .par_iter()
+                    .map(|m| {
+                        let changed = machine::outputs_changed(
+                            &self.state,
+                            &m.name,
+                            &self.out_dir(&m.name),
+                            &self.manifest_path(&m.name),
+                        );
+                        (m.name.clone(), changed)
+                    })
+                    .collect()
+            },
+        );
         let (files, hashed) = scans
             .values()
             .filter_map(|s| s.as_ref().ok())
@@ -424,6 +447,7 @@ impl Engine {
                     bad_gathered.get(&m.name),
                     Ids {
                         gens: &gens,
+                        tampered: &tampered,
                         scanned_at_ns,
                     },
                     opts,
@@ -506,7 +530,7 @@ impl Engine {
             gens,
             scanned_at_ns: ids.scanned_at_ns,
             force: opts.force,
-            trust_outputs: opts.trust_outputs,
+            tampered: ids.tampered.get(&m.name).copied().unwrap_or(false),
             owners: &self.project.owners,
         }
         .run(reporter)
@@ -561,6 +585,8 @@ type Gens = HashMap<String, (u64, u64)>;
 #[derive(Clone, Copy)]
 struct Ids<'a> {
     gens: &'a Gens,
+    /// Machines whose outputs changed behind lab's back.
+    tampered: &'a HashMap<String, bool>,
     scanned_at_ns: i64,
 }
 

@@ -51,8 +51,9 @@ pub(crate) struct MachineJob<'a> {
     /// The stamp of this build's scan (see [`Fingerprint::reusable`]).
     pub scanned_at_ns: i64,
     pub force: bool,
-    /// See [`crate::BuildOptions::trust_outputs`].
-    pub trust_outputs: bool,
+    /// Outputs were changed behind lab's back since its last build: make
+    /// them again (see [`outputs_changed`]; `false` when trusted).
+    pub tampered: bool,
     /// `[[owners]]`, recorded in the manifest.
     pub owners: &'a [lab_config::OwnerRule],
 }
@@ -147,6 +148,27 @@ pub(crate) fn manifest_entries(path: &std::path::Path) -> BTreeMap<String, Entry
         .unwrap_or_default()
 }
 
+/// Were a machine's outputs changed behind lab's back (see `output`)
+/// since the build that wrote its manifest? One `lstat` per output entry;
+/// `false` when there is no such build (it is made in full anyway). Run
+/// by the build beside the sources' scan, so both share the cores.
+pub(crate) fn outputs_changed(
+    state: &StateDir,
+    name: &str,
+    out: &std::path::Path,
+    manifest: &std::path::Path,
+) -> bool {
+    let Some(summary) = state.load_summary(name) else {
+        return false;
+    };
+    match std::fs::symlink_metadata(manifest) {
+        Ok(m) if summary.manifest == scan::stat_of(&m) => {
+            crate::output::changed_since(out, summary.manifest.mtime_ns)
+        }
+        _ => false,
+    }
+}
+
 impl MachineJob<'_> {
     fn root_names(&self) -> Vec<String> {
         self.roots.iter().map(|r| r.name.clone()).collect()
@@ -171,13 +193,7 @@ impl MachineJob<'_> {
         let stamp = summary.as_ref().map_or(i64::MIN, |s| s.files_scanned_at_ns);
         self.model.set_external_prior(prior_files, stamp);
         self.out.remove_leftover_stage();
-        // Outputs changed behind lab's back (see `output`) are made again.
-        let tampered = match (&summary, manifest_stat) {
-            (Some(s), Some(m)) if s.manifest == m && !self.trust_outputs => {
-                self.out.changed_since(m.mtime_ns)
-            }
-            _ => false,
-        };
+        let tampered = self.tampered;
 
         if !self.force && !tampered {
             if let Some(s) = &summary {

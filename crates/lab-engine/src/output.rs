@@ -13,7 +13,7 @@
 //! The manifest is written after the switch, so every entry of a tree that
 //! lab finished has its ctime at or before the manifest's mtime: an entry
 //! changed later (by hand, by a tool, by a build killed mid-switch) is
-//! found by [`OutTree::changed_since`] without any recorded state.
+//! found by [`changed_since`] without any recorded state.
 
 use crate::MachineError;
 use lab_manifest::{Entry, EntryKind};
@@ -218,7 +218,7 @@ impl OutTree {
     }
 
     /// Remove the temporary files earlier versions of lab left in the tree
-    /// (a whole walk; only after [`OutTree::changed_since`] found a change).
+    /// (a whole walk; only after [`changed_since`] found a change).
     pub fn remove_old_temporaries(&self) {
         let mut level = vec![self.root.clone()];
         while let Some(dir) = level.pop() {
@@ -247,45 +247,6 @@ impl OutTree {
             let _ = std::fs::remove_file(tmp);
         }
         self.dirs.lock().expect("not poisoned").clear();
-    }
-
-    /// Whether any entry of the tree (the root included) changed after
-    /// `t_ns` (ctime, ns since the epoch), or the tree is not there. One
-    /// lstat per entry, a depth at a time; stops at the first change.
-    pub fn changed_since(&self, t_ns: i64) -> bool {
-        let ctime = |m: &std::fs::Metadata| m.ctime() * 1_000_000_000 + m.ctime_nsec();
-        match std::fs::symlink_metadata(&self.root) {
-            Ok(m) if m.is_dir() && ctime(&m) <= t_ns => {}
-            _ => return true,
-        }
-        let mut level = vec![self.root.clone()];
-        while !level.is_empty() {
-            let found: Vec<Option<Vec<PathBuf>>> = level
-                .par_iter()
-                .map(|dir| {
-                    let mut subdirs = Vec::new();
-                    for ent in std::fs::read_dir(dir).ok()? {
-                        let ent = ent.ok()?;
-                        let meta = ent.metadata().ok()?;
-                        if ctime(&meta) > t_ns {
-                            return None;
-                        }
-                        if meta.is_dir() {
-                            subdirs.push(ent.path());
-                        }
-                    }
-                    Some(subdirs)
-                })
-                .collect();
-            level = Vec::new();
-            for f in found {
-                match f {
-                    Some(subdirs) => level.extend(subdirs),
-                    None => return true,
-                }
-            }
-        }
-        false
     }
 
     /// Never write through a symlink: the parent must be a real directory.
@@ -323,4 +284,44 @@ pub(crate) fn apply_owners(
         }
     }
     changed
+}
+
+/// Whether any entry of the output tree at `root` (the root included)
+/// changed after `t_ns` (ctime, ns since the epoch), or the tree is not
+/// there. One lstat per entry, a depth at a time; stops at the first
+/// change.
+pub fn changed_since(root: &Path, t_ns: i64) -> bool {
+    let ctime = |m: &std::fs::Metadata| m.ctime() * 1_000_000_000 + m.ctime_nsec();
+    match std::fs::symlink_metadata(root) {
+        Ok(m) if m.is_dir() && ctime(&m) <= t_ns => {}
+        _ => return true,
+    }
+    let mut level = vec![root.to_path_buf()];
+    while !level.is_empty() {
+        let found: Vec<Option<Vec<PathBuf>>> = level
+            .par_iter()
+            .map(|dir| {
+                let mut subdirs = Vec::new();
+                for ent in std::fs::read_dir(dir).ok()? {
+                    let ent = ent.ok()?;
+                    let meta = ent.metadata().ok()?;
+                    if ctime(&meta) > t_ns {
+                        return None;
+                    }
+                    if meta.is_dir() {
+                        subdirs.push(ent.path());
+                    }
+                }
+                Some(subdirs)
+            })
+            .collect();
+        level = Vec::new();
+        for f in found {
+            match f {
+                Some(subdirs) => level.extend(subdirs),
+                None => return true,
+            }
+        }
+    }
+    false
 }

@@ -70,7 +70,8 @@ pub struct RootScan {
 
 struct Listed {
     rel: String,
-    meta: Metadata,
+    stat: Stat,
+    kind: SrcKind,
 }
 
 /// File names that are never sources: editor droppings.
@@ -127,21 +128,29 @@ fn list_one(dir: &Path, rel: &str, ignore: &GlobSet) -> Result<Listing, MachineE
         let name_str = name.to_str().ok_or_else(|| MachineError::NotUtf8 {
             path: dir.join(&name),
         })?;
-        let path = dir.join(&name);
         // DirEntry::metadata does not follow symlinks (lstat).
-        let meta = ent.metadata().map_err(MachineError::io(&path))?;
-        let rel = if rel.is_empty() {
-            name_str.to_string()
-        } else {
-            format!("{rel}/{name_str}")
-        };
+        let meta = ent
+            .metadata()
+            .map_err(|e| MachineError::io(&dir.join(&name))(e))?;
+        let mut r = String::with_capacity(rel.len() + 1 + name_str.len());
+        if !rel.is_empty() {
+            r.push_str(rel);
+            r.push('/');
+        }
+        r.push_str(name_str);
         let ft = meta.file_type();
         if ft.is_dir() {
-            subdirs.push((path, rel.clone()));
+            subdirs.push((dir.join(&name), r.clone()));
         } else if !ft.is_file() && !ft.is_symlink() {
-            return Err(MachineError::SpecialFile { path });
+            return Err(MachineError::SpecialFile {
+                path: dir.join(&name),
+            });
         }
-        here.push(Listed { rel, meta });
+        here.push(Listed {
+            rel: r,
+            stat: stat_of(&meta),
+            kind: kind_of(&meta),
+        });
     }
     Ok((here, subdirs))
 }
@@ -210,8 +219,7 @@ pub fn scan_root(
     let results: Vec<(String, SrcEntry, bool)> = listed
         .into_par_iter()
         .map(|l| {
-            let stat = stat_of(&l.meta);
-            let kind = kind_of(&l.meta);
+            let (stat, kind) = (l.stat, l.kind);
             let old = prev.and_then(|p| p.entries.get(&l.rel));
             let reuse = old.filter(|(k, fp)| *k == kind && fp.reusable(&stat, prev_scanned_at));
             let (digest, fresh) = match reuse {
@@ -402,10 +410,10 @@ impl RootScan {
                 && (old_kind != Some(SrcKind::Dir) || old_ino != Some(meta.ino()))
             {
                 for l in list_dir(&path, rel, ignore)? {
-                    let kind = kind_of(&l.meta);
+                    let kind = l.kind;
                     let e = SrcEntry {
                         kind,
-                        stat: stat_of(&l.meta),
+                        stat: l.stat,
                         digest: hash_source(&self.dir.join(&l.rel), kind)?,
                     };
                     self.hashed += 1;

@@ -455,7 +455,7 @@ impl Session {
                     gens: Vec::new(),
                     scanned_at_ns: stamp,
                     force: false,
-                    trust_outputs: true,
+                    tampered: false,
                     owners: &engine.project.owners,
                 };
                 reporter.machine_started(&m.name, 0);
