@@ -159,6 +159,31 @@ fn in_process(job: &M4Job) -> Option<lab_m4::Outcome> {
 
 /// Run GNU m4 for one template.
 pub fn render_gnu(job: &M4Job) -> Result<M4Rendered, RenderError> {
+    render_gnu_within(job, GNU_LIMITS)
+}
+
+/// How long a GNU m4 run may take and how much it may print. GNU m4 runs
+/// `m4_define(`x', `x')x` for ever, and an expansion that prints as it
+/// recurses fills memory; lab stops such a run with an error at its
+/// template instead of hanging or exhausting the build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GnuLimits {
+    pub time: std::time::Duration,
+    /// Bytes, on stdout and on stderr each.
+    pub output: u64,
+}
+
+/// The limits of every GNU m4 run: a minute (real templates take
+/// milliseconds) and as many bytes as the in-process evaluator's work
+/// budget.
+pub const GNU_LIMITS: GnuLimits = GnuLimits {
+    time: std::time::Duration::from_secs(60),
+    output: lab_m4::DEFAULT_MAX_WORK,
+};
+
+/// [`render_gnu`] within `limits`.
+pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, RenderError> {
+    use std::io::Read;
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new(job.program);
     // m4 names itself by argv[0] in messages; keep them `m4:FILE:LINE:`.
@@ -171,17 +196,85 @@ pub fn render_gnu(job: &M4Job) -> Result<M4Rendered, RenderError> {
         cmd.arg(format!("-D{k}={v}"));
     }
     cmd.arg("--").args(job.preludes).arg(job.src);
-    cmd.stdin(Stdio::null());
-    let out = cmd.output().map_err(|e| {
+    // its own process group, so that a stopped run takes what it
+    // started (`m4_syscmd`) with it
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let at = || Located::file(&job.cwd.join(job.src));
+    let mut child = cmd.spawn().map_err(|e| {
         if e.kind() == std::io::ErrorKind::NotFound {
             RenderError::M4Missing
         } else {
             RenderError::M4 {
-                at: Located::file(&job.cwd.join(job.src)),
+                at: at(),
                 message: format!("cannot run `{}`: {e}", job.program.display()),
             }
         }
     })?;
+    // Each stream read to its end (or one byte past the limit) by a
+    // thread of its own; both arrive here, or the time runs out.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let streams: [Box<dyn Read + Send>; 2] = [
+        Box::new(child.stdout.take().expect("piped")),
+        Box::new(child.stderr.take().expect("piped")),
+    ];
+    for (i, stream) in streams.into_iter().enumerate() {
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let r = stream.take(limits.output + 1).read_to_end(&mut buf);
+            let _ = tx.send((i, r.map(|_| buf)));
+        });
+    }
+    drop(tx);
+    let deadline = std::time::Instant::now() + limits.time;
+    let mut got: [Option<Vec<u8>>; 2] = [None, None];
+    let mut stop = None;
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((_, Ok(buf))) if buf.len() as u64 > limits.output => {
+                stop = Some(format!(
+                    "GNU m4 wrote more than {} MiB; stopped (an expansion that does not end?)",
+                    limits.output >> 20
+                ));
+                break;
+            }
+            Ok((i, Ok(buf))) => got[i] = Some(buf),
+            Ok((_, Err(e))) => {
+                stop = Some(format!("reading GNU m4's output: {e}"));
+                break;
+            }
+            Err(_) => {
+                stop = Some(format!(
+                    "GNU m4 did not end within {} s; stopped (an expansion that does not end?)",
+                    limits.time.as_secs_f64()
+                ));
+                break;
+            }
+        }
+    }
+    if let Some(message) = stop {
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = child.wait();
+        return Err(RenderError::M4 { at: at(), message });
+    }
+    let status = child.wait().map_err(|e| RenderError::M4 {
+        at: at(),
+        message: format!("waiting for GNU m4: {e}"),
+    })?;
+    // (both arrived: the loop ran twice without a stop)
+    let [stdout, stderr] = got.map(Option::unwrap_or_default);
+    let out = std::process::Output {
+        status,
+        stdout,
+        stderr,
+    };
     let stderr = String::from_utf8_lossy(&out.stderr);
     let mut read: Vec<String> = Vec::new();
     let mut messages: Vec<&str> = Vec::new();
@@ -303,6 +396,72 @@ mod tests {
             preludes: &preludes,
             src,
         })
+    }
+
+    fn run_gnu(d: &Path, src: &str, limits: GnuLimits) -> Result<M4Rendered, RenderError> {
+        let program = locate().unwrap();
+        render_gnu_within(
+            &M4Job {
+                program: &program,
+                cwd: d,
+                defines: &[],
+                preludes: &[],
+                src,
+            },
+            limits,
+        )
+    }
+
+    fn stopped(r: Result<M4Rendered, RenderError>) -> String {
+        match r {
+            Err(e @ RenderError::M4 { .. }) => {
+                assert!(e.location().unwrap().path.ends_with("t.m4"), "{e:?}");
+                e.to_string()
+            }
+            other => panic!("not stopped: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_gnu_m4_run_that_does_not_end_is_stopped_with_what_it_started() {
+        let d = project(&[(
+            "t.m4",
+            "m4_syscmd(`echo $$ >pid; exec sleep 300')m4_define(`x', `x')x\n",
+        )]);
+        let limits = GnuLimits {
+            time: std::time::Duration::from_secs(2),
+            output: 1 << 20,
+        };
+        let e = stopped(run_gnu(d.path(), "t.m4", limits));
+        assert!(e.contains("did not end within 2 s"), "{e}");
+        // the command it ran is gone too (killed with its process group)
+        let pid: i32 = std::fs::read_to_string(d.path().join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let alive = || {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+        };
+        let t = std::time::Instant::now();
+        while alive() && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!alive(), "`sleep 300` (pid {pid}) still runs");
+        // and a run that ends within the limits is rendered
+        let d = project(&[("t.m4", "m4_define(`x', `y')x\n")]);
+        assert_eq!(run_gnu(d.path(), "t.m4", limits).unwrap().bytes, b"y\n");
+    }
+
+    #[test]
+    fn a_gnu_m4_run_that_prints_without_end_is_stopped() {
+        let d = project(&[("t.m4", "m4_define(`f', `0123456789abcdef`'f')f\n")]);
+        let limits = GnuLimits {
+            time: std::time::Duration::from_secs(60),
+            output: 1 << 20,
+        };
+        let e = stopped(run_gnu(d.path(), "t.m4", limits));
+        assert!(e.contains("wrote more than 1 MiB"), "{e}");
     }
 
     #[test]
