@@ -197,6 +197,25 @@ pending() {
   done <"$D/actions"
 }
 
+# Journal unit actions (OP UNIT pairs) for the current generation, under
+# the executor's lock, before the change they answer is made outside a
+# generation (an image that a pod's name now points at): the next sync
+# finds them pending and runs them, whenever the link drops. Before the
+# first generation there is nothing of lab's to act on.
+enqueue() { # OP UNIT [OP UNIT]...
+  [ -d "$S/gen" ] || return 0
+  exec 9>"$S/lock"
+  flock -w "${LAB_LOCK_WAIT:-600}" 9 || return 1
+  g=$(current_gen)
+  if [ "$g" -gt 0 ] && [ -d "$S/gen/$g" ]; then
+    while [ $# -ge 2 ]; do
+      printf '%s %s\n' "$1" "$2" >>"$S/gen/$g/actions"
+      shift 2
+    done
+  fi
+  exec 9>&-
+}
+
 # What lab needs to know of the machine, in one command (changes nothing):
 #   GEN DIGEST            (`0 none` before lab's first sync)
 #   interrupted           (a run was killed half way: recovered by the next)

@@ -61,6 +61,15 @@ current_gen() { if [ -f "$S/current" ]; then read -r g _ <"$S/current"; echo "$g
 current_digest() { if [ -f "$S/current" ]; then read -r _ d <"$S/current"; echo "$d"; else echo none; fi; }
 "#;
 
+/// The prelude and check.sh, as the start of a command of their own.
+fn check_library() -> String {
+    static C: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    let lib = C.get_or_init(|| format!("{CHECK_PRELUDE}{}", strip(include_str!("check.sh"))));
+    let mut p = String::with_capacity(lib.len() + 512);
+    p.push_str(lib);
+    p
+}
+
 /// The command that tells what lab needs to know of the machine, changing
 /// nothing (`probe` in check.sh): its generation and manifest digest, when
 /// that generation was applied, the drift of the managed paths, unit
@@ -70,16 +79,29 @@ current_digest() { if [ -f "$S/current" ]; then read -r _ d <"$S/current"; echo 
 /// `wait`: first wait (up to a minute) for a sync that holds the
 /// machine's lock, to see the machine as it leaves it.
 pub fn check_command(root: &str, known: Option<&Digest>, units: &[String], wait: bool) -> String {
-    let mut p = String::with_capacity(CHECK_PRELUDE.len() + 6000);
-    p.push_str(CHECK_PRELUDE);
-    static C: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    p.push_str(C.get_or_init(|| strip(include_str!("check.sh"))));
+    let mut p = check_library();
     p.push_str("probe ");
     p.push_str(&known.map_or("none".to_string(), |d| d.to_hex()));
     p.push_str(if wait { " 1" } else { " 0" });
     for u in units {
         p.push(' ');
         p.push_str(&quote(u));
+    }
+    p.push('\n');
+    format!("LAB_ROOT={} sh -c {}", quote(root), quote(&p))
+}
+
+/// The command that journals `actions` (`(OP, UNIT)`) as pending unit
+/// actions of the machine's current generation (see `enqueue` in
+/// check.sh): the next sync runs them.
+pub fn enqueue_command(root: &str, actions: &[(&str, &str)]) -> String {
+    let mut p = check_library();
+    p.push_str("enqueue");
+    for (op, unit) in actions {
+        p.push(' ');
+        p.push_str(&quote(op));
+        p.push(' ');
+        p.push_str(&quote(unit));
     }
     p.push('\n');
     format!("LAB_ROOT={} sh -c {}", quote(root), quote(&p))

@@ -30,7 +30,8 @@ fn action_text(a: &UnitAction) -> String {
 }
 
 /// The lines a sync prints under its summary: what had drifted (and was
-/// repaired), and the unit actions an earlier run had left pending.
+/// repaired), and the unit actions journaled on the machine and not run
+/// yet (by a run that was stopped, or by an image update).
 pub fn repaired_lines(drift: &[Drift], pending: &[UnitAction]) -> String {
     let mut s = String::new();
     for d in drift {
@@ -38,7 +39,7 @@ pub fn repaired_lines(drift: &[Drift], pending: &[UnitAction]) -> String {
     }
     for a in pending {
         s.push_str(&format!(
-            "  pending from an earlier run: {}\n",
+            "  pending (journaled on the machine): {}\n",
             action_text(a)
         ));
     }

@@ -17,8 +17,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Hosts: 1 lifecycle, 2 restart policies, 3 ps/logs, 4 pod user errors,
-/// 5 a 512 MB node, 6 a rootful pod.
-const HOSTS: usize = 6;
+/// 5 a 512 MB node, 6 a rootful pod, 7 an image restart across a drop.
+const HOSTS: usize = 7;
 const SMALL_NODE: usize = 5;
 
 static FLEET: OnceLock<Mutex<Option<TestHosts>>> = OnceLock::new();
@@ -562,4 +562,81 @@ fn a_rootful_pod_runs_in_the_system_manager_from_roots_storage() {
             .unwrap(),
         before
     );
+}
+
+/// An updated image whose sync loses its link right after the pod's
+/// restart was journaled (before the image's name moved): the restart is
+/// not lost. The machine lists it as pending, and the next sync runs it.
+#[test]
+fn an_image_restart_is_not_lost_when_the_link_drops() {
+    let h = host(7);
+    let t = project(&h, "");
+    web_image(&t, &h, "web", "image one\n");
+    web_pod(&t, "web", "web", 8080, "1");
+    sync_ok(&t);
+    assert!(answers(&h, 8080).contains("image one"));
+    let before = pod_pids(&h, "web");
+    let id2 = web_image(&t, &h, "web", "image two\n");
+
+    // on the host: as soon as the current generation's journal grows,
+    // drop every ssh connection (lab's included)
+    let journal = "/var/lib/lab/gen/$(cut -d' ' -f1 /var/lib/lab/current)/actions";
+    let lines: usize = h
+        .run(&format!("cat {journal} 2>/dev/null | wc -l"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let watcher = format!(
+        ": >/run/lab-watching; \
+         until [ \"$(cat {journal} 2>/dev/null | wc -l)\" -gt {lines} ]; do :; done; \
+         : >/run/lab-dropped; pkill -KILL -f 'sshd: root@notty'"
+    );
+    let mut c = h.ssh_command();
+    c.arg(format!("timeout 120 sh -c {}", lab_agent::quote(&watcher)));
+    let w = std::thread::spawn(move || c.output().unwrap());
+    while h
+        .run("test -e /run/lab-watching && echo y")
+        .unwrap_or_default()
+        != "y\n"
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
+    let _ = w.join();
+    assert_eq!(
+        h.run("test -e /run/lab-dropped && echo y")
+            .unwrap_or_default(),
+        "y\n",
+        "the journal never grew from {lines} lines: {out}\n{err}"
+    );
+    // The name moves anyway (the command ignores the hang-up). Either
+    // this sync got its link back and ran the journaled restart, or it
+    // failed and the restart is pending: the machine says so, and the
+    // next sync runs it.
+    let t0 = Instant::now();
+    while !h
+        .podman("images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'")
+        .unwrap()
+        .contains(&format!("{id2} localhost/web:latest"))
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "web:latest never moved"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if code == 0 {
+        assert!(out.contains("restart pods/web.service: ok"), "{out}");
+    } else {
+        let (_, status, _) = lab(&t, &["status", "-m", "h1"]);
+        assert!(status.contains("restart pods/web.service"), "{status}");
+        let out = sync_ok(&t);
+        assert!(out.contains("restart pods/web.service: ok"), "{out}\n{err}");
+    }
+    assert!(answers(&h, 8080).contains("image two"));
+    assert_ne!(pod_pids(&h, "web"), before);
+    // and once only
+    let again = sync_ok(&t);
+    assert!(!again.contains("restart"), "{again}");
 }

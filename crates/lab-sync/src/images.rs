@@ -16,7 +16,10 @@
 //! image already there under its name costs nothing more. When a name
 //! pointed at another image before (the image was updated), the pods of
 //! that user that use it and whose own files this sync does not change are
-//! restarted (`try-restart`: a stopped pod stays stopped) right after.
+//! restarted (`restart`: a stopped pod stays stopped): those restarts are
+//! journaled on the machine as pending unit actions of its generation in
+//! the command that moves the name, and the sync runs them with the rest
+//! of its unit actions, so a dropped link never loses one.
 
 use crate::error::SyncError;
 use crate::transport::Transport;
@@ -263,6 +266,7 @@ fn unit_of(path: &str) -> Option<String> {
 /// (`loaded image localhost/web:latest (0123456789ab) for pods`).
 pub fn ship(
     transport: &mut dyn Transport,
+    root: &str,
     images: &[Image],
     uses: &[Use],
     changed: &dyn Fn(&str) -> bool,
@@ -323,80 +327,74 @@ pub fn ship(
         if before.as_deref() == Some(img.id.as_str()) {
             continue;
         }
-        let tag = podman_as(user, &format!("tag {} {}", img.id, quote(name)));
-        if ids.contains(&img.id) {
-            let out = transport.run(&tag, &mut |_| Ok(()))?;
-            if out.status != 0 {
-                return Err(SyncError::Image {
-                    image: name.to_string(),
-                    user: key,
-                    output: format!("{}{}", out.stdout_text(), out.stderr_text()),
-                });
-            }
+        // An updated image: its running pods that this sync does not touch
+        // otherwise must run it from now on. Their restarts are journaled
+        // on the machine before the name moves (in the same command), so
+        // a link that drops in between cannot lose them: the rest of this
+        // sync, or the next one, finds them pending and runs them.
+        let units: BTreeSet<String> = if before.is_none() {
+            BTreeSet::new()
+        } else {
+            uses.iter()
+                .filter(|u| u.user.as_deref() == user && u.image == name)
+                .filter_map(|u| {
+                    let dir = u.path.rsplit_once('/').map_or("", |(d, _)| d);
+                    let unit = unit_of(&u.path)?;
+                    let stem = unit.trim_end_matches(".service");
+                    let own = [
+                        format!("{dir}/{stem}.kube"),
+                        format!("{dir}/{stem}.yaml"),
+                        format!("{dir}/{stem}.container"),
+                    ];
+                    (!own.iter().any(|p| changed(p))).then_some(unit)
+                })
+                .collect()
+        };
+        let scoped: Vec<String> = units
+            .iter()
+            .map(|u| match user {
+                Some(who) => format!("{who}/{u}"),
+                None => u.clone(),
+            })
+            .collect();
+        let mut tag = podman_as(user, &format!("tag {} {}", img.id, quote(name)));
+        if !scoped.is_empty() {
+            let actions: Vec<(&str, &str)> =
+                scoped.iter().map(|u| ("restart", u.as_str())).collect();
+            tag = format!("{} && {tag}", lab_agent::enqueue_command(root, &actions));
+        }
+        // (hang-ups ignored: once the image is here, the journal and the
+        // tag are done even if the link drops)
+        let out = if ids.contains(&img.id) {
+            transport.run(&format!("trap '' HUP PIPE; {tag}"), &mut |_| Ok(()))?
         } else {
             // (whatever podman leaves unread is drained, so the stream
             // always ends)
             let load = format!(
-                "{}; rc=$?; cat >/dev/null; [ $rc = 0 ] && {tag}",
+                "trap '' HUP PIPE; {}; rc=$?; cat >/dev/null; [ $rc = 0 ] && {{ {tag}; }}",
                 podman_as(user, "load -q")
             );
             let out = transport.run(&load, &mut |w| img.stream(w))?;
-            if out.status != 0 {
-                return Err(SyncError::Image {
-                    image: name.to_string(),
-                    user: key,
-                    output: format!("{}{}", out.stdout_text(), out.stderr_text()),
-                });
+            if out.status == 0 {
+                notes.push(format!(
+                    "loaded image {name} ({}) for {}",
+                    &img.id[..12.min(img.id.len())],
+                    user.unwrap_or("root")
+                ));
             }
-            notes.push(format!(
-                "loaded image {name} ({}) for {}",
-                &img.id[..12.min(img.id.len())],
-                user.unwrap_or("root")
-            ));
-        }
-        if before.is_none() {
-            continue;
-        }
-        // an updated image: its running pods that this sync does not touch
-        // otherwise run it from now on
-        let units: BTreeSet<String> = uses
-            .iter()
-            .filter(|u| u.user.as_deref() == user && u.image == name)
-            .filter_map(|u| {
-                let dir = u.path.rsplit_once('/').map_or("", |(d, _)| d);
-                let unit = unit_of(&u.path)?;
-                let stem = unit.trim_end_matches(".service");
-                let own = [
-                    format!("{dir}/{stem}.kube"),
-                    format!("{dir}/{stem}.yaml"),
-                    format!("{dir}/{stem}.container"),
-                ];
-                (!own.iter().any(|p| changed(p))).then_some(unit)
-            })
-            .collect();
-        if units.is_empty() {
-            continue;
-        }
-        let names: Vec<String> = units.iter().map(|u| quote(u)).collect();
-        let restart = match user {
-            Some(u) => format!(
-                "systemctl --user -M {}@ try-restart -- {}",
-                quote(u),
-                names.join(" ")
-            ),
-            None => format!("systemctl try-restart -- {}", names.join(" ")),
+            out
         };
-        let out = transport.run(&restart, &mut |_| Ok(()))?;
-        let who = user.map_or(String::new(), |u| format!("{u}/"));
-        for u in &units {
-            notes.push(if out.status == 0 {
-                format!("restarted {who}{u}: its image {name} changed")
-            } else {
-                format!(
-                    "restarting {who}{u} for its changed image {name} failed: {}",
-                    out.stderr_text().trim()
-                )
+        if out.status != 0 {
+            return Err(SyncError::Image {
+                image: name.to_string(),
+                user: key,
+                output: format!("{}{}", out.stdout_text(), out.stderr_text()),
             });
+        }
+        for u in &scoped {
+            notes.push(format!(
+                "restart of {u} journaled: its image {name} changed"
+            ));
         }
     }
     Ok(notes)

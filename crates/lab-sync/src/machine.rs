@@ -202,7 +202,7 @@ impl MachineSync<'_> {
             Some(o) => o.get(p) != new.get(p),
             None => true,
         };
-        crate::images::ship(self.transport, &images, &uses, &changed)
+        crate::images::ship(self.transport, &self.target.root, &images, &uses, &changed)
     }
 
     /// Check the machine, changing nothing: one command (see [`Probe`]).
