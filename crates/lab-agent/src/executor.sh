@@ -896,6 +896,22 @@ act() {
   esac
   DONE="$DONE$a $u $r
 "
+  if [ "$u" = nftables.service ] && [ "$r" = ok ]; then netavark_reload; fi
+}
+
+# nftables.service (re)loads /etc/nftables.conf, which on Debian starts
+# with `flush ruleset`: that also drops the rules netavark made for the
+# published ports of rootful containers (rootless ones forward in user
+# space). `podman network reload` makes them again, as podman advises
+# after a firewall reload.
+netavark_reload() {
+  command -v podman >/dev/null 2>&1 || return 0
+  # (without the executor's lock on fd 9: the reload may start
+  # aardvark-dns, a daemon that would hold the lock for ever)
+  [ -n "$(podman ps -q 2>/dev/null </dev/null 9>&-)" ] || return 0
+  if ! e=$(podman network reload --all 2>&1 </dev/null 9>&-); then
+    out "note: podman network reload --all after the firewall reload failed: $(printf '%s' "$e" | tail -n 1)"
+  fi
 }
 
 # settle MS: report each unit acted on, with its state. A unit that dies

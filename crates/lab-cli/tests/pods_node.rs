@@ -539,6 +539,16 @@ const ROOTFUL: &str = "    lab.dev/rootful: \"true\"\n";
 fn a_rootful_pod_runs_in_the_system_manager_from_roots_storage() {
     let h = host(6);
     let t = project(&h, "");
+    // the machine's firewall, as Debian ships it (`flush ruleset` first),
+    // with lab's drop-in in its input chain, loaded before any pod runs
+    t.file(
+        "machines/h1/etc/nftables.conf",
+        "#!/usr/sbin/nft -f\nflush ruleset\ntable inet filter {\n  chain input {\n    \
+         type filter hook input priority filter; policy accept;\n    \
+         include \"/etc/nftables.d/*.nft\"\n  }\n}\n",
+    );
+    sync_ok(&t);
+    h.run("systemctl enable --now nftables.service").unwrap();
     let id = web_image(&t, &h, "web", "rootful\n");
     web_pod_with(&t, "web", "web", 8080, "1", ROOTFUL);
     let out = sync_ok(&t);
@@ -553,6 +563,20 @@ fn a_rootful_pod_runs_in_the_system_manager_from_roots_storage() {
     let before = h
         .run("podman ps --filter pod=web --format '{{.Pid}}'")
         .unwrap();
+    // a rootless pod publishing another port: the drop-in changes and
+    // nftables.service reloads its ruleset (flushing netavark's rules);
+    // the rootful pod, not restarted, still answers
+    web_pod(&t, "other", "web", 8081, "1");
+    let out = sync_ok(&t);
+    assert!(out.contains("reload nftables.service"), "{out}");
+    assert!(!out.contains("restart web.service"), "{out}");
+    assert_eq!(
+        h.run("podman ps --filter pod=web --format '{{.Pid}}'")
+            .unwrap(),
+        before
+    );
+    assert!(answers(&h, 8080).contains("rootful"));
+    answers(&h, 8081);
     web_pod_with(&t, "web", "web", 8080, "2", ROOTFUL);
     let out = sync_ok(&t);
     assert!(out.contains("restart web.service"), "{out}");
