@@ -757,12 +757,14 @@ sc() {
 }
 
 # pmx ARGS: podman of the current scope (see `scope`), as that user.
+# (never with the executor's lock on fd 9: rootless podman may start its
+# pause process, a daemon that would hold the lock for ever)
 pmx() {
   if [ -n "$SC_USER" ]; then
     (cd / && exec runuser -u "$SC_USER" -- env -i PATH=/usr/local/bin:/usr/bin:/bin \
-      HOME="$(getent passwd "$SC_USER" | cut -d: -f6)" XDG_RUNTIME_DIR="/run/user/$SC_UID" podman "$@")
+      HOME="$(getent passwd "$SC_USER" | cut -d: -f6)" XDG_RUNTIME_DIR="/run/user/$SC_UID" podman "$@" 9>&-)
   else
-    podman "$@"
+    podman "$@" 9>&-
   fi
 }
 
