@@ -17,9 +17,11 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Hosts: 1 lifecycle, 2 restart policies, 3 ps/logs, 4 pod user errors,
-/// 5 a 512 MB node, 6 a rootful pod, 7 an image restart across a drop.
-const HOSTS: usize = 7;
+/// 5 a 512 MB node, 6 a rootful pod, 7 resources.limits, 8 an image
+/// restart across a dropped link.
+const HOSTS: usize = 8;
 const SMALL_NODE: usize = 5;
+const LIMITS_NODE: usize = 7;
 
 static FLEET: OnceLock<Mutex<Option<TestHosts>>> = OnceLock::new();
 
@@ -593,7 +595,7 @@ fn a_rootful_pod_runs_in_the_system_manager_from_roots_storage() {
 /// not lost. The machine lists it as pending, and the next sync runs it.
 #[test]
 fn an_image_restart_is_not_lost_when_the_link_drops() {
-    let h = host(7);
+    let h = host(8);
     let t = project(&h, "");
     web_image(&t, &h, "web", "image one\n");
     web_pod(&t, "web", "web", 8080, "1");
@@ -663,4 +665,189 @@ fn an_image_restart_is_not_lost_when_the_link_drops() {
     // and once only
     let again = sync_ok(&t);
     assert!(!again.contains("restart"), "{again}");
+}
+
+/// A pod NAME like [`web_pod`] whose `httpd` has `resources.limits` (64 MiB,
+/// a quarter CPU) and whose sidecar has a memory limit only (16 MiB).
+fn limited_pod(t: &TestLab, name: &str, port: u16, annotations: &str) {
+    let annotations = match annotations {
+        "" => String::new(),
+        a => format!("  annotations:\n{a}"),
+    };
+    t.file(
+        &format!("{PODS}/{name}.yaml"),
+        &format!(
+            "apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+{annotations}spec:
+  containers:
+  - name: httpd
+    image: web
+    command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; httpd -f -p {port} -h /www & wait\"]
+    ports:
+    - containerPort: {port}
+      hostPort: {port}
+    resources:
+      limits:
+        memory: 64Mi
+        cpu: 250m
+  - name: sidecar
+    image: web
+    command: [\"/bin/sh\", \"-c\", \"trap 'exit 0' TERM; while :; do sleep 1; done & wait\"]
+    resources:
+      limits:
+        memory: 16Mi
+"
+        ),
+    );
+}
+
+/// The cgroup controllers the host offers at `dir` (below its cgroup2
+/// mount; `` for the root), read from inside.
+fn controllers(h: &Host, dir: &str) -> Vec<String> {
+    h.run(&format!("cat /sys/fs/cgroup/{dir}/cgroup.controllers"))
+        .unwrap()
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Every `FILE` (`memory.max`, `cpu.max`) from the cgroup2 cgroup of
+/// process `pid` up to the root: what really limits it, wherever set.
+fn cgroup_chain(h: &Host, pid: &str, file: &str) -> Vec<String> {
+    let out = h
+        .run(&format!(
+            "p=$(sed -n 's/^0:://p' /proc/{}/cgroup); while [ -n \"$p\" ] && [ \"$p\" != / ]; do cat /sys/fs/cgroup$p/{file} 2>/dev/null; p=${{p%/*}}; done",
+            pid.trim()
+        ))
+        .unwrap();
+    out.lines().map(|l| l.trim().to_string()).collect()
+}
+
+/// The memory limit in force for process `pid`: the least `memory.max`
+/// of its cgroup chain.
+fn memory_limit(h: &Host, pid: &str) -> Option<u64> {
+    cgroup_chain(h, pid, "memory.max")
+        .iter()
+        .filter_map(|l| l.parse().ok())
+        .min()
+}
+
+/// `lab ps` until pod `name`'s line says `failed` (systemd restarts a pod
+/// whose start fails until its start limit); the whole output.
+fn ps_until_failed(t: &TestLab, name: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        let (_, out, _) = lab(t, &["ps", "-m", "h1"]);
+        let line = out
+            .lines()
+            .find(|l| l.contains(&format!(" {name} ")))
+            .unwrap_or_else(|| panic!("no {name} line: {out}"));
+        if line.contains("failed") {
+            return out;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "pod {name} never shown failed: {out}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// `resources.limits` are each container's own cgroup limits (podman sets
+/// them from the YAML), rootless and rootful. A node that cannot apply
+/// them (its cgroup v2 offers no memory or cpu controller there: these
+/// nspawn test hosts on a cgroup v1 machine offer none at all) fails the
+/// pod before podman, saying which controller is missing and what to do,
+/// in `lab sync` and `lab ps`; a pod without limits runs there all the
+/// same. Which of the two the node is, is read from the node itself.
+#[test]
+fn resources_limits_hold_in_each_containers_cgroup_or_the_pod_fails_saying_why() {
+    let h = host(LIMITS_NODE);
+    let t = project(&h, "");
+    web_image(&t, &h, "web", "limited\n");
+    limited_pod(&t, "lim", 8080, "");
+    limited_pod(&t, "rootlim", 8082, ROOTFUL);
+    web_pod(&t, "free", "web", 8081, "1");
+
+    let uid = h.run("id -u pods").unwrap();
+    let uid = uid.trim();
+    let need = |have: &[String]| {
+        ["memory", "cpu"]
+            .iter()
+            .all(|c| have.iter().any(|h| h == c))
+    };
+    let root = controllers(&h, "");
+    let manager = controllers(
+        &h,
+        &format!("user.slice/user-{uid}.slice/user@{uid}.service"),
+    );
+    let rootless_can = need(&manager);
+    let rootful_can = need(&root);
+    eprintln!("node cgroup controllers: root {root:?}, user@{uid}.service {manager:?}");
+
+    let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
+    assert_eq!(
+        code,
+        if rootless_can && rootful_can { 0 } else { 1 },
+        "{out}\n{err}"
+    );
+    // limits or not, a pod without them serves
+    assert!(answers(&h, 8081).contains("limited"));
+
+    // (pod, port, its podman, whether the node can limit it)
+    let rootful_podman = |args: &str| h.run(&format!("podman {args}"));
+    let rootless_podman = |args: &str| h.podman(args);
+    let pods: [(
+        &str,
+        u16,
+        &dyn Fn(&str) -> lab_testhosts::Result<String>,
+        bool,
+    ); 2] = [
+        ("lim", 8080, &rootless_podman, rootless_can),
+        ("rootlim", 8082, &rootful_podman, rootful_can),
+    ];
+    for (pod, port, podman, can) in pods {
+        if can {
+            assert!(answers(&h, port).contains("limited"));
+            let pid = podman(&format!(
+                "inspect {pod}-httpd --format '{{{{.State.Pid}}}}'"
+            ))
+            .unwrap();
+            assert_eq!(memory_limit(&h, &pid), Some(64 << 20), "{pod}-httpd");
+            let cpu = cgroup_chain(&h, &pid, "cpu.max");
+            assert!(
+                cpu.iter().any(|l| l == "25000 100000"),
+                "{pod}-httpd: {cpu:?}"
+            );
+            let pid = podman(&format!(
+                "inspect {pod}-sidecar --format '{{{{.State.Pid}}}}'"
+            ))
+            .unwrap();
+            assert_eq!(memory_limit(&h, &pid), Some(16 << 20), "{pod}-sidecar");
+            continue;
+        }
+        // the sync names the pod, the missing controllers and the remedy
+        let said = format!(
+            "lab: pod {pod} has resources.limits, which need the memory cpu cgroup controller"
+        );
+        assert!(out.contains(&said), "{pod}: {out}");
+        let remedy = if need(&root) {
+            "Delegate=cpu memory pids"
+        } else {
+            "this node offers no memory cpu controller at all"
+        };
+        assert!(out.contains(remedy), "{pod}: {out}");
+        // nothing half-runs: no container of the pod, and `lab ps` shows it
+        // failed, with the reason in its journal tail
+        assert!(podman(&format!("ps -q --filter pod={pod}"))
+            .unwrap()
+            .trim()
+            .is_empty());
+        let ps = ps_until_failed(&t, pod);
+        let tail: Vec<&str> = ps.lines().filter(|l| l.contains(&said)).collect();
+        assert!(!tail.is_empty(), "{pod}: {ps}");
+    }
 }

@@ -46,29 +46,11 @@ pub(crate) fn kube(pod: &Pod, pod_user: &str) -> String {
     }
     s.push_str("\n[Service]\n");
     let _ = writeln!(s, "Restart={}", pod.restart.systemd());
-    // The unit's cgroup holds the whole pod: its limit is the sum of the
-    // containers' (only when every container has one; a container without
-    // a limit is not limited by the others').
-    let mem: Option<u64> = pod
-        .containers
-        .iter()
-        .map(|c| c.memory.as_ref().map(|(_, b)| *b))
-        .sum();
-    if let Some(bytes) = mem {
-        let _ = writeln!(s, "MemoryMax={bytes}");
-    }
-    let cpu: Option<u64> = pod
-        .containers
-        .iter()
-        .map(|c| c.cpu.as_ref().map(|(_, m)| *m))
-        .sum();
-    if let Some(milli) = cpu {
-        // CPUQuota is in percent of one CPU
-        if milli % 10 == 0 {
-            let _ = writeln!(s, "CPUQuota={}%", milli / 10);
-        } else {
-            let _ = writeln!(s, "CPUQuota={}.{}%", milli / 10, milli % 10);
-        }
+    // resources.limits stay in the YAML: podman sets them on each
+    // container's own cgroup; the unit only checks the node can (see
+    // limits.rs)
+    if let Some(check) = crate::limits::exec_start_pre(pod) {
+        let _ = writeln!(s, "ExecStartPre={check}");
     }
     s.push_str("\n[Install]\n");
     let _ = writeln!(

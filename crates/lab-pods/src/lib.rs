@@ -13,6 +13,7 @@
 
 mod emit;
 mod error;
+mod limits;
 mod pod;
 mod reader;
 mod spec;

@@ -66,7 +66,7 @@ pub(crate) fn refused_hint(key: &str) -> Option<String> {
              `hostPath` volume"
                 .into()
         }
-        "requests" => "lab applies `limits` only (as cgroup limits of the pod's unit)".into(),
+        "requests" => "lab applies `limits` only (as each container's cgroup limits)".into(),
         "strategy" => "lab replaces the pod whenever its file or image changes".into(),
         "namespace" => {
             "a pod runs on the machines whose layers hold it; there are no namespaces".into()

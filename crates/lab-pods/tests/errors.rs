@@ -102,7 +102,7 @@ fn other_unsupported_fields_list_what_is_supported() {
     );
     assert_eq!(
         refusal(&with_container("    resources:\n      requests:\n        memory: 1Gi\n")),
-        "pods/web.yaml:10:7: `requests` is not supported in resources\n      requests:\n      ^^^^^^^^\nhint: lab applies `limits` only (as cgroup limits of the pod's unit)\n"
+        "pods/web.yaml:10:7: `requests` is not supported in resources\n      requests:\n      ^^^^^^^^\nhint: lab applies `limits` only (as each container's cgroup limits)\n"
     );
     assert_eq!(
         refusal(&with_container("    ports:\n    - containerPort: 80\n      appProtocol: http\n")),

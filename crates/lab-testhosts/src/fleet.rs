@@ -23,6 +23,14 @@ pub enum Flavor {
     /// and a pod user `pods` with linger and subuids; fixed for rootless
     /// podman inside nspawn. `/bin/busybox` (static) is in the base, for
     /// [`crate::OciImage`].
+    ///
+    /// Unlike a stock Debian VPS, a host's cgroup v2 offers only the
+    /// controllers the machine running the tests has bound to cgroup v2: on
+    /// a machine with cgroup v1 (or hybrid) controllers that is none, so no
+    /// pod can have memory or cpu limits there (crun: `opening file
+    /// memory.max for writing`), rootless or rootful. No recipe can change
+    /// that from inside; read `/sys/fs/cgroup/cgroup.controllers` of the
+    /// host to know.
     Podman,
 }
 
