@@ -255,13 +255,35 @@ pub fn parse_ps(pods: &[DesiredPod], text: &str) -> (Vec<PodStatus>, i64) {
     let mut user_error: BTreeMap<String, String> = BTreeMap::new();
     // (user, unit) -> (active, sub, nrestarts)
     let mut units: BTreeMap<(String, String), (String, String, u64)> = BTreeMap::new();
-    let mut show_unit = String::new();
+    let mut block: Vec<(String, String)> = Vec::new();
+    let flush = |block: &mut Vec<(String, String)>,
+                 user: &str,
+                 units: &mut BTreeMap<(String, String), (String, String, u64)>| {
+        let get = |k: &str| {
+            block
+                .iter()
+                .find(|(bk, _)| bk == k)
+                .map(|(_, v)| v.as_str())
+        };
+        if let Some(id) = get("Id") {
+            units.insert(
+                (user.to_string(), id.to_string()),
+                (
+                    get("ActiveState").unwrap_or("unknown").to_string(),
+                    get("SubState").unwrap_or("unknown").to_string(),
+                    get("NRestarts").and_then(|n| n.parse().ok()).unwrap_or(0),
+                ),
+            );
+        }
+        block.clear();
+    };
     let mut containers: BTreeMap<String, Vec<serde_json::Value>> = BTreeMap::new();
     let mut mem: BTreeMap<String, u64> = BTreeMap::new();
     let mut journals: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut json_buf: Option<String> = None;
     let mut journal: Option<String> = None;
-    for line in text.lines() {
+    // (a last line that is not `show` ends the last block)
+    for line in text.lines().chain(std::iter::once("end")) {
         if let Some(j) = &journal {
             if line == "endjournal" {
                 journal = None;
@@ -285,30 +307,22 @@ pub fn parse_ps(pods: &[DesiredPod], text: &str) -> (Vec<PodStatus>, i64) {
             continue;
         }
         let (word, rest) = line.split_once(' ').unwrap_or((line, ""));
+        if word != "show" && !block.is_empty() {
+            flush(&mut block, &user, &mut units);
+        }
         match word {
             "now" => now = rest.trim().parse().unwrap_or(0),
             "user" => user = rest.to_string(),
             "usererror" => {
                 user_error.insert(user.clone(), rest.to_string());
             }
+            // `systemctl show` prints a unit's properties in its own order
+            // (`NRestarts`, of the service, before `Id`), units apart by
+            // a blank line: a block is read whole, then filed under its Id
+            "show" if rest.is_empty() => flush(&mut block, &user, &mut units),
             "show" => {
                 let (k, v) = rest.split_once('=').unwrap_or((rest, ""));
-                match k {
-                    "Id" => {
-                        show_unit = v.to_string();
-                    }
-                    "ActiveState" | "SubState" | "NRestarts" => {
-                        let e = units
-                            .entry((user.clone(), show_unit.clone()))
-                            .or_insert_with(|| ("unknown".into(), "unknown".into(), 0));
-                        match k {
-                            "ActiveState" => e.0 = v.to_string(),
-                            "SubState" => e.1 = v.to_string(),
-                            _ => e.2 = v.parse().unwrap_or(0),
-                        }
-                    }
-                    _ => {}
-                }
+                block.push((k.to_string(), v.to_string()));
             }
             "containers" => json_buf = Some(String::new()),
             "mem" => {
@@ -452,17 +466,31 @@ mod tests {
 
     #[test]
     fn reads_a_ps_report() {
-        let pods = vec![DesiredPod {
-            name: "web".into(),
-            user: Some("pods".into()),
-            unit: "web.service".into(),
-        }];
+        // (systemctl's own order: the service's NRestarts before the
+        // unit's Id, as a real node prints it)
+        let pods = vec![
+            DesiredPod {
+                name: "web".into(),
+                user: Some("pods".into()),
+                unit: "web.service".into(),
+            },
+            DesiredPod {
+                name: "lim".into(),
+                user: Some("pods".into()),
+                unit: "lim.service".into(),
+            },
+        ];
         let text = r#"now 1000
 user pods
+show NRestarts=5
+show Id=lim.service
+show ActiveState=failed
+show SubState=failed
+show 
+show NRestarts=0
 show Id=web.service
 show ActiveState=active
 show SubState=running
-show NRestarts=0
 containers
 [{"Id":"aa","Names":["web-httpd"],"PodName":"web","IsInfra":false,"State":"running","Restarts":1,"StartedAt":900,
   "Ports":[{"host_ip":"","container_port":8080,"host_port":8080,"range":1,"protocol":"tcp"}]},
@@ -478,5 +506,7 @@ mem aa 4096
         assert_eq!(st[0].memory_bytes(), 4096);
         assert_eq!(st[0].uptime_s(now), Some(100));
         assert_eq!(st[0].restarts(), 1);
+        assert_eq!(st[1].state(), "failed");
+        assert_eq!(st[1].restarts(), 5);
     }
 }
