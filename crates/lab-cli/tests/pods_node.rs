@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 /// Hosts: 1 lifecycle, 2 restart policies, 3 ps/logs, 4 pod user errors,
 /// 5 a 512 MB node, 6 a rootful pod, 7 resources.limits, 8 an image
-/// restart across a dropped link.
-const HOSTS: usize = 8;
+/// restart across a dropped link, 9 an image from a root directory.
+const HOSTS: usize = 9;
 const SMALL_NODE: usize = 5;
 const LIMITS_NODE: usize = 7;
 
@@ -850,4 +850,47 @@ fn resources_limits_hold_in_each_containers_cgroup_or_the_pod_fails_saying_why()
         let tail: Vec<&str> = ps.lines().filter(|l| l.contains(&said)).collect();
         assert!(!tail.is_empty(), "{pod}: {ps}");
     }
+}
+
+/// An image given as a root directory (`images/NAME/` without an
+/// `index.json`): lab makes it an OCI archive on the way, the pod runs it,
+/// and a changed file makes a new image that the pod restarts on.
+#[test]
+fn an_image_from_a_root_directory_runs_and_updates() {
+    let h = host(9);
+    let t = project(&h, "");
+    let root = t.join("images/rootweb");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::copy(
+        h.root.as_ref().unwrap().join("bin/busybox"),
+        root.join("bin/busybox"),
+    )
+    .unwrap();
+    for applet in ["sh", "httpd", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("www/index.html"), "from a root directory\n").unwrap();
+    web_pod(&t, "rw", "rootweb", 8090, "1");
+    let out = sync_ok(&t);
+    assert!(
+        out.contains("loaded image localhost/rootweb:latest"),
+        "{out}"
+    );
+    assert!(answers(&h, 8090).contains("from a root directory"));
+    let before = pod_pids(&h, "rw");
+
+    // nothing changed: nothing shipped
+    let out = sync_ok(&t);
+    assert!(!out.contains("loaded image"), "{out}");
+
+    std::fs::write(root.join("www/index.html"), "changed root directory\n").unwrap();
+    let out = sync_ok(&t);
+    assert!(
+        out.contains("loaded image localhost/rootweb:latest"),
+        "{out}"
+    );
+    assert!(out.contains("restart pods/rw.service: ok"), "{out}");
+    assert!(answers(&h, 8090).contains("changed root directory"));
+    assert_ne!(pod_pids(&h, "rw"), before);
 }

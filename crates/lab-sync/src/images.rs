@@ -1,8 +1,10 @@
 //! Container images for a machine's pods, shipped over the sync's own
 //! connection: no registry, no `podman image scp`.
 //!
-//! An image is an OCI image archive `images/NAME.tar` or an OCI layout
-//! directory `images/NAME/` in the project, and its name is
+//! An image is an OCI image archive `images/NAME.tar`, an OCI layout
+//! directory `images/NAME/` (with an `index.json`) or a root directory
+//! `images/NAME/` (any other directory: one layer, no command) in the
+//! project, and its name is
 //! `localhost/NAME:latest` (as lab-pods names it in the pods it compiles);
 //! its ID is the sha256 of its config, which is podman's image ID after a
 //! load.
@@ -25,6 +27,7 @@ use crate::error::SyncError;
 use crate::transport::Transport;
 use lab_agent::quote;
 use lab_manifest::Manifest;
+use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -36,8 +39,21 @@ pub struct Image {
     pub name: String,
     /// Hex sha256 of its config (podman's image ID).
     pub id: String,
-    /// The archive, or the layout directory.
+    /// The archive, the layout directory or the root directory.
     pub path: PathBuf,
+    /// A root directory's layer (what [`Image::stream`] makes of it).
+    rootfs: Option<Rootfs>,
+}
+
+/// An image made of a root directory: one layer, the directory as a tar
+/// (entries sorted by name, each with its own mode, owner and mtime), and
+/// a config with no command (a pod gives it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Rootfs {
+    /// Hex sha256 and size of the layer.
+    layer: String,
+    layer_size: u64,
+    config: Vec<u8>,
 }
 
 /// What is wrong with an image of `images/`.
@@ -69,9 +85,13 @@ pub fn normalize(name: &str) -> String {
 }
 
 impl Image {
-    /// Read the ID of the OCI archive or layout directory at `path`, named
-    /// `name`.
+    /// Read the ID of the OCI archive, layout directory (it has an
+    /// `index.json`) or root directory (any other directory) at `path`,
+    /// named `name`.
     pub fn open(path: &Path, name: &str) -> Result<Image, ImageError> {
+        if path.is_dir() && !path.join("index.json").exists() {
+            return Image::open_rootfs(path, name);
+        }
         let io = |source| ImageError::Io {
             path: path.to_path_buf(),
             source,
@@ -129,12 +149,42 @@ impl Image {
             name: normalize(name),
             id: config.to_string(),
             path: path.to_path_buf(),
+            rootfs: None,
+        })
+    }
+
+    /// A root directory: its layer is made (and only hashed and counted,
+    /// never held) to know the image's ID.
+    fn open_rootfs(path: &Path, name: &str) -> Result<Image, ImageError> {
+        let mut sink = HashCount::default();
+        rootfs_tar(path, &mut sink)?;
+        let layer = hex::encode(sink.hash.finalize());
+        let config = serde_json::json!({
+            "architecture": go_arch(),
+            "os": "linux",
+            "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer}")]},
+        })
+        .to_string()
+        .into_bytes();
+        Ok(Image {
+            name: normalize(name),
+            id: hex::encode(Sha256::digest(&config)),
+            path: path.to_path_buf(),
+            rootfs: Some(Rootfs {
+                layer,
+                layer_size: sink.len,
+                config,
+            }),
         })
     }
 
     /// Write the image as an OCI archive (a layout directory is tarred on
     /// the way).
     fn stream(&self, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        if let Some(r) = &self.rootfs {
+            return r.stream(&self.path, &self.name, w);
+        }
         if self.path.is_dir() {
             let mut b = tar::Builder::new(w);
             b.follow_symlinks(false);
@@ -144,6 +194,152 @@ impl Image {
             let mut f = fs_err::File::open(&self.path)?;
             std::io::copy(&mut f, w).map(|_| ())
         }
+    }
+}
+
+impl Rootfs {
+    /// The OCI archive: layout, index, manifest, config, and the layer
+    /// made again from the directory on the way (its size and digest
+    /// must be what [`Image::open`] found: a directory changed since
+    /// fails here, and podman refuses a layer that does not match).
+    fn stream(&self, dir: &Path, name: &str, w: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {
+                "mediaType": "application/vnd.oci.image.config.v1+json",
+                "digest": format!("sha256:{}", hex::encode(Sha256::digest(&self.config))),
+                "size": self.config.len(),
+            },
+            "layers": [{
+                "mediaType": "application/vnd.oci.image.layer.v1.tar",
+                "digest": format!("sha256:{}", self.layer),
+                "size": self.layer_size,
+            }],
+        })
+        .to_string()
+        .into_bytes();
+        let manifest_digest = hex::encode(Sha256::digest(&manifest));
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": format!("sha256:{manifest_digest}"),
+                "size": manifest.len(),
+                "annotations": {"org.opencontainers.image.ref.name": name},
+            }],
+        })
+        .to_string()
+        .into_bytes();
+        let config_digest = hex::encode(Sha256::digest(&self.config));
+        let small: [(&str, &[u8]); 4] = [
+            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+            ("index.json", &index),
+            (&format!("blobs/sha256/{config_digest}"), &self.config),
+            (&format!("blobs/sha256/{manifest_digest}"), &manifest),
+        ];
+        for (path, data) in small {
+            tar_header(w, path, data.len() as u64)?;
+            w.write_all(data)?;
+            tar_pad(w, data.len() as u64)?;
+        }
+        tar_header(w, &format!("blobs/sha256/{}", self.layer), self.layer_size)?;
+        let mut counted = HashCount {
+            inner: Some(&mut *w),
+            ..HashCount::default()
+        };
+        rootfs_tar(dir, &mut counted).map_err(|e| std::io::Error::other(e.to_string()))?;
+        let (len, digest) = (counted.len, hex::encode(counted.hash.finalize()));
+        if len != self.layer_size || digest != self.layer {
+            return Err(std::io::Error::other(format!(
+                "{} changed while it was shipped",
+                dir.display()
+            )));
+        }
+        tar_pad(w, len)?;
+        w.write_all(&[0; 1024])
+    }
+}
+
+/// One entry's header of an archive written by hand (a regular file).
+fn tar_header(w: &mut dyn std::io::Write, path: &str, size: u64) -> std::io::Result<()> {
+    let mut h = tar::Header::new_ustar();
+    h.set_path(path)?;
+    h.set_size(size);
+    h.set_mode(0o644);
+    h.set_mtime(0);
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_cksum();
+    w.write_all(h.as_bytes())
+}
+
+/// The zeros that round an entry of `size` bytes up to a block.
+fn tar_pad(w: &mut dyn std::io::Write, size: u64) -> std::io::Result<()> {
+    let rest = (512 - size % 512) % 512;
+    w.write_all(&vec![0; rest as usize])
+}
+
+/// The layer of a root directory, written to `w`: every entry below it,
+/// sorted by name, symlinks as symlinks.
+fn rootfs_tar(dir: &Path, w: &mut dyn std::io::Write) -> Result<(), ImageError> {
+    let bad = |p: &Path, e: std::io::Error| ImageError::Io {
+        path: p.to_path_buf(),
+        source: e,
+    };
+    let mut b = tar::Builder::new(w);
+    b.follow_symlinks(false);
+    for e in walkdir::WalkDir::new(dir)
+        .min_depth(1)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let e = e.map_err(|e| {
+            let p = e.path().unwrap_or(dir).to_path_buf();
+            bad(&p, e.into())
+        })?;
+        let rel = e.path().strip_prefix(dir).expect("below the root");
+        b.append_path_with_name(e.path(), rel)
+            .map_err(|err| bad(e.path(), err))?;
+    }
+    b.finish().map_err(|e| bad(dir, e))
+}
+
+/// A writer that hashes and counts what goes through it (to `inner`, if
+/// any).
+#[derive(Default)]
+struct HashCount<'a> {
+    hash: Sha256,
+    len: u64,
+    inner: Option<&'a mut dyn std::io::Write>,
+}
+
+impl std::io::Write for HashCount<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = match &mut self.inner {
+            Some(w) => w.write(buf)?,
+            None => buf.len(),
+        };
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.inner {
+            Some(w) => w.flush(),
+            None => Ok(()),
+        }
+    }
+}
+
+/// The image config's name for this machine's architecture.
+fn go_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "arm" => "arm",
+        "x86" => "386",
+        other => other,
     }
 }
 
@@ -403,6 +599,80 @@ pub fn ship(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A root directory becomes an OCI archive whose ID is what `open`
+    /// said, the same for the same tree, another for any change.
+    #[test]
+    fn a_root_directory_is_an_image() {
+        use std::os::unix::fs::PermissionsExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("web");
+        std::fs::create_dir_all(root.join("bin")).unwrap();
+        std::fs::create_dir_all(root.join("www/empty")).unwrap();
+        std::fs::write(root.join("bin/tool"), "#!/bin/sh\necho hi\n").unwrap();
+        std::fs::set_permissions(
+            root.join("bin/tool"),
+            std::fs::Permissions::from_mode(0o755),
+        )
+        .unwrap();
+        std::os::unix::fs::symlink("tool", root.join("bin/sh")).unwrap();
+        std::fs::write(root.join("www/index.html"), "hello\n").unwrap();
+
+        let img = Image::open(&root, "web").unwrap();
+        assert_eq!(img.name, "localhost/web:latest");
+        // streamed, it is an archive that reads back as the same image
+        let archive = d.path().join("web.tar");
+        let mut f = std::fs::File::create(&archive).unwrap();
+        img.stream(&mut f).unwrap();
+        drop(f);
+        assert_eq!(Image::open(&archive, "web").unwrap().id, img.id);
+        // whose layer holds the tree, the link as a link
+        let mut ar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
+        let r = img.rootfs.as_ref().unwrap();
+        let mut layer = None;
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().ends_with(&r.layer) {
+                let mut buf = Vec::new();
+                e.read_to_end(&mut buf).unwrap();
+                layer = Some(buf);
+            }
+        }
+        let layer = layer.expect("the layer blob");
+        assert_eq!(hex::encode(Sha256::digest(&layer)), r.layer);
+        let mut names = Vec::new();
+        for e in tar::Archive::new(&layer[..]).entries().unwrap() {
+            let e = e.unwrap();
+            let kind = e.header().entry_type();
+            let link = e.link_name().unwrap().map(|l| l.display().to_string());
+            names.push((
+                e.path().unwrap().display().to_string(),
+                kind,
+                link,
+                e.header().mode().unwrap(),
+            ));
+        }
+        let paths: Vec<&str> = names.iter().map(|n| n.0.trim_end_matches('/')).collect();
+        assert_eq!(
+            paths,
+            [
+                "bin",
+                "bin/sh",
+                "bin/tool",
+                "www",
+                "www/empty",
+                "www/index.html"
+            ]
+        );
+        assert_eq!(names[1].1, tar::EntryType::Symlink);
+        assert_eq!(names[1].2.as_deref(), Some("tool"));
+        assert_eq!(names[2].3 & 0o7777, 0o755);
+
+        // the same tree: the same ID; a changed file: another
+        assert_eq!(Image::open(&root, "web").unwrap().id, img.id);
+        std::fs::write(root.join("www/index.html"), "hello again\n").unwrap();
+        assert_ne!(Image::open(&root, "web").unwrap().id, img.id);
+    }
 
     #[test]
     fn names() {
