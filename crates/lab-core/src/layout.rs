@@ -97,6 +97,13 @@ impl LabDir {
         }
     }
 
+    /// `.lab/images/NAME.rootfs`: what lab found of the root-directory
+    /// image NAME (its layer's digest and size, under a signature of the
+    /// directory's entries), so that a sync does not read it again.
+    pub fn rootfs_cache_path(&self, image: &str) -> PathBuf {
+        self.root.join("images").join(format!("{image}.rootfs"))
+    }
+
     /// `.lab/facts/NAME.json`
     pub fn facts_path(&self, machine: &str) -> PathBuf {
         self.root.join("facts").join(format!("{machine}.json"))

@@ -77,6 +77,7 @@ pub fn target(project: &Project, m: &Machine, lab_dir: &Path) -> Target {
         rules: unit_rules(project),
         pod_user: m.pod_user().to_string(),
         images_dir: project.root.join("images"),
+        lab_dir: lab_dir.to_path_buf(),
     }
 }
 

@@ -88,9 +88,15 @@ impl Image {
     /// Read the ID of the OCI archive, layout directory (it has an
     /// `index.json`) or root directory (any other directory) at `path`,
     /// named `name`.
-    pub fn open(path: &Path, name: &str) -> Result<Image, ImageError> {
+    /// `lab`: where to keep (and find) what a root directory's layer is.
+    pub fn open(
+        path: &Path,
+        name: &str,
+        lab: Option<&lab_core::LabDir>,
+    ) -> Result<Image, ImageError> {
         if path.is_dir() && !path.join("index.json").exists() {
-            return Image::open_rootfs(path, name);
+            let cache = lab.map(|l| l.rootfs_cache_path(name));
+            return Image::open_rootfs(path, name, cache.as_deref());
         }
         let io = |source| ImageError::Io {
             path: path.to_path_buf(),
@@ -155,11 +161,37 @@ impl Image {
     }
 
     /// A root directory: its layer is made (and only hashed and counted,
-    /// never held) to know the image's ID.
-    fn open_rootfs(path: &Path, name: &str) -> Result<Image, ImageError> {
-        let mut sink = HashCount::default();
-        rootfs_tar(path, &mut sink)?;
-        let layer = hex::encode(sink.hash.finalize());
+    /// never held) to know the image's ID; or, when `cache` holds the
+    /// layer of a directory whose every entry has the stat it has now,
+    /// taken from there (the ctime moves with any write, chmod, chown or
+    /// rename, and nothing sets it back).
+    fn open_rootfs(path: &Path, name: &str, cache: Option<&Path>) -> Result<Image, ImageError> {
+        let signature = tree_signature(path)?;
+        let cached = cache
+            .and_then(|c| fs_err::read_to_string(c).ok())
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .filter(|v| v["signature"] == signature.as_str())
+            .and_then(|v| Some((v["layer"].as_str()?.to_string(), v["size"].as_u64()?)));
+        let (layer, layer_size) = match cached {
+            Some(found) => found,
+            None => {
+                let mut sink = HashCount::default();
+                rootfs_tar(path, &mut sink)?;
+                let found = (hex::encode(sink.hash.finalize()), sink.len);
+                if let Some(c) = cache {
+                    // (a cache that cannot be written costs a read next time)
+                    let text = serde_json::json!({
+                        "signature": signature, "layer": found.0, "size": found.1,
+                    })
+                    .to_string();
+                    let tmp = c.with_extension("rootfs.tmp");
+                    let _ = fs_err::create_dir_all(c.parent().unwrap_or(Path::new(".")))
+                        .and_then(|()| fs_err::write(&tmp, text))
+                        .and_then(|()| fs_err::rename(&tmp, c));
+                }
+                found
+            }
+        };
         let config = serde_json::json!({
             "architecture": go_arch(),
             "os": "linux",
@@ -174,7 +206,7 @@ impl Image {
             path: path.to_path_buf(),
             rootfs: Some(Rootfs {
                 layer,
-                layer_size: sink.len,
+                layer_size,
                 config,
             }),
         })
@@ -305,6 +337,43 @@ fn rootfs_tar(dir: &Path, w: &mut dyn std::io::Write) -> Result<(), ImageError> 
     b.finish().map_err(|e| bad(dir, e))
 }
 
+/// The stat of every entry below `dir` (path, inode, size, mtime, ctime,
+/// mode, owner), hashed: what a root directory's cached layer is valid for.
+fn tree_signature(dir: &Path) -> Result<String, ImageError> {
+    use std::os::unix::fs::MetadataExt;
+    let mut h = Sha256::new();
+    for e in walkdir::WalkDir::new(dir)
+        .follow_links(false)
+        .sort_by_file_name()
+    {
+        let e = e.map_err(|e| ImageError::Io {
+            path: e.path().unwrap_or(dir).to_path_buf(),
+            source: e.into(),
+        })?;
+        let m = e.metadata().map_err(|err| ImageError::Io {
+            path: e.path().to_path_buf(),
+            source: err.into(),
+        })?;
+        let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
+        h.update(rel.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        for n in [
+            m.ino(),
+            m.size(),
+            m.mtime() as u64,
+            m.mtime_nsec() as u64,
+            m.ctime() as u64,
+            m.ctime_nsec() as u64,
+            m.mode() as u64,
+            m.uid() as u64,
+            m.gid() as u64,
+        ] {
+            h.update(n.to_le_bytes());
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
 /// A writer that hashes and counts what goes through it (to `inner`, if
 /// any).
 #[derive(Default)]
@@ -346,7 +415,11 @@ fn go_arch() -> &'static str {
 
 /// The project's images: every `NAME.tar` and `NAME/` in `dir` (none when
 /// it does not exist), named `localhost/NAME:latest`.
-pub fn project_images(dir: &Path) -> Result<Vec<Image>, ImageError> {
+/// `lab`: see [`Image::open`].
+pub fn project_images(
+    dir: &Path,
+    lab: Option<&lab_core::LabDir>,
+) -> Result<Vec<Image>, ImageError> {
     let rd = match fs_err::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -371,7 +444,7 @@ pub fn project_images(dir: &Path) -> Result<Vec<Image>, ImageError> {
             file.strip_suffix(".tar")
         };
         if let Some(name) = name.filter(|n| !n.is_empty() && !n.starts_with('.')) {
-            out.push(Image::open(&p, name)?);
+            out.push(Image::open(&p, name, lab)?);
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
@@ -620,15 +693,42 @@ mod tests {
         let root = d.path().join("big");
         std::fs::create_dir_all(&root).unwrap();
         std::fs::write(root.join("blob"), vec![7u8; 32 << 20]).unwrap();
-        let img = Image::open(&root, "big").unwrap();
+        let img = Image::open(&root, "big", None).unwrap();
         let archive = d.path().join("big.tar");
         let mut f = std::fs::File::create(&archive).unwrap();
         img.stream(&mut f).unwrap();
         drop(f);
         let before = thread_rchar();
-        assert_eq!(Image::open(&archive, "big").unwrap().id, img.id);
+        assert_eq!(Image::open(&archive, "big", None).unwrap().id, img.id);
         let read = thread_rchar() - before;
         assert!(read < 1 << 20, "read {read} bytes of a 32 MiB archive");
+    }
+
+    /// A root directory is read once: after that, its stat alone says the
+    /// cached layer still holds; any change reads it again.
+    #[test]
+    fn a_root_directory_is_read_again_only_when_it_changed() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = lab_core::LabDir::at(&d.path().join(".lab"));
+        let root = d.path().join("big");
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        std::fs::write(root.join("d/blob"), vec![7u8; 16 << 20]).unwrap();
+        let read = |f: &dyn Fn() -> Image| {
+            let before = thread_rchar();
+            let img = f();
+            (img, thread_rchar() - before)
+        };
+        let (first, n) = read(&|| Image::open(&root, "big", Some(&lab)).unwrap());
+        assert!(n >= 16 << 20, "read {n}");
+        let (again, n) = read(&|| Image::open(&root, "big", Some(&lab)).unwrap());
+        assert!(n < 1 << 20, "read {n} bytes again");
+        assert_eq!(again, first);
+        // a file rewritten with the same size: read again, another image
+        std::fs::write(root.join("d/blob"), vec![8u8; 16 << 20]).unwrap();
+        let (changed, n) = read(&|| Image::open(&root, "big", Some(&lab)).unwrap());
+        assert!(n >= 16 << 20, "read {n}");
+        assert_ne!(changed.id, first.id);
+        assert_eq!(changed, Image::open(&root, "big", None).unwrap());
     }
 
     /// A root directory becomes an OCI archive whose ID is what `open`
@@ -649,14 +749,14 @@ mod tests {
         std::os::unix::fs::symlink("tool", root.join("bin/sh")).unwrap();
         std::fs::write(root.join("www/index.html"), "hello\n").unwrap();
 
-        let img = Image::open(&root, "web").unwrap();
+        let img = Image::open(&root, "web", None).unwrap();
         assert_eq!(img.name, "localhost/web:latest");
         // streamed, it is an archive that reads back as the same image
         let archive = d.path().join("web.tar");
         let mut f = std::fs::File::create(&archive).unwrap();
         img.stream(&mut f).unwrap();
         drop(f);
-        assert_eq!(Image::open(&archive, "web").unwrap().id, img.id);
+        assert_eq!(Image::open(&archive, "web", None).unwrap().id, img.id);
         // whose layer holds the tree, the link as a link
         let mut ar = tar::Archive::new(std::fs::File::open(&archive).unwrap());
         let r = img.rootfs.as_ref().unwrap();
@@ -700,9 +800,9 @@ mod tests {
         assert_eq!(names[2].3 & 0o7777, 0o755);
 
         // the same tree: the same ID; a changed file: another
-        assert_eq!(Image::open(&root, "web").unwrap().id, img.id);
+        assert_eq!(Image::open(&root, "web", None).unwrap().id, img.id);
         std::fs::write(root.join("www/index.html"), "hello again\n").unwrap();
-        assert_ne!(Image::open(&root, "web").unwrap().id, img.id);
+        assert_ne!(Image::open(&root, "web", None).unwrap().id, img.id);
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Target {
     /// The project's `images/` (OCI archives the pods may use; see
     /// [`crate::images`]).
     pub images_dir: PathBuf,
+    /// `.lab/` (where what was found of root-directory images is kept).
+    pub lab_dir: PathBuf,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -187,11 +189,13 @@ impl MachineSync<'_> {
         if uses.is_empty() {
             return Ok(Vec::new());
         }
-        let images = crate::images::project_images(&self.target.images_dir).map_err(|e| {
-            SyncError::Build {
-                machine: self.target.name.clone(),
-                message: e.to_string(),
-            }
+        let images = crate::images::project_images(
+            &self.target.images_dir,
+            Some(&lab_core::LabDir::at(&self.target.lab_dir)),
+        )
+        .map_err(|e| SyncError::Build {
+            machine: self.target.name.clone(),
+            message: e.to_string(),
         })?;
         // (what lab last applied there: paths it changes restart their
         // pods anyway; unknown: every path counts as changed)
