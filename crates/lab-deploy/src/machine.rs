@@ -76,7 +76,7 @@ pub fn target(project: &Project, m: &Machine, lab_dir: &Path) -> Target {
         settle_ms: project.settings.settle_ms,
         rules: unit_rules(project),
         pod_user: m.pod_user().to_string(),
-        images_dir: project.root.join("images"),
+        images_dir: project.root.join(lab_pods::IMAGES_DIR),
         lab_dir: lab_dir.to_path_buf(),
     }
 }

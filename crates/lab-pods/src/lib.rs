@@ -31,8 +31,8 @@ use std::path::Path;
 pub const SOURCE_DIR: &str = "pods";
 
 /// Where a project keeps the images it ships, relative to the project:
-/// `images/NAME.tar` (an OCI archive) or `images/NAME/` (an OCI layout),
-/// which pods name `NAME` or `localhost/NAME:latest`.
+/// `images/NAME.tar` (an OCI archive) or `images/NAME/` (an OCI layout,
+/// or a root directory), which pods name `NAME` or `localhost/NAME:latest`.
 pub const IMAGES_DIR: &str = "images";
 
 /// The image name an entry of [`IMAGES_DIR`] ships, if it is one.

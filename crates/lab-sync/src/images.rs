@@ -413,7 +413,8 @@ fn go_arch() -> &'static str {
     }
 }
 
-/// The project's images: every `NAME.tar` and `NAME/` in `dir` (none when
+/// The project's images: every `NAME.tar` and `NAME/` in `dir` that
+/// [`lab_pods::image_name`] takes (none when
 /// it does not exist), named `localhost/NAME:latest`.
 /// `lab`: see [`Image::open`].
 pub fn project_images(
@@ -438,21 +439,13 @@ pub fn project_images(
         })?;
         let p = e.path();
         let file = e.file_name().to_string_lossy().into_owned();
-        let name = if p.is_dir() {
-            Some(file.as_str())
-        } else {
-            file.strip_suffix(".tar")
-        };
-        if let Some(name) = name.filter(|n| !n.is_empty() && !n.starts_with('.')) {
+        if let Some(name) = lab_pods::image_name(&file, p.is_dir()) {
             out.push(Image::open(&p, name, lab)?);
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
-
-const QUADLET_ROOT: &str = "etc/containers/systemd/";
-const USERS: &str = "etc/containers/systemd/users/";
 
 /// One Quadlet file's use of an image.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -469,14 +462,16 @@ pub struct Use {
 pub fn wanted(out_dir: &Path, manifest: &Manifest, pod_user: &str) -> Vec<Use> {
     let mut out = Vec::new();
     for (path, e) in &manifest.entries {
-        if e.is_dir() || !path.starts_with(QUADLET_ROOT) {
+        let under = |dir: &str| path.strip_prefix(dir).and_then(|r| r.strip_prefix('/'));
+        if e.is_dir() || under(lab_pods::ROOTFUL_DIR).is_none() {
             continue;
         }
         let user = path
-            .strip_prefix(USERS)
+            .strip_prefix(lab_pods::ROOTLESS_DIR)
+            .and_then(|r| r.strip_prefix('/'))
             .filter(|rest| !rest.contains('/'))
             .map(|_| pod_user.to_string());
-        if path.starts_with(USERS) && user.is_none() {
+        if under(lab_pods::ROOTLESS_DIR).is_some() && user.is_none() {
             continue;
         }
         let Ok(text) = fs_err::read_to_string(out_dir.join(path)) else {
