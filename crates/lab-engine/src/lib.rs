@@ -369,7 +369,26 @@ impl Engine {
         root_names.sort();
         root_names.dedup();
 
-        let prev = self.state.load_roots(&root_names);
+        // Each root's previous fingerprints go to its scan (which lets go
+        // of them as it goes); what the build needs of them after is kept.
+        let mut loaded = self.state.load_roots(&root_names);
+        let prev: HashMap<String, PrevRoot> = loaded
+            .iter()
+            .map(|(name, f)| {
+                let p = PrevRoot {
+                    gen: f.gen,
+                    exists: f.root.exists,
+                    tree: f.root.tree,
+                    listing: f.root.listing,
+                };
+                (name.clone(), p)
+            })
+            .collect();
+        let jobs: Vec<(&String, Option<scan::RootState>)> = root_names
+            .iter()
+            .map(|n| (n, loaded.remove(n).map(|f| f.root)))
+            .collect();
+        drop(loaded);
         let scanned_at_ns = self.state.stamp().map_err(|e| EngineError::Io {
             path: self.state.dir.clone(),
             source: e,
@@ -378,10 +397,8 @@ impl Engine {
         // for outputs changed behind lab's back.
         let (scans, tampered): (HashMap<String, Result<RootScan, MachineError>>, _) = rayon::join(
             || {
-                root_names
-                    .par_iter()
-                    .map(|name| {
-                        let prev = prev.get(name).map(|f| &f.root);
+                jobs.into_par_iter()
+                    .map(|(name, prev)| {
                         (
                             name.clone(),
                             scan::scan_root(root, name, prev, &self.ignore),
@@ -426,9 +443,9 @@ impl Engine {
             let p = prev.get(name);
             let keep = p.filter(|p| {
                 s.changed.is_empty()
-                    && p.root.exists == s.exists
-                    && p.root.tree == s.tree
-                    && p.root.listing == s.listing
+                    && p.exists == s.exists
+                    && p.tree == s.tree
+                    && p.listing == s.listing
             });
             let before = p.map_or(0, |p| p.gen);
             let after = keep.map_or_else(state::new_gen, |p| p.gen);
@@ -576,6 +593,15 @@ impl Engine {
         }
         Ok(())
     }
+}
+
+/// What a build keeps of a root's previous fingerprints once its scan
+/// has them.
+struct PrevRoot {
+    gen: u64,
+    exists: bool,
+    tree: lab_core::Digest,
+    listing: lab_core::Digest,
 }
 
 /// Each root's generation before and after a build, by root name.

@@ -198,10 +198,13 @@ pub fn link_target(path: &Path) -> Result<String, MachineError> {
 
 /// Scan one root, reusing the digests of `prev` for files whose stat did not
 /// change (see [`Fingerprint::reusable`]).
+///
+/// `prev` is taken: its entries are let go one by one as the new ones
+/// are made, so a scan does not hold two full sets of a large root.
 pub fn scan_root(
     project: &Path,
     name: &str,
-    prev: Option<&RootState>,
+    prev: Option<RootState>,
     ignore: &GlobSet,
 ) -> Result<RootScan, MachineError> {
     let dir = project.join(name);
@@ -215,12 +218,12 @@ pub fn scan_root(
     } else {
         Vec::new()
     };
-    let prev_scanned_at = prev.map_or(i64::MIN, |p| p.scanned_at_ns);
+    let prev_scanned_at = prev.as_ref().map_or(i64::MIN, |p| p.scanned_at_ns);
     let results: Vec<(String, SrcEntry, bool)> = listed
         .into_par_iter()
         .map(|l| {
             let (stat, kind) = (l.stat, l.kind);
-            let old = prev.and_then(|p| p.entries.get(&l.rel));
+            let old = prev.as_ref().and_then(|p| p.entries.get(&l.rel));
             let reuse = old.filter(|(k, fp)| *k == kind && fp.reusable(&stat, prev_scanned_at));
             let (digest, fresh) = match reuse {
                 Some((_, fp)) => (fp.digest, false),
@@ -230,19 +233,23 @@ pub fn scan_root(
         })
         .collect::<Result<_, MachineError>>()?;
 
+    let mut prev = prev;
     let mut entries = HashMap::with_capacity(results.len());
     let mut changed = Vec::new();
-    let mut listing_changed = prev.is_none_or(|p| p.entries.len() != results.len());
+    let mut listing_changed = prev
+        .as_ref()
+        .is_none_or(|p| p.entries.len() != results.len());
     let mut hashed = 0;
     for (rel, e, fresh) in results {
+        let old = prev.as_mut().and_then(|p| p.entries.remove(&rel));
         if fresh {
             hashed += 1;
-            match prev.and_then(|p| p.entries.get(&rel)) {
+            match old {
                 Some((k, fp)) => {
-                    if *k != e.kind {
+                    if k != e.kind {
                         listing_changed = true;
                     }
-                    if *k != e.kind || fp.digest != e.digest || fp.stat.mode != e.stat.mode {
+                    if k != e.kind || fp.digest != e.digest || fp.stat.mode != e.stat.mode {
                         changed.push(rel.clone());
                     }
                 }
@@ -254,15 +261,14 @@ pub fn scan_root(
         }
         entries.insert(rel, e);
     }
-    if let Some(p) = prev {
-        for rel in p.entries.keys() {
-            if !entries.contains_key(rel) {
-                listing_changed = true;
-                changed.push(rel.clone());
-            }
+    // (what is left of the previous entries is what is gone)
+    if let Some(p) = &mut prev {
+        for (rel, _) in p.entries.drain() {
+            listing_changed = true;
+            changed.push(rel);
         }
     }
-    let listing_changed = listing_changed || prev.is_some_and(|p| p.exists != exists);
+    let listing_changed = listing_changed || prev.as_ref().is_some_and(|p| p.exists != exists);
     let (tree, listing) = match prev {
         Some(p) if changed.is_empty() && !listing_changed => (p.tree, p.listing),
         Some(p) if !listing_changed => (tree_digest(exists, &entries).0, p.listing),

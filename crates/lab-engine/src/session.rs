@@ -224,7 +224,7 @@ impl Session {
             let result = if rels.iter().any(|r| r.is_empty()) {
                 // the root directory itself: look at all of it again
                 let prev = root.to_state(i64::MIN);
-                scan::scan_root(&project_root, &name, Some(&prev), &self.engine.ignore).map(|s| {
+                scan::scan_root(&project_root, &name, Some(prev), &self.engine.ignore).map(|s| {
                     let changed_listing = s.listing != root.listing;
                     *root = s;
                     changed_listing
@@ -294,7 +294,7 @@ impl Session {
             .par_iter()
             .map(|(name, root)| {
                 let prev = root.to_state(scanned_at.get(name).copied().unwrap_or(i64::MIN));
-                let r = scan::scan_root(&project_root, name, Some(&prev), ignore);
+                let r = scan::scan_root(&project_root, name, Some(prev), ignore);
                 (name.clone(), r)
             })
             .collect();

@@ -47,13 +47,13 @@ impl Engine {
             .trim_end_matches('/')
             .to_string();
         let names = Engine::stack_names(m);
-        let prev = self.state.load_roots(&names);
+        let mut prev = self.state.load_roots(&names);
         let mut roots = Vec::new();
         for n in &names {
             roots.push(scan::scan_root(
                 &self.project.root,
                 n,
-                prev.get(n).map(|f| &f.root),
+                prev.remove(n).map(|f| f.root),
                 &self.ignore,
             )?);
         }
