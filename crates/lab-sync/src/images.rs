@@ -315,6 +315,7 @@ fn tar_pad(w: &mut dyn std::io::Write, size: u64) -> std::io::Result<()> {
 /// The layer of a root directory, written to `w`: every entry below it,
 /// sorted by name, symlinks as symlinks.
 fn rootfs_tar(dir: &Path, w: &mut dyn std::io::Write) -> Result<(), ImageError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let bad = |p: &Path, e: std::io::Error| ImageError::Io {
         path: p.to_path_buf(),
         source: e,
@@ -331,10 +332,46 @@ fn rootfs_tar(dir: &Path, w: &mut dyn std::io::Write) -> Result<(), ImageError> 
             bad(&p, e.into())
         })?;
         let rel = e.path().strip_prefix(dir).expect("below the root");
+        let ft = e.file_type();
+        if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+            // (the tar crate would name these by their path on this host)
+            let m = e.metadata().map_err(|err| bad(e.path(), err.into()))?;
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata(&m);
+            h.set_size(0);
+            h.set_entry_type(if ft.is_fifo() {
+                tar::EntryType::Fifo
+            } else if ft.is_char_device() {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            let dev = m.rdev();
+            h.set_device_major(dev_major(dev))
+                .and_then(|()| h.set_device_minor(dev_minor(dev)))
+                .and_then(|()| b.append_data(&mut h, rel, std::io::empty()))
+                .map_err(|err| bad(e.path(), err))?;
+            continue;
+        }
+        if ft.is_socket() {
+            return Err(bad(
+                e.path(),
+                std::io::Error::other("a socket cannot be part of an image; remove it"),
+            ));
+        }
         b.append_path_with_name(e.path(), rel)
             .map_err(|err| bad(e.path(), err))?;
     }
     b.finish().map_err(|e| bad(dir, e))
+}
+
+/// A device number's major and minor (glibc's encoding).
+fn dev_major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
+}
+
+fn dev_minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
 }
 
 /// The stat of every entry below `dir` (path, inode, size, mtime, ctime,
@@ -798,6 +835,97 @@ mod tests {
         assert_eq!(Image::open(&root, "web", None).unwrap().id, img.id);
         std::fs::write(root.join("www/index.html"), "hello again\n").unwrap();
         assert_ne!(Image::open(&root, "web", None).unwrap().id, img.id);
+    }
+
+    /// The layer's entries, as (path, type) in order.
+    fn layer_entries(img: &Image) -> Vec<(String, tar::EntryType)> {
+        let mut archive = Vec::new();
+        img.stream(&mut archive).unwrap();
+        let r = img.rootfs.as_ref().unwrap();
+        let mut ar = tar::Archive::new(&archive[..]);
+        let mut layer = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().ends_with(&r.layer) {
+                e.read_to_end(&mut layer).unwrap();
+            }
+        }
+        tar::Archive::new(&layer[..])
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let p = e.path().unwrap().display().to_string();
+                (p.trim_end_matches('/').to_string(), e.header().entry_type())
+            })
+            .collect()
+    }
+
+    /// A fifo and a device node of a root directory are entries of the
+    /// layer at their own path below it (not at the path they have on
+    /// this host).
+    #[test]
+    fn special_files_keep_their_place_in_the_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("web");
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        let run = |args: &[&str]| {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(&root)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(run(&["mkfifo", "dev/fifo"]));
+        // (a device node needs root)
+        let null = run(&["mknod", "dev/null", "c", "1", "3"]);
+        let img = Image::open(&root, "web", None).unwrap();
+        let mut want = vec![
+            ("dev".to_string(), tar::EntryType::Directory),
+            ("dev/fifo".to_string(), tar::EntryType::Fifo),
+        ];
+        if null {
+            want.push(("dev/null".to_string(), tar::EntryType::Char));
+        }
+        assert_eq!(layer_entries(&img), want);
+    }
+
+    /// What a layer cannot hold (a socket) fails the image with its path.
+    #[test]
+    fn a_socket_fails_with_its_path() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("web");
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        let _l = std::os::unix::net::UnixListener::bind(root.join("run/s.sock")).unwrap();
+        let e = Image::open(&root, "web", None).unwrap_err().to_string();
+        assert!(e.contains("run/s.sock"), "{e}");
+    }
+
+    /// Odd names, hard links, loops of symlinks and an empty directory
+    /// make an image that streams as what `open` said.
+    #[test]
+    fn odd_trees_stream_as_opened() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("web");
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::write(root.join("a\nb"), "x").unwrap();
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"\xff\xfe")), "y").unwrap();
+        std::fs::write(root.join("long-".repeat(40)), "z").unwrap();
+        std::fs::hard_link(root.join("a\nb"), root.join("hard")).unwrap();
+        std::os::unix::fs::symlink("loop2", root.join("loop1")).unwrap();
+        std::os::unix::fs::symlink("loop1", root.join("loop2")).unwrap();
+        std::os::unix::fs::symlink("empty", root.join("dirlink")).unwrap();
+        let img = Image::open(&root, "web", None).unwrap();
+        let entries = layer_entries(&img);
+        assert_eq!(entries.len(), 8, "{entries:?}");
+        assert!(entries.contains(&("a\nb".to_string(), tar::EntryType::Regular)));
+        assert!(entries.contains(&("dirlink".to_string(), tar::EntryType::Symlink)));
+        assert!(entries.contains(&("long-".repeat(40), tar::EntryType::Regular)));
+        let d2 = tempfile::tempdir().unwrap();
+        let empty = d2.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(layer_entries(&Image::open(&empty, "e", None).unwrap()).is_empty());
     }
 
     #[test]
