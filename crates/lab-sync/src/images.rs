@@ -166,7 +166,19 @@ impl Image {
     /// taken from there (the ctime moves with any write, chmod, chown or
     /// rename, and nothing sets it back).
     fn open_rootfs(path: &Path, name: &str, cache: Option<&Path>) -> Result<Image, ImageError> {
-        let signature = tree_signature(path)?;
+        // The file system's clock now, from a file written before the
+        // tree is looked at: an entry whose times are not older may be
+        // written again within the same clock tick and keep its stat (the
+        // "racily clean" entries of git), so such a tree is not cached.
+        let tmp = cache.map(|c| c.with_extension("rootfs.tmp"));
+        let now = tmp.as_deref().and_then(|t| {
+            use std::os::unix::fs::MetadataExt;
+            fs_err::create_dir_all(t.parent()?).ok()?;
+            fs_err::write(t, b"").ok()?;
+            let m = fs_err::metadata(t).ok()?;
+            Some((m.mtime(), m.mtime_nsec()))
+        });
+        let (signature, newest) = tree_signature(path)?;
         let cached = cache
             .and_then(|c| fs_err::read_to_string(c).ok())
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -178,16 +190,16 @@ impl Image {
                 let mut sink = HashCount::default();
                 rootfs_tar(path, &mut sink)?;
                 let found = (hex::encode(sink.hash.finalize()), sink.len);
-                if let Some(c) = cache {
+                let settled = now.is_some_and(|now| newest < now);
+                if let (Some(c), Some(tmp), true) = (cache, &tmp, settled) {
                     // (a cache that cannot be written costs a read next time)
                     let text = serde_json::json!({
                         "signature": signature, "layer": found.0, "size": found.1,
                     })
                     .to_string();
-                    let tmp = c.with_extension("rootfs.tmp");
-                    let _ = fs_err::create_dir_all(c.parent().unwrap_or(Path::new(".")))
-                        .and_then(|()| fs_err::write(&tmp, text))
-                        .and_then(|()| fs_err::rename(&tmp, c));
+                    let _ = fs_err::write(tmp, text).and_then(|()| fs_err::rename(tmp, c));
+                } else if let Some(tmp) = &tmp {
+                    let _ = fs_err::remove_file(tmp);
                 }
                 found
             }
@@ -375,10 +387,12 @@ fn dev_minor(dev: u64) -> u32 {
 }
 
 /// The stat of every entry below `dir` (path, inode, size, mtime, ctime,
-/// mode, owner), hashed: what a root directory's cached layer is valid for.
-fn tree_signature(dir: &Path) -> Result<String, ImageError> {
+/// mode, owner), hashed: what a root directory's cached layer is valid for;
+/// and the newest mtime or ctime of an entry (seconds, nanoseconds).
+fn tree_signature(dir: &Path) -> Result<(String, (i64, i64)), ImageError> {
     use std::os::unix::fs::MetadataExt;
     let mut h = Sha256::new();
+    let mut newest = (i64::MIN, 0);
     for e in walkdir::WalkDir::new(dir)
         .follow_links(false)
         .sort_by_file_name()
@@ -391,6 +405,9 @@ fn tree_signature(dir: &Path) -> Result<String, ImageError> {
             path: e.path().to_path_buf(),
             source: err.into(),
         })?;
+        newest = newest
+            .max((m.mtime(), m.mtime_nsec()))
+            .max((m.ctime(), m.ctime_nsec()));
         let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
@@ -408,7 +425,7 @@ fn tree_signature(dir: &Path) -> Result<String, ImageError> {
             h.update(n.to_le_bytes());
         }
     }
-    Ok(hex::encode(h.finalize()))
+    Ok((hex::encode(h.finalize()), newest))
 }
 
 /// A writer that hashes and counts what goes through it (to `inner`, if
@@ -761,6 +778,31 @@ mod tests {
         assert!(n >= 16 << 20, "read {n}");
         assert_ne!(changed.id, first.id);
         assert_eq!(changed, Image::open(&root, "big", None).unwrap());
+    }
+
+    /// A tree with an entry not older than the moment it was looked at
+    /// is not cached (here an mtime in the future; the same holds for a
+    /// write in the clock tick of the look, which a coarse clock would
+    /// give the stat the cache saw): it is read again the next time.
+    #[test]
+    fn a_tree_changed_as_it_is_read_is_not_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = lab_core::LabDir::at(&d.path().join(".lab"));
+        let root = d.path().join("web");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("f"), vec![1u8; 4 << 20]).unwrap();
+        let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600 * 24 * 365);
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("f"))
+            .unwrap()
+            .set_modified(future)
+            .unwrap();
+        Image::open(&root, "web", Some(&lab)).unwrap();
+        assert!(!lab.rootfs_cache_path("web").exists());
+        let before = thread_rchar();
+        Image::open(&root, "web", Some(&lab)).unwrap();
+        assert!(thread_rchar() - before >= 4 << 20, "not read again");
     }
 
     /// A root directory becomes an OCI archive whose ID is what `open`
