@@ -680,7 +680,7 @@ pub fn ship(
         if !scoped.is_empty() {
             let actions: Vec<(&str, &str)> =
                 scoped.iter().map(|u| ("restart", u.as_str())).collect();
-            tag = format!("{} && {tag}", lab_agent::enqueue_command(root, &actions));
+            tag = lab_agent::enqueue_command(root, &actions, &tag);
         }
         // (hang-ups ignored: once the image is here, the journal and the
         // tag are done even if the link drops)
