@@ -48,13 +48,24 @@ pub struct Image {
 /// An image made of a root directory: one layer, the directory as a tar
 /// (entries sorted by name, each with its own mode, owner and mtime), and
 /// a config with no command (a pod gives it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct Rootfs {
     /// Hex sha256 and size of the layer.
     layer: String,
     layer_size: u64,
     config: Vec<u8>,
+    /// Where the layer's digest and size were cached (dropped when the
+    /// directory turns out not to give that layer).
+    cache: Option<PathBuf>,
 }
+
+impl PartialEq for Rootfs {
+    fn eq(&self, o: &Rootfs) -> bool {
+        (&self.layer, self.layer_size, &self.config) == (&o.layer, o.layer_size, &o.config)
+    }
+}
+
+impl Eq for Rootfs {}
 
 /// What is wrong with an image of `images/`.
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +231,7 @@ impl Image {
                 layer,
                 layer_size,
                 config,
+                cache: cache.map(Path::to_path_buf),
             }),
         })
     }
@@ -296,8 +308,14 @@ impl Rootfs {
         rootfs_tar(dir, &mut counted).map_err(|e| std::io::Error::other(e.to_string()))?;
         let (len, digest) = (counted.len, hex::encode(counted.hash.finalize()));
         if len != self.layer_size || digest != self.layer {
+            // (what was cached of it is not what it gives: read it again
+            // next time)
+            if let Some(c) = &self.cache {
+                let _ = fs_err::remove_file(c);
+            }
             return Err(std::io::Error::other(format!(
-                "{} changed while it was shipped",
+                "{} changed while it was shipped (or since it was read); nothing was loaded \
+                 under its name: sync again",
                 dir.display()
             )));
         }
@@ -693,7 +711,23 @@ pub fn ship(
                 "trap '' HUP PIPE; {}; rc=$?; cat >/dev/null; [ $rc = 0 ] && {{ {tag}; }}",
                 podman_as(user, "load -q")
             );
-            let out = transport.run(&load, &mut |w| img.stream(w))?;
+            // (an error reading the image is the image's, not the
+            // link's: what was sent is cut short and podman refuses it)
+            let mut unread = None;
+            let out = transport.run(&load, &mut |w| {
+                if let Err(e) = img.stream(w) {
+                    unread = Some(e);
+                }
+                Ok(())
+            });
+            if let Some(e) = unread {
+                return Err(SyncError::Image {
+                    image: name.to_string(),
+                    user: key,
+                    output: e.to_string(),
+                });
+            }
+            let out = out?;
             if out.status == 0 {
                 notes.push(format!(
                     "loaded image {name} ({}) for {}",
@@ -762,6 +796,8 @@ mod tests {
         let root = d.path().join("big");
         std::fs::create_dir_all(root.join("d")).unwrap();
         std::fs::write(root.join("d/blob"), vec![7u8; 16 << 20]).unwrap();
+        // (a tree changed in this clock tick is not cached: let it settle)
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let read = |f: &dyn Fn() -> Image| {
             let before = thread_rchar();
             let img = f();
@@ -774,6 +810,7 @@ mod tests {
         assert_eq!(again, first);
         // a file rewritten with the same size: read again, another image
         std::fs::write(root.join("d/blob"), vec![8u8; 16 << 20]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let (changed, n) = read(&|| Image::open(&root, "big", Some(&lab)).unwrap());
         assert!(n >= 16 << 20, "read {n}");
         assert_ne!(changed.id, first.id);
@@ -803,6 +840,33 @@ mod tests {
         let before = thread_rchar();
         Image::open(&root, "web", Some(&lab)).unwrap();
         assert!(thread_rchar() - before >= 4 << 20, "not read again");
+    }
+
+    /// A cache entry that names another layer for the directory's stat (a
+    /// corrupted or hand-edited file): the stream fails naming the
+    /// directory and drops the entry, so the next open reads it again.
+    #[test]
+    fn a_cache_that_lies_fails_the_stream_once() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = lab_core::LabDir::at(&d.path().join(".lab"));
+        let root = d.path().join("web");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("f"), "one\n").unwrap();
+        let good = Image::open(&root, "web", None).unwrap();
+        // (let the tree's times fall behind the clock, so it is cached)
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        Image::open(&root, "web", Some(&lab)).unwrap();
+        let cache = lab.rootfs_cache_path("web");
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let layer = good.rootfs.as_ref().unwrap().layer.clone();
+        std::fs::write(&cache, text.replace(&layer, &"ab".repeat(32))).unwrap();
+        let lied = Image::open(&root, "web", Some(&lab)).unwrap();
+        assert_ne!(lied.id, good.id);
+        let e = lied.stream(&mut std::io::sink()).unwrap_err().to_string();
+        assert!(e.contains(&root.display().to_string()), "{e}");
+        assert!(e.contains("changed while it was shipped"), "{e}");
+        assert!(!cache.exists());
+        assert_eq!(Image::open(&root, "web", Some(&lab)).unwrap().id, good.id);
     }
 
     /// A root directory becomes an OCI archive whose ID is what `open`
