@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 /// Hosts: 1 lifecycle, 2 restart policies, 3 ps/logs, 4 pod user errors,
 /// 5 a 512 MB node, 6 a rootful pod, 7 resources.limits, 8 an image
 /// restart across a dropped link, 9 an image from a root directory, 10 a
-/// root directory whose cached layer lies.
+/// sparse root directory whose cached layer lies.
 const HOSTS: usize = 10;
 const SMALL_NODE: usize = 5;
 const LIMITS_NODE: usize = 7;
@@ -896,12 +896,14 @@ fn an_image_from_a_root_directory_runs_and_updates() {
     assert_ne!(pod_pids(&h, "rw"), before);
 }
 
-/// A root directory whose cached layer is not what the directory gives (a
+/// A root directory with a sparse file loads (podman refuses GNU sparse
+/// entries: it goes whole) and reads back in the container. Then its
+/// cached layer is made a lie (a
 /// corrupted `.lab/images/NAME.rootfs`): the sync fails naming the
 /// directory, not the link; the name on the machine does not move; the
 /// next sync reads the tree again and finds the machine already has it.
 #[test]
-fn a_lying_root_directory_cache_fails_one_sync_cleanly() {
+fn a_sparse_root_directory_loads_and_a_lying_cache_fails_one_sync_cleanly() {
     let h = host(10);
     let t = project(&h, "");
     let root = t.join("images/lie");
@@ -916,11 +918,22 @@ fn a_lying_root_directory_cache_fails_one_sync_cleanly() {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     std::fs::write(root.join("www/index.html"), "the true tree\n").unwrap();
+    // a sparse file (a hole, then text): a GNU sparse entry of the layer
+    let sparse = std::fs::File::create(root.join("www/sparse.bin")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&sparse, b"sparse end\n", 64 << 20).unwrap();
+    drop(sparse);
     web_pod(&t, "lw", "lie", 8091, "1");
     // (a tree changed in the clock tick it is read in is not cached)
     std::thread::sleep(Duration::from_millis(50));
     let out = sync_ok(&t);
     assert!(out.contains("loaded image localhost/lie:latest"), "{out}");
+    let tail = h
+        .podman(
+            "exec lw-httpd /bin/busybox sh -c 'wc -c </www/sparse.bin; tail -c 11 /www/sparse.bin'",
+        )
+        .unwrap();
+    assert_eq!(tail, format!("{}\nsparse end\n", (64 << 20) + 11));
     sync_ok(&t);
     let images = || {
         h.podman("images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'")

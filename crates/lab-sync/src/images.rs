@@ -245,6 +245,7 @@ impl Image {
         if self.path.is_dir() {
             let mut b = tar::Builder::new(w);
             b.follow_symlinks(false);
+            b.sparse(false);
             b.append_dir_all(".", &self.path)?;
             b.finish()
         } else {
@@ -352,6 +353,8 @@ fn rootfs_tar(dir: &Path, w: &mut dyn std::io::Write) -> Result<(), ImageError> 
     };
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
+    // (podman's unpacker refuses GNU sparse entries: holes go as zeros)
+    b.sparse(false);
     for e in walkdir::WalkDir::new(dir)
         .min_depth(1)
         .follow_links(false)
@@ -410,6 +413,8 @@ fn dev_minor(dev: u64) -> u32 {
 fn tree_signature(dir: &Path) -> Result<(String, (i64, i64)), ImageError> {
     use std::os::unix::fs::MetadataExt;
     let mut h = Sha256::new();
+    // (the layer's format: a cache of another format is not this one's)
+    h.update(b"layer v2: no sparse entries\0");
     let mut newest = (i64::MIN, 0);
     for e in walkdir::WalkDir::new(dir)
         .follow_links(false)
@@ -994,6 +999,27 @@ mod tests {
             want.push(("dev/null".to_string(), tar::EntryType::Char));
         }
         assert_eq!(layer_entries(&img), want);
+    }
+
+    /// A sparse file is a plain file of the layer: podman's unpacker
+    /// refuses GNU sparse entries ("unhandled tar header type 83").
+    #[test]
+    fn a_sparse_file_is_a_plain_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("web");
+        std::fs::create_dir_all(&root).unwrap();
+        let f = std::fs::File::create(root.join("sparse")).unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&f, b"end\n", 8 << 20).unwrap();
+        let img = Image::open(&root, "web", None).unwrap();
+        assert_eq!(
+            layer_entries(&img),
+            [("sparse".to_string(), tar::EntryType::Regular)]
+        );
+        assert_eq!(
+            img.rootfs.as_ref().unwrap().layer_size,
+            512 + (8 << 20) + 512 + 1024
+        );
     }
 
     /// What a layer cannot hold (a socket) fails the image with its path.
