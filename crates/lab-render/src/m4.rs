@@ -218,6 +218,19 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
     // that its process group cannot be another's yet); all arrive here,
     // or the time runs out.
     let (tx, rx) = std::sync::mpsc::channel();
+    let pipes: Vec<u64> = {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let fds = [
+            child.stdout.as_ref().map(|s| s.as_raw_fd()),
+            child.stderr.as_ref().map(|s| s.as_raw_fd()),
+        ];
+        fds.into_iter()
+            .flatten()
+            .filter_map(|fd| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok())
+            .map(|m| m.ino())
+            .collect()
+    };
     let streams: [Box<dyn Read + Send>; 2] = [
         Box::new(child.stdout.take().expect("piped")),
         Box::new(child.stderr.take().expect("piped")),
@@ -237,11 +250,17 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
         let _ = tx.send(None);
     });
     let deadline = std::time::Instant::now() + limits.time;
+    // (once m4 ended, its output closes at once unless what it started
+    // holds it: looked for after this grace)
+    let grace = std::time::Duration::from_millis(100);
+    let mut ended: Option<std::time::Instant> = None;
+    let mut left_behind: Vec<i32> = Vec::new();
     let mut got: [Option<Vec<u8>>; 2] = [None, None];
     let mut stop = None;
     while got.iter().any(Option::is_none) {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
+        let now = std::time::Instant::now();
+        let until = ended.map_or(deadline, |t| deadline.min(t + grace));
+        match rx.recv_timeout(until.saturating_duration_since(now)) {
             Ok(Some((_, Ok(buf)))) if buf.len() as u64 > limits.output => {
                 stop = Some(format!(
                     "GNU m4 wrote more than {} MiB; stopped (an expansion that does not end?)",
@@ -254,15 +273,19 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
                 stop = Some(format!("reading GNU m4's output: {e}"));
                 break;
             }
-            // m4 ended: what it started and left in its group (which
-            // would hold its output open, and outlive the build)
-            Ok(None) => {
-                let left = group_members(pid);
-                if !left.is_empty() {
+            Ok(None) => ended = Some(std::time::Instant::now()),
+            // m4 ended and its output is still open: what it started
+            // and left (in its process group, or holding its output from
+            // a session of its own) would outlive the build
+            Err(_) if ended.is_some() && std::time::Instant::now() < deadline => {
+                ended = None;
+                let found = left_running(pid, &pipes);
+                if !found.is_empty() {
                     stop = Some(format!(
                         "GNU m4 ended but left running what it started (`m4_syscmd`?): {}; stopped (a template must not start processes that outlive it)",
-                        left.join(", ")
+                        found.iter().map(|(_, d)| d.as_str()).collect::<Vec<_>>().join(", ")
                     ));
+                    left_behind = found.into_iter().map(|(p, _)| p).collect();
                     break;
                 }
             }
@@ -277,6 +300,12 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
     }
     if let Some(message) = stop {
         let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        for p in left_behind {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = child.wait();
         return Err(RenderError::M4 { at: at(), message });
     }
@@ -313,19 +342,24 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
     })
 }
 
-/// The live processes of process group `group` other than its leader,
-/// as `PID (COMMAND)`.
-fn group_members(group: nix::unistd::Pid) -> Vec<String> {
+/// What GNU m4 (`group`, ended but not yet reaped) left running: the
+/// live processes of its process group other than itself, and those
+/// that hold one of its output `pipes` (inode numbers) from elsewhere
+/// (`setsid`), but never lab or a child of lab's own; as (PID,
+/// `PID (COMMAND)`).
+fn left_running(group: nix::unistd::Pid, pipes: &[u64]) -> Vec<(i32, String)> {
     let Ok(dir) = std::fs::read_dir("/proc") else {
         return Vec::new();
     };
+    let me = std::process::id() as i32;
+    let links: Vec<String> = pipes.iter().map(|i| format!("pipe:[{i}]")).collect();
     let mut out = Vec::new();
     for e in dir.flatten() {
         let name = e.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
             continue;
         };
-        if pid == group.as_raw() {
+        if pid == group.as_raw() || pid == me {
             continue;
         }
         // `PID (COMM) STATE PPID PGRP ...`; COMM may hold `)`
@@ -336,11 +370,22 @@ fn group_members(group: nix::unistd::Pid) -> Vec<String> {
             continue;
         };
         let mut fields = rest.split(' ');
-        let zombie = fields.next() == Some("Z");
-        let pgrp = fields.nth(1).and_then(|f| f.parse::<i32>().ok());
-        if pgrp == Some(group.as_raw()) && !zombie {
+        if fields.next() == Some("Z") {
+            continue;
+        }
+        let ppid = fields.next().and_then(|f| f.parse::<i32>().ok());
+        let pgrp = fields.next().and_then(|f| f.parse::<i32>().ok());
+        let holds = || {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|l| links.iter().any(|p| l.as_os_str() == p.as_str()))
+                })
+            })
+        };
+        if pgrp == Some(group.as_raw()) || (ppid != Some(me) && holds()) {
             let comm = head.split_once(" (").map_or("", |(_, c)| c);
-            out.push(format!("{pid} ({comm})"));
+            out.push((pid, format!("{pid} ({comm})")));
         }
     }
     out.sort();
@@ -526,6 +571,36 @@ mod tests {
             .parse()
             .unwrap();
         // (SIGKILL was sent; the kernel takes a moment to tear it down)
+        let t = std::time::Instant::now();
+        while alive(pid) && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "`sleep 300` (pid {pid}) still runs");
+    }
+
+    /// The same with a process that left m4's process group (`setsid`):
+    /// found by the output it holds, stopped, and reported.
+    #[test]
+    fn a_process_left_behind_in_a_session_of_its_own_is_stopped_too() {
+        let d = project(&[
+            ("d.sh", "echo $$ >pid; exec sleep 300\n"),
+            // (m4 ends once the daemon has left its group)
+            (
+                "t.m4",
+                "m4_syscmd(`setsid sh d.sh & while [ ! -s pid ]; do sleep 0.01; done')done\n",
+            ),
+        ]);
+        let limits = GnuLimits {
+            time: std::time::Duration::from_secs(30),
+            output: 1 << 20,
+        };
+        let e = stopped(run_gnu(d.path(), "t.m4", limits));
+        assert!(e.contains("left running"), "{e}");
+        let pid: i32 = std::fs::read_to_string(d.path().join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         let t = std::time::Instant::now();
         while alive(pid) && t.elapsed() < std::time::Duration::from_secs(10) {
             std::thread::sleep(std::time::Duration::from_millis(20));
