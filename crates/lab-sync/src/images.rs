@@ -874,6 +874,47 @@ mod tests {
         assert_eq!(Image::open(&root, "web", Some(&lab)).unwrap().id, good.id);
     }
 
+    /// Two images whose directories are hard-link copies (`cp -al`: the
+    /// same inodes below them) are cached each under its own name: a file
+    /// replaced in one changes that one only; a file written in place
+    /// (both names see it) changes both.
+    #[test]
+    fn hard_link_copies_are_not_confused() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = lab_core::LabDir::at(&d.path().join(".lab"));
+        let a = d.path().join("a");
+        std::fs::create_dir_all(a.join("www")).unwrap();
+        std::fs::write(a.join("www/index.html"), "one\n").unwrap();
+        std::fs::write(a.join("www/other"), "other\n").unwrap();
+        let b = d.path().join("b");
+        assert!(std::process::Command::new("cp")
+            .arg("-al")
+            .arg(&a)
+            .arg(&b)
+            .status()
+            .unwrap()
+            .success());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let open = |dir: &Path, name: &str| Image::open(dir, name, Some(&lab)).unwrap().id;
+        let uncached = |dir: &Path| Image::open(dir, "x", None).unwrap().id;
+        let (a1, b1) = (open(&a, "a"), open(&b, "b"));
+        assert_eq!(a1, b1);
+        // replaced in b (a new inode): b changes, a does not
+        std::fs::remove_file(b.join("www/index.html")).unwrap();
+        std::fs::write(b.join("www/index.html"), "two\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (a2, b2) = (open(&a, "a"), open(&b, "b"));
+        assert_eq!(a2, a1);
+        assert_ne!(b2, b1);
+        assert_eq!(b2, uncached(&b));
+        // written in place through the shared inode: both change
+        std::fs::write(a.join("www/other"), "OTHER\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(open(&a, "a"), uncached(&a));
+        assert_eq!(open(&b, "b"), uncached(&b));
+        assert_ne!(open(&a, "a"), a1);
+    }
+
     /// A root directory becomes an OCI archive whose ID is what `open`
     /// said, the same for the same tree, another for any change.
     #[test]
