@@ -896,7 +896,8 @@ fn an_image_from_a_root_directory_runs_and_updates() {
     assert_ne!(pod_pids(&h, "rw"), before);
 }
 
-/// A root directory with a sparse file loads (podman refuses GNU sparse
+/// A root directory with a sparse file, a device node, a fifo and a name
+/// that is not UTF-8 loads (podman refuses GNU sparse
 /// entries: it goes whole) and reads back in the container. Then its
 /// cached layer is made a lie (a
 /// corrupted `.lab/images/NAME.rootfs`): the sync fails naming the
@@ -923,6 +924,24 @@ fn a_sparse_root_directory_loads_and_a_lying_cache_fails_one_sync_cleanly() {
     sparse.set_len(64 << 20).unwrap();
     std::os::unix::fs::FileExt::write_at(&sparse, b"sparse end\n", 64 << 20).unwrap();
     drop(sparse);
+    // what a root file system made as root holds: a device node, a fifo,
+    // a name that is not UTF-8
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    let made = |args: &[&str]| {
+        Process::new(args[0])
+            .args(&args[1..])
+            .current_dir(&root)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(made(&["mknod", "dev/null", "c", "1", "3"]));
+    assert!(made(&["mkfifo", "dev/fifo"]));
+    std::fs::write(
+        root.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"www/\xff")),
+        "x",
+    )
+    .unwrap();
     web_pod(&t, "lw", "lie", 8091, "1");
     // (a tree changed in the clock tick it is read in is not cached)
     std::thread::sleep(Duration::from_millis(50));
