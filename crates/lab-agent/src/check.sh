@@ -200,8 +200,11 @@ pending() {
 # Journal unit actions (OP UNIT pairs) for the current generation, under
 # the executor's lock, before the change they answer is made outside a
 # generation (an image that a pod's name now points at): the next sync
-# finds them pending and runs them, whenever the link drops. Before the
-# first generation there is nothing of lab's to act on.
+# finds them pending and runs them, whenever the link drops. The lock
+# stays held (fd 9) for the caller, which makes the change and exits: a
+# sync that ran them in between would restart the pod on the old image
+# and mark the restart done. Before the first generation there is
+# nothing of lab's to act on.
 enqueue() { # OP UNIT [OP UNIT]...
   [ -d "$S/gen" ] || return 0
   exec 9>"$S/lock"
@@ -213,7 +216,6 @@ enqueue() { # OP UNIT [OP UNIT]...
       shift 2
     done
   fi
-  exec 9>&-
 }
 
 # What lab needs to know of the machine, in one command (changes nothing):

@@ -93,8 +93,11 @@ pub fn check_command(root: &str, known: Option<&Digest>, units: &[String], wait:
 
 /// The command that journals `actions` (`(OP, UNIT)`) as pending unit
 /// actions of the machine's current generation (see `enqueue` in
-/// check.sh): the next sync runs them.
-pub fn enqueue_command(root: &str, actions: &[(&str, &str)]) -> String {
+/// check.sh), then runs `change` (shell) while it still holds the
+/// machine's lock (its processes without the lock's fd): the next sync
+/// runs them, and none can run them before the change is made. Exits with
+/// `change`'s status.
+pub fn enqueue_command(root: &str, actions: &[(&str, &str)], change: &str) -> String {
     let mut p = check_library();
     p.push_str("enqueue");
     for (op, unit) in actions {
@@ -103,7 +106,9 @@ pub fn enqueue_command(root: &str, actions: &[(&str, &str)]) -> String {
         p.push(' ');
         p.push_str(&quote(unit));
     }
-    p.push('\n');
+    p.push_str(" || exit 1\n{\n");
+    p.push_str(change);
+    p.push_str("\n} 9>&-\n");
     format!("LAB_ROOT={} sh -c {}", quote(root), quote(&p))
 }
 

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 
 /// Hosts: 1 lifecycle, 2 restart policies, 3 ps/logs, 4 pod user errors,
 /// 5 a 512 MB node, 6 a rootful pod, 7 resources.limits, 8 an image
-/// restart across a dropped link, 9 an image from a root directory.
-const HOSTS: usize = 9;
+/// restart across a dropped link, 9 an image from a root directory, 10 a
+/// sparse root directory whose cached layer lies.
+const HOSTS: usize = 10;
 const SMALL_NODE: usize = 5;
 const LIMITS_NODE: usize = 7;
 
@@ -893,4 +894,86 @@ fn an_image_from_a_root_directory_runs_and_updates() {
     assert!(out.contains("restart pods/rw.service: ok"), "{out}");
     assert!(answers(&h, 8090).contains("changed root directory"));
     assert_ne!(pod_pids(&h, "rw"), before);
+}
+
+/// A root directory with a sparse file, a device node, a fifo and a name
+/// that is not UTF-8 loads (podman refuses GNU sparse
+/// entries: it goes whole) and reads back in the container. Then its
+/// cached layer is made a lie (a
+/// corrupted `.lab/images/NAME.rootfs`): the sync fails naming the
+/// directory, not the link; the name on the machine does not move; the
+/// next sync reads the tree again and finds the machine already has it.
+#[test]
+fn a_sparse_root_directory_loads_and_a_lying_cache_fails_one_sync_cleanly() {
+    let h = host(10);
+    let t = project(&h, "");
+    let root = t.join("images/lie");
+    std::fs::create_dir_all(root.join("bin")).unwrap();
+    std::fs::create_dir_all(root.join("www")).unwrap();
+    std::fs::copy(
+        h.root.as_ref().unwrap().join("bin/busybox"),
+        root.join("bin/busybox"),
+    )
+    .unwrap();
+    for applet in ["sh", "httpd", "sleep"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    std::fs::write(root.join("www/index.html"), "the true tree\n").unwrap();
+    // a sparse file (a hole, then text): a GNU sparse entry of the layer
+    let sparse = std::fs::File::create(root.join("www/sparse.bin")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_at(&sparse, b"sparse end\n", 64 << 20).unwrap();
+    drop(sparse);
+    // what a root file system made as root holds: a device node, a fifo,
+    // a name that is not UTF-8
+    std::fs::create_dir_all(root.join("dev")).unwrap();
+    let made = |args: &[&str]| {
+        Process::new(args[0])
+            .args(&args[1..])
+            .current_dir(&root)
+            .status()
+            .unwrap()
+            .success()
+    };
+    assert!(made(&["mknod", "dev/null", "c", "1", "3"]));
+    assert!(made(&["mkfifo", "dev/fifo"]));
+    std::fs::write(
+        root.join(<std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"www/\xff")),
+        "x",
+    )
+    .unwrap();
+    web_pod(&t, "lw", "lie", 8091, "1");
+    // (a tree changed in the clock tick it is read in is not cached)
+    std::thread::sleep(Duration::from_millis(50));
+    let out = sync_ok(&t);
+    assert!(out.contains("loaded image localhost/lie:latest"), "{out}");
+    let tail = h
+        .podman(
+            "exec lw-httpd /bin/busybox sh -c 'wc -c </www/sparse.bin; tail -c 11 /www/sparse.bin'",
+        )
+        .unwrap();
+    assert_eq!(tail, format!("{}\nsparse end\n", (64 << 20) + 11));
+    sync_ok(&t);
+    let images = || {
+        h.podman("images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'")
+            .unwrap()
+    };
+    let before = images();
+    let cache = t.join(".lab/images/lie.rootfs");
+    let text = std::fs::read_to_string(&cache).expect("the layer is cached");
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let layer = v["layer"].as_str().unwrap();
+    std::fs::write(&cache, text.replace(layer, &"ab".repeat(32))).unwrap();
+
+    let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
+    assert_eq!(code, 1, "{out}\n{err}");
+    assert!(err.contains("images/lie"), "{err}");
+    assert!(err.contains("changed while it was shipped"), "{err}");
+    assert!(!err.contains("connection lost"), "{err}");
+    assert_eq!(images(), before);
+    assert!(answers(&h, 8091).contains("the true tree"));
+
+    let out = sync_ok(&t);
+    assert!(!out.contains("loaded image"), "{out}");
+    assert_eq!(images(), before);
 }

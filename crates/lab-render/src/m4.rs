@@ -214,8 +214,23 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
         }
     })?;
     // Each stream read to its end (or one byte past the limit) by a
-    // thread of its own; both arrive here, or the time runs out.
+    // thread of its own, and m4's end seen by another (left a zombie, so
+    // that its process group cannot be another's yet); all arrive here,
+    // or the time runs out.
     let (tx, rx) = std::sync::mpsc::channel();
+    let pipes: Vec<u64> = {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let fds = [
+            child.stdout.as_ref().map(|s| s.as_raw_fd()),
+            child.stderr.as_ref().map(|s| s.as_raw_fd()),
+        ];
+        fds.into_iter()
+            .flatten()
+            .filter_map(|fd| std::fs::metadata(format!("/proc/self/fd/{fd}")).ok())
+            .map(|m| m.ino())
+            .collect()
+    };
     let streams: [Box<dyn Read + Send>; 2] = [
         Box::new(child.stdout.take().expect("piped")),
         Box::new(child.stderr.take().expect("piped")),
@@ -225,27 +240,54 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
         std::thread::spawn(move || {
             let mut buf = Vec::new();
             let r = stream.take(limits.output + 1).read_to_end(&mut buf);
-            let _ = tx.send((i, r.map(|_| buf)));
+            let _ = tx.send(Some((i, r.map(|_| buf))));
         });
     }
-    drop(tx);
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    std::thread::spawn(move || {
+        use nix::sys::wait::{waitid, Id, WaitPidFlag};
+        let _ = waitid(Id::Pid(pid), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT);
+        let _ = tx.send(None);
+    });
     let deadline = std::time::Instant::now() + limits.time;
+    // (once m4 ended, its output closes at once unless what it started
+    // holds it: looked for after this grace)
+    let grace = std::time::Duration::from_millis(100);
+    let mut ended: Option<std::time::Instant> = None;
+    let mut left_behind: Vec<i32> = Vec::new();
     let mut got: [Option<Vec<u8>>; 2] = [None, None];
     let mut stop = None;
-    for _ in 0..2 {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok((_, Ok(buf))) if buf.len() as u64 > limits.output => {
+    while got.iter().any(Option::is_none) {
+        let now = std::time::Instant::now();
+        let until = ended.map_or(deadline, |t| deadline.min(t + grace));
+        match rx.recv_timeout(until.saturating_duration_since(now)) {
+            Ok(Some((_, Ok(buf)))) if buf.len() as u64 > limits.output => {
                 stop = Some(format!(
                     "GNU m4 wrote more than {} MiB; stopped (an expansion that does not end?)",
                     limits.output >> 20
                 ));
                 break;
             }
-            Ok((i, Ok(buf))) => got[i] = Some(buf),
-            Ok((_, Err(e))) => {
+            Ok(Some((i, Ok(buf)))) => got[i] = Some(buf),
+            Ok(Some((_, Err(e)))) => {
                 stop = Some(format!("reading GNU m4's output: {e}"));
                 break;
+            }
+            Ok(None) => ended = Some(std::time::Instant::now()),
+            // m4 ended and its output is still open: what it started
+            // and left (in its process group, or holding its output from
+            // a session of its own) would outlive the build
+            Err(_) if ended.is_some() && std::time::Instant::now() < deadline => {
+                ended = None;
+                let found = left_running(pid, &pipes);
+                if !found.is_empty() {
+                    stop = Some(format!(
+                        "GNU m4 ended but left running what it started (`m4_syscmd`?): {}; stopped (a template must not start processes that outlive it)",
+                        found.iter().map(|(_, d)| d.as_str()).collect::<Vec<_>>().join(", ")
+                    ));
+                    left_behind = found.into_iter().map(|(p, _)| p).collect();
+                    break;
+                }
             }
             Err(_) => {
                 stop = Some(format!(
@@ -257,10 +299,13 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
         }
     }
     if let Some(message) = stop {
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
+        for p in left_behind {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         let _ = child.wait();
         return Err(RenderError::M4 { at: at(), message });
     }
@@ -268,7 +313,7 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
         at: at(),
         message: format!("waiting for GNU m4: {e}"),
     })?;
-    // (both arrived: the loop ran twice without a stop)
+    // (both arrived without a stop)
     let [stdout, stderr] = got.map(Option::unwrap_or_default);
     let out = std::process::Output {
         status,
@@ -295,6 +340,56 @@ pub fn render_gnu_within(job: &M4Job, limits: GnuLimits) -> Result<M4Rendered, R
         read,
         defines_read: None,
     })
+}
+
+/// What GNU m4 (`group`, ended but not yet reaped) left running: the
+/// live processes of its process group other than itself, and those
+/// that hold one of its output `pipes` (inode numbers) from elsewhere
+/// (`setsid`), but never lab or a child of lab's own; as (PID,
+/// `PID (COMMAND)`).
+fn left_running(group: nix::unistd::Pid, pipes: &[u64]) -> Vec<(i32, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let me = std::process::id() as i32;
+    let links: Vec<String> = pipes.iter().map(|i| format!("pipe:[{i}]")).collect();
+    let mut out = Vec::new();
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == group.as_raw() || pid == me {
+            continue;
+        }
+        // `PID (COMM) STATE PPID PGRP ...`; COMM may hold `)`
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((head, rest)) = stat.rsplit_once(") ") else {
+            continue;
+        };
+        let mut fields = rest.split(' ');
+        if fields.next() == Some("Z") {
+            continue;
+        }
+        let ppid = fields.next().and_then(|f| f.parse::<i32>().ok());
+        let pgrp = fields.next().and_then(|f| f.parse::<i32>().ok());
+        let holds = || {
+            std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|l| links.iter().any(|p| l.as_os_str() == p.as_str()))
+                })
+            })
+        };
+        if pgrp == Some(group.as_raw()) || (ppid != Some(me) && holds()) {
+            let comm = head.split_once(" (").map_or("", |(_, c)| c);
+            out.push((pid, format!("{pid} ({comm})")));
+        }
+    }
+    out.sort();
+    out
 }
 
 /// The first message of a failed run, placed at its `m4:FILE:LINE:`.
@@ -451,6 +546,81 @@ mod tests {
         // and a run that ends within the limits is rendered
         let d = project(&[("t.m4", "m4_define(`x', `y')x\n")]);
         assert_eq!(run_gnu(d.path(), "t.m4", limits).unwrap().bytes, b"y\n");
+    }
+
+    /// Whether `pid` runs (a zombie does not).
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    }
+
+    /// A template whose `m4_syscmd` leaves a process behind that holds
+    /// m4's output open: m4 ends, the run fails at once at its template
+    /// (not when the time runs out), and what it left is stopped.
+    #[test]
+    fn a_process_left_behind_by_m4_syscmd_is_stopped_and_reported() {
+        let d = project(&[("t.m4", "m4_syscmd(`sleep 300 & echo $! >pid')done\n")]);
+        let limits = GnuLimits {
+            time: std::time::Duration::from_secs(30),
+            output: 1 << 20,
+        };
+        let e = stopped(run_gnu(d.path(), "t.m4", limits));
+        assert!(e.contains("left running"), "{e}");
+        let pid: i32 = std::fs::read_to_string(d.path().join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        // (SIGKILL was sent; the kernel takes a moment to tear it down)
+        let t = std::time::Instant::now();
+        while alive(pid) && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "`sleep 300` (pid {pid}) still runs");
+    }
+
+    /// The same with a process that left m4's process group (`setsid`):
+    /// found by the output it holds, stopped, and reported.
+    #[test]
+    fn a_process_left_behind_in_a_session_of_its_own_is_stopped_too() {
+        let d = project(&[
+            ("d.sh", "echo $$ >pid; exec sleep 300\n"),
+            // (m4 ends once the daemon has left its group)
+            (
+                "t.m4",
+                "m4_syscmd(`setsid sh d.sh & while [ ! -s pid ]; do sleep 0.01; done')done\n",
+            ),
+        ]);
+        let limits = GnuLimits {
+            time: std::time::Duration::from_secs(30),
+            output: 1 << 20,
+        };
+        let e = stopped(run_gnu(d.path(), "t.m4", limits));
+        assert!(e.contains("left running"), "{e}");
+        let pid: i32 = std::fs::read_to_string(d.path().join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while alive(pid) && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "`sleep 300` (pid {pid}) still runs");
+    }
+
+    /// Endless `m4_errprint`: stderr has the same limit as stdout.
+    #[test]
+    fn a_gnu_m4_run_that_floods_stderr_is_stopped() {
+        let d = project(&[(
+            "t.m4",
+            "m4_define(`f', `m4_errprint(`0123456789abcdef')f')f\n",
+        )]);
+        let limits = GnuLimits {
+            time: std::time::Duration::from_secs(60),
+            output: 1 << 20,
+        };
+        let e = stopped(run_gnu(d.path(), "t.m4", limits));
+        assert!(e.contains("wrote more than 1 MiB"), "{e}");
     }
 
     #[test]

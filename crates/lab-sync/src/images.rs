@@ -48,13 +48,24 @@ pub struct Image {
 /// An image made of a root directory: one layer, the directory as a tar
 /// (entries sorted by name, each with its own mode, owner and mtime), and
 /// a config with no command (a pod gives it).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 struct Rootfs {
     /// Hex sha256 and size of the layer.
     layer: String,
     layer_size: u64,
     config: Vec<u8>,
+    /// Where the layer's digest and size were cached (dropped when the
+    /// directory turns out not to give that layer).
+    cache: Option<PathBuf>,
 }
+
+impl PartialEq for Rootfs {
+    fn eq(&self, o: &Rootfs) -> bool {
+        (&self.layer, self.layer_size, &self.config) == (&o.layer, o.layer_size, &o.config)
+    }
+}
+
+impl Eq for Rootfs {}
 
 /// What is wrong with an image of `images/`.
 #[derive(Debug, thiserror::Error)]
@@ -166,7 +177,19 @@ impl Image {
     /// taken from there (the ctime moves with any write, chmod, chown or
     /// rename, and nothing sets it back).
     fn open_rootfs(path: &Path, name: &str, cache: Option<&Path>) -> Result<Image, ImageError> {
-        let signature = tree_signature(path)?;
+        // The file system's clock now, from a file written before the
+        // tree is looked at: an entry whose times are not older may be
+        // written again within the same clock tick and keep its stat (the
+        // "racily clean" entries of git), so such a tree is not cached.
+        let tmp = cache.map(|c| c.with_extension("rootfs.tmp"));
+        let now = tmp.as_deref().and_then(|t| {
+            use std::os::unix::fs::MetadataExt;
+            fs_err::create_dir_all(t.parent()?).ok()?;
+            fs_err::write(t, b"").ok()?;
+            let m = fs_err::metadata(t).ok()?;
+            Some((m.mtime(), m.mtime_nsec()))
+        });
+        let (signature, newest) = tree_signature(path)?;
         let cached = cache
             .and_then(|c| fs_err::read_to_string(c).ok())
             .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
@@ -178,16 +201,16 @@ impl Image {
                 let mut sink = HashCount::default();
                 rootfs_tar(path, &mut sink)?;
                 let found = (hex::encode(sink.hash.finalize()), sink.len);
-                if let Some(c) = cache {
+                let settled = now.is_some_and(|now| newest < now);
+                if let (Some(c), Some(tmp), true) = (cache, &tmp, settled) {
                     // (a cache that cannot be written costs a read next time)
                     let text = serde_json::json!({
                         "signature": signature, "layer": found.0, "size": found.1,
                     })
                     .to_string();
-                    let tmp = c.with_extension("rootfs.tmp");
-                    let _ = fs_err::create_dir_all(c.parent().unwrap_or(Path::new(".")))
-                        .and_then(|()| fs_err::write(&tmp, text))
-                        .and_then(|()| fs_err::rename(&tmp, c));
+                    let _ = fs_err::write(tmp, text).and_then(|()| fs_err::rename(tmp, c));
+                } else if let Some(tmp) = &tmp {
+                    let _ = fs_err::remove_file(tmp);
                 }
                 found
             }
@@ -208,6 +231,7 @@ impl Image {
                 layer,
                 layer_size,
                 config,
+                cache: cache.map(Path::to_path_buf),
             }),
         })
     }
@@ -221,6 +245,7 @@ impl Image {
         if self.path.is_dir() {
             let mut b = tar::Builder::new(w);
             b.follow_symlinks(false);
+            b.sparse(false);
             b.append_dir_all(".", &self.path)?;
             b.finish()
         } else {
@@ -284,8 +309,14 @@ impl Rootfs {
         rootfs_tar(dir, &mut counted).map_err(|e| std::io::Error::other(e.to_string()))?;
         let (len, digest) = (counted.len, hex::encode(counted.hash.finalize()));
         if len != self.layer_size || digest != self.layer {
+            // (what was cached of it is not what it gives: read it again
+            // next time)
+            if let Some(c) = &self.cache {
+                let _ = fs_err::remove_file(c);
+            }
             return Err(std::io::Error::other(format!(
-                "{} changed while it was shipped",
+                "{} changed while it was shipped (or since it was read); nothing was loaded \
+                 under its name: sync again",
                 dir.display()
             )));
         }
@@ -315,12 +346,15 @@ fn tar_pad(w: &mut dyn std::io::Write, size: u64) -> std::io::Result<()> {
 /// The layer of a root directory, written to `w`: every entry below it,
 /// sorted by name, symlinks as symlinks.
 fn rootfs_tar(dir: &Path, w: &mut dyn std::io::Write) -> Result<(), ImageError> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let bad = |p: &Path, e: std::io::Error| ImageError::Io {
         path: p.to_path_buf(),
         source: e,
     };
     let mut b = tar::Builder::new(w);
     b.follow_symlinks(false);
+    // (podman's unpacker refuses GNU sparse entries: holes go as zeros)
+    b.sparse(false);
     for e in walkdir::WalkDir::new(dir)
         .min_depth(1)
         .follow_links(false)
@@ -331,17 +365,57 @@ fn rootfs_tar(dir: &Path, w: &mut dyn std::io::Write) -> Result<(), ImageError> 
             bad(&p, e.into())
         })?;
         let rel = e.path().strip_prefix(dir).expect("below the root");
+        let ft = e.file_type();
+        if ft.is_fifo() || ft.is_char_device() || ft.is_block_device() {
+            // (the tar crate would name these by their path on this host)
+            let m = e.metadata().map_err(|err| bad(e.path(), err.into()))?;
+            let mut h = tar::Header::new_gnu();
+            h.set_metadata(&m);
+            h.set_size(0);
+            h.set_entry_type(if ft.is_fifo() {
+                tar::EntryType::Fifo
+            } else if ft.is_char_device() {
+                tar::EntryType::Char
+            } else {
+                tar::EntryType::Block
+            });
+            let dev = m.rdev();
+            h.set_device_major(dev_major(dev))
+                .and_then(|()| h.set_device_minor(dev_minor(dev)))
+                .and_then(|()| b.append_data(&mut h, rel, std::io::empty()))
+                .map_err(|err| bad(e.path(), err))?;
+            continue;
+        }
+        if ft.is_socket() {
+            return Err(bad(
+                e.path(),
+                std::io::Error::other("a socket cannot be part of an image; remove it"),
+            ));
+        }
         b.append_path_with_name(e.path(), rel)
             .map_err(|err| bad(e.path(), err))?;
     }
     b.finish().map_err(|e| bad(dir, e))
 }
 
+/// A device number's major and minor (glibc's encoding).
+fn dev_major(dev: u64) -> u32 {
+    (((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)) as u32
+}
+
+fn dev_minor(dev: u64) -> u32 {
+    (((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)) as u32
+}
+
 /// The stat of every entry below `dir` (path, inode, size, mtime, ctime,
-/// mode, owner), hashed: what a root directory's cached layer is valid for.
-fn tree_signature(dir: &Path) -> Result<String, ImageError> {
+/// mode, owner), hashed: what a root directory's cached layer is valid for;
+/// and the newest mtime or ctime of an entry (seconds, nanoseconds).
+fn tree_signature(dir: &Path) -> Result<(String, (i64, i64)), ImageError> {
     use std::os::unix::fs::MetadataExt;
     let mut h = Sha256::new();
+    // (the layer's format: a cache of another format is not this one's)
+    h.update(b"layer v2: no sparse entries\0");
+    let mut newest = (i64::MIN, 0);
     for e in walkdir::WalkDir::new(dir)
         .follow_links(false)
         .sort_by_file_name()
@@ -354,6 +428,9 @@ fn tree_signature(dir: &Path) -> Result<String, ImageError> {
             path: e.path().to_path_buf(),
             source: err.into(),
         })?;
+        newest = newest
+            .max((m.mtime(), m.mtime_nsec()))
+            .max((m.ctime(), m.ctime_nsec()));
         let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
         h.update(rel.as_os_str().as_encoded_bytes());
         h.update([0]);
@@ -371,7 +448,7 @@ fn tree_signature(dir: &Path) -> Result<String, ImageError> {
             h.update(n.to_le_bytes());
         }
     }
-    Ok(hex::encode(h.finalize()))
+    Ok((hex::encode(h.finalize()), newest))
 }
 
 /// A writer that hashes and counts what goes through it (to `inner`, if
@@ -626,7 +703,7 @@ pub fn ship(
         if !scoped.is_empty() {
             let actions: Vec<(&str, &str)> =
                 scoped.iter().map(|u| ("restart", u.as_str())).collect();
-            tag = format!("{} && {tag}", lab_agent::enqueue_command(root, &actions));
+            tag = lab_agent::enqueue_command(root, &actions, &tag);
         }
         // (hang-ups ignored: once the image is here, the journal and the
         // tag are done even if the link drops)
@@ -639,7 +716,23 @@ pub fn ship(
                 "trap '' HUP PIPE; {}; rc=$?; cat >/dev/null; [ $rc = 0 ] && {{ {tag}; }}",
                 podman_as(user, "load -q")
             );
-            let out = transport.run(&load, &mut |w| img.stream(w))?;
+            // (an error reading the image is the image's, not the
+            // link's: what was sent is cut short and podman refuses it)
+            let mut unread = None;
+            let out = transport.run(&load, &mut |w| {
+                if let Err(e) = img.stream(w) {
+                    unread = Some(e);
+                }
+                Ok(())
+            });
+            if let Some(e) = unread {
+                return Err(SyncError::Image {
+                    image: name.to_string(),
+                    user: key,
+                    output: e.to_string(),
+                });
+            }
+            let out = out?;
             if out.status == 0 {
                 notes.push(format!(
                     "loaded image {name} ({}) for {}",
@@ -708,6 +801,8 @@ mod tests {
         let root = d.path().join("big");
         std::fs::create_dir_all(root.join("d")).unwrap();
         std::fs::write(root.join("d/blob"), vec![7u8; 16 << 20]).unwrap();
+        // (a tree changed in this clock tick is not cached: let it settle)
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let read = |f: &dyn Fn() -> Image| {
             let before = thread_rchar();
             let img = f();
@@ -720,10 +815,104 @@ mod tests {
         assert_eq!(again, first);
         // a file rewritten with the same size: read again, another image
         std::fs::write(root.join("d/blob"), vec![8u8; 16 << 20]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
         let (changed, n) = read(&|| Image::open(&root, "big", Some(&lab)).unwrap());
         assert!(n >= 16 << 20, "read {n}");
         assert_ne!(changed.id, first.id);
         assert_eq!(changed, Image::open(&root, "big", None).unwrap());
+    }
+
+    /// A tree with an entry not older than the moment it was looked at
+    /// is not cached (here an mtime in the future; the same holds for a
+    /// write in the clock tick of the look, which a coarse clock would
+    /// give the stat the cache saw): it is read again the next time.
+    #[test]
+    fn a_tree_changed_as_it_is_read_is_not_cached() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = lab_core::LabDir::at(&d.path().join(".lab"));
+        let root = d.path().join("web");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("f"), vec![1u8; 4 << 20]).unwrap();
+        let future = std::time::SystemTime::now() + std::time::Duration::from_secs(3600 * 24 * 365);
+        std::fs::File::options()
+            .write(true)
+            .open(root.join("f"))
+            .unwrap()
+            .set_modified(future)
+            .unwrap();
+        Image::open(&root, "web", Some(&lab)).unwrap();
+        assert!(!lab.rootfs_cache_path("web").exists());
+        let before = thread_rchar();
+        Image::open(&root, "web", Some(&lab)).unwrap();
+        assert!(thread_rchar() - before >= 4 << 20, "not read again");
+    }
+
+    /// A cache entry that names another layer for the directory's stat (a
+    /// corrupted or hand-edited file): the stream fails naming the
+    /// directory and drops the entry, so the next open reads it again.
+    #[test]
+    fn a_cache_that_lies_fails_the_stream_once() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = lab_core::LabDir::at(&d.path().join(".lab"));
+        let root = d.path().join("web");
+        std::fs::create_dir_all(&root).unwrap();
+        std::fs::write(root.join("f"), "one\n").unwrap();
+        let good = Image::open(&root, "web", None).unwrap();
+        // (let the tree's times fall behind the clock, so it is cached)
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        Image::open(&root, "web", Some(&lab)).unwrap();
+        let cache = lab.rootfs_cache_path("web");
+        let text = std::fs::read_to_string(&cache).unwrap();
+        let layer = good.rootfs.as_ref().unwrap().layer.clone();
+        std::fs::write(&cache, text.replace(&layer, &"ab".repeat(32))).unwrap();
+        let lied = Image::open(&root, "web", Some(&lab)).unwrap();
+        assert_ne!(lied.id, good.id);
+        let e = lied.stream(&mut std::io::sink()).unwrap_err().to_string();
+        assert!(e.contains(&root.display().to_string()), "{e}");
+        assert!(e.contains("changed while it was shipped"), "{e}");
+        assert!(!cache.exists());
+        assert_eq!(Image::open(&root, "web", Some(&lab)).unwrap().id, good.id);
+    }
+
+    /// Two images whose directories are hard-link copies (`cp -al`: the
+    /// same inodes below them) are cached each under its own name: a file
+    /// replaced in one changes that one only; a file written in place
+    /// (both names see it) changes both.
+    #[test]
+    fn hard_link_copies_are_not_confused() {
+        let d = tempfile::tempdir().unwrap();
+        let lab = lab_core::LabDir::at(&d.path().join(".lab"));
+        let a = d.path().join("a");
+        std::fs::create_dir_all(a.join("www")).unwrap();
+        std::fs::write(a.join("www/index.html"), "one\n").unwrap();
+        std::fs::write(a.join("www/other"), "other\n").unwrap();
+        let b = d.path().join("b");
+        assert!(std::process::Command::new("cp")
+            .arg("-al")
+            .arg(&a)
+            .arg(&b)
+            .status()
+            .unwrap()
+            .success());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let open = |dir: &Path, name: &str| Image::open(dir, name, Some(&lab)).unwrap().id;
+        let uncached = |dir: &Path| Image::open(dir, "x", None).unwrap().id;
+        let (a1, b1) = (open(&a, "a"), open(&b, "b"));
+        assert_eq!(a1, b1);
+        // replaced in b (a new inode): b changes, a does not
+        std::fs::remove_file(b.join("www/index.html")).unwrap();
+        std::fs::write(b.join("www/index.html"), "two\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let (a2, b2) = (open(&a, "a"), open(&b, "b"));
+        assert_eq!(a2, a1);
+        assert_ne!(b2, b1);
+        assert_eq!(b2, uncached(&b));
+        // written in place through the shared inode: both change
+        std::fs::write(a.join("www/other"), "OTHER\n").unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert_eq!(open(&a, "a"), uncached(&a));
+        assert_eq!(open(&b, "b"), uncached(&b));
+        assert_ne!(open(&a, "a"), a1);
     }
 
     /// A root directory becomes an OCI archive whose ID is what `open`
@@ -798,6 +987,118 @@ mod tests {
         assert_eq!(Image::open(&root, "web", None).unwrap().id, img.id);
         std::fs::write(root.join("www/index.html"), "hello again\n").unwrap();
         assert_ne!(Image::open(&root, "web", None).unwrap().id, img.id);
+    }
+
+    /// The layer's entries, as (path, type) in order.
+    fn layer_entries(img: &Image) -> Vec<(String, tar::EntryType)> {
+        let mut archive = Vec::new();
+        img.stream(&mut archive).unwrap();
+        let r = img.rootfs.as_ref().unwrap();
+        let mut ar = tar::Archive::new(&archive[..]);
+        let mut layer = Vec::new();
+        for e in ar.entries().unwrap() {
+            let mut e = e.unwrap();
+            if e.path().unwrap().ends_with(&r.layer) {
+                e.read_to_end(&mut layer).unwrap();
+            }
+        }
+        tar::Archive::new(&layer[..])
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let p = e.path().unwrap().display().to_string();
+                (p.trim_end_matches('/').to_string(), e.header().entry_type())
+            })
+            .collect()
+    }
+
+    /// A fifo and a device node of a root directory are entries of the
+    /// layer at their own path below it (not at the path they have on
+    /// this host).
+    #[test]
+    fn special_files_keep_their_place_in_the_layer() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("web");
+        std::fs::create_dir_all(root.join("dev")).unwrap();
+        let run = |args: &[&str]| {
+            std::process::Command::new(args[0])
+                .args(&args[1..])
+                .current_dir(&root)
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        assert!(run(&["mkfifo", "dev/fifo"]));
+        // (a device node needs root)
+        let null = run(&["mknod", "dev/null", "c", "1", "3"]);
+        let img = Image::open(&root, "web", None).unwrap();
+        let mut want = vec![
+            ("dev".to_string(), tar::EntryType::Directory),
+            ("dev/fifo".to_string(), tar::EntryType::Fifo),
+        ];
+        if null {
+            want.push(("dev/null".to_string(), tar::EntryType::Char));
+        }
+        assert_eq!(layer_entries(&img), want);
+    }
+
+    /// A sparse file is a plain file of the layer: podman's unpacker
+    /// refuses GNU sparse entries ("unhandled tar header type 83").
+    #[test]
+    fn a_sparse_file_is_a_plain_entry() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("web");
+        std::fs::create_dir_all(&root).unwrap();
+        let f = std::fs::File::create(root.join("sparse")).unwrap();
+        f.set_len(8 << 20).unwrap();
+        std::os::unix::fs::FileExt::write_at(&f, b"end\n", 8 << 20).unwrap();
+        let img = Image::open(&root, "web", None).unwrap();
+        assert_eq!(
+            layer_entries(&img),
+            [("sparse".to_string(), tar::EntryType::Regular)]
+        );
+        assert_eq!(
+            img.rootfs.as_ref().unwrap().layer_size,
+            512 + (8 << 20) + 512 + 1024
+        );
+    }
+
+    /// What a layer cannot hold (a socket) fails the image with its path.
+    #[test]
+    fn a_socket_fails_with_its_path() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("web");
+        std::fs::create_dir_all(root.join("run")).unwrap();
+        let _l = std::os::unix::net::UnixListener::bind(root.join("run/s.sock")).unwrap();
+        let e = Image::open(&root, "web", None).unwrap_err().to_string();
+        assert!(e.contains("run/s.sock"), "{e}");
+    }
+
+    /// Odd names, hard links, loops of symlinks and an empty directory
+    /// make an image that streams as what `open` said.
+    #[test]
+    fn odd_trees_stream_as_opened() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("web");
+        std::fs::create_dir_all(root.join("empty")).unwrap();
+        std::fs::write(root.join("a\nb"), "x").unwrap();
+        std::fs::write(root.join(std::ffi::OsStr::from_bytes(b"\xff\xfe")), "y").unwrap();
+        std::fs::write(root.join("long-".repeat(40)), "z").unwrap();
+        std::fs::hard_link(root.join("a\nb"), root.join("hard")).unwrap();
+        std::os::unix::fs::symlink("loop2", root.join("loop1")).unwrap();
+        std::os::unix::fs::symlink("loop1", root.join("loop2")).unwrap();
+        std::os::unix::fs::symlink("empty", root.join("dirlink")).unwrap();
+        let img = Image::open(&root, "web", None).unwrap();
+        let entries = layer_entries(&img);
+        assert_eq!(entries.len(), 8, "{entries:?}");
+        assert!(entries.contains(&("a\nb".to_string(), tar::EntryType::Regular)));
+        assert!(entries.contains(&("dirlink".to_string(), tar::EntryType::Symlink)));
+        assert!(entries.contains(&("long-".repeat(40), tar::EntryType::Regular)));
+        let d2 = tempfile::tempdir().unwrap();
+        let empty = d2.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(layer_entries(&Image::open(&empty, "e", None).unwrap()).is_empty());
     }
 
     #[test]
