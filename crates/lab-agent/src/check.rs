@@ -215,6 +215,23 @@ impl Check {
         }
     }
 
+    /// What a rollback planned from this check expects of the machine's
+    /// pending unit actions (`expect_pending` in executor.sh): `none`, or
+    /// the sha256 of their lines.
+    pub fn expect_pending(&self) -> String {
+        let lines: Vec<&str> = self
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("pending "))
+            .map(String::as_str)
+            .collect();
+        if lines.is_empty() {
+            "none".into()
+        } else {
+            Digest::of(lines.join("\n").as_bytes()).to_hex()
+        }
+    }
+
     /// The drift against `applied`, the manifest of the machine's current
     /// generation (paths whose stat changed but which are still what lab
     /// wrote, a `touch` say, are no drift).

@@ -656,9 +656,27 @@ u_rmdir() {
 
 # --- rollback ---
 
-rollback() { # TARGET_GEN
+# A rollback was planned knowing the current generation's pending unit
+# actions whose lines hash to EXPECT (`none`: there were none): it carries
+# them into its own journal. Any others (an image update journaled one
+# since) would be lost with the generation: stop (exit 3), lab plans again.
+# (Empty EXPECT: not checked.)
+expect_pending() { # EXPECT
+  [ -n "$1" ] || return 0
+  c=$(pending)
+  h=none
+  if [ -n "$c" ]; then h=$(printf '%s' "$c" | sha256sum) && h=${h%% *}; fi
+  if [ "$h" != "$1" ]; then
+    out "$c"
+    out "stale $(current_gen) $(current_digest)"
+    exit 3
+  fi
+}
+
+rollback() { # TARGET_GEN [EXPECT_PENDING]
   lock
   recover
+  expect_pending "${2:-}"
   cur=$(current_gen)
   # (the recovery of an interrupted rollback may have got there already)
   if [ "$1" -eq "$cur" ]; then out "rolledback $1 $(current_digest)"; return 0; fi

@@ -230,10 +230,22 @@ pub fn manifest_command(root: &str, gen: u64) -> String {
 /// The program that rolls the machine back to generation `target` (0 =
 /// before lab's first sync) and then runs `units` (see
 /// [`ApplyPlan::program`] for `settle_ms`).
-pub fn rollback_program(target: u64, units: &[UnitAction], settle_ms: u64) -> String {
+///
+/// `expect_pending`: what [`Check::expect_pending`] said of the check the
+/// rollback was planned from (`None`: the caller knows nothing is
+/// pending); the machine refuses (stale) if its pending actions are others.
+pub fn rollback_program(
+    target: u64,
+    expect_pending: Option<&str>,
+    units: &[UnitAction],
+    settle_ms: u64,
+) -> String {
     let mut s = String::with_capacity(executor().len() + 256);
     s.push_str(executor());
-    s.push_str(&format!("\nrollback {target}\njournal\n"));
+    s.push_str(&format!(
+        "\nrollback {target} {}\njournal\n",
+        expect_pending.unwrap_or("none")
+    ));
     plan::push_journal(&mut s, units);
     plan::push_run(&mut s, units, settle_ms);
     s.push_str("finish\n");

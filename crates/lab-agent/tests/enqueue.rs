@@ -73,3 +73,45 @@ fn before_the_first_generation_the_change_is_made_and_nothing_journaled() {
     assert_eq!(sh(&cmd), (0, "changed\n".to_string()));
     assert!(!t.join("var/lib/lab/gen").exists());
 }
+
+/// A rollback planned before a restart was journaled (an image update
+/// made beside it) is refused as stale: it would have deleted the
+/// generation with the restart in it. Planned knowing it, it goes on.
+#[test]
+fn a_rollback_planned_before_a_journaled_restart_is_stale() {
+    let t = machine();
+    let root = t.path().to_str().unwrap();
+    // the rollback's plan: nothing pending
+    let stale_plan = lab_agent::rollback_program(0, Some("none"), &[], 0);
+    // meanwhile an image update journals a restart
+    let (code, _) = sh(&enqueue_command(
+        root,
+        &[("restart", "web.service")],
+        "true",
+    ));
+    assert_eq!(code, 0);
+    let program = t.join("rollback.sh");
+    std::fs::write(&program, &stale_plan).unwrap();
+    let run = |p: &std::path::Path| {
+        sh(&format!(
+            "LAB_ROOT={} LAB_SYSTEMD=0 sh {} </dev/null",
+            lab_agent::quote(root),
+            p.display()
+        ))
+    };
+    let (code, out) = run(&program);
+    assert_eq!(code, lab_core::ExecutorExit::Stale.code(), "{out}");
+    assert!(out.contains("pending restart web.service"), "{out}");
+    assert_eq!(
+        t.read("var/lib/lab/current"),
+        format!("1 {}\n", "0".repeat(64))
+    );
+    assert_eq!(t.read("var/lib/lab/gen/1/actions"), "restart web.service\n");
+    // planned from a check that saw it: not stale
+    let check = lab_agent::Check::parse("pending restart web.service\n");
+    let plan = lab_agent::rollback_program(0, Some(&check.expect_pending()), &[], 0);
+    std::fs::write(&program, &plan).unwrap();
+    let (code, out) = run(&program);
+    assert_ne!(code, lab_core::ExecutorExit::Stale.code(), "{out}");
+    assert!(!out.contains("stale"), "{out}");
+}

@@ -134,7 +134,7 @@ impl Machine {
     }
 
     fn rollback(&self, to: u64) -> Outcome {
-        self.run(&lab_agent::rollback_program(to, &[], 0), b"")
+        self.run(&lab_agent::rollback_program(to, None, &[], 0), b"")
     }
 
     /// The machine's tree without lab's own state.

@@ -659,15 +659,35 @@ impl MachineSync<'_> {
         to: Option<u64>,
         current: Option<(u64, Digest, &Manifest)>,
     ) -> Result<Report, SyncError> {
-        let (gen, cur_manifest, pending) = match current {
-            Some((g, _, m)) => (g, m.clone(), Vec::new()),
+        let mut current = current.map(|(g, d, m)| (g, d, m.clone()));
+        // (a machine whose pending actions changed since they were read,
+        // an image update's journaled restart say, refuses the plan as
+        // stale: read them again and plan again)
+        for _ in 0..5 {
+            if let Some(report) = self.rollback_once(to, current.take())? {
+                return Ok(report);
+            }
+        }
+        Err(SyncError::Contended(5))
+    }
+
+    /// One try of [`MachineSync::rollback_to`]; `None`: the machine said
+    /// the plan was stale.
+    fn rollback_once(
+        &mut self,
+        to: Option<u64>,
+        current: Option<(u64, Digest, Manifest)>,
+    ) -> Result<Option<Report>, SyncError> {
+        let (gen, cur_manifest, pending, expect) = match current {
+            Some((g, _, m)) => (g, m, Vec::new(), None),
             None => {
                 let p = self.check(&[])?;
                 let m = match p.manifest {
                     Some(m) => m,
                     None => self.fetch_manifest(p.gen, p.digest.as_ref())?,
                 };
-                (p.gen, m, p.check.pending)
+                let expect = p.check.expect_pending();
+                (p.gen, m, p.check.pending, Some(expect))
             }
         };
         let to = match to {
@@ -700,6 +720,7 @@ impl MachineSync<'_> {
         let actions: Vec<UnitAction> = crate::converge::merge_actions(&pending, &fresh);
         let program = lab_agent::rollback_program(
             to,
+            expect.as_deref(),
             &actions,
             self.target.settle_ms.max(ROLLBACK_SETTLE_MS),
         );
@@ -709,6 +730,9 @@ impl MachineSync<'_> {
         let out = self.transport.run(&cmd, &mut |w| w.write_all(first));
         let out = self.outcome(out, &run)?;
         let report = Report::parse(&out.stdout_text());
+        if out.status == ExecutorExit::Stale.code() && report.stale.is_some() {
+            return Ok(None);
+        }
         if !report.failures.is_empty() {
             return Err(SyncError::Rollback(report.failures.join("; ")));
         }
@@ -727,7 +751,7 @@ impl MachineSync<'_> {
             )));
         }
         self.remember(&target.to_text());
-        Ok(report)
+        Ok(Some(report))
     }
 
     /// The output of executor run `run`; when the connection was lost on
