@@ -137,19 +137,22 @@ impl Transport for LocalTransport {
             let _ = out.read_to_end(&mut o);
             (o, t.join().unwrap_or_default())
         });
-        {
+        let written = {
             let stdin = child.stdin.take().unwrap();
             let mut w = Counting {
                 inner: stdin,
                 count: &mut self.sent,
                 broken: false,
             };
-            input(&mut w).map_err(|e| SyncError::Local(format!("writing to sh: {e}")))?;
-        }
+            input(&mut w)
+        };
+        // (sh is waited for even when the input failed: its stdin is
+        // closed now, so it ends, and leaves no zombie behind)
         let status = child
             .wait()
             .map_err(|e| SyncError::Local(format!("waiting for sh: {e}")))?;
         let (stdout, stderr) = readers.join().unwrap_or_default();
+        written.map_err(|e| SyncError::Local(format!("writing to sh: {e}")))?;
         Ok(Output {
             status: status.code().unwrap_or(-1),
             stdout,
@@ -163,5 +166,43 @@ impl Transport for LocalTransport {
 
     fn sent(&self) -> u64 {
         self.sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process's `sh` children, running or ended and not waited for.
+    fn sh_children() -> Vec<String> {
+        let me = std::process::id().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                continue;
+            };
+            // `PID (COMM) STATE PPID ...`
+            let Some((head, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            let f: Vec<&str> = rest.split(' ').collect();
+            if head.ends_with("(sh") && f.len() > 1 && f[1] == me {
+                out.push(stat);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn a_failed_input_leaves_no_zombie() {
+        let mut t = LocalTransport::new();
+        let r = t.run("cat >/dev/null; echo done", &mut |_| {
+            Err(std::io::Error::other("the input broke"))
+        });
+        match r {
+            Err(SyncError::Local(m)) => assert!(m.contains("the input broke"), "{m}"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sh_children(), Vec::<String>::new());
     }
 }
