@@ -847,9 +847,17 @@ fn resources_limits_hold_in_each_containers_cgroup_or_the_pod_fails_saying_why()
             .unwrap()
             .trim()
             .is_empty());
-        let ps = ps_until_failed(&t, pod);
-        let tail: Vec<&str> = ps.lines().filter(|l| l.contains(&said)).collect();
-        assert!(!tail.is_empty(), "{pod}: {ps}");
+        // (the journal of a user unit can reach `journalctl` a moment
+        // after the unit failed: look again until it is there)
+        let t0 = Instant::now();
+        loop {
+            let ps = ps_until_failed(&t, pod);
+            if ps.lines().any(|l| l.contains(&said)) {
+                break;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(30), "{pod}: {ps}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
     }
 }
 
