@@ -216,7 +216,7 @@ impl Check {
     }
 
     /// What a rollback planned from this check expects of the machine's
-    /// pending unit actions (`expect_pending` in executor.sh): `none`, or
+    /// pending unit actions (`expect ... pending` in executor.sh): `none`, or
     /// the sha256 of their lines.
     pub fn expect_pending(&self) -> String {
         let lines: Vec<&str> = self

@@ -210,9 +210,11 @@ recover() {
 # lines (`none`: there were none). Anything else: say what there is and
 # stop (exit 3, like a stale base), and lab plans again. (An empty EXPECT:
 # an older client, no check.)
-expect() { # EXPECT
+# `expect EXPECT pending` compares the pending unit actions alone (what a
+# rollback carries into its journal).
+expect() { # EXPECT [pending]
   [ -n "$1" ] || return 0
-  c=$(drift; pending)
+  if [ "${2:-}" = pending ]; then c=$(pending); else c=$(drift; pending); fi
   h=none
   if [ -n "$c" ]; then h=$(printf '%s' "$c" | sha256sum) && h=${h%% *}; fi
   if [ "$h" != "$1" ]; then
@@ -657,26 +659,13 @@ u_rmdir() {
 # --- rollback ---
 
 # A rollback was planned knowing the current generation's pending unit
-# actions whose lines hash to EXPECT (`none`: there were none): it carries
-# them into its own journal. Any others (an image update journaled one
-# since) would be lost with the generation: stop (exit 3), lab plans again.
-# (Empty EXPECT: not checked.)
-expect_pending() { # EXPECT
-  [ -n "$1" ] || return 0
-  c=$(pending)
-  h=none
-  if [ -n "$c" ]; then h=$(printf '%s' "$c" | sha256sum) && h=${h%% *}; fi
-  if [ "$h" != "$1" ]; then
-    out "$c"
-    out "stale $(current_gen) $(current_digest)"
-    exit 3
-  fi
-}
-
+# actions (EXPECT_PENDING, see `expect`): it carries them into its own
+# journal. Any others (an image update journaled one since) would be lost
+# with the generation: stale, and lab plans again.
 rollback() { # TARGET_GEN [EXPECT_PENDING]
   lock
   recover
-  expect_pending "${2:-}"
+  expect "${2:-}" pending
   cur=$(current_gen)
   # (the recovery of an interrupted rollback may have got there already)
   if [ "$1" -eq "$cur" ]; then out "rolledback $1 $(current_digest)"; return 0; fi

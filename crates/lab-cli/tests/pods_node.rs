@@ -861,14 +861,10 @@ fn resources_limits_hold_in_each_containers_cgroup_or_the_pod_fails_saying_why()
     }
 }
 
-/// An image given as a root directory (`images/NAME/` without an
-/// `index.json`): lab makes it an OCI archive on the way, the pod runs it,
-/// and a changed file makes a new image that the pod restarts on.
-#[test]
-fn an_image_from_a_root_directory_runs_and_updates() {
-    let h = host(9);
-    let t = project(&h, "");
-    let root = t.join("images/rootweb");
+/// `images/NAME/`, a root directory: busybox from the host's root (`sh`,
+/// `httpd`, `sleep`) and `/www/index.html` saying `body`.
+fn web_root_dir(t: &TestLab, h: &Host, name: &str, body: &str) -> std::path::PathBuf {
+    let root = t.join(&format!("images/{name}"));
     std::fs::create_dir_all(root.join("bin")).unwrap();
     std::fs::create_dir_all(root.join("www")).unwrap();
     std::fs::copy(
@@ -879,7 +875,18 @@ fn an_image_from_a_root_directory_runs_and_updates() {
     for applet in ["sh", "httpd", "sleep"] {
         std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
-    std::fs::write(root.join("www/index.html"), "from a root directory\n").unwrap();
+    std::fs::write(root.join("www/index.html"), body).unwrap();
+    root
+}
+
+/// An image given as a root directory (`images/NAME/` without an
+/// `index.json`): lab makes it an OCI archive on the way, the pod runs it,
+/// and a changed file makes a new image that the pod restarts on.
+#[test]
+fn an_image_from_a_root_directory_runs_and_updates() {
+    let h = host(9);
+    let t = project(&h, "");
+    let root = web_root_dir(&t, &h, "rootweb", "from a root directory\n");
     web_pod(&t, "rw", "rootweb", 8090, "1");
     let out = sync_ok(&t);
     assert!(
@@ -915,18 +922,7 @@ fn an_image_from_a_root_directory_runs_and_updates() {
 fn a_sparse_root_directory_loads_and_a_lying_cache_fails_one_sync_cleanly() {
     let h = host(10);
     let t = project(&h, "");
-    let root = t.join("images/lie");
-    std::fs::create_dir_all(root.join("bin")).unwrap();
-    std::fs::create_dir_all(root.join("www")).unwrap();
-    std::fs::copy(
-        h.root.as_ref().unwrap().join("bin/busybox"),
-        root.join("bin/busybox"),
-    )
-    .unwrap();
-    for applet in ["sh", "httpd", "sleep"] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
-    std::fs::write(root.join("www/index.html"), "the true tree\n").unwrap();
+    let root = web_root_dir(&t, &h, "lie", "the true tree\n");
     // a sparse file (a hole, then text): a GNU sparse entry of the layer
     let sparse = std::fs::File::create(root.join("www/sparse.bin")).unwrap();
     sparse.set_len(64 << 20).unwrap();

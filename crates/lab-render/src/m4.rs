@@ -530,19 +530,7 @@ mod tests {
         let e = stopped(run_gnu(d.path(), "t.m4", limits));
         assert!(e.contains("did not end within 2 s"), "{e}");
         // the command it ran is gone too (killed with its process group)
-        let pid: i32 = std::fs::read_to_string(d.path().join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let alive = || {
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
-        };
-        let t = std::time::Instant::now();
-        while alive() && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(!alive(), "`sleep 300` (pid {pid}) still runs");
+        assert_gone(d.path());
         // and a run that ends within the limits is rendered
         let d = project(&[("t.m4", "m4_define(`x', `y')x\n")]);
         assert_eq!(run_gnu(d.path(), "t.m4", limits).unwrap().bytes, b"y\n");
@@ -551,6 +539,21 @@ mod tests {
     /// Whether `pid` runs (a zombie does not).
     fn alive(pid: i32) -> bool {
         std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+    }
+
+    /// The process whose PID the run wrote to `pid` in `d` is gone (it
+    /// was sent SIGKILL; the kernel takes a moment to tear it down).
+    fn assert_gone(d: &Path) {
+        let pid: i32 = std::fs::read_to_string(d.join("pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let t = std::time::Instant::now();
+        while alive(pid) && t.elapsed() < std::time::Duration::from_secs(10) {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(!alive(pid), "pid {pid} still runs");
     }
 
     /// A template whose `m4_syscmd` leaves a process behind that holds
@@ -565,17 +568,7 @@ mod tests {
         };
         let e = stopped(run_gnu(d.path(), "t.m4", limits));
         assert!(e.contains("left running"), "{e}");
-        let pid: i32 = std::fs::read_to_string(d.path().join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        // (SIGKILL was sent; the kernel takes a moment to tear it down)
-        let t = std::time::Instant::now();
-        while alive(pid) && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(!alive(pid), "`sleep 300` (pid {pid}) still runs");
+        assert_gone(d.path());
     }
 
     /// The same with a process that left m4's process group (`setsid`):
@@ -596,16 +589,7 @@ mod tests {
         };
         let e = stopped(run_gnu(d.path(), "t.m4", limits));
         assert!(e.contains("left running"), "{e}");
-        let pid: i32 = std::fs::read_to_string(d.path().join("pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
-        let t = std::time::Instant::now();
-        while alive(pid) && t.elapsed() < std::time::Duration::from_secs(10) {
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
-        assert!(!alive(pid), "`sleep 300` (pid {pid}) still runs");
+        assert_gone(d.path());
     }
 
     /// Endless `m4_errprint`: stderr has the same limit as stdout.
