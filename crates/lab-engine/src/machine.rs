@@ -698,7 +698,25 @@ impl MachineJob<'_> {
             || !gone.is_empty()
             || !manifest_current
             || !self.manifest_path.exists();
-        if manifest_changed {
+        // A fast build changes no path's existence or kind: the lines of
+        // what it wrote are rewritten where they are, when they keep their
+        // length (see `output::patch_manifest`).
+        let patched = manifest_changed
+            && fast
+            && manifest_current
+            && !owners_changed
+            && removed.is_empty()
+            && gone.is_empty()
+            && {
+                let changed: Option<Vec<&Entry>> = written_paths
+                    .iter()
+                    .map(|p| manifest.entries.get(p))
+                    .collect();
+                changed.is_some_and(|c| {
+                    crate::output::patch_manifest(&self.manifest_path, &c).unwrap_or(false)
+                })
+            };
+        if manifest_changed && !patched {
             crate::state::write_atomic(&self.manifest_path, manifest.to_text().as_bytes())
                 .map_err(|e| {
                     vec![MachineError::Io {

@@ -325,3 +325,247 @@ pub fn changed_since(root: &Path, t_ns: i64) -> bool {
     }
     false
 }
+
+/// Rewrite in place, in the manifest file at `path`, the lines of entries
+/// whose path is already listed there and whose new line has the length of
+/// the old one (a file's new content of the same size width, a mode, a
+/// symlink target of the same length): what a one-file edit changes, so it
+/// writes a line, not the machine's whole manifest (7 MB for 40k entries).
+///
+/// The caller knows the file is the manifest of the entries it had (its
+/// stat matched the state, or this process wrote it). `Ok(false)`: some
+/// line cannot be patched (new length, path not listed, a line that is not
+/// an entry): nothing was written, write the whole manifest. The lines are
+/// found by binary search (the manifest is sorted by path), a few `pread`s
+/// each. A crash during the writes leaves every path as it was (only the
+/// bytes after a path change) and the manifest's new mtime, which no saved
+/// state vouches for: the next build writes it whole.
+pub(crate) fn patch_manifest(path: &Path, changed: &[&Entry]) -> std::io::Result<bool> {
+    use std::os::unix::fs::{FileExt, OpenOptionsExt};
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)?;
+    let lines = Lines {
+        f: &f,
+        size: f.metadata()?.len(),
+    };
+    let Some((_, first)) = lines.line_at(0)? else {
+        return Ok(false);
+    };
+    let mut writes: Vec<(u64, String)> = Vec::new();
+    for e in changed {
+        let Some((at, old)) = lines.find(first, &e.path)? else {
+            return Ok(false);
+        };
+        let new = lab_manifest::entry_line(e);
+        if new.len() != old.len() {
+            return Ok(false);
+        }
+        // (written even when equal: the manifest's mtime must follow the
+        // outputs' ctimes, see [`changed_since`])
+        writes.push((at, new));
+    }
+    for (at, bytes) in writes {
+        f.write_all_at(bytes.as_bytes(), at)?;
+    }
+    Ok(true)
+}
+
+/// Reading lines of a file by offset.
+struct Lines<'a> {
+    f: &'a std::fs::File,
+    size: u64,
+}
+
+impl Lines<'_> {
+    /// The line starting at `at` (without its newline) and where the next
+    /// one starts; `None` at the end of the file.
+    fn line_at(&self, at: u64) -> std::io::Result<Option<(Vec<u8>, u64)>> {
+        use std::os::unix::fs::FileExt;
+        if at >= self.size {
+            return Ok(None);
+        }
+        let mut line = Vec::new();
+        let mut buf = [0u8; 512];
+        let mut pos = at;
+        while pos < self.size {
+            let n = self.f.read_at(&mut buf, pos)?;
+            if n == 0 {
+                break;
+            }
+            if let Some(i) = buf[..n].iter().position(|&b| b == b'\n') {
+                line.extend_from_slice(&buf[..i]);
+                return Ok(Some((line, pos + i as u64 + 1)));
+            }
+            line.extend_from_slice(&buf[..n]);
+            pos += n as u64;
+        }
+        Ok(Some((line, self.size)))
+    }
+
+    /// Where the first line starting at or after `at` starts (`at > 0`).
+    fn next_start(&self, at: u64) -> std::io::Result<u64> {
+        // the line holding byte at-1 ends somewhere at or after it
+        Ok(match self.line_at(at - 1)? {
+            Some((_, next)) => next,
+            None => self.size,
+        })
+    }
+
+    /// The entry line of `path` among the lines from `first` on (sorted by
+    /// path): its offset and bytes.
+    fn find(&self, first: u64, path: &str) -> std::io::Result<Option<(u64, Vec<u8>)>> {
+        // lines before `lo` hold smaller paths, lines from `hi` on greater
+        // or equal ones; both are line starts (or the end)
+        let (mut lo, mut hi) = (first, self.size);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            let s = if mid == lo { lo } else { self.next_start(mid)? };
+            // no line starts in [mid, hi): look at the one at lo
+            let s = if s >= hi { lo } else { s };
+            let Some((line, end)) = self.line_at(s)? else {
+                return Ok(None);
+            };
+            let Some(p) = lab_manifest::line_path(&line) else {
+                return Ok(None);
+            };
+            if p.as_str() < path {
+                lo = end;
+            } else {
+                hi = s;
+            }
+        }
+        let Some((line, _)) = self.line_at(lo)? else {
+            return Ok(None);
+        };
+        Ok((lab_manifest::line_path(&line).as_deref() == Some(path)).then_some((lo, line)))
+    }
+}
+
+#[cfg(test)]
+mod patch_tests {
+    use super::*;
+    use lab_core::Digest;
+    use lab_manifest::Manifest;
+
+    fn file(path: &str, content: &str, mode: u32) -> Entry {
+        Entry {
+            path: path.to_string(),
+            mode,
+            kind: EntryKind::File {
+                size: content.len() as u64,
+                sha256: Digest::of(content.as_bytes()),
+            },
+            owner: None,
+            group: None,
+        }
+    }
+
+    /// Random manifests, random edits of their entries: a patch, when it
+    /// is made, gives exactly the text of the new manifest; when refused,
+    /// leaves the file as it was.
+    #[test]
+    fn patched_manifest_equals_the_whole_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.manifest");
+        let mut seed = 0x9e3779b97f4a7c15u64;
+        let mut rnd = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let (mut patched, mut refused) = (0, 0);
+        for round in 0..300 {
+            let mut m = Manifest::new("web1");
+            let n = 1 + rnd(200);
+            for i in 0..n {
+                let name = match rnd(4) {
+                    0 => format!("etc/d{}/f{i}", rnd(5)),
+                    1 => format!("etc/q\"uote/{i}\n"),
+                    2 => format!("usr/ünï/{i}"),
+                    _ => format!("a{i}"),
+                };
+                let e = match rnd(3) {
+                    0 => Entry {
+                        path: name,
+                        mode: 0o755,
+                        kind: EntryKind::Dir,
+                        owner: None,
+                        group: None,
+                    },
+                    1 => Entry {
+                        path: name,
+                        mode: 0o777,
+                        kind: EntryKind::Symlink {
+                            target: format!("t{}", rnd(100)),
+                        },
+                        owner: None,
+                        group: None,
+                    },
+                    _ => file(&name, &"x".repeat(rnd(150) as usize), 0o644),
+                };
+                m.insert(e);
+            }
+            std::fs::write(&path, m.to_text()).unwrap();
+            let before = m.to_text();
+            let paths: Vec<String> = m.entries.keys().cloned().collect();
+            let mut changed = Vec::new();
+            for _ in 0..1 + rnd(4) {
+                let p = &paths[rnd(paths.len() as u64) as usize];
+                let e = m.entries.get_mut(p).unwrap();
+                match &mut e.kind {
+                    EntryKind::Dir => e.mode = [0o700, 0o1777, 0o755][rnd(3) as usize],
+                    EntryKind::Symlink { target } => *target = format!("u{}", rnd(100)),
+                    EntryKind::File { .. } => {
+                        *e = file(p, &"y".repeat(rnd(150) as usize), 0o640);
+                    }
+                }
+                changed.push(p.clone());
+            }
+            // (a path not in the manifest is refused)
+            if round % 17 == 0 {
+                changed.push("zz/not-there".into());
+            }
+            let entries: Vec<Entry> = changed
+                .iter()
+                .map(|p| {
+                    m.entries
+                        .get(p)
+                        .cloned()
+                        .unwrap_or_else(|| file(p, "", 0o644))
+                })
+                .collect();
+            let refs: Vec<&Entry> = entries.iter().collect();
+            let on_disk = || std::fs::read_to_string(&path).unwrap();
+            if patch_manifest(&path, &refs).unwrap() {
+                assert_eq!(on_disk(), m.to_text(), "round {round}");
+                patched += 1;
+            } else {
+                assert_eq!(on_disk(), before, "round {round}");
+                refused += 1;
+            }
+        }
+        // both branches ran
+        assert!(
+            patched > 50 && refused > 20,
+            "{patched} patched, {refused} refused"
+        );
+    }
+
+    #[test]
+    fn a_symlink_in_place_of_the_manifest_is_not_written_through() {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = dir.path().join("elsewhere");
+        let mut m = Manifest::new("web1");
+        m.insert(file("etc/motd", "hello", 0o644));
+        std::fs::write(&elsewhere, m.to_text()).unwrap();
+        let link = dir.path().join("m.manifest");
+        std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+        let e = file("etc/motd", "HELLO", 0o644);
+        assert!(patch_manifest(&link, &[&e]).is_err());
+        assert_eq!(std::fs::read_to_string(&elsewhere).unwrap(), m.to_text());
+    }
+}

@@ -406,3 +406,108 @@ fn a_torn_log_record_is_ignored_and_the_graph_written_afresh() {
     assert_eq!(ran(&lab), strs(&["a: output `etc/own`"]));
     assert!(log.exists());
 }
+
+/// The manifest after each edit, built by a fresh process or by a watch
+/// session, is byte for byte the one a clean build writes, whether the
+/// edit keeps every line's length (the manifest is patched in place) or
+/// not (it is written whole).
+#[test]
+fn manifests_patched_in_place_equal_clean_ones() {
+    let lab = lab();
+    let engine = Engine::open(lab.path()).unwrap();
+    let (mut session, _) = lab_engine::Session::start(engine, &[], &lab_engine::Silent).unwrap();
+    let clean_manifests = |lab: &TestLab| {
+        let clean = lab.copy_sources();
+        build(&clean);
+        (
+            clean.read(".lab/out/a.manifest"),
+            clean.read(".lab/out/b.manifest"),
+        )
+    };
+    type Edit = Box<dyn Fn(&TestLab)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "same size",
+            Box::new(|l: &TestLab| {
+                l.file("layers/_/etc/plain", "PLAIN\n");
+            }),
+        ),
+        (
+            "same size width",
+            Box::new(|l: &TestLab| {
+                l.file("layers/_/etc/plain", "plain!!\n");
+            }),
+        ),
+        (
+            "new size width",
+            Box::new(|l: &TestLab| {
+                l.file("layers/_/etc/plain", &"p".repeat(120));
+            }),
+        ),
+        (
+            "mode",
+            Box::new(|l: &TestLab| {
+                l.chmod("layers/_/etc/plain", 0o600);
+            }),
+        ),
+        (
+            "template, same length",
+            Box::new(|l: &TestLab| {
+                l.file(
+                    "layers/web/etc/site.j2",
+                    "{% include '_partials/h.j2' %}SERVER {{ domain }};\n",
+                );
+            }),
+        ),
+        (
+            "new file",
+            Box::new(|l: &TestLab| {
+                l.file("layers/web/etc/new", "new\n");
+            }),
+        ),
+        (
+            "same size again",
+            Box::new(|l: &TestLab| {
+                l.file("layers/web/etc/new", "NEW\n");
+            }),
+        ),
+        (
+            "deleted",
+            Box::new(|l: &TestLab| {
+                l.remove("layers/web/etc/new");
+            }),
+        ),
+    ];
+    for (what, edit) in &edits {
+        // a session's cycle
+        edit(&lab);
+        let changed: Vec<std::path::PathBuf> = [
+            "layers/_/etc/plain",
+            "layers/web/etc/site.j2",
+            "layers/web/etc/new",
+        ]
+        .iter()
+        .map(|p| lab.join(p))
+        .collect();
+        session.cycle(&changed, &lab_engine::Silent).unwrap();
+        let want = clean_manifests(&lab);
+        let have = (
+            lab.read(".lab/out/a.manifest"),
+            lab.read(".lab/out/b.manifest"),
+        );
+        assert_eq!(have, want, "{what}: session");
+    }
+    session.persist().unwrap();
+    drop(session);
+    // and fresh processes (the state the session left, then each edit)
+    for (what, edit) in &edits {
+        edit(&lab);
+        build(&lab);
+        let want = clean_manifests(&lab);
+        let have = (
+            lab.read(".lab/out/a.manifest"),
+            lab.read(".lab/out/b.manifest"),
+        );
+        assert_eq!(have, want, "{what}: fresh build");
+    }
+}

@@ -155,33 +155,10 @@ impl Manifest {
 
     pub fn to_text(&self) -> String {
         let mut out = String::with_capacity(64 + self.entries.len() * 120);
-        let header = Header {
-            lab_manifest: 1,
-            machine: self.machine.clone(),
-        };
-        out.push_str(&serde_json::to_string(&header).expect("serializable"));
+        out.push_str(&header_line(&self.machine));
         out.push('\n');
         for e in self.entries.values() {
-            let mut line = Line {
-                path: format!("/{}", e.path),
-                kind: e.kind_name().to_string(),
-                mode: None,
-                size: None,
-                sha256: None,
-                target: None,
-                owner: e.owner.clone(),
-                group: e.group.clone(),
-            };
-            match &e.kind {
-                EntryKind::Dir => line.mode = Some(format!("{:04o}", e.mode)),
-                EntryKind::File { size, sha256 } => {
-                    line.mode = Some(format!("{:04o}", e.mode));
-                    line.size = Some(*size);
-                    line.sha256 = Some(sha256.to_hex());
-                }
-                EntryKind::Symlink { target } => line.target = Some(target.clone()),
-            }
-            out.push_str(&serde_json::to_string(&line).expect("serializable"));
+            push_line(&mut out, e);
             out.push('\n');
         }
         out
@@ -264,6 +241,94 @@ impl Manifest {
             out.push(p);
         }
         Some(out)
+    }
+}
+
+/// The header line of a manifest of `machine` (without its newline).
+pub fn header_line(machine: &str) -> String {
+    let header = Header {
+        lab_manifest: 1,
+        machine: machine.to_string(),
+    };
+    serde_json::to_string(&header).expect("serializable")
+}
+
+/// The line of entry `e` in a manifest (without its newline): the bytes
+/// [`Manifest::to_text`] writes for it, so a tool that changes entries in
+/// place (same path, new content) can rewrite just their lines.
+pub fn entry_line(e: &Entry) -> String {
+    let mut s = String::with_capacity(160);
+    push_line(&mut s, e);
+    s
+}
+
+/// The path (relative, as in [`Entry::path`]) of a manifest entry line,
+/// `None` when it is not an entry line.
+pub fn line_path(line: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct PathOnly {
+        path: String,
+    }
+    let p: PathOnly = serde_json::from_slice(line).ok()?;
+    p.path.strip_prefix('/').map(str::to_string)
+}
+
+/// Append `e`'s line. The fields and their order are those of [`Line`]
+/// (serde's output, pinned by `format_is_pinned` and checked against it
+/// by `lines_are_serdes`), written without building a `Line`.
+fn push_line(out: &mut String, e: &Entry) {
+    out.push_str("{\"path\":");
+    push_json_str2(out, "/", &e.path);
+    out.push_str(",\"kind\":\"");
+    out.push_str(e.kind_name());
+    out.push('"');
+    match &e.kind {
+        EntryKind::Dir => {
+            let _ = write!(out, ",\"mode\":\"{:04o}\"", e.mode);
+        }
+        EntryKind::File { size, sha256 } => {
+            let _ = write!(
+                out,
+                ",\"mode\":\"{:04o}\",\"size\":{size},\"sha256\":\"",
+                e.mode
+            );
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            for b in sha256.0 {
+                out.push(HEX[(b >> 4) as usize] as char);
+                out.push(HEX[(b & 15) as usize] as char);
+            }
+            out.push('"');
+        }
+        EntryKind::Symlink { target } => {
+            out.push_str(",\"target\":");
+            push_json_str2(out, "", target);
+        }
+    }
+    if let Some(o) = &e.owner {
+        out.push_str(",\"owner\":");
+        push_json_str2(out, "", o);
+    }
+    if let Some(g) = &e.group {
+        out.push_str(",\"group\":");
+        push_json_str2(out, "", g);
+    }
+    out.push('}');
+}
+
+/// Append `a` followed by `b` as one JSON string, escaped as serde_json
+/// escapes it.
+fn push_json_str2(out: &mut String, a: &str, b: &str) {
+    let plain = |s: &str| !s.bytes().any(|c| c < 0x20 || c == b'"' || c == b'\\');
+    if plain(a) && plain(b) {
+        out.push('"');
+        out.push_str(a);
+        out.push_str(b);
+        out.push('"');
+    } else {
+        let mut both = String::with_capacity(a.len() + b.len());
+        both.push_str(a);
+        both.push_str(b);
+        out.push_str(&serde_json::to_string(&both).expect("serializable"));
     }
 }
 
@@ -357,6 +422,76 @@ mod tests {
             group: None,
         });
         m
+    }
+
+    /// The line as serde writes a [`Line`]: what the format was defined by.
+    fn serde_line(e: &Entry) -> String {
+        let mut line = Line {
+            path: format!("/{}", e.path),
+            kind: e.kind_name().to_string(),
+            mode: None,
+            size: None,
+            sha256: None,
+            target: None,
+            owner: e.owner.clone(),
+            group: e.group.clone(),
+        };
+        match &e.kind {
+            EntryKind::Dir => line.mode = Some(format!("{:04o}", e.mode)),
+            EntryKind::File { size, sha256 } => {
+                line.mode = Some(format!("{:04o}", e.mode));
+                line.size = Some(*size);
+                line.sha256 = Some(sha256.to_hex());
+            }
+            EntryKind::Symlink { target } => line.target = Some(target.clone()),
+        }
+        serde_json::to_string(&line).unwrap()
+    }
+
+    #[test]
+    fn lines_are_serdes() {
+        let names = [
+            "etc/motd",
+            "etc/weird \"name\"\n",
+            "a\\b",
+            "tab\there",
+            "ctl\u{1}\u{1f}\u{7f}",
+            "ünïcødé/名前",
+            "-",
+            "sp ace/",
+        ];
+        let mut n = 0u64;
+        for name in names {
+            for who in [None, Some("www-data"), Some("q\"uote"), Some("1000")] {
+                for kind in [
+                    EntryKind::Dir,
+                    EntryKind::File {
+                        size: n * 7919,
+                        sha256: Digest::of(name.as_bytes()),
+                    },
+                    EntryKind::Symlink {
+                        target: format!("../{name}"),
+                    },
+                ] {
+                    n += 1;
+                    let e = Entry {
+                        path: name.to_string(),
+                        mode: (n as u32 * 37) & 0o7777,
+                        kind,
+                        owner: who.map(str::to_string),
+                        group: if n.is_multiple_of(2) {
+                            who.map(str::to_string)
+                        } else {
+                            None
+                        },
+                    };
+                    let line = entry_line(&e);
+                    assert_eq!(line, serde_line(&e), "{e:?}");
+                    assert_eq!(line_path(line.as_bytes()).as_deref(), Some(name));
+                }
+            }
+        }
+        assert_eq!(line_path(header_line("web1").as_bytes()), None);
     }
 
     #[test]
