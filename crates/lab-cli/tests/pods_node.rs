@@ -801,12 +801,8 @@ fn resources_limits_hold_in_each_containers_cgroup_or_the_pod_fails_saying_why()
     // (pod, port, its podman, whether the node can limit it)
     let rootful_podman = |args: &str| h.run(&format!("podman {args}"));
     let rootless_podman = |args: &str| h.podman(args);
-    let pods: [(
-        &str,
-        u16,
-        &dyn Fn(&str) -> lab_testhosts::Result<String>,
-        bool,
-    ); 2] = [
+    type Podman<'a> = &'a dyn Fn(&str) -> lab_testhosts::Result<String>;
+    let pods: [(&str, u16, Podman, bool); 2] = [
         ("lim", 8080, &rootless_podman, rootless_can),
         ("rootlim", 8082, &rootful_podman, rootful_can),
     ];
