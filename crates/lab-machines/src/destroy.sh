@@ -1,0 +1,31 @@
+# Destroy container machine $N on this host (run as root; lab sets N
+# above): its unit, mount, veth, files and writable layer. Exit 5: no such
+# machine.
+set -eu
+D=/var/lib/lab/machines/$N
+[ -f "$D/lab-machine" ] || {
+	echo "no container machine $N on this host" >&2
+	exit 5
+}
+systemctl -q disable "lab-machine@$N.service" 2>/dev/null || true
+systemctl stop "lab-machine@$N.service" 2>/dev/null || true
+systemctl reset-failed "lab-machine@$N.service" 2>/dev/null || true
+if mountpoint -q "$D/root"; then umount "$D/root"; fi
+rm -f "/etc/systemd/nspawn/$N.nspawn" "/etc/lab/machines/$N.ports"
+rm -rf "/etc/systemd/system/lab-machine@$N.service.d"
+rm -rf --one-file-system "$D"
+rmdir /etc/systemd/nspawn 2>/dev/null || true
+left=0
+for m in /var/lib/lab/machines/*/lab-machine; do [ -f "$m" ] && left=$((left + 1)); done
+if [ "$left" -eq 0 ]; then
+	# the last one: the network and the shared files go too
+	systemctl stop lab-machines-net.service 2>/dev/null || true
+	systemctl reset-failed lab-machines-net.service 2>/dev/null || true
+	rm -f /etc/systemd/system/lab-machines-net.service /etc/systemd/system/lab-machine@.service \
+		/etc/lab/machines/net.sh /etc/lab/machines/range
+	rmdir /etc/lab/machines /etc/lab 2>/dev/null || true
+	systemctl daemon-reload
+elif systemctl -q is-active lab-machines-net.service; then
+	systemctl daemon-reload
+	systemctl reload lab-machines-net.service
+fi
