@@ -132,6 +132,21 @@ pub(crate) fn resolve(
     let mut addrs_taken: Vec<(String, Ipv4Addr, String)> = Vec::new();
     for c in &raw {
         let on = c.on.get_ref();
+        let n = &c.name;
+        if n.is_empty()
+            || n.len() > 60
+            || n.starts_with('-')
+            || n.ends_with('-')
+            || !n
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
+        {
+            return Err(invalid(
+                c.span.clone(),
+                format!("`{n}` cannot name a container machine: it becomes its host name"),
+                Some("use lower-case letters, digits and `-` (at most 60)".into()),
+            ));
+        }
         if on == &c.name {
             return Err(invalid(
                 c.on.span(),
