@@ -42,7 +42,10 @@ pub enum Endpoint {
     },
     Ssh(SshSpec),
     /// A machine reached through another one (a container on its host).
-    Via { host: SshSpec, hop: Hop },
+    Via {
+        host: SshSpec,
+        hop: Hop,
+    },
 }
 
 /// Gather a machine's facts over its transport (one command) and cache
@@ -105,8 +108,6 @@ pub fn connect(
             }
             Ok(Box::new(direct))
         }
-        Endpoint::Via { host, hop } => {
-            via::connect_via(host, ssh_config, hop, timeout, io_timeout)
-        }
+        Endpoint::Via { host, hop } => via::connect_via(host, ssh_config, hop, timeout, io_timeout),
     }
 }
