@@ -235,29 +235,30 @@ pub fn machine(
             }
             let mut failed = false;
             for n in names {
-                let host =
-                    match (engine.project.machine(n), on) {
-                        (Some(m), _) if m.container.is_some() => {
-                            let h = &m.container.as_ref().unwrap().on;
-                            if on.as_ref().is_some_and(|o| o != h) {
-                                return Err(usage(
-                                    style,
-                                    &format!("`{n}` is on `{h}`, not `{}`", on.as_ref().unwrap()),
-                                ));
-                            }
-                            host_of(engine, style, h)?
+                let host = match (engine.project.machine(n), on) {
+                    (Some(m), _) if m.container.is_some() => {
+                        let h = &m.container.as_ref().unwrap().on;
+                        if on.as_ref().is_some_and(|o| o != h) {
+                            return Err(usage(
+                                style,
+                                &format!("`{n}` is on `{h}`, not `{}`", on.as_ref().unwrap()),
+                            ));
                         }
-                        (Some(_), _) => {
-                            return Err(usage(style, &format!("`{n}` is not a container machine")))
-                        }
-                        (None, Some(h)) => host_of(engine, style, h)?,
-                        (None, None) => return Err(usage(
+                        host_of(engine, style, h)?
+                    }
+                    (Some(_), _) => {
+                        return Err(usage(style, &format!("`{n}` is not a container machine")))
+                    }
+                    (None, Some(h)) => host_of(engine, style, h)?,
+                    (None, None) => {
+                        return Err(usage(
                             style,
                             &format!(
                                 "`{n}` is not in lab.toml: say which host it is on with --on HOST"
                             ),
-                        )),
-                    };
+                        ))
+                    }
+                };
                 let mut t = connect_host(engine, style, host)?;
                 match lab_machines::destroy(t.as_mut(), &host.name, n) {
                     Ok(()) => {
@@ -445,7 +446,7 @@ pub fn ssh(engine: &Engine, style: Style, args: &SshArgs) -> Result<(), Failure>
                 eprint!("{}", diag::render(style, &e, None));
                 Failure::Partial
             })?;
-            for i in &ht.identities {
+            for i in ht.identities.iter().filter(|i| i.exists()) {
                 cmd.arg("-i").arg(i);
             }
             cmd.arg("-o")
@@ -462,4 +463,99 @@ pub fn ssh(engine: &Engine, style: Style, args: &SshArgs) -> Result<(), Failure>
     let err = std::os::unix::process::CommandExt::exec(&mut cmd);
     eprintln!("{}: cannot run ssh: {err}", style.red("error"));
     Err(Failure::Partial)
+}
+
+/// Before `lab sync`: create the selected container machines that are
+/// missing on their hosts; on the selected hosts, destroy the containers
+/// lab.toml no longer declares when `destroy_undeclared`, else warn about
+/// them. Problems are shown; the sync goes on (a container that could not
+/// be made fails there).
+pub fn before_sync(
+    engine: &Engine,
+    style: Style,
+    names: &[String],
+    destroy_undeclared: bool,
+    quiet: bool,
+) {
+    let p = &engine.project;
+    let selected: Vec<&Machine> = names.iter().filter_map(|n| p.machine(n)).collect();
+    let mut hosts: Vec<&Machine> = Vec::new();
+    for m in &selected {
+        let h = match &m.container {
+            Some(c) => p.machine(&c.on).expect("checked"),
+            None => *m,
+        };
+        if !hosts.iter().any(|x| x.name == h.name) {
+            hosts.push(h);
+        }
+    }
+    for host in hosts {
+        let wanted: Vec<&Machine> = selected
+            .iter()
+            .copied()
+            .filter(|m| m.container.as_ref().is_some_and(|c| c.on == host.name))
+            .collect();
+        let host_selected = selected.iter().any(|m| m.name == host.name);
+        let has_declared = p
+            .machines
+            .iter()
+            .any(|m| m.container.as_ref().is_some_and(|c| c.on == host.name));
+        let check_undeclared = host_selected && (destroy_undeclared || has_declared);
+        if wanted.is_empty() && !check_undeclared {
+            continue;
+        }
+        let Ok(mut t) = connect_host(engine, style, host) else {
+            continue;
+        };
+        if !wanted.is_empty() {
+            if let Ok(made) = create_missing(engine, style, t.as_mut(), host, &wanted, false) {
+                if !quiet {
+                    for n in made {
+                        eprintln!("created {n} on {}", host.name);
+                    }
+                }
+            }
+        }
+        if !check_undeclared {
+            continue;
+        }
+        let Ok(there) = lab_machines::list(t.as_mut(), &host.name).map_err(|e| fail(style, &e))
+        else {
+            continue;
+        };
+        for l in there {
+            let declared = p
+                .machine(&l.name)
+                .and_then(|m| m.container.as_ref())
+                .is_some_and(|c| c.on == host.name);
+            if declared {
+                continue;
+            }
+            if destroy_undeclared {
+                match lab_machines::destroy(t.as_mut(), &host.name, &l.name) {
+                    Ok(()) => {
+                        let _ = lab_machines::unpin(&known_hosts(engine), &l.name);
+                        if !quiet {
+                            eprintln!("destroyed {} on {} (not in lab.toml)", l.name, host.name);
+                        }
+                    }
+                    Err(e) => {
+                        fail(style, &e);
+                    }
+                }
+            } else {
+                eprint!(
+                    "{}",
+                    diag::warning(
+                        style,
+                        Some(&format!("host `{}`", host.name)),
+                        &format!(
+                            "container machine `{}` is not in lab.toml; `lab sync --destroy-undeclared` destroys it and its data",
+                            l.name
+                        ),
+                    )
+                );
+            }
+        }
+    }
 }

@@ -238,6 +238,10 @@ enum Command {
         /// previous generation.
         #[arg(long)]
         rollback_on_failure: bool,
+        /// Destroy the container machines on the synced hosts that lab.toml
+        /// no longer declares, with their data (else: a warning).
+        #[arg(long)]
+        destroy_undeclared: bool,
         /// Print JSON on stdout (schema in the README).
         #[arg(long)]
         json: bool,
@@ -522,6 +526,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             select,
             fanout: Fanout { jobs, accept_new },
             rollback_on_failure,
+            destroy_undeclared,
             json,
         } => {
             let engine = open(&cli, style)?;
@@ -535,6 +540,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                     jobs: *jobs,
                     accept_new: *accept_new,
                     rollback_on_failure: *rollback_on_failure,
+                    destroy_undeclared: *destroy_undeclared,
                     quiet: cli.quiet,
                     json: *json,
                 },

@@ -15,6 +15,26 @@ if [ -e "$D" ]; then
 	echo "$D exists and lab did not create it" >&2
 	exit 4
 fi
+# another container here (one lab.toml no longer declares, say) holds
+# the address or a host port: refuse rather than answer in its place
+for a in /var/lib/lab/machines/*/address; do
+	[ -f "$a" ] || continue
+	if [ "$(cat "$a")" = "$ADDR" ]; then
+		o=${a%/address}
+		echo "address $ADDR is taken by container machine ${o##*/} on this host (lab machine destroy ${o##*/} --on HOST --yes removes it)" >&2
+		exit 6
+	fi
+done
+for p in $PORTS; do
+	for f in /etc/lab/machines/*.ports; do
+		[ -f "$f" ] || continue
+		if grep -q "^${p%%:*} " "$f"; then
+			o=${f%.ports}
+			echo "host port ${p%%:*} is forwarded to container machine ${o##*/} on this host" >&2
+			exit 6
+		fi
+	done
+done
 [ -d "$IMAGE" ] || {
 	echo "image $IMAGE is not a directory on this host" >&2
 	exit 4
