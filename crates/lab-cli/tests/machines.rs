@@ -214,6 +214,46 @@ fn containers_on_one_host() {
         hello_pid
     );
     assert_eq!(ok(&lab, &["ssh", "c1", "cat", "/run/hello"]), "c1\n");
+
+    // an updated image takes effect on the container's next restart, its
+    // own changes kept
+    sh(
+        h,
+        &format!("cp -a {IMAGE} /srv/img && echo 1 > /srv/img/etc/base-version"),
+    );
+    lab.file(
+        "lab.toml",
+        &lab_toml(h, "[machines.c4]\non = \"host1\"\nimage = \"/srv/img\"\n"),
+    );
+    assert_eq!(
+        ok(&lab, &["machine", "create", "c4"]),
+        "created c4 on host1\n"
+    );
+    ok(&lab, &["ssh", "c4", "echo mine > /root/mine"]);
+    assert_eq!(
+        ok(
+            &lab,
+            &["ssh", "c4", "cat", "/etc/base-version", "/root/mine"]
+        ),
+        "1\nmine\n"
+    );
+    sh(
+        h,
+        "echo 2 > /srv/img/etc/base-version.new && mv /srv/img/etc/base-version.new /srv/img/etc/base-version",
+    );
+    sh(h, "systemctl restart lab-machine@c4.service");
+    assert_eq!(
+        ok(
+            &lab,
+            &["ssh", "c4", "cat", "/etc/base-version", "/root/mine"]
+        ),
+        "2\nmine\n"
+    );
+    assert_eq!(
+        ok(&lab, &["machine", "destroy", "c4", "--yes"]),
+        "destroyed c4 on host1\n"
+    );
+    sh(h, "rm -rf /srv/img");
     lab.file("lab.toml", &lab_toml(h, ""));
 
     // destroy asks for --yes, then leaves nothing behind
