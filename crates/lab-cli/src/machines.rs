@@ -166,7 +166,11 @@ pub fn create_missing(
     let mut made = Vec::new();
     let mut failed = false;
     for m in wanted {
-        if there.iter().any(|l| l.name == m.name) {
+        // (one that is there is asked again only when its pin was lost:
+        // the host, reached over its checked connection, has its key)
+        if there.iter().any(|l| l.name == m.name)
+            && lab_machines::pinned(&known_hosts(engine), &m.name)
+        {
             continue;
         }
         let c = m.container.as_ref().expect("a container");
@@ -176,7 +180,14 @@ pub fn create_missing(
                     .map_err(|e| fail(style, &e))?;
                 made.push(m.name.clone());
             }
-            Ok(Created::Exists) => {}
+            Ok(Created::Exists { host_key }) => {
+                if let Some(k) = host_key {
+                    if !lab_machines::pinned(&known_hosts(engine), &m.name) {
+                        lab_machines::pin(&known_hosts(engine), &m.name, &k)
+                            .map_err(|e| fail(style, &e))?;
+                    }
+                }
+            }
             Err(e) => {
                 fail(style, &e);
                 failed = true;

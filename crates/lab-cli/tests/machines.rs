@@ -92,11 +92,15 @@ fn containers_on_one_host() {
             r#""c2" "active" "running" "10.231.0.3""#
         ]
     );
-    // a second create touches nothing
+    // a second create touches nothing, but pins again the keys that
+    // .lab/ lost (from the host, over its checked connection)
+    let pinned = lab.read(".lab/machines/known_hosts");
+    lab.remove(".lab/machines/known_hosts");
     assert_eq!(
         ok(&lab, &["machine", "create"]),
         "c1 exists on host1\nc2 exists on host1\n"
     );
+    assert_eq!(lab.read(".lab/machines/known_hosts"), pinned);
 
     // their host keys were pinned at creation, under their names
     let pinned = lab.read(".lab/machines/known_hosts");

@@ -1,5 +1,6 @@
 # Create container machine $N on this host (run as root; lab sets N, IMAGE,
-# ADDR, GW, NET, MEMORY, CPUQUOTA, PORTS above). Exit 10: it exists.
+# ADDR, GW, NET, MEMORY, CPUQUOTA, PORTS, NO_BLOCK above). Exit 10: it
+# exists (its host key is printed again).
 set -eu
 D=/var/lib/lab/machines/$N
 command -v systemd-nspawn >/dev/null 2>&1 || {
@@ -11,7 +12,12 @@ command -v nft >/dev/null 2>&1 || {
 	exit 3
 }
 if [ -e "$D" ]; then
-	if [ -f "$D/lab-machine" ]; then exit 10; fi
+	if [ -f "$D/lab-machine" ]; then
+		# there: its key again, for a known_hosts that lost it
+		k=$D/upper/etc/ssh/ssh_host_ed25519_key.pub
+		[ -f "$k" ] && printf 'hostkey %s\n' "$(cut -d' ' -f1,2 "$k")"
+		exit 10
+	fi
 	echo "$D exists and lab did not create it" >&2
 	exit 4
 fi

@@ -68,8 +68,9 @@ pub enum MachineError {
 pub enum Created {
     /// Made now; its host key (`ssh-ed25519 AAAA...`).
     Made { host_key: String },
-    /// It was there already (nothing was touched).
-    Exists,
+    /// It was there already (nothing was touched); its host key, as the
+    /// host has it.
+    Exists { host_key: Option<String> },
 }
 
 /// One container machine as its host lists it.
@@ -166,23 +167,21 @@ pub fn create(
     no_block: bool,
 ) -> Result<Created, MachineError> {
     let out = run(t, &create_script(name, c, range, no_block)?)?;
+    let text = out.stdout_text();
+    let key = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hostkey "))
+        .map(str::trim)
+        .filter(|k| k.starts_with("ssh-ed25519 "))
+        .map(str::to_string);
     match out.status {
-        0 => {
-            let text = out.stdout_text();
-            let key = text
-                .lines()
-                .find_map(|l| l.strip_prefix("hostkey "))
-                .map(str::trim)
-                .filter(|k| k.starts_with("ssh-ed25519 "))
-                .ok_or_else(|| MachineError::Host {
-                    host: host.into(),
-                    message: format!("creating `{name}` gave no host key"),
-                })?;
-            Ok(Created::Made {
-                host_key: key.to_string(),
-            })
-        }
-        10 => Ok(Created::Exists),
+        0 => Ok(Created::Made {
+            host_key: key.ok_or_else(|| MachineError::Host {
+                host: host.into(),
+                message: format!("creating `{name}` gave no host key"),
+            })?,
+        }),
+        10 => Ok(Created::Exists { host_key: key }),
         s => Err(MachineError::Host {
             host: host.into(),
             message: format!(
@@ -243,6 +242,12 @@ pub fn list(t: &mut dyn Transport, host: &str) -> Result<Vec<Listed>, MachineErr
 /// is replaced. Written atomically.
 pub fn pin(known_hosts: &Path, name: &str, key: &str) -> Result<(), MachineError> {
     rewrite(known_hosts, name, Some(key))
+}
+
+/// Whether `name` has a pinned key in `known_hosts`.
+pub fn pinned(known_hosts: &Path, name: &str) -> bool {
+    std::fs::read_to_string(known_hosts)
+        .is_ok_and(|t| t.lines().any(|l| l.split_whitespace().next() == Some(name)))
 }
 
 /// Forget `name`'s pinned host key.
