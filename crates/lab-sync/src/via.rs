@@ -79,7 +79,7 @@ pub fn connect_via(
             let direct = SshTransport::connect(&ht, false, timeout, io_timeout)?;
             if let Some(key) = direct.host_key_blob() {
                 mux.start_master(&key);
-                mux.wait_alive(Duration::from_secs(5));
+                mux.wait_alive(Duration::from_secs(2));
             }
         }
     }
