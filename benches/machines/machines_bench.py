@@ -20,6 +20,7 @@ Run as root:  python3 benches/machines/machines_bench.py [--reps 20] [--many 50]
 import argparse
 import json
 import shlex
+import signal
 import os
 import statistics
 import subprocess
@@ -96,6 +97,7 @@ def main():
     ap.add_argument("--many", type=int, default=50)
     ap.add_argument("--json")
     a = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     host = Host()
     h = host.h
     res = {}
@@ -123,6 +125,10 @@ def main():
                 st = host.run("for n in " + " ".join(names) + "; do systemctl -M $n is-system-running 2>/dev/null || echo x; done")
                 if st.split() == ["running"] * len(names):
                     break
+                failed = host.run("systemctl list-units --state=failed --no-legend --plain 'lab-machine@*' || true")
+                if failed.strip() or time.monotonic() - t > 300:
+                    sys.exit("containers failed or did not boot:\n" + failed +
+                             host.run("journalctl -u 'lab-machine@*' --no-pager | grep -v ' systemd-nspawn' | tail -5 || true"))
                 time.sleep(0.2)
             res["many_create_all_running_s"] = round(time.monotonic() - t, 2)
             time.sleep(5)

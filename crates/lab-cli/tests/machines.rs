@@ -37,7 +37,7 @@ fn traces(h: &Host) -> String {
     sh(
         h,
         "echo dirs: $(ls -A /var/lib/lab/machines); \
-         echo files: $(ls -d /etc/lab /etc/systemd/nspawn /etc/systemd/system/lab-machine* 2>/dev/null); \
+         echo files: $(ls -d /etc/lab /etc/systemd/nspawn /etc/systemd/system/lab-machine* /etc/sysctl.d/60-lab-machines.conf 2>/dev/null); \
          echo mounts: $(findmnt -rn -o TARGET | grep -c '^/var/lib/lab/machines/'); \
          echo links: $(ip -o link | grep -c -e vb- -e labbr0); \
          echo nft: $(nft list tables | grep -c lab_machines); \

@@ -186,6 +186,17 @@ NSPAWN
 for p in $PORTS; do
 	printf '%s %s %s\n' "${p%%:*}" "$ADDR" "${p#*:}"
 done | put "/etc/lab/machines/$N.ports" 644
+# every container's systemd takes inotify instances from root's, and
+# the kernel's default (128) ends around 20 containers ("Too many open
+# files"): raise it as LXD's production setup does (where this host may)
+put /etc/sysctl.d/60-lab-machines.conf 644 <<'SYSCTL'
+# lab: room for the inotify instances of many container machines
+fs.inotify.max_user_instances = 8192
+fs.inotify.max_user_watches = 1048576
+SYSCTL
+if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
+	sysctl -q -p /etc/sysctl.d/60-lab-machines.conf 2>/dev/null || true
+fi
 systemctl daemon-reload
 if systemctl -q is-active lab-machines-net.service; then
 	systemctl reload lab-machines-net.service

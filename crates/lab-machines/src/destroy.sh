@@ -8,6 +8,9 @@ D=/var/lib/lab/machines/$N
 	exit 5
 }
 systemctl -q disable "lab-machine@$N.service" 2>/dev/null || true
+# no clean halt: everything it would write goes with it (the stop then
+# cancels the restart the kill would bring)
+systemctl kill -s KILL "lab-machine@$N.service" 2>/dev/null || true
 systemctl stop "lab-machine@$N.service" 2>/dev/null || true
 systemctl reset-failed "lab-machine@$N.service" 2>/dev/null || true
 if mountpoint -q "$D/root"; then umount "$D/root"; fi
@@ -22,7 +25,7 @@ if [ "$left" -eq 0 ]; then
 	systemctl stop lab-machines-net.service 2>/dev/null || true
 	systemctl reset-failed lab-machines-net.service 2>/dev/null || true
 	rm -f /etc/systemd/system/lab-machines-net.service /etc/systemd/system/lab-machine@.service \
-		/etc/lab/machines/net.sh /etc/lab/machines/range
+		/etc/lab/machines/net.sh /etc/lab/machines/range /etc/sysctl.d/60-lab-machines.conf
 	rmdir /etc/lab/machines /etc/lab 2>/dev/null || true
 	systemctl daemon-reload
 elif systemctl -q is-active lab-machines-net.service; then
