@@ -197,12 +197,14 @@ SYSCTL
 if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
 	sysctl -q -p /etc/sysctl.d/60-lab-machines.conf 2>/dev/null || true
 fi
+# enabled (what `systemctl enable` does, without its second reload)
+mkdir -p /etc/systemd/system/multi-user.target.wants
+ln -sf /etc/systemd/system/lab-machine@.service "/etc/systemd/system/multi-user.target.wants/lab-machine@$N.service"
 systemctl daemon-reload
 if systemctl -q is-active lab-machines-net.service; then
 	systemctl reload lab-machines-net.service
 else
 	systemctl start lab-machines-net.service
 fi
-systemctl -q enable "lab-machine@$N.service"
 systemctl start ${NO_BLOCK:+--no-block} "lab-machine@$N.service"
 printf 'hostkey %s\n' "$(cut -d' ' -f1,2 "$U/etc/ssh/ssh_host_ed25519_key.pub")"
