@@ -135,6 +135,12 @@ fn containers_on_one_host() {
         assert_eq!(ok(&lab, &["ssh", c, "cat", "/run/hello"]), format!("{c}\n"));
     }
 
+    // then they are machines like any other: status, facts
+    let (code, out, err) = run(&lab, &["status", "-m", "c1", "-m", "c2"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let facts = ok(&lab, &["facts", "-m", "c2", "--refresh", "--json"]);
+    assert!(facts.contains("\"hostname\": \"c2\""), "{facts}");
+
     // the port forward reaches c1's sshd (its pinned key proves it is c1)
     let out = std::process::Command::new("ssh")
         .arg("-i")

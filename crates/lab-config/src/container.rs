@@ -101,15 +101,16 @@ pub(crate) struct RawContainer {
 type Invalid<'a> = dyn Fn(std::ops::Range<usize>, String, Option<String>) -> ConfigError + 'a;
 
 /// Check every container against the inventory and resolve its address.
-/// `machines`: (name, range of the machine if it set one, is local).
+/// `hosts`: (name, range of the machine if it set one, is local, its SSH
+/// port).
 /// Returns the containers in the order given, then each host's range.
 pub(crate) fn resolve(
     raw: Vec<RawContainer>,
-    hosts: &[(String, Option<Spanned<String>>, bool)],
+    hosts: &[(String, Option<Spanned<String>>, bool, u16)],
     invalid: &Invalid<'_>,
 ) -> Result<(Vec<(String, Container)>, Vec<(String, MachineRange)>), ConfigError> {
     let mut ranges: Vec<(String, MachineRange)> = Vec::new();
-    for (name, range, _) in hosts {
+    for (name, range, _, _) in hosts {
         let r = match range {
             None => MachineRange::parse(DEFAULT_RANGE).expect("default range"),
             Some(r) => MachineRange::parse(r.get_ref()).ok_or_else(|| {
@@ -161,7 +162,7 @@ pub(crate) fn resolve(
                 Some("put it `on` the machine that hosts `{on}`".replace("{on}", on)),
             ));
         }
-        let Some((_, _, local)) = hosts.iter().find(|(n, _, _)| n == on) else {
+        let Some((_, _, local, ssh_port)) = hosts.iter().find(|(n, _, _, _)| n == on) else {
             return Err(invalid(
                 c.on.span(),
                 format!("unknown host machine `{on}`"),
@@ -253,6 +254,13 @@ pub(crate) fn resolve(
                     Some("write `HOSTPORT:CONTAINERPORT`, like `2201:22`".into()),
                 ));
             };
+            if f.host == *ssh_port {
+                return Err(invalid(
+                    p.span(),
+                    format!("port {} is `{on}`'s own SSH port: forwarding it would lock lab out of `{on}`", f.host),
+                    Some("forward another host port, like `2201:22`".into()),
+                ));
+            }
             if let Some((_, _, other)) = ports_taken
                 .iter()
                 .find(|(h, hp, _)| h == on && *hp == f.host)
@@ -412,6 +420,10 @@ mod tests {
             (
                 &format!("{HOST}[machines.c1]\non = \"host1\"\nimage = \"/b\"\nports = [\"22\"]\n"),
                 "/p/lab.toml:6:10: `22` is not a port forward",
+            ),
+            (
+                &format!("{HOST}[machines.c1]\non = \"host1\"\nimage = \"/b\"\nports = [\"22:22\"]\n"),
+                "/p/lab.toml:6:10: port 22 is `host1`'s own SSH port: forwarding it would lock lab out of `host1`",
             ),
             (
                 "[machines.h]\nimage = \"/b\"\n",

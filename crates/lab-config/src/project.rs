@@ -538,7 +538,7 @@ impl Project {
         let mut machines = Vec::new();
         let mut tags: IndexMap<String, Vec<String>> = IndexMap::new();
         let mut raw_containers: Vec<RawContainer> = Vec::new();
-        let mut hosts: Vec<(String, Option<Spanned<String>>, bool)> = Vec::new();
+        let mut hosts: Vec<(String, Option<Spanned<String>>, bool, u16)> = Vec::new();
         for (name, m) in raw.machines {
             let name_span = name.span();
             let name = name.into_inner();
@@ -616,6 +616,7 @@ impl Project {
                         name.clone(),
                         m.machines_range.take(),
                         m.transport.as_ref().is_some_and(|t| t.get_ref() == "local"),
+                        port,
                     ));
                 }
             }
