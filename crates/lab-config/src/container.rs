@@ -98,6 +98,9 @@ pub(crate) struct RawContainer {
     pub span: std::ops::Range<usize>,
 }
 
+/// Each container by name, then each host's range by name.
+type Resolved = (Vec<(String, Container)>, Vec<(String, MachineRange)>);
+
 type Invalid<'a> = dyn Fn(std::ops::Range<usize>, String, Option<String>) -> ConfigError + 'a;
 
 /// Check every container against the inventory and resolve its address.
@@ -108,7 +111,7 @@ pub(crate) fn resolve(
     raw: Vec<RawContainer>,
     hosts: &[(String, Option<Spanned<String>>, bool, u16)],
     invalid: &Invalid<'_>,
-) -> Result<(Vec<(String, Container)>, Vec<(String, MachineRange)>), ConfigError> {
+) -> Result<Resolved, ConfigError> {
     let mut ranges: Vec<(String, MachineRange)> = Vec::new();
     for (name, range, _, _) in hosts {
         let r = match range {

@@ -567,7 +567,6 @@ impl Project {
                 ),
             };
             let port = port_set.unwrap_or(22);
-            let m_span = m_span;
             let mut m = m;
             match m.on.take() {
                 Some(on) => {
