@@ -225,6 +225,27 @@ fn containers_on_one_host() {
     );
     assert_eq!(ok(&lab, &["ssh", "c1", "cat", "/run/hello"]), "c1\n");
 
+    // a container lab.toml no longer declares: a sync of its host warns
+    // about it, and its address is not given to another
+    let without_c2 = lab_toml(h, "").replace(
+        &format!("[machines.c2]\non = \"host1\"\nimage = \"{IMAGE}\"\nlayers = [\"hello\"]\n"),
+        &format!("[machines.c5]\non = \"host1\"\nimage = \"{IMAGE}\"\naddress = \"10.231.0.3\"\n"),
+    );
+    lab.file("lab.toml", &without_c2);
+    let (code, _, err) = run(&lab, &["sync", "-m", "host1"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        err.contains("container machine `c2` is not in lab.toml; `lab sync --destroy-undeclared` destroys it and its data"),
+        "{err}"
+    );
+    let (code, _, err) = run(&lab, &["machine", "create", "c5"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("address 10.231.0.3 is taken by container machine c2 on this host"),
+        "{err}"
+    );
+    assert_eq!(sh(h, "ls /var/lib/lab/machines"), "c1\nc2\n");
+
     // an updated image takes effect on the container's next restart, its
     // own changes kept
     sh(

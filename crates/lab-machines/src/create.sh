@@ -13,6 +13,10 @@ command -v nft >/dev/null 2>&1 || {
 }
 if [ -e "$D" ]; then
 	if [ -f "$D/lab-machine" ]; then
+		if [ ! -f "$D/created" ]; then
+			echo "an earlier creation of $N did not finish; lab machine destroy $N --yes removes what it left" >&2
+			exit 7
+		fi
 		# there: its key again, for a known_hosts that lost it
 		k=$D/upper/etc/ssh/ssh_host_ed25519_key.pub
 		[ -f "$k" ] && printf 'hostkey %s\n' "$(cut -d' ' -f1,2 "$k")"
@@ -207,4 +211,5 @@ else
 	systemctl start lab-machines-net.service
 fi
 systemctl start ${NO_BLOCK:+--no-block} "lab-machine@$N.service"
+: >"$D/created"
 printf 'hostkey %s\n' "$(cut -d' ' -f1,2 "$U/etc/ssh/ssh_host_ed25519_key.pub")"

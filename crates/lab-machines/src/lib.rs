@@ -10,7 +10,8 @@
 //! On the host, with no daemon of lab's (systemd runs everything):
 //!
 //! ```text
-//! /var/lib/lab/machines/NAME/lab-machine     marker: lab made this machine
+//! /var/lib/lab/machines/NAME/lab-machine     marker: lab made this machine (written first)
+//! /var/lib/lab/machines/NAME/created         its creation finished (written last)
 //! /var/lib/lab/machines/NAME/{upper,work}    its overlay's writable layer (its data)
 //! /var/lib/lab/machines/NAME/root            the overlay (image below, upper above)
 //! /var/lib/lab/machines/NAME/{image,address} as created
