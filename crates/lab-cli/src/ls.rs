@@ -72,6 +72,9 @@ pub fn utc(unix: u64) -> String {
 }
 
 fn transport(m: &Machine) -> (&'static str, String) {
+    if let Some(c) = &m.container {
+        return ("via", format!("root@{}:22 on {}", c.address, c.on));
+    }
     match &m.transport {
         Transport::Ssh => ("ssh", format!("{}@{}:{}", m.user, m.host, m.port)),
         Transport::Local { root } => ("local", crate::diag::shown(root)),

@@ -14,6 +14,7 @@ mod init;
 mod json;
 mod logs;
 mod ls;
+mod machines;
 mod progress;
 mod prompt;
 mod ps;
@@ -237,6 +238,10 @@ enum Command {
         /// previous generation.
         #[arg(long)]
         rollback_on_failure: bool,
+        /// Destroy the container machines on the synced hosts that lab.toml
+        /// no longer declares, with their data (else: a warning).
+        #[arg(long)]
+        destroy_undeclared: bool,
         /// Print JSON on stdout (schema in the README).
         #[arg(long)]
         json: bool,
@@ -308,6 +313,12 @@ enum Command {
     /// this project: a user of your own with your key and passwordless
     /// sudo, password and root logins off, added to lab.toml.
     Bootstrap(bootstrap::BootstrapArgs),
+    /// Container machines (lab.toml's `on = "HOST"`): create, destroy, ls.
+    #[command(subcommand)]
+    Machine(machines::MachineCmd),
+    /// Open a shell on a machine (a container through its host), or print
+    /// the `~/.ssh/config` block(s) that reach it.
+    Ssh(machines::SshArgs),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -425,6 +436,14 @@ fn each(
 
 fn run(cli: Cli, style: Style) -> Result<(), Failure> {
     match &cli.command {
+        Command::Machine(cmd) => {
+            let engine = open(&cli, style)?;
+            machines::machine(&engine, style, cmd, cli.quiet)
+        }
+        Command::Ssh(args) => {
+            let engine = open(&cli, style)?;
+            machines::ssh(&engine, style, args)
+        }
         Command::Bootstrap(args) => {
             let engine = open(&cli, style)?;
             bootstrap::run(&engine, style, args, cli.quiet)
@@ -507,6 +526,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             select,
             fanout: Fanout { jobs, accept_new },
             rollback_on_failure,
+            destroy_undeclared,
             json,
         } => {
             let engine = open(&cli, style)?;
@@ -520,6 +540,7 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                     jobs: *jobs,
                     accept_new: *accept_new,
                     rollback_on_failure: *rollback_on_failure,
+                    destroy_undeclared: *destroy_undeclared,
                     quiet: cli.quiet,
                     json: *json,
                 },

@@ -19,6 +19,9 @@ pub struct SyncArgs {
     pub jobs: usize,
     pub accept_new: bool,
     pub rollback_on_failure: bool,
+    /// Destroy container machines on the synced hosts that lab.toml no
+    /// longer declares (their data goes with them).
+    pub destroy_undeclared: bool,
     pub quiet: bool,
     /// `--json`: one document on stdout instead of the summaries.
     pub json: bool,
@@ -268,6 +271,13 @@ pub fn sync(engine: &Engine, style: Style, args: &SyncArgs) -> Result<(), Failur
     // (a selection that names no machine is refused before the ssh config
     // is read)
     engine.select(&args.machines).map_err(|e| usage(&e))?;
+    crate::machines::before_sync(
+        engine,
+        style,
+        &args.machines,
+        args.destroy_undeclared,
+        args.quiet || args.json,
+    );
     let connector = Connector::new(args.accept_new).map_err(|e| usage(&e))?;
     let sink = Sink::new(engine, style, args.quiet, args.json);
     let run = lab_deploy::sync(

@@ -26,6 +26,15 @@ pub fn init(level: u8, color: bool) {
 /// Where `m` is reached, and the lab.toml line that says so.
 pub fn connecting(m: &Machine) {
     let at = format!("{}:{}", crate::diag::shown(&m.at.path), m.at.line);
+    if let Some(c) = &m.container {
+        tracing::info!(
+            "{}: connecting over ssh to root@{}:22 through its host `{}` ({at})",
+            m.name,
+            c.address,
+            c.on
+        );
+        return;
+    }
     match &m.transport {
         Transport::Ssh => tracing::info!(
             "{}: connecting over ssh to {}@{}:{} ({at})",

@@ -548,6 +548,8 @@ pub fn make_machines(
             }
         };
         out.push(Machine {
+            container: None,
+            machines_range: None,
             host: e.host.unwrap_or_else(|| name.clone()),
             user: e.user.clone().unwrap_or_else(|| "root".into()),
             user_set: e.user,

@@ -6,6 +6,7 @@
 //! and fact files.
 
 pub mod compat;
+pub mod container;
 pub mod edit;
 mod error;
 mod local_root;

@@ -1,4 +1,5 @@
 use crate::compat::{self, Compat, CompatCopy};
+use crate::container::{Container, MachineRange, RawContainer};
 use crate::{ConfigError, Located};
 use indexmap::IndexMap;
 use serde::Deserialize;
@@ -99,6 +100,12 @@ pub struct Machine {
     /// `pod_user` (the machine's, else `[settings]`'s): the user whose
     /// systemd runs the machine's rootless pods. See [`Machine::pod_user`].
     pub pod_user: Option<String>,
+    /// `on = "HOST"`: the machine is a container on another machine (see
+    /// [`crate::container`]).
+    pub container: Option<Container>,
+    /// The range its containers' addresses come from (`machines_range`;
+    /// `None` for a container).
+    pub machines_range: Option<MachineRange>,
 }
 
 /// The pod user when lab.toml names none and the machine's `user` is root.
@@ -271,6 +278,16 @@ struct RawMachine {
     #[serde(rename = "become")]
     become_method: Option<Spanned<String>>,
     pod_user: Option<Spanned<String>>,
+    // a container machine (crate::container)
+    on: Option<Spanned<String>>,
+    image: Option<Spanned<String>>,
+    memory: Option<Spanned<String>>,
+    cpus: Option<Spanned<toml::Value>>,
+    #[serde(default)]
+    ports: Vec<Spanned<String>>,
+    address: Option<Spanned<String>>,
+    // a host of containers
+    machines_range: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -520,12 +537,14 @@ impl Project {
 
         let mut machines = Vec::new();
         let mut tags: IndexMap<String, Vec<String>> = IndexMap::new();
+        let mut raw_containers: Vec<RawContainer> = Vec::new();
+        let mut hosts: Vec<(String, Option<Spanned<String>>, bool, u16)> = Vec::new();
         for (name, m) in raw.machines {
             let name_span = name.span();
             let name = name.into_inner();
             if !valid_name(&name) {
                 return Err(invalid(
-                    name_span,
+                    name_span.clone(),
                     format!("invalid machine name `{name}`"),
                     Some("use letters, digits, `.`, `_`, `-` and `@`".into()),
                 ));
@@ -548,6 +567,58 @@ impl Project {
                 ),
             };
             let port = port_set.unwrap_or(22);
+            let mut m = m;
+            match m.on.take() {
+                Some(on) => {
+                    let not_here = [
+                        ("host", m.host.is_some()),
+                        ("port", m.port.is_some()),
+                        ("transport", m.transport.is_some()),
+                        ("machines_range", m.machines_range.is_some()),
+                    ];
+                    if let Some((key, _)) = not_here.iter().find(|(_, set)| *set) {
+                        return Err(invalid(
+                            m_span.clone(),
+                            format!("`{key}` does not apply to container machine `{name}`: it is reached through its host `{}`", on.get_ref()),
+                            Some(format!("remove `{key}`")),
+                        ));
+                    }
+                    raw_containers.push(RawContainer {
+                        name: name.clone(),
+                        on,
+                        image: m.image.take(),
+                        memory: m.memory.take(),
+                        cpus: m.cpus.take(),
+                        ports: std::mem::take(&mut m.ports),
+                        address: m.address.take(),
+                        span: name_span.clone(),
+                    });
+                }
+                None => {
+                    let stray = [
+                        ("image", m.image.as_ref().map(|v| v.span())),
+                        ("memory", m.memory.as_ref().map(|v| v.span())),
+                        ("cpus", m.cpus.as_ref().map(|v| v.span())),
+                        ("ports", m.ports.first().map(|v| v.span())),
+                        ("address", m.address.as_ref().map(|v| v.span())),
+                    ];
+                    if let Some((key, Some(span))) = stray.into_iter().find(|(_, s)| s.is_some()) {
+                        return Err(invalid(
+                            span,
+                            format!("`{key}` only applies to a container machine"),
+                            Some(format!(
+                                "add `on = \"HOST\"` to make `{name}` a container on HOST"
+                            )),
+                        ));
+                    }
+                    hosts.push((
+                        name.clone(),
+                        m.machines_range.take(),
+                        m.transport.as_ref().is_some_and(|t| t.get_ref() == "local"),
+                        port,
+                    ));
+                }
+            }
             let transport = match m.transport.as_ref().map(|t| t.get_ref().as_str()) {
                 None | Some("ssh") => {
                     if let Some(r) = &m.root {
@@ -649,6 +720,8 @@ impl Project {
                 None => default_pod_user.clone(),
             };
             machines.push(Machine {
+                container: None,
+                machines_range: None,
                 pod_user,
                 become_method,
                 ssh_options: Vec::new(),
@@ -664,6 +737,18 @@ impl Project {
                 transport,
                 name,
             });
+        }
+
+        let (containers, ranges) = crate::container::resolve(raw_containers, &hosts, &invalid)?;
+        for (name, c) in containers {
+            if let Some(m) = machines.iter_mut().find(|m| m.name == name) {
+                m.container = Some(c);
+            }
+        }
+        for (name, r) in ranges {
+            if let Some(m) = machines.iter_mut().find(|m| m.name == name) {
+                m.machines_range = Some(r);
+            }
         }
 
         let mut units = Vec::new();

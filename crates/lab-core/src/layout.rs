@@ -9,6 +9,8 @@
 //! .lab/state/                     the engine's state (see lab-engine's `state`)
 //! .lab/facts/NAME.json            facts gathered from a machine (user-editable)
 //! .lab/sync/NAME.applied          the generation lab last saw applied on it
+//! .lab/machines/known_hosts       host keys of container machines, pinned
+//!                                 at creation under their names
 //! .lab/ssh/                       control sockets of SSH connections kept
 //!                                 open across runs (or $XDG_RUNTIME_DIR/lab-ssh/)
 //! ```
@@ -102,6 +104,12 @@ impl LabDir {
     /// directory's entries), so that a sync does not read it again.
     pub fn rootfs_cache_path(&self, image: &str) -> PathBuf {
         self.root.join("images").join(format!("{image}.rootfs"))
+    }
+
+    /// `.lab/machines/known_hosts`: the host keys of container machines
+    /// (lab.toml's `on = "HOST"`), pinned when lab created them.
+    pub fn machines_known_hosts(&self) -> PathBuf {
+        self.root.join("machines").join("known_hosts")
     }
 
     /// `.lab/facts/NAME.json`

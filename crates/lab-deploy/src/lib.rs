@@ -18,7 +18,7 @@ mod watch;
 
 pub use event::{Built, Cycle, CycleTimes, Event, Events, MachineCycle, Quiet, Step};
 pub use machine::{
-    connect, connect_with_facts, endpoint, ssh_spec, target, unit_rules, CONNECT_TIMEOUT,
+    connect, connect_with_facts, endpoint, hop, ssh_spec, target, unit_rules, CONNECT_TIMEOUT,
     IO_TIMEOUT,
 };
 pub use pool::{cached_facts, facts_cached, parallel, Connector};

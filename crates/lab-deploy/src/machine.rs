@@ -33,11 +33,32 @@ pub fn ssh_spec(project: &Project, m: &Machine) -> SshSpec {
     }
 }
 
-/// How `m` is reached: a directory on this host, or SSH.
+/// How `m` is reached: a directory on this host, SSH, or SSH through its
+/// host (a container machine).
 pub fn endpoint(project: &Project, m: &Machine) -> Endpoint {
+    if let Some(c) = &m.container {
+        if let Some(host) = project.machine(&c.on) {
+            return Endpoint::Via {
+                host: ssh_spec(project, host),
+                hop: hop(project, m, c),
+            };
+        }
+    }
     match &m.transport {
         Kind::Local { root } => Endpoint::Local { root: root.clone() },
         Kind::Ssh => Endpoint::Ssh(ssh_spec(project, m)),
+    }
+}
+
+/// The last step to container machine `m`: its address on its host's
+/// bridge, its key pinned in `.lab/machines/known_hosts`.
+pub fn hop(project: &Project, m: &Machine, c: &lab_config::container::Container) -> lab_sync::Hop {
+    lab_sync::Hop {
+        name: m.name.clone(),
+        address: c.address.to_string(),
+        port: 22,
+        user: "root".into(),
+        known_hosts: lab_core::LabDir::of_project(&project.root).machines_known_hosts(),
     }
 }
 

@@ -20,6 +20,7 @@ pub mod secrets;
 pub mod ssh;
 mod transport;
 pub mod units;
+pub mod via;
 
 pub use error::SyncError;
 pub use machine::{Change, MachineSync, Outcome, Probe, SyncOptions, SyncReport, Target};
@@ -27,6 +28,7 @@ pub use ssh::{HostKeyPolicy, Login, SshSpec, SshTarget, SshTransport};
 pub use ssh2_config;
 pub use transport::{Input, LocalTransport, Output, Transport};
 pub use units::{RuleAction, UnitRule};
+pub use via::Hop;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -39,6 +41,11 @@ pub enum Endpoint {
         root: PathBuf,
     },
     Ssh(SshSpec),
+    /// A machine reached through another one (a container on its host).
+    Via {
+        host: SshSpec,
+        hop: Hop,
+    },
 }
 
 /// Gather a machine's facts over its transport (one command) and cache
@@ -101,5 +108,6 @@ pub fn connect(
             }
             Ok(Box::new(direct))
         }
+        Endpoint::Via { host, hop } => via::connect_via(host, ssh_config, hop, timeout, io_timeout),
     }
 }

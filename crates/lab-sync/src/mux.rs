@@ -212,6 +212,21 @@ impl Mux {
         }
     }
 
+    /// `ssh`'s options and destination for a client of this connection
+    /// (through the master while it listens).
+    pub(crate) fn client_args(&self) -> &[String] {
+        &self.args
+    }
+
+    /// Wait up to `limit` for a master just started to listen (a client
+    /// that comes sooner makes a connection of its own).
+    pub(crate) fn wait_alive(&self, limit: Duration) {
+        let start = std::time::Instant::now();
+        while !self.alive() && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
     /// `ssh` running `command` through the master.
     fn command(&self, command: &str) -> Command {
         let mut c = Command::new("ssh");

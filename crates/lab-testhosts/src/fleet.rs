@@ -13,6 +13,9 @@ pub const REUSE_ENV: &str = "LAB_TESTHOSTS_REUSE";
 /// with memory caps is never reused.
 pub const REUSE_PODMAN_ENV: &str = "LAB_TESTHOSTS_REUSE_PODMAN";
 
+/// The same for fleets of the machines flavor.
+pub const REUSE_MACHINES_ENV: &str = "LAB_TESTHOSTS_REUSE_MACHINES";
+
 /// Which base root a fleet boots (`LAB_TESTHOSTS_FLAVOR` of the script).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Flavor {
@@ -32,6 +35,13 @@ pub enum Flavor {
     /// that from inside; read `/sys/fs/cgroup/cgroup.controllers` of the
     /// host to know.
     Podman,
+    /// Debian bookworm with systemd-container and nftables, booted with
+    /// `CAP_NET_ADMIN` (in its own network namespace): a host of container
+    /// machines (lab.toml's `on = "HOST"`). `/var/lib/lab/machines` is a
+    /// plain directory bound from the state dir (an overlay's upper dir
+    /// cannot live on the host's overlay root) and the base itself is
+    /// bound read-only at `/var/lib/lab/images/bookworm`, as their image.
+    Machines,
 }
 
 impl Flavor {
@@ -39,6 +49,7 @@ impl Flavor {
         match self {
             Flavor::Bookworm => "bookworm",
             Flavor::Podman => "podman",
+            Flavor::Machines => "machines",
         }
     }
 }
@@ -140,6 +151,7 @@ impl TestHosts {
         let reuse_env = match opts.flavor {
             Flavor::Bookworm => REUSE_ENV,
             Flavor::Podman => REUSE_PODMAN_ENV,
+            Flavor::Machines => REUSE_MACHINES_ENV,
         };
         if let Ok(reuse) = std::env::var(reuse_env) {
             if !reuse.is_empty() {

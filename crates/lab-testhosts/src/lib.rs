@@ -32,7 +32,7 @@ mod oci;
 mod sshd;
 
 pub use error::{Error, Result};
-pub use fleet::{Flavor, FleetBuilder, TestHosts, REUSE_ENV, REUSE_PODMAN_ENV};
+pub use fleet::{Flavor, FleetBuilder, TestHosts, REUSE_ENV, REUSE_MACHINES_ENV, REUSE_PODMAN_ENV};
 pub use host::Host;
 pub use oci::OciImage;
 pub use sshd::SshdFixture;

@@ -1,0 +1,215 @@
+# Create container machine $N on this host (run as root; lab sets N, IMAGE,
+# ADDR, GW, NET, MEMORY, CPUQUOTA, PORTS, NO_BLOCK above). Exit 10: it
+# exists (its host key is printed again).
+set -eu
+D=/var/lib/lab/machines/$N
+command -v systemd-nspawn >/dev/null 2>&1 || {
+	echo "systemd-nspawn is not installed on this host (apt-get install systemd-container)" >&2
+	exit 3
+}
+command -v nft >/dev/null 2>&1 || {
+	echo "nft is not installed on this host (apt-get install nftables)" >&2
+	exit 3
+}
+if [ -e "$D" ]; then
+	if [ -f "$D/lab-machine" ]; then
+		if [ ! -f "$D/created" ]; then
+			echo "an earlier creation of $N did not finish; lab machine destroy $N --yes removes what it left" >&2
+			exit 7
+		fi
+		# there: its key again, for a known_hosts that lost it
+		k=$D/upper/etc/ssh/ssh_host_ed25519_key.pub
+		[ -f "$k" ] && printf 'hostkey %s\n' "$(cut -d' ' -f1,2 "$k")"
+		exit 10
+	fi
+	echo "$D exists and lab did not create it" >&2
+	exit 4
+fi
+# another container here (one lab.toml no longer declares, say) holds
+# the address or a host port: refuse rather than answer in its place
+for a in /var/lib/lab/machines/*/address; do
+	[ -f "$a" ] || continue
+	if [ "$(cat "$a")" = "$ADDR" ]; then
+		o=${a%/address}
+		echo "address $ADDR is taken by container machine ${o##*/} on this host (lab machine destroy ${o##*/} --on HOST --yes removes it)" >&2
+		exit 6
+	fi
+done
+for p in $PORTS; do
+	for f in /etc/lab/machines/*.ports; do
+		[ -f "$f" ] || continue
+		if grep -q "^${p%%:*} " "$f"; then
+			o=${f%.ports}
+			echo "host port ${p%%:*} is forwarded to container machine ${o##*/} on this host" >&2
+			exit 6
+		fi
+	done
+done
+[ -d "$IMAGE" ] || {
+	echo "image $IMAGE is not a directory on this host" >&2
+	exit 4
+}
+[ -x "$IMAGE/sbin/init" ] || [ -x "$IMAGE/lib/systemd/systemd" ] || [ -x "$IMAGE/usr/lib/systemd/systemd" ] || {
+	echo "image $IMAGE has no systemd to boot" >&2
+	exit 4
+}
+# put a file in place atomically: put PATH MODE (content on stdin)
+put() {
+	mkdir -p "$(dirname "$1")"
+	cat >"$1.lab-tmp"
+	chmod "$2" "$1.lab-tmp"
+	mv -f "$1.lab-tmp" "$1"
+}
+mkdir -p "$D"
+# the marker first: whatever a failed creation leaves, destroy may remove
+: >"$D/lab-machine"
+mkdir -p "$D/upper" "$D/work" "$D/root"
+printf '%s\n' "$IMAGE" >"$D/image"
+printf '%s\n' "$ADDR" >"$D/address"
+U=$D/upper
+mkdir -p "$U/etc/ssh" "$U/etc/systemd/network" "$U/etc/systemd/system/multi-user.target.wants" \
+	"$U/etc/systemd/system/sockets.target.wants"
+printf '%s\n' "$N" >"$U/etc/hostname"
+tr -d '-' </proc/sys/kernel/random/uuid >"$U/etc/machine-id"
+printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n' "$N" >"$U/etc/hosts"
+ssh-keygen -q -t ed25519 -N '' -C "$N" -f "$U/etc/ssh/ssh_host_ed25519_key"
+# the keys that reach the host's root reach its containers' root
+install -d -m 700 "$U/root" "$U/root/.ssh"
+if [ -f /root/.ssh/authorized_keys ]; then
+	install -m 600 /root/.ssh/authorized_keys "$U/root/.ssh/authorized_keys"
+fi
+put "$U/etc/systemd/network/80-container-host0.network" 644 <<NET
+[Match]
+Name=host0
+
+[Network]
+Address=$ADDR/${NET#*/}
+Gateway=$GW
+LinkLocalAddressing=no
+IPv6AcceptRA=no
+NET
+ln -sf /lib/systemd/system/systemd-networkd.service "$U/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
+ln -sf /lib/systemd/system/systemd-networkd.socket "$U/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"
+
+# the host's side: the bridge and nftables, the unit template, this
+# machine's settings, drop-in and port forwards
+put /etc/lab/machines/range 644 <<RANGE
+$GW ${NET#*/} $NET
+RANGE
+put /etc/lab/machines/net.sh 755 <<'NETSH'
+#!/bin/sh
+# lab: the bridge of this host's container machines, their outbound NAT and
+# port forwards (/etc/lab/machines/*.ports: HOSTPORT ADDRESS PORT)
+set -eu
+read -r gw prefix net </etc/lab/machines/range
+if [ "${1:-}" = stop ]; then
+	ip link del labbr0 2>/dev/null || true
+	nft delete table ip lab_machines 2>/dev/null || true
+	exit 0
+fi
+ip link show labbr0 >/dev/null 2>&1 || ip link add labbr0 type bridge
+ip addr replace "$gw/$prefix" dev labbr0
+ip link set labbr0 up
+[ "$(cat /proc/sys/net/ipv4/ip_forward)" = 1 ] || echo 1 >/proc/sys/net/ipv4/ip_forward
+forwards() {
+	for f in /etc/lab/machines/*.ports; do
+		[ -f "$f" ] || continue
+		while read -r hp addr cp; do
+			[ -n "$hp" ] && echo "		fib daddr type local tcp dport $hp dnat to $addr:$cp"
+		done <"$f"
+	done
+}
+{
+	echo "table ip lab_machines"
+	echo "delete table ip lab_machines"
+	echo "table ip lab_machines {"
+	echo "	chain prerouting {"
+	echo "		type nat hook prerouting priority dstnat; policy accept;"
+	forwards
+	echo "	}"
+	echo "	chain output {"
+	echo "		type nat hook output priority -100; policy accept;"
+	forwards
+	echo "	}"
+	echo "	chain postrouting {"
+	echo "		type nat hook postrouting priority srcnat; policy accept;"
+	echo "		ip saddr $net ip daddr != $net masquerade"
+	echo "	}"
+	echo "}"
+} | nft -f -
+NETSH
+put /etc/systemd/system/lab-machines-net.service 644 <<'UNIT'
+# lab: network of this host's container machines
+[Unit]
+Description=lab: network of container machines
+
+[Service]
+Type=oneshot
+RemainAfterExit=yes
+ExecStart=/etc/lab/machines/net.sh
+ExecReload=/etc/lab/machines/net.sh
+ExecStop=/etc/lab/machines/net.sh stop
+UNIT
+put /etc/systemd/system/lab-machine@.service 644 <<'UNIT'
+# lab: a container machine (/var/lib/lab/machines/%i, settings in
+# /etc/systemd/nspawn/%i.nspawn, image and limits in the drop-in)
+[Unit]
+Description=lab container machine %i
+Wants=lab-machines-net.service
+After=lab-machines-net.service
+
+[Service]
+Type=notify
+ExecStartPre=/bin/sh -c 'mountpoint -q "$$0/root" || mount -t overlay overlay -o "lowerdir=$$LAB_IMAGE,upperdir=$$0/upper,workdir=$$0/work" "$$0/root"' /var/lib/lab/machines/%i
+ExecStart=/usr/bin/systemd-nspawn --quiet --keep-unit --boot --notify-ready=yes --machine=%i --directory=/var/lib/lab/machines/%i/root
+ExecStopPost=/bin/sh -c 'if mountpoint -q "$$0/root"; then umount "$$0/root"; fi' /var/lib/lab/machines/%i
+KillMode=mixed
+Delegate=yes
+Restart=on-failure
+RestartSec=1
+TimeoutStopSec=20
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+put "/etc/systemd/nspawn/$N.nspawn" 644 <<NSPAWN
+# lab: container machine $N
+[Exec]
+Boot=yes
+LinkJournal=no
+
+[Network]
+Bridge=labbr0
+NSPAWN
+{
+	printf '[Service]\nEnvironment="LAB_IMAGE=%s"\n' "$IMAGE"
+	[ -n "$MEMORY" ] && printf 'MemoryMax=%s\n' "$MEMORY"
+	[ -n "$CPUQUOTA" ] && printf 'CPUQuota=%s\n' "$CPUQUOTA"
+	:
+} | put "/etc/systemd/system/lab-machine@$N.service.d/lab.conf" 644
+for p in $PORTS; do
+	printf '%s %s %s\n' "${p%%:*}" "$ADDR" "${p#*:}"
+done | put "/etc/lab/machines/$N.ports" 644
+# every container's systemd takes inotify instances from root's, and
+# the kernel's default (128) ends around 20 containers ("Too many open
+# files"): raise it as LXD's production setup does (where this host may)
+put /etc/sysctl.d/60-lab-machines.conf 644 <<'SYSCTL'
+# lab: room for the inotify instances of many container machines
+fs.inotify.max_user_instances = 8192
+fs.inotify.max_user_watches = 1048576
+SYSCTL
+if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
+	sysctl -q -p /etc/sysctl.d/60-lab-machines.conf 2>/dev/null || true
+fi
+# enabled (what `systemctl enable` does, without its second reload)
+mkdir -p /etc/systemd/system/multi-user.target.wants
+ln -sf /etc/systemd/system/lab-machine@.service "/etc/systemd/system/multi-user.target.wants/lab-machine@$N.service"
+systemctl daemon-reload
+if systemctl -q is-active lab-machines-net.service; then
+	systemctl reload lab-machines-net.service
+else
+	systemctl start lab-machines-net.service
+fi
+systemctl start ${NO_BLOCK:+--no-block} "lab-machine@$N.service"
+: >"$D/created"
+printf 'hostkey %s\n' "$(cut -d' ' -f1,2 "$U/etc/ssh/ssh_host_ed25519_key.pub")"
