@@ -513,13 +513,15 @@ fn apply_layer(
                     entry.minor = h.device_minor().ok().flatten();
                 }
             }
-            other => return Err(ImageError::Entry {
-                path: src.to_path_buf(),
-                entry: path,
-                reason: format!(
+            other => {
+                return Err(ImageError::Entry {
+                    path: src.to_path_buf(),
+                    entry: path,
+                    reason: format!(
                     "in layer {layer}: an entry of tar type {other:?}, which an image cannot hold"
                 ),
-            }),
+                })
+            }
         }
         placed.push(entry);
     }
