@@ -423,7 +423,7 @@ fn versions_ship_only_changed_files_and_the_pod_runs_them_and_going_back_sends_n
     let back = wire(&h) - w0;
     assert!(out.contains("no file sent"), "{out}");
     assert!(
-        back < plain + (4 << 10),
+        back < plain + (24 << 10),
         "{back} bytes to go back (a plain sync: {plain})"
     );
     assert!(get(&h, 8080, "/").contains("version 1"));

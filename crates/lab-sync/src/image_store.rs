@@ -45,6 +45,18 @@ use std::path::Path;
 /// The node's side (see the module's documentation).
 const PROGRAM: &str = include_str!("image_store.sh");
 
+/// [`PROGRAM`] as it is sent: without its comment lines.
+fn program_text() -> &'static str {
+    static P: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    P.get_or_init(|| {
+        PROGRAM
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    })
+}
+
 /// Where the store is, below the machine's root.
 pub const STORE_DIR: &str = "/var/lib/lab/images";
 
@@ -550,7 +562,7 @@ impl Attempt<'_> {
             base.unwrap_or(""),
             self.keep.max(1),
             quote(&nf),
-            quote(PROGRAM)
+            quote(program_text())
         )
     }
 
