@@ -491,3 +491,70 @@ fn a_corrupt_or_missing_store_file_is_found_and_sent_again() {
     let served = get(&h, 8080, "/other.txt");
     assert!(served.ends_with("other\n"), "{served}");
 }
+
+/// `lab sync` killed while the node receives a new version's 2 MB file
+/// (the link slowed to 4 Mbit/s), at several points: the node serves the
+/// old version and can start it again; the next sync completes.
+#[test]
+fn a_transfer_killed_midway_keeps_the_old_image_and_the_next_sync_completes() {
+    let h = host(4);
+    let t = project(&h);
+    image(&t, "web", &[layer(&base_v1(&h))]);
+    pod(&t, "web", "web", 8080);
+    sync_ok(&t);
+    let mut v2 = base_v1(&h);
+    v2.push(f("www/big2", &noise(2 << 20, 2), 0o644));
+    v2.push(f("www/v2", b"two\n", 0o644));
+    image(&t, "web", &[layer(&v2)]);
+    let veth = h.veth.clone().unwrap();
+    let tc = |args: &str| {
+        let ok = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(format!("tc qdisc {args}"))
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "tc qdisc {args}");
+    };
+    tc(&format!(
+        "add dev {veth} root tbf rate 4mbit burst 32kbit latency 400ms"
+    ));
+    // (how much of the file has arrived: the largest file received)
+    let received = || -> u64 {
+        h.run(&format!(
+            "find {STORE}/incoming -type f -printf '%s\\n' 2>/dev/null | sort -n | tail -1"
+        ))
+        .map(|s| s.trim().parse().unwrap_or(0))
+        .unwrap_or(0)
+    };
+    for at in [1u64, 1 << 20] {
+        let mut child = std::process::Command::new(assert_cmd::cargo::cargo_bin("lab"))
+            .current_dir(t.path())
+            .env("NO_COLOR", "1")
+            .env("LAB_SSH_MULTIPLEX", "0")
+            .args(["sync", "-m", "h1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let t0 = Instant::now();
+        while received() < at {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "the transfer never reached {at} bytes"
+            );
+            assert!(child.try_wait().unwrap().is_none(), "the sync ended first");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        // the old version serves, and starts again
+        assert!(get(&h, 8080, "/").contains("version 1"));
+        h.user_systemctl("restart web.service").unwrap();
+        assert!(get(&h, 8080, "/").contains("version 1"));
+    }
+    tc(&format!("del dev {veth} root"));
+    let out = sync_ok(&t);
+    assert!(out.contains("loaded image localhost/web:latest"), "{out}");
+    assert!(get(&h, 8080, "/v2").contains("two"));
+}
