@@ -19,5 +19,5 @@ mod tree;
 mod unpack;
 
 pub use error::ImageError;
-pub use tree::{Config, Delta, Entry, Kind, Tree};
+pub use tree::{decode, encode, Config, Delta, Entry, Kind, Tree};
 pub use unpack::{open, Opened};

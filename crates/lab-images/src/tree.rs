@@ -17,6 +17,53 @@ use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 
+/// A name as the tree writes it: its bytes as UTF-8 text, where `%` and
+/// every byte that is not part of valid UTF-8 are `%XX` (names of a root
+/// file system are bytes; the tree is text).
+pub fn encode(raw: &[u8]) -> String {
+    let mut out = String::with_capacity(raw.len());
+    for chunk in raw.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c == '%' {
+                out.push_str("%25");
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The bytes of a name [`encode`] wrote.
+pub fn decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' && i + 2 < b.len() {
+            if let Some(v) = std::str::from_utf8(&b[i + 1..i + 3])
+                .ok()
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    out
+}
+
+fn os(b: Vec<u8>) -> std::path::PathBuf {
+    use std::os::unix::ffi::OsStringExt;
+    std::ffi::OsString::from_vec(b).into()
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
@@ -243,7 +290,7 @@ impl Tree {
             let Some(e) = self.entries.get(p) else {
                 continue;
             };
-            let name = format!("{prefix}/{}", e.path);
+            let name = os([format!("{prefix}/").into_bytes(), decode(&e.path)].concat());
             let mut h = tar::Header::new_gnu();
             h.set_mode(e.mode);
             h.set_uid(e.uid);
@@ -258,7 +305,7 @@ impl Tree {
                 }
                 Kind::Symlink => {
                     h.set_entry_type(tar::EntryType::Symlink);
-                    b.append_link(&mut h, &name, e.target.as_deref().unwrap_or(""))?;
+                    b.append_link(&mut h, &name, os(decode(e.target.as_deref().unwrap_or(""))))?;
                 }
                 Kind::Dir => {
                     h.set_entry_type(tar::EntryType::Directory);
@@ -335,6 +382,14 @@ mod tests {
         assert_eq!(d.remove, ["b", "c"]);
         assert_eq!(d.place, ["b", "d"]);
         assert_eq!(new.delta(None).place, ["a", "b", "d"]);
+    }
+
+    #[test]
+    fn names_are_bytes_written_as_text() {
+        for raw in [&b"plain"[..], b"100%", b"\xff\xfe", b"a%2", "é%".as_bytes()] {
+            assert_eq!(decode(&encode(raw)), raw);
+        }
+        assert_eq!(encode(b"a%\xff"), "a%25%FF");
     }
 
     #[test]

@@ -372,11 +372,7 @@ fn build(
 /// A path of a layer as the tree names it: no `./`, no leading or
 /// trailing `/`; `..` is refused.
 fn clean(raw: &[u8], src: &Path, layer: &str) -> Result<String, ImageError> {
-    let s = std::str::from_utf8(raw).map_err(|_| ImageError::Entry {
-        path: src.to_path_buf(),
-        entry: String::from_utf8_lossy(raw).into_owned(),
-        reason: format!("in layer {layer}: a name that is not UTF-8 (lab's trees are text)"),
-    })?;
+    let s = crate::tree::encode(raw);
     let mut parts = Vec::new();
     for c in s.split('/') {
         match c {
@@ -476,15 +472,7 @@ fn apply_layer(
             tar::EntryType::Symlink => {
                 entry.kind = Kind::Symlink;
                 let target = e.link_name_bytes().unwrap_or_default();
-                entry.target = Some(
-                    std::str::from_utf8(&target)
-                        .map_err(|_| ImageError::Entry {
-                            path: src.to_path_buf(),
-                            entry: path.clone(),
-                            reason: "a link target that is not UTF-8".into(),
-                        })?
-                        .to_string(),
-                );
+                entry.target = Some(crate::tree::encode(&target));
             }
             tar::EntryType::Link => {
                 let target = clean(&e.link_name_bytes().unwrap_or_default(), src, layer)?;

@@ -449,7 +449,7 @@ impl Attempt<'_> {
                     let mut rm = Vec::new();
                     for p in &delta.remove {
                         rm.extend_from_slice(b"./");
-                        rm.extend_from_slice(p.as_bytes());
+                        rm.extend_from_slice(&lab_images::decode(p));
                         rm.push(0);
                     }
                     small("remove", &rm)?;
