@@ -614,7 +614,14 @@ fn an_image_restart_is_not_lost_when_the_link_drops() {
     sync_ok(&t);
     assert!(answers(&h, 8080).contains("image one"));
     let before = pod_pids(&h, "web");
-    let id2 = web_image(&t, &h, "web", "image two\n");
+    // (the tree podman's image of that name was made from)
+    let tree = || {
+        h.podman("image inspect localhost/web:latest --format '{{index .Labels \"lab.tree\"}}'")
+            .unwrap_or_default()
+    };
+    let tree1 = tree();
+    assert_eq!(tree1.trim().len(), 64, "{tree1}");
+    web_image(&t, &h, "web", "image two\n");
 
     // on the host: as soon as the current generation's journal grows,
     // drop every ssh connection (lab's included)
@@ -653,11 +660,7 @@ fn an_image_restart_is_not_lost_when_the_link_drops() {
     // failed and the restart is pending: the machine says so, and the
     // next sync runs it.
     let t0 = Instant::now();
-    while !h
-        .podman("images --no-trunc --format '{{.ID}} {{.Repository}}:{{.Tag}}'")
-        .unwrap()
-        .contains(&format!("{id2} localhost/web:latest"))
-    {
+    while tree() == tree1 {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "web:latest never moved"

@@ -447,8 +447,18 @@ fn apply_layer(
         }
         let h = e.header();
         let mode = h.mode().map_err(io)? & 0o7777;
-        let uid = h.uid().map_err(io)?;
-        let gid = h.gid().map_err(io)?;
+        // (a field left blank is 0, as podman's reader takes it)
+        let blank = |f: &[u8]| f.iter().all(|b| *b == 0 || *b == b' ');
+        let uid = if blank(&h.as_old().uid) {
+            0
+        } else {
+            h.uid().map_err(io)?
+        };
+        let gid = if blank(&h.as_old().gid) {
+            0
+        } else {
+            h.gid().map_err(io)?
+        };
         let mut entry = Entry {
             path: path.clone(),
             kind: Kind::File,

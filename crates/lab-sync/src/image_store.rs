@@ -601,3 +601,99 @@ impl Attempt<'_> {
         }
     }
 }
+
+/// One version of an image on a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeVersion {
+    /// The tree's ID.
+    pub tree: String,
+    /// The version the name was given last.
+    pub current: bool,
+    pub files: u64,
+    /// Bytes of its files in the store.
+    pub bytes: u64,
+    /// Of those, the bytes of files another kept tree uses too.
+    pub shared_bytes: u64,
+}
+
+/// An image name of one user on a node, with its kept versions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeImage {
+    /// `None`: root's.
+    pub user: Option<String>,
+    pub name: String,
+    /// Oldest first.
+    pub versions: Vec<NodeVersion>,
+}
+
+/// What lab's store on the machine holds (`lab images`), in one command.
+pub fn list(transport: &mut dyn Transport, root: &str) -> Result<Vec<NodeImage>, SyncError> {
+    let sum = "{ s=0; while read -r n; do s=$((s+n)); done; echo $s; }";
+    let cmd = format!(
+        "cd {}{STORE_DIR} 2>/dev/null || exit 0; \
+         for t in $(ls trees 2>/dev/null); do \
+           n=$(wc -l <trees/$t); \
+           b=$(sed 's|^|store/|' trees/$t | xargs -r stat -c %s 2>/dev/null | {sum}); \
+           s=$(cat trees/* | LC_ALL=C sort | uniq -d | grep -xF -f - trees/$t | sed 's|^|store/|' | \
+               xargs -r stat -c %s 2>/dev/null | {sum}); \
+           echo \"tree $t $n $b $s\"; \
+         done; \
+         for f in names/*/*; do [ -f \"$f\" ] || continue; echo \"name $f\"; cat \"$f\"; done",
+        quote(root)
+    );
+    let out = transport.run(&cmd, &mut |_| Ok(()))?;
+    if out.status != 0 {
+        return Err(SyncError::Protocol {
+            status: out.status,
+            output: out.stderr_text(),
+        });
+    }
+    let mut trees: BTreeMap<String, (u64, u64, u64)> = BTreeMap::new();
+    let mut images: Vec<NodeImage> = Vec::new();
+    for line in out.stdout_text().lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        match f.as_slice() {
+            ["tree", t, n, b, s] => {
+                let p = |x: &str| x.parse().unwrap_or(0);
+                trees.insert(t.to_string(), (p(n), p(b), p(s)));
+            }
+            ["name", path] => {
+                let mut parts = path.trim_start_matches("names/").splitn(2, '/');
+                let (Some(user), Some(hexname)) = (parts.next(), parts.next()) else {
+                    continue;
+                };
+                let Some(name) = hex::decode(hexname)
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                else {
+                    continue;
+                };
+                images.push(NodeImage {
+                    user: (user != "-").then(|| user.to_string()),
+                    name,
+                    versions: Vec::new(),
+                });
+            }
+            [t] if is_hex64(t) => {
+                if let (Some(img), Some(&(files, bytes, shared_bytes))) =
+                    (images.last_mut(), trees.get(*t))
+                {
+                    img.versions.push(NodeVersion {
+                        tree: t.to_string(),
+                        current: false,
+                        files,
+                        bytes,
+                        shared_bytes,
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    for img in &mut images {
+        if let Some(v) = img.versions.last_mut() {
+            v.current = true;
+        }
+    }
+    Ok(images)
+}
