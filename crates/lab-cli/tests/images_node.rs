@@ -17,8 +17,9 @@ use std::io::{Read, Write};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Hosts: 1 versions, 2 shared base, 3 corrupt store, 4 killed transfers.
-const HOSTS: usize = 4;
+/// Hosts: 1 versions, 2 shared base, 3 corrupt store, 4 killed transfers,
+/// 5 `lab rollback`.
+const HOSTS: usize = 5;
 const STORE: &str = "/var/lib/lab/images";
 
 static FLEET: OnceLock<Mutex<Option<TestHosts>>> = OnceLock::new();
@@ -557,4 +558,49 @@ fn a_transfer_killed_midway_keeps_the_old_image_and_the_next_sync_completes() {
     let out = sync_ok(&t);
     assert!(out.contains("loaded image localhost/web:latest"), "{out}");
     assert!(get(&h, 8080, "/v2").contains("two"));
+}
+
+/// `lab rollback` takes the pods' images back with the generation: the
+/// pod runs the old version again, and no file crosses the connection.
+#[test]
+fn lab_rollback_runs_the_old_version_and_sends_no_file() {
+    let h = host(5);
+    let t = project(&h);
+    image(&t, "web", &[layer(&base_v1(&h))]);
+    pod(&t, "web", "web", 8080);
+    t.file("machines/h1/etc/marker", "1\n");
+    sync_ok(&t);
+    assert!(get(&h, 8080, "/").contains("version 1"));
+    // a plain sync's cost, for scale
+    t.file("machines/h1/etc/marker", "2\n");
+    let w0 = wire(&h);
+    sync_ok(&t);
+    let plain = wire(&h) - w0;
+
+    let mut v2 = base_v1(&h);
+    v2.retain(|i| i.0 != "www/index.html");
+    v2.push(f("www/index.html", b"version 2\n", 0o644));
+    image(&t, "web", &[layer(&v2)]);
+    t.file("machines/h1/etc/marker", "3\n");
+    sync_ok(&t);
+    assert!(get(&h, 8080, "/").contains("version 2"));
+
+    let w0 = wire(&h);
+    let (code, out, err) = lab(&t, &["rollback", "-m", "h1"]);
+    let back = wire(&h) - w0;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("back on version") && out.contains("no file sent"),
+        "{out}"
+    );
+    assert!(out.contains("restarted pods/web.service"), "{out}");
+    assert!(get(&h, 8080, "/").contains("version 1"));
+    assert!(
+        back < plain + (24 << 10),
+        "{back} bytes for the rollback (a plain sync: {plain})"
+    );
+    // and forward again: the node has v2 still
+    let out = sync_ok(&t);
+    assert!(out.contains("no file sent"), "{out}");
+    assert!(get(&h, 8080, "/").contains("version 2"));
 }

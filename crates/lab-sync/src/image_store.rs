@@ -674,10 +674,11 @@ pub fn list(transport: &mut dyn Transport, root: &str) -> Result<Vec<NodeImage>,
                     versions: Vec::new(),
                 });
             }
-            [t] if is_hex64(t) => {
+            [t, _] if is_hex64(t) => {
                 if let (Some(img), Some(&(files, bytes, shared_bytes))) =
                     (images.last_mut(), trees.get(*t))
                 {
+                    img.versions.retain(|v| v.tree != *t);
                     img.versions.push(NodeVersion {
                         tree: t.to_string(),
                         current: false,
@@ -696,4 +697,154 @@ pub fn list(transport: &mut dyn Transport, root: &str) -> Result<Vec<NodeImage>,
         }
     }
     Ok(images)
+}
+
+/// After a rollback to generation `gen`: each image name goes back to the
+/// tree it had when `gen` was made (the names' histories on the node),
+/// tagged again or imported from the node's store (no file is sent), and
+/// the running pods of its user that use it restart on it. A version the
+/// node no longer keeps is said, not sent (the next sync sends it).
+pub fn restore(
+    transport: &mut dyn Transport,
+    root: &str,
+    gen: u64,
+    keep: usize,
+    lab: &LabDir,
+) -> Result<Vec<String>, SyncError> {
+    let cmd = format!(
+        "I={r}{STORE_DIR}; S={r}/var/lib/lab; \
+         gt=$(stat -c %.9Y \"$S/gen/{gen}/digest\" 2>/dev/null | tr -d .) || exit 0; [ -n \"$gt\" ] || exit 0; \
+         for f in \"$I\"/names/*/*; do [ -f \"$f\" ] || continue; want=; \
+           while read -r t at; do at=$(printf %s \"$at\" | tr -d .); [ \"$at\" -le \"$gt\" ] && want=$t; done <\"$f\"; \
+           [ -n \"$want\" ] && echo \"want ${{f#$I/names/}} $want\"; \
+         done; echo roots; ls \"$I/roots\" 2>/dev/null || :",
+        r = quote(root)
+    );
+    let out = transport.run(&cmd, &mut |_| Ok(()))?;
+    let mut wants: Vec<(Option<String>, String, String)> = Vec::new();
+    for line in out.stdout_text().lines() {
+        let Some(rest) = line.strip_prefix("want ") else {
+            continue;
+        };
+        let (Some(path), Some(tree)) = (rest.split(' ').next(), rest.split(' ').nth(1)) else {
+            continue;
+        };
+        let Some((user, hexname)) = path.split_once('/') else {
+            continue;
+        };
+        let Some(name) = hex::decode(hexname)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+        else {
+            continue;
+        };
+        wants.push((
+            (user != "-").then(|| user.to_string()),
+            name,
+            tree.to_string(),
+        ));
+    }
+    if wants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let users: BTreeSet<Option<String>> = wants.iter().map(|w| w.0.clone()).collect();
+    let state = query(transport, root, &users)?;
+    let mut notes = Vec::new();
+    for (user, name, tree) in wants {
+        let key = user.clone().unwrap_or_else(|| "-".into());
+        let Some(have) = state.users.get(&key) else {
+            continue;
+        };
+        let current = have
+            .iter()
+            .find(|(_, n, _)| *n == name)
+            .map(|h| h.2.clone());
+        if current.as_deref() == Some(tree.as_str()) {
+            continue;
+        }
+        let who = user.as_deref().unwrap_or("root");
+        let nf = format!("{key}/{}", hex::encode(name.as_bytes()));
+        let program = |mode: &str| {
+            format!(
+                "trap '' HUP PIPE; I={}{STORE_DIR} T={tree} B= KSHA= KEEP={} M={mode} NF={} sh -c {} && ",
+                quote(root),
+                keep.max(1),
+                quote(&nf),
+                quote(program_text())
+            )
+        };
+        let change = if let Some((id, _, _)) = have.iter().find(|h| h.2 == tree) {
+            format!(
+                "{}{}",
+                program("tag"),
+                podman_as(user.as_deref(), &format!("tag {id} {}", quote(&name)))
+            )
+        } else if state.roots.contains(&tree) {
+            // (its config is in lab's copy of the tree)
+            let Some(config) = local_tree(lab, &tree).map(|t| t.config.changes()) else {
+                notes.push(format!(
+                    "image {name} for {who}: version {} is not kept here; the next sync sends it",
+                    &tree[..12]
+                ));
+                continue;
+            };
+            let mut args = String::from("import -q");
+            for c in config {
+                args.push_str(&format!(" --change {}", quote(&c)));
+            }
+            args.push_str(&format!(
+                " --change {} - {}",
+                quote(&format!("LABEL lab.tree={tree}")),
+                quote(&name)
+            ));
+            format!(
+                "{}tar -C {}{STORE_DIR}/roots/{tree} -c --hard-dereference --numeric-owner -f - . | {} >/dev/null",
+                program("import"),
+                quote(root),
+                podman_as(user.as_deref(), &args)
+            )
+        } else {
+            notes.push(format!(
+                "image {name} for {who}: version {} is not kept here; the next sync sends it",
+                &tree[..12]
+            ));
+            continue;
+        };
+        // the running pods of that user naming it restart on it
+        let dir = match &user {
+            Some(_) => format!("{}/{}", root, lab_pods::ROOTLESS_DIR),
+            None => format!("{}/{}", root, lab_pods::ROOTFUL_DIR),
+        };
+        let ctl = match &user {
+            Some(u) => format!("systemctl --user -M {}@", quote(u)),
+            None => "systemctl".into(),
+        };
+        let restart = format!(
+            "for y in $(grep -l -F {pat} {d}/*.yaml 2>/dev/null); do u=$(basename \"$y\" .yaml).service; \
+             {ctl} try-restart \"$u\" && echo \"restarted $u\"; done",
+            pat = quote(&format!("image: \"{name}\"")),
+            d = quote(&dir),
+        );
+        let out = transport.run(&format!("{change} && {{ {restart}; }}"), &mut |_| Ok(()))?;
+        if out.status != 0 {
+            return Err(SyncError::Image {
+                image: name,
+                user: key,
+                output: format!("{}{}", out.stdout_text(), out.stderr_text()),
+            });
+        }
+        notes.push(format!(
+            "image {name} for {who} back on version {}: no file sent",
+            &tree[..12]
+        ));
+        for l in out.stdout_text().lines() {
+            if let Some(u) = l.strip_prefix("restarted ") {
+                notes.push(format!(
+                    "restarted {}{u} on it",
+                    user.as_deref().map(|u| format!("{u}/")).unwrap_or_default()
+                ));
+            }
+        }
+    }
+    Ok(notes)
 }

@@ -2,7 +2,7 @@
 # $I/store/SHA256.MODE.UID.GID  a file of an image, by content, mode and owner
 # $I/trees/ID                   the store keys an image tree uses, sorted
 # $I/roots/ID/                  the tree assembled: hard links into store/
-# $I/names/USER/HEXNAME         the trees a name was given, oldest first
+# $I/names/USER/HEXNAME         `TREE TIME`: the trees a name was given, oldest first
 # $I/incoming/                  what a ship receives before it is checked
 # Set by the caller: I, T (tree), B (base tree or empty), KSHA (sha256 of
 # trees/T), KEEP (trees kept per name), M (ship | import | tag), NF (the
@@ -67,13 +67,18 @@ if [ "$M" = ship ]; then
 fi
 rm -rf "$in"
 fi
-# the name's history: T last; the trees no name keeps among its last
-# KEEP go, and the store's files no kept tree uses
+# the name's history (`TREE TIME` lines, appended: a rollback picks the
+# tree a name had when a generation was made); the last KEEP distinct
+# trees of each name stay, with the store's files they use; the rest go
 if [ -n "${NF:-}" ]; then
-  mkdir -p "$(dirname "$I/names/$NF")"
-  { grep -vxF "$T" "$I/names/$NF" 2>/dev/null || :; echo "$T"; } | tail -n "$KEEP" >"$I/names/$NF.new"
-  mv "$I/names/$NF.new" "$I/names/$NF"
-  cat "$I"/names/*/* 2>/dev/null | LC_ALL=C sort -u >"$I/keep.tmp"
+  h="$I/names/$NF"
+  mkdir -p "$(dirname "$h")"
+  { cat "$h" 2>/dev/null || :; echo "$T $(date +%s.%N)"; } | tail -n 1000 >"$h.new"
+  mv "$h.new" "$h"
+  for f in "$I"/names/*/*; do
+    [ -f "$f" ] || continue
+    tac "$f" | cut -d' ' -f1 | cat -n | LC_ALL=C sort -s -k2,2 -u | sort -n | head -n "$KEEP" | cut -f2
+  done | LC_ALL=C sort -u >"$I/keep.tmp"
   for t in $(ls "$I/trees"); do
     grep -qxF "$t" "$I/keep.tmp" || { rm -f "$I/trees/$t"; rm -rf "$I/roots/$t"; }
   done

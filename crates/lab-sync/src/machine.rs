@@ -752,6 +752,19 @@ impl MachineSync<'_> {
             )));
         }
         self.remember(&target.to_text());
+        let mut report = report;
+        if self.target.systemd {
+            // (the pods' images go back with the generation: no file sent)
+            let lab = lab_core::LabDir::at(&self.target.lab_dir);
+            let notes = crate::image_store::restore(
+                self.transport,
+                &self.target.root,
+                to,
+                self.target.keep,
+                &lab,
+            )?;
+            report.notes.extend(notes);
+        }
         Ok(Some(report))
     }
 
