@@ -101,13 +101,6 @@ impl LabDir {
         }
     }
 
-    /// `.lab/images/NAME.rootfs`: what lab found of the root-directory
-    /// image NAME (its layer's digest and size, under a signature of the
-    /// directory's entries), so that a sync does not read it again.
-    pub fn rootfs_cache_path(&self, image: &str) -> PathBuf {
-        self.root.join("images").join(format!("{image}.rootfs"))
-    }
-
     /// `.lab/images/blobs/`: the files of every image, by sha256.
     pub fn image_blobs_dir(&self) -> PathBuf {
         self.root.join("images").join("blobs")
