@@ -456,6 +456,30 @@ fn two_images_sharing_a_base_share_its_files_on_the_node() {
         .unwrap();
     // the store's file and both trees' are one inode
     assert_eq!(links.trim(), "3", "{out}");
+
+    // `lab images` says so: two names, one version each, the base shared
+    let (code, out, err) = lab(&t, &["images", "-m", "h1", "--json"]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let images = v["machines"]["h1"]["images"].as_array().unwrap();
+    assert_eq!(images.len(), 2, "{out}");
+    for i in images {
+        assert_eq!(i["user"], "pods", "{out}");
+        let versions = i["versions"].as_array().unwrap();
+        assert_eq!(versions.len(), 1, "{out}");
+        assert_eq!(versions[0]["current"], true);
+        let (bytes, shared) = (
+            versions[0]["bytes"].as_u64().unwrap(),
+            versions[0]["shared_bytes"].as_u64().unwrap(),
+        );
+        assert!(shared >= 2 << 20 && bytes - shared == 2, "{out}");
+    }
+    let (code, text, _) = lab(&t, &["images", "-m", "h1"]);
+    assert_eq!(code, 0);
+    assert!(
+        text.contains("localhost/aa-img:latest") && text.contains("localhost/bb-img:latest"),
+        "{text}"
+    );
 }
 
 #[test]
