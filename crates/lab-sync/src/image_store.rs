@@ -121,7 +121,7 @@ pub fn ship(
     let users: BTreeSet<Option<String>> = todo.keys().map(|(u, _)| u.clone()).collect();
     let mut state = query(transport, root, &users)?;
     let mut notes = Vec::new();
-    for ((user, name), _) in &todo {
+    for (user, name) in todo.keys() {
         let img = &opened[name];
         let key = user.clone().unwrap_or_else(|| "-".into());
         let Some(have) = state.users.get(&key) else {
@@ -157,14 +157,14 @@ pub fn ship(
             scoped: &scoped,
         };
         let note = if let Some(id) = tagged {
-            attempt.run("tag", None, &BTreeSet::new(), &state, Some(&id))?;
+            attempt.run("tag", Some(&id))?;
             format!(
                 "tagged image {name} ({}) for {}: no file sent",
                 &img.id[..12],
                 user.as_deref().unwrap_or("root")
             )
         } else if state.roots.contains(&img.id) {
-            attempt.run("import", None, &BTreeSet::new(), &state, None)?;
+            attempt.run("import", None)?;
             format!(
                 "loaded image {name} ({}) for {}: no file sent",
                 &img.id[..12],
@@ -507,14 +507,7 @@ impl Attempt<'_> {
 
     /// Run the node's program in mode `tag` (podman image `id` given the
     /// name) or `import`, then import or tag.
-    fn run(
-        &mut self,
-        mode: &str,
-        _base: Option<&str>,
-        _force: &BTreeSet<String>,
-        _state: &NodeState,
-        id: Option<&str>,
-    ) -> Result<(), SyncError> {
+    fn run(&mut self, mode: &str, id: Option<&str>) -> Result<(), SyncError> {
         let cmd = format!(
             "{}{}",
             self.program(mode, None, ""),
