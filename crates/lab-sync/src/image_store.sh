@@ -27,8 +27,8 @@ if [ "$M" = ship ]; then
     if [ -n "$bad" ]; then
       echo "lab-images: blobs arrived corrupt: $bad" >&2; exit 3
     fi
-    (cd "$in/blobs" && ls | grep -E '^[0-9a-f]{64}\.[0-7]{4}\.[0-9]+\.[0-9]+$' |
-      while IFS= read -r k; do mv -f "$k" "$I/store/$k"; done)
+    find "$in/blobs" -maxdepth 1 -type f -name '[0-9a-f]*.[0-7][0-7][0-7][0-7].*.*' \
+      -exec mv -f -t "$I/store" -- {} +
   fi
   if [ -f "$in/keys" ]; then :; else
     [ -n "$B" ] && [ -f "$I/trees/$B" ] && [ -d "$I/roots/$B" ] || {
