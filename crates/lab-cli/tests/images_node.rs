@@ -18,8 +18,8 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Hosts: 1 versions, 2 shared base, 3 corrupt store, 4 killed transfers,
-/// 5 `lab rollback`.
-const HOSTS: usize = 5;
+/// 5 `lab rollback`, 6 a broken image.
+const HOSTS: usize = 6;
 const STORE: &str = "/var/lib/lab/images";
 
 static FLEET: OnceLock<Mutex<Option<TestHosts>>> = OnceLock::new();
@@ -627,4 +627,37 @@ fn lab_rollback_runs_the_old_version_and_sends_no_file() {
     let out = sync_ok(&t);
     assert!(out.contains("no file sent"), "{out}");
     assert!(get(&h, 8080, "/").contains("version 2"));
+}
+
+/// An image with an entry leaving its root fails the sync naming the
+/// archive, its layer and the entry; nothing reaches the node's store.
+#[test]
+fn a_broken_image_fails_the_sync_naming_it() {
+    let h = host(6);
+    let t = project(&h);
+    let mut b = tar::Builder::new(Vec::new());
+    let mut hd = tar::Header::new_gnu();
+    hd.set_entry_type(tar::EntryType::Regular);
+    hd.set_size(1);
+    hd.set_mode(0o644);
+    hd.set_uid(0);
+    hd.set_gid(0);
+    // (the tar crate refuses to write `..`: put it in the header by hand)
+    hd.as_gnu_mut().unwrap().name[..13].copy_from_slice(b"../etc/passwd");
+    hd.set_cksum();
+    b.append(&hd, &b"x"[..]).unwrap();
+    image(&t, "web", &[b.into_inner().unwrap()]);
+    pod(&t, "web", "web", 8080);
+    let (code, out, err) = lab(&t, &["sync", "-m", "h1"]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        err.contains("images/web.tar") && err.contains("../etc/passwd") && err.contains("layer"),
+        "{err}"
+    );
+    assert_eq!(
+        h.run(&format!("ls {STORE}/store 2>/dev/null | wc -l"))
+            .unwrap()
+            .trim(),
+        "0"
+    );
 }

@@ -77,6 +77,7 @@ struct NodeState {
 #[allow(clippy::too_many_arguments)]
 pub fn ship(
     transport: &mut dyn Transport,
+    machine: &str,
     root: &str,
     images_dir: &Path,
     lab: &LabDir,
@@ -110,10 +111,9 @@ pub fn ship(
             let short = name
                 .trim_start_matches("localhost/")
                 .trim_end_matches(":latest");
-            let o = lab_images::open(path, short, lab).map_err(|e| SyncError::Image {
-                image: name.clone(),
-                user: "-".into(),
-                output: e.to_string(),
+            let o = lab_images::open(path, short, lab).map_err(|e| SyncError::Build {
+                machine: machine.to_string(),
+                message: e.to_string(),
             })?;
             opened.insert(name.clone(), o);
         }

@@ -201,6 +201,7 @@ impl MachineSync<'_> {
         };
         crate::image_store::ship(
             self.transport,
+            &self.target.name,
             &self.target.root,
             &self.target.images_dir,
             &lab,
