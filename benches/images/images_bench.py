@@ -154,18 +154,26 @@ class Sampler:
         out = self.p.communicate()[0]
         base_line = out[out.rfind("base "):]
         base = set(base_line.split()[1:])
-        peak_sum, peak_one, who = 0, 0, ""
+        tools = {"tar", "sha256sum", "cp", "xargs", "find", "sort", "grep", "sed", "mv", "rm",
+                 "flock", "cat", "cut", "tac", "comm", "runuser", "env", "dash"}
+        peak_sum, peak_one, who, peak_tools = 0, 0, "", 0
         for snap in out[:out.rfind("base ")].split("---"):
-            s = 0
+            s = t = 0
             for line in snap.strip().splitlines():
                 f = line.split(None, 2)
                 if len(f) < 3 or f[0] in base or f[2] in ("ps", "sleep", "sshd", "sshd-session", "sh", "bash"):
                     continue
                 s += int(f[1])
+                if f[2] in tools:
+                    t += int(f[1])
                 if int(f[1]) > peak_one:
                     peak_one, who = int(f[1]), f[2]
             peak_sum = max(peak_sum, s)
-        return {"peak_sum_kib": peak_sum, "peak_process_kib": peak_one, "peak_process": who}
+            peak_tools = max(peak_tools, t)
+        # (sum: everything the apply started, the new pod's processes and
+        # podman included; tools: lab's own sh/tar/sha256sum/cp/...)
+        return {"peak_sum_kib": peak_sum, "peak_process_kib": peak_one, "peak_process": who,
+                "peak_lab_tools_kib": peak_tools}
 
 
 def main():
@@ -217,9 +225,16 @@ def main():
                          "notes": [l for l in out.stdout.splitlines() if "image" in l]}
             print(name, json.dumps(res[name]), flush=True)
 
+        # (a file of the machine says the version, so each sync makes a
+        # generation: an image-only change makes none, and `lab rollback`
+        # goes back by generations)
+        os.makedirs(os.path.join(proj, "machines/h1/etc"))
+        marker = os.path.join(proj, "machines/h1/etc/web-version")
         shutil.copy(tars[0], dest)
+        open(marker, "w").write("1\n")
         step("lab_first", ["sync", "-m", "h1"], "version 1")
         shutil.copy(tars[1], dest)
+        open(marker, "w").write("2\n")
         step("lab_one_file_changed", ["sync", "-m", "h1"], "version 2")
         step("lab_rollback", ["rollback", "-m", "h1"], "version 1")
 
