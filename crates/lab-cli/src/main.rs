@@ -10,6 +10,7 @@ mod bootstrap;
 mod diag;
 mod explain;
 mod facts;
+mod images;
 mod init;
 mod json;
 mod logs;
@@ -182,6 +183,18 @@ enum Command {
         /// Journal lines shown for a pod that is not running.
         #[arg(short = 'n', long, value_name = "N", default_value_t = 20)]
         lines: usize,
+        /// Print JSON on stdout (schema in the README).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The images lab's store holds on each machine: versions, files,
+    /// size on disk and bytes shared with other kept versions (`*`: the
+    /// version the name has now).
+    Images {
+        #[command(flatten)]
+        select: Select,
+        #[command(flatten)]
+        fanout: Fanout,
         /// Print JSON on stdout (schema in the README).
         #[arg(long)]
         json: bool,
@@ -646,6 +659,24 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
                     accept_new: *accept_new,
                     jobs: *jobs,
                     lines: *lines,
+                },
+            )
+        }
+        Command::Images {
+            select,
+            fanout: Fanout { jobs, accept_new },
+            json,
+        } => {
+            let engine = open(&cli, style)?;
+            let names = select::resolve(&engine, style, &select.selection())?;
+            images::images(
+                &engine,
+                style,
+                &images::ImagesArgs {
+                    machines: names,
+                    json: *json,
+                    accept_new: *accept_new,
+                    jobs: *jobs,
                 },
             )
         }

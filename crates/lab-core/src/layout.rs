@@ -11,6 +11,10 @@
 //! .lab/sync/NAME.applied          the generation lab last saw applied on it
 //! .lab/machines/known_hosts       host keys of container machines, pinned
 //!                                 at creation under their names
+//! .lab/images/blobs/SHA256        a file of an image, by content (lab-images)
+//! .lab/images/trees/ID.tree       an image as a tree (lab-images' format)
+//! .lab/images/NAME.source         which tree an image's source gave, under
+//!                                 a signature of its stat
 //! .lab/ssh/                       control sockets of SSH connections kept
 //!                                 open across runs (or $XDG_RUNTIME_DIR/lab-ssh/)
 //! ```
@@ -99,11 +103,23 @@ impl LabDir {
         }
     }
 
-    /// `.lab/images/NAME.rootfs`: what lab found of the root-directory
-    /// image NAME (its layer's digest and size, under a signature of the
-    /// directory's entries), so that a sync does not read it again.
-    pub fn rootfs_cache_path(&self, image: &str) -> PathBuf {
-        self.root.join("images").join(format!("{image}.rootfs"))
+    /// `.lab/images/blobs/`: the files of every image, by sha256.
+    pub fn image_blobs_dir(&self) -> PathBuf {
+        self.root.join("images").join("blobs")
+    }
+
+    /// `.lab/images/trees/ID.tree`: an image unpacked into a tree.
+    pub fn image_tree_path(&self, id: &str) -> PathBuf {
+        self.root
+            .join("images")
+            .join("trees")
+            .join(format!("{id}.tree"))
+    }
+
+    /// `.lab/images/NAME.source`: the tree the image NAME's source gave,
+    /// under a signature of the source's stat.
+    pub fn image_source_path(&self, image: &str) -> PathBuf {
+        self.root.join("images").join(format!("{image}.source"))
     }
 
     /// `.lab/machines/known_hosts`: the host keys of container machines

@@ -11,6 +11,7 @@ pub mod bootstrap;
 pub mod converge;
 pub mod diff;
 mod error;
+pub mod image_store;
 pub mod images;
 mod machine;
 pub mod mux;

@@ -189,14 +189,7 @@ impl MachineSync<'_> {
         if uses.is_empty() {
             return Ok(Vec::new());
         }
-        let images = crate::images::project_images(
-            &self.target.images_dir,
-            Some(&lab_core::LabDir::at(&self.target.lab_dir)),
-        )
-        .map_err(|e| SyncError::Build {
-            machine: self.target.name.clone(),
-            message: e.to_string(),
-        })?;
+        let lab = lab_core::LabDir::at(&self.target.lab_dir);
         // (what lab last applied there: paths it changes restart their
         // pods anyway; unknown: every path counts as changed)
         let old = self
@@ -206,7 +199,16 @@ impl MachineSync<'_> {
             Some(o) => o.get(p) != new.get(p),
             None => true,
         };
-        crate::images::ship(self.transport, &self.target.root, &images, &uses, &changed)
+        crate::image_store::ship(
+            self.transport,
+            &self.target.name,
+            &self.target.root,
+            &self.target.images_dir,
+            &lab,
+            self.target.keep,
+            &uses,
+            &changed,
+        )
     }
 
     /// Check the machine, changing nothing: one command (see [`Probe`]).
@@ -751,6 +753,19 @@ impl MachineSync<'_> {
             )));
         }
         self.remember(&target.to_text());
+        let mut report = report;
+        if self.target.systemd {
+            // (the pods' images go back with the generation: no file sent)
+            let lab = lab_core::LabDir::at(&self.target.lab_dir);
+            let notes = crate::image_store::restore(
+                self.transport,
+                &self.target.root,
+                to,
+                self.target.keep,
+                &lab,
+            )?;
+            report.notes.extend(notes);
+        }
         Ok(Some(report))
     }
 
