@@ -9,6 +9,8 @@
 //! .lab/state/                     the engine's state (see lab-engine's `state`)
 //! .lab/facts/NAME.json            facts gathered from a machine (user-editable)
 //! .lab/sync/NAME.applied          the generation lab last saw applied on it
+//! .lab/console.sqlite             `lab console`'s accounts, roles, sessions
+//!                                 and audit log (lab-console's schema)
 //! .lab/ssh/                       control sockets of SSH connections kept
 //!                                 open across runs (or $XDG_RUNTIME_DIR/lab-ssh/)
 //! ```
@@ -102,6 +104,12 @@ impl LabDir {
     /// directory's entries), so that a sync does not read it again.
     pub fn rootfs_cache_path(&self, image: &str) -> PathBuf {
         self.root.join("images").join(format!("{image}.rootfs"))
+    }
+
+    /// `.lab/console.sqlite`: the web console's accounts, namespaces,
+    /// roles, sessions and audit log.
+    pub fn console_db_path(&self) -> PathBuf {
+        self.root.join("console.sqlite")
     }
 
     /// `.lab/facts/NAME.json`
