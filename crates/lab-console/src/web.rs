@@ -62,6 +62,7 @@ impl App {
         for (name, text) in TEMPLATES {
             env.add_template(name, text).expect("a console template");
         }
+        env.add_filter("seg", |s: String| seg(&s));
         env.add_function("ago", |at: i64| ago(crate::store::now(), at));
         App {
             store,
