@@ -268,3 +268,66 @@ fn dechunk(mut s: &str) -> String {
     }
     out
 }
+
+impl Client {
+    /// A JSON request (WebDriver's protocol); the answer's JSON.
+    pub fn json(
+        &mut self,
+        method: &str,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> serde_json::Value {
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            self.addr,
+            body.len()
+        );
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(body.as_bytes()).unwrap();
+        // (chromedriver keeps the connection open: read what
+        // Content-Length says)
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        let (head, mut rest) = loop {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "the connection closed before the headers ended");
+            raw.extend_from_slice(&buf[..n]);
+            if let Some(i) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                break (
+                    String::from_utf8_lossy(&raw[..i]).into_owned(),
+                    raw[i + 4..].to_vec(),
+                );
+            }
+        };
+        let len: Option<usize> = head
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .find(|(k, _)| k.trim().eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.trim().parse().ok());
+        match len {
+            Some(len) => {
+                while rest.len() < len {
+                    let n = s.read(&mut buf).unwrap();
+                    assert!(n > 0, "the connection closed mid-answer");
+                    rest.extend_from_slice(&buf[..n]);
+                }
+            }
+            None => {
+                s.read_to_end(&mut rest).unwrap();
+            }
+        }
+        let rest = String::from_utf8_lossy(&rest).into_owned();
+        let rest = if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(&rest)
+        } else {
+            rest
+        };
+        serde_json::from_str(&rest).unwrap_or(serde_json::Value::Null)
+    }
+}
