@@ -36,6 +36,23 @@ pub struct Known {
     pub failed_units: Vec<String>,
     /// The journal tail of each failed unit.
     pub journal: Vec<(String, Vec<String>)>,
+    /// The pods of its build and what runs of them.
+    pub pods: Vec<Pod>,
+}
+
+/// A pod of a machine's build, as `lab ps` sees it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Pod {
+    pub name: String,
+    /// `running`, `failed`, `stopped`, ...
+    pub state: String,
+    pub failed: bool,
+    pub restarts: u64,
+    pub ports: Vec<String>,
+    pub memory_bytes: u64,
+    /// The journal tail when it is not running.
+    pub journal: Vec<String>,
+    pub error: Option<String>,
 }
 
 /// A machine of lab.toml as the console shows it.
@@ -227,7 +244,11 @@ impl Fleet {
         }
         let checked = lab_deploy::parallel(open, 16, |(m, mut t)| {
             let r = lab_deploy::machine_state(engine, m, t.as_mut());
-            (m.name.clone(), r.map(|st| known(at, &st, t.as_mut())))
+            let pods = lab_deploy::desired_pods(engine, m).unwrap_or_default();
+            (
+                m.name.clone(),
+                r.map(|st| known(at, &st, &pods, t.as_mut())),
+            )
         });
         for (name, r) in checked {
             match r {
@@ -239,7 +260,38 @@ impl Fleet {
     }
 }
 
-fn known(at: i64, st: &lab_deploy::MachineState, t: &mut dyn Transport) -> Known {
+fn known(
+    at: i64,
+    st: &lab_deploy::MachineState,
+    desired: &[lab_sync::pods::DesiredPod],
+    t: &mut dyn Transport,
+) -> Known {
+    let pods = if desired.is_empty() {
+        Vec::new()
+    } else {
+        match lab_sync::pods::ps(t, desired, JOURNAL_LINES) {
+            Ok((pods, _)) => pods
+                .iter()
+                .map(|p| Pod {
+                    name: p.name.clone(),
+                    state: p.state().to_string(),
+                    failed: p.failed(),
+                    restarts: p.restarts(),
+                    ports: p.ports.clone(),
+                    memory_bytes: p.memory_bytes(),
+                    journal: p.journal.clone(),
+                    error: p.error.clone(),
+                })
+                .collect(),
+            Err(e) => vec![Pod {
+                name: "(pods)".into(),
+                state: "unknown".into(),
+                failed: true,
+                error: Some(e.to_string()),
+                ..Default::default()
+            }],
+        }
+    };
     let journal = st
         .failed_units
         .iter()
@@ -278,5 +330,6 @@ fn known(at: i64, st: &lab_deploy::MachineState, t: &mut dyn Transport) -> Known
             .collect(),
         failed_units: st.failed_units.clone(),
         journal,
+        pods,
     }
 }

@@ -98,3 +98,20 @@ pub fn machine_state(
         failed_units,
     })
 }
+
+/// The pods of machine `m`'s last build (`Err`: it has no build).
+pub fn desired_pods(
+    engine: &Engine,
+    m: &Machine,
+) -> Result<Vec<lab_sync::pods::DesiredPod>, String> {
+    let target = crate::machine::target(&engine.project, m, engine.lab_dir());
+    let built = std::fs::read_to_string(&target.manifest_path)
+        .ok()
+        .and_then(|t| Manifest::parse(&t).ok())
+        .ok_or_else(|| format!("`{}`: no build", target.manifest_path.display()))?;
+    Ok(lab_sync::pods::desired(
+        &target.out_dir,
+        &built,
+        &target.pod_user,
+    ))
+}
