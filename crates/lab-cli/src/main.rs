@@ -7,6 +7,7 @@
 
 mod adopt;
 mod bootstrap;
+mod console;
 mod diag;
 mod explain;
 mod facts;
@@ -163,6 +164,9 @@ enum Command {
     },
     /// Print lab's man page (roff): `lab man > lab.1`.
     Man,
+    /// Serve the web console (default on 127.0.0.1:5555, for `ssh -L`);
+    /// `lab console adduser --superadmin NAME` makes the first account.
+    Console(console::ConsoleCmd),
     /// List the machines: tags, transport, address, the generation lab last
     /// applied and when.
     Ls {
@@ -720,6 +724,10 @@ fn run(cli: Cli, style: Style) -> Result<(), Failure> {
             // through print!, so that a closed pipe ends lab quietly
             print!("{}", String::from_utf8_lossy(&out));
             Ok(())
+        }
+        Command::Console(cmd) => {
+            let engine = open(&cli, style)?;
+            console::console(engine, style, cmd, cli.quiet)
         }
         Command::Man => {
             let mut out = Vec::new();

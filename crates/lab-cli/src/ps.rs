@@ -6,7 +6,6 @@
 use crate::diag::{self, Style};
 use crate::Failure;
 use lab_engine::{BuildOptions, Engine};
-use lab_manifest::Manifest;
 use lab_sync::pods::{DesiredPod, PodStatus};
 use serde_json::{json, Value};
 
@@ -121,16 +120,7 @@ fn json_pods(pods: &[PodStatus], now: i64) -> Vec<Value> {
 
 /// The pods of machine `m`'s last build.
 pub fn desired(engine: &Engine, m: &lab_config::Machine) -> Result<Vec<DesiredPod>, String> {
-    let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
-    let built = std::fs::read_to_string(&target.manifest_path)
-        .ok()
-        .and_then(|t| Manifest::parse(&t).ok())
-        .ok_or_else(|| format!("`{}`: no build", target.manifest_path.display()))?;
-    Ok(lab_sync::pods::desired(
-        &target.out_dir,
-        &built,
-        &target.pod_user,
-    ))
+    lab_deploy::desired_pods(engine, m)
 }
 
 pub fn ps(engine: &Engine, style: Style, args: &PsArgs) -> Result<(), Failure> {

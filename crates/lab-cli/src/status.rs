@@ -6,10 +6,8 @@
 
 use crate::diag::{self, Style};
 use crate::Failure;
-use lab_agent::{ApplyPlan, Drift, UnitAction, UnitOp};
+use lab_agent::{Drift, UnitAction, UnitOp};
 use lab_engine::{BuildOptions, Engine};
-use lab_manifest::Manifest;
-use lab_sync::{MachineSync, Probe};
 use serde_json::{json, Value};
 
 pub struct StatusArgs {
@@ -46,24 +44,14 @@ pub fn repaired_lines(drift: &[Drift], pending: &[UnitAction]) -> String {
     s
 }
 
-/// One machine's state.
-struct State {
-    name: String,
-    probe: Probe,
-    /// Paths a sync would change because the source changed.
-    changes: Vec<String>,
-    drift: Vec<Drift>,
-    failed_units: Vec<String>,
+use lab_deploy::MachineState as State;
+
+trait Shown {
+    fn json(&self) -> Value;
+    fn text(&self, style: Style) -> String;
 }
 
-impl State {
-    fn in_sync(&self) -> bool {
-        !self.probe.interrupted
-            && self.changes.is_empty()
-            && self.drift.is_empty()
-            && self.probe.check.pending.is_empty()
-    }
-
+impl Shown for State {
     fn json(&self) -> Value {
         json!({
             "name": self.name,
@@ -154,74 +142,6 @@ fn age(s: u64) -> String {
         7200..=172_799 => format!("{} h", s / 3600),
         _ => format!("{} days", s / 86400),
     }
-}
-
-fn one(
-    engine: &Engine,
-    m: &lab_config::Machine,
-    t: &mut dyn lab_sync::Transport,
-) -> Result<State, lab_sync::SyncError> {
-    let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
-    let no_build = || lab_sync::SyncError::Build {
-        machine: m.name.clone(),
-        message: format!("{}: no build", target.manifest_path.display()),
-    };
-    let text = std::fs::read_to_string(&target.manifest_path).map_err(|_| no_build())?;
-    let digest = lab_core::Digest::of(text.as_bytes());
-    let parse = || Manifest::parse(&text).map_err(|_| no_build());
-    // (the build is parsed only when it is to be compared: the units need
-    // only its paths)
-    let mut built = None;
-    let units = match (target.systemd, Manifest::paths(&text)) {
-        (false, _) => Vec::new(),
-        (true, Some(paths)) => {
-            lab_sync::units::managed_units(paths, &target.rules, &target.pod_user)
-        }
-        (true, None) => {
-            let b = parse()?;
-            let u = lab_sync::units::managed_units(
-                b.entries.keys().map(String::as_str),
-                &target.rules,
-                &target.pod_user,
-            );
-            built = Some(b);
-            u
-        }
-    };
-    let probe = MachineSync {
-        target: &target,
-        transport: t,
-    }
-    .check_against(&units, &digest)?;
-    let (changes, drift) = match &probe.manifest {
-        Some(applied) => {
-            let built = match built {
-                Some(b) => b,
-                None => parse()?,
-            };
-            let plan = ApplyPlan::new(applied, &built);
-            (
-                plan.touched().into_iter().map(str::to_string).collect(),
-                probe.check.drift(applied),
-            )
-        }
-        // (an interrupted run: the next sync recovers, then looks again;
-        // or the machine is on this build and nothing drifted)
-        None => (Vec::new(), Vec::new()),
-    };
-    let failed_units = probe
-        .units
-        .iter()
-        .filter(|(_, st)| st == "failed")
-        .map(|(u, _)| u.clone())
-        .collect();
-    Ok(State {
-        name: m.name.clone(),
-        probe,
-        changes,
-        drift,
-        failed_units,
-    })
 }
 
 pub fn status(engine: &Engine, style: Style, args: &StatusArgs) -> Result<(), Failure> {
@@ -323,7 +243,10 @@ pub fn status(engine: &Engine, style: Style, args: &StatusArgs) -> Result<(), Fa
         }
     }
     let results = lab_deploy::parallel(open, args.jobs, |(m, mut t)| {
-        (m.name.clone(), one(engine, m, t.as_mut()))
+        (
+            m.name.clone(),
+            lab_deploy::machine_state(engine, m, t.as_mut()),
+        )
     });
     let mut out_of_sync = false;
     for (name, r) in results {

@@ -15,6 +15,8 @@
 //! .lab/images/trees/ID.tree       an image as a tree (lab-images' format)
 //! .lab/images/NAME.source         which tree an image's source gave, under
 //!                                 a signature of its stat
+//! .lab/console.sqlite             `lab console`'s accounts, roles, sessions
+//!                                 and audit log (lab-console's schema)
 //! .lab/ssh/                       control sockets of SSH connections kept
 //!                                 open across runs (or $XDG_RUNTIME_DIR/lab-ssh/)
 //! ```
@@ -126,6 +128,12 @@ impl LabDir {
     /// (lab.toml's `on = "HOST"`), pinned when lab created them.
     pub fn machines_known_hosts(&self) -> PathBuf {
         self.root.join("machines").join("known_hosts")
+    }
+
+    /// `.lab/console.sqlite`: the web console's accounts, namespaces,
+    /// roles, sessions and audit log.
+    pub fn console_db_path(&self) -> PathBuf {
+        self.root.join("console.sqlite")
     }
 
     /// `.lab/facts/NAME.json`

@@ -13,6 +13,7 @@
 mod event;
 mod machine;
 mod pool;
+mod status;
 mod sync;
 mod watch;
 
@@ -22,6 +23,7 @@ pub use machine::{
     IO_TIMEOUT,
 };
 pub use pool::{cached_facts, facts_cached, parallel, Connector};
+pub use status::{desired_pods, machine_state, MachineState};
 pub use sync::{build, sync, sync_one, MachineResult, MachineRun, SyncPlan, SyncRun};
 pub use watch::{BackoffPolicy, Schedule, Stopper, Watch, WatchOptions};
 

@@ -1,0 +1,349 @@
+//! The last known state of every machine, refreshed in the background so
+//! that no page waits on a slow or dead machine: pages read this cache
+//! and show each state's age. A refresh connects to every machine with a
+//! short timeout (facts gathered when none are cached), builds what it
+//! reached, then checks each one (lab-deploy's `machine_state`) and reads
+//! the journal tail of its failed units.
+
+use lab_deploy::{Connector, Quiet};
+use lab_engine::Engine;
+use lab_sync::Transport;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+/// Journal lines kept per failed unit.
+pub const JOURNAL_LINES: usize = 20;
+
+/// What the last look at a machine found.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Known {
+    /// When (seconds since the epoch).
+    pub at: i64,
+    pub reachable: bool,
+    /// Why it could not be reached, built or checked.
+    pub error: Option<String>,
+    pub in_sync: bool,
+    pub generation: u64,
+    pub applied_at: Option<u64>,
+    pub interrupted: bool,
+    /// Paths a sync would change (source changed), as `/path`.
+    pub changes: Vec<String>,
+    /// `/path: what drifted`
+    pub drift: Vec<String>,
+    pub pending: Vec<String>,
+    pub failed_units: Vec<String>,
+    /// The journal tail of each failed unit.
+    pub journal: Vec<(String, Vec<String>)>,
+    /// The pods of its build and what runs of them.
+    pub pods: Vec<Pod>,
+}
+
+/// A pod of a machine's build, as `lab ps` sees it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Pod {
+    pub name: String,
+    /// `running`, `failed`, `stopped`, ...
+    pub state: String,
+    pub failed: bool,
+    pub restarts: u64,
+    pub ports: Vec<String>,
+    pub memory_bytes: u64,
+    /// The journal tail when it is not running.
+    pub journal: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// A machine of lab.toml as the console shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MachineView {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub state: Option<Known>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// (name, tags) in lab.toml's order.
+    machines: Vec<(String, Vec<String>)>,
+    /// lab.toml could not be read at the last refresh.
+    project_error: Option<String>,
+    states: HashMap<String, Known>,
+    /// The last full refresh: when, and how long it took (ms).
+    last: Option<(i64, u128)>,
+}
+
+pub struct Fleet {
+    root: PathBuf,
+    connect_timeout: Duration,
+    inner: Mutex<Inner>,
+    /// Held by whatever builds (a refresh, an action): one at a time.
+    pub build_lock: Mutex<()>,
+}
+
+/// A build of every machine peaks far above what the console keeps
+/// between looks (150 MB for 200 machines); glibc keeps the freed heap
+/// unless asked to give it back.
+fn give_back_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+impl Fleet {
+    pub fn new(root: PathBuf, connect_timeout: Duration) -> Fleet {
+        Fleet {
+            root,
+            connect_timeout,
+            inner: Mutex::new(Inner::default()),
+            build_lock: Mutex::new(()),
+        }
+    }
+
+    fn inner(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn build_guard(&self) -> MutexGuard<'_, ()> {
+        self.build_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The machines tagged `ns`, with what is known of them.
+    pub fn namespace(&self, ns: &str) -> Vec<MachineView> {
+        let inner = self.inner();
+        inner
+            .machines
+            .iter()
+            .filter(|(_, tags)| tags.iter().any(|t| t == ns))
+            .map(|(name, tags)| MachineView {
+                name: name.clone(),
+                tags: tags.clone(),
+                state: inner.states.get(name).cloned(),
+            })
+            .collect()
+    }
+
+    pub fn machine(&self, ns: &str, name: &str) -> Option<MachineView> {
+        self.namespace(ns).into_iter().find(|m| m.name == name)
+    }
+
+    pub fn project_error(&self) -> Option<String> {
+        self.inner().project_error.clone()
+    }
+
+    /// The last full refresh: when, and how long it took (ms).
+    pub fn last_refresh(&self) -> Option<(i64, u128)> {
+        self.inner().last
+    }
+
+    /// Open the project, or note why it cannot be opened.
+    pub fn engine(&self) -> Result<Engine, String> {
+        let r = Engine::open(&self.root).map_err(|e| e.to_string());
+        let mut inner = self.inner();
+        match &r {
+            Ok(engine) => {
+                inner.project_error = None;
+                inner.machines = engine
+                    .project
+                    .machines
+                    .iter()
+                    .map(|m| {
+                        let tags = engine
+                            .project
+                            .tags
+                            .get(&m.name)
+                            .cloned()
+                            .unwrap_or_default();
+                        (m.name.clone(), tags)
+                    })
+                    .collect();
+            }
+            Err(e) => inner.project_error = Some(e.clone()),
+        }
+        r
+    }
+
+    /// Look at `names` (all when empty) again. Returns when done; pages
+    /// meanwhile show the previous states.
+    pub fn refresh(&self, names: &[String]) {
+        let began = Instant::now();
+        let Ok(engine) = self.engine() else {
+            return;
+        };
+        let machines: Vec<&lab_config::Machine> = engine
+            .project
+            .machines
+            .iter()
+            .filter(|m| names.is_empty() || names.contains(&m.name))
+            .collect();
+        let found = self.look(&engine, &machines);
+        let mut inner = self.inner();
+        for k in found {
+            inner.states.insert(k.0, k.1);
+        }
+        if names.is_empty() {
+            inner.last = Some((crate::store::now(), began.elapsed().as_millis()));
+        }
+        drop(inner);
+        drop(engine);
+        give_back_memory();
+    }
+
+    fn look(&self, engine: &Engine, machines: &[&lab_config::Machine]) -> Vec<(String, Known)> {
+        let at = crate::store::now();
+        let failed = |name: &str, reachable: bool, e: String| {
+            (
+                name.to_string(),
+                Known {
+                    at,
+                    reachable,
+                    error: Some(e),
+                    ..Default::default()
+                },
+            )
+        };
+        let connector = match Connector::new(false) {
+            Ok(c) => c.with_timeouts(self.connect_timeout, self.connect_timeout * 6),
+            Err(e) => {
+                return machines
+                    .iter()
+                    .map(|m| failed(&m.name, false, e.to_string()))
+                    .collect()
+            }
+        };
+        let lab_dir = engine.lab_dir();
+        let connected = lab_deploy::parallel(machines.to_vec(), 16, |m| {
+            let gather = !lab_deploy::facts_cached(lab_dir, &m.name);
+            (
+                m,
+                connector.open(&engine.project, lab_dir, m, gather, &Quiet),
+            )
+        });
+        let mut out = Vec::new();
+        let mut open = Vec::new();
+        for (m, r) in connected {
+            match r {
+                Ok(t) => open.push((m, t)),
+                Err(e) => out.push(failed(&m.name, false, e.to_string())),
+            }
+        }
+        let names: Vec<String> = open.iter().map(|(m, _)| m.name.clone()).collect();
+        if !names.is_empty() {
+            let built = {
+                let _g = self.build_guard();
+                lab_deploy::build(engine, &names, true, &Quiet)
+            };
+            match built {
+                Ok(bad) => open.retain(|(m, _)| {
+                    if bad.contains(&m.name) {
+                        out.push(failed(&m.name, true, "its build failed".into()));
+                        false
+                    } else {
+                        true
+                    }
+                }),
+                Err(e) => {
+                    for (m, _) in open.drain(..) {
+                        out.push(failed(&m.name, true, e.to_string()));
+                    }
+                }
+            }
+        }
+        let checked = lab_deploy::parallel(open, 16, |(m, mut t)| {
+            let r = lab_deploy::machine_state(engine, m, t.as_mut());
+            let pods = lab_deploy::desired_pods(engine, m).unwrap_or_default();
+            (
+                m.name.clone(),
+                r.map(|st| known(at, &st, &pods, t.as_mut())),
+            )
+        });
+        for (name, r) in checked {
+            match r {
+                Ok(k) => out.push((name, k)),
+                Err(e) => out.push(failed(&name, true, e.to_string())),
+            }
+        }
+        out
+    }
+}
+
+fn known(
+    at: i64,
+    st: &lab_deploy::MachineState,
+    desired: &[lab_sync::pods::DesiredPod],
+    t: &mut dyn Transport,
+) -> Known {
+    let pods = if desired.is_empty() {
+        Vec::new()
+    } else {
+        match lab_sync::pods::ps(t, desired, JOURNAL_LINES) {
+            Ok((pods, _)) => pods
+                .iter()
+                .map(|p| Pod {
+                    name: p.name.clone(),
+                    state: p.state().to_string(),
+                    failed: p.failed(),
+                    restarts: p.restarts(),
+                    ports: p.ports.clone(),
+                    memory_bytes: p.memory_bytes(),
+                    journal: p.journal.clone(),
+                    error: p.error.clone(),
+                })
+                .collect(),
+            Err(e) => vec![Pod {
+                name: "(pods)".into(),
+                state: "unknown".into(),
+                failed: true,
+                error: Some(e.to_string()),
+                ..Default::default()
+            }],
+        }
+    };
+    let journal = st
+        .failed_units
+        .iter()
+        .map(|u| {
+            let cmd = format!(
+                "journalctl -u {} -n {JOURNAL_LINES} --no-pager -o short-iso 2>&1",
+                shell_quote(u)
+            );
+            let lines = match t.run(&cmd, &mut |_| Ok(())) {
+                Ok(o) => o.stdout_text().lines().map(str::to_string).collect(),
+                Err(e) => vec![format!("(the journal could not be read: {e})")],
+            };
+            (u.clone(), lines)
+        })
+        .collect();
+    Known {
+        at,
+        reachable: true,
+        error: None,
+        in_sync: st.in_sync(),
+        generation: st.probe.gen,
+        applied_at: st.probe.applied_at,
+        interrupted: st.probe.interrupted,
+        changes: st.changes.iter().map(|p| format!("/{p}")).collect(),
+        drift: st
+            .drift
+            .iter()
+            .map(|d| format!("/{}: {}", d.path, d.kind.as_str()))
+            .collect(),
+        pending: st
+            .probe
+            .check
+            .pending
+            .iter()
+            .map(|a| format!("{} {}", a.op.as_str(), a.unit))
+            .collect(),
+        failed_units: st.failed_units.clone(),
+        journal,
+        pods,
+    }
+}

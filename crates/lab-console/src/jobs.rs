@@ -1,0 +1,320 @@
+//! Actions (sync, diff, rollback of one machine) run as jobs on their own
+//! threads, calling lab-deploy and lab-sync directly. A job keeps the
+//! lines of its progress, so that a page opened late sees them all and
+//! its event stream (SSE) waits for the next ones.
+
+use crate::fleet::Fleet;
+use lab_deploy::{Connector, Event, Events, Step, SyncPlan};
+use lab_sync::{MachineSync, Outcome};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Sync,
+    Diff,
+    Rollback,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Sync => "sync",
+            Kind::Diff => "diff",
+            Kind::Rollback => "rollback",
+        }
+    }
+}
+
+#[derive(Default)]
+struct Log {
+    lines: Vec<String>,
+    /// `Some(ok)` once the job ended.
+    done: Option<bool>,
+}
+
+pub struct Job {
+    pub id: u64,
+    pub ns: String,
+    pub machine: String,
+    pub kind: Kind,
+    pub user: String,
+    pub started: i64,
+    log: Mutex<Log>,
+    changed: Condvar,
+}
+
+impl Job {
+    fn log(&self) -> MutexGuard<'_, Log> {
+        self.log.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, line: impl Into<String>) {
+        self.log().lines.push(line.into());
+        self.changed.notify_all();
+    }
+
+    fn finish(&self, ok: bool) {
+        self.log().done = Some(ok);
+        self.changed.notify_all();
+    }
+
+    /// The lines from `from` on and whether the job ended, waiting up to
+    /// `wait` for something new when there is nothing yet.
+    pub fn since(&self, from: usize, wait: Duration) -> (Vec<String>, Option<bool>) {
+        let mut log = self.log();
+        if log.lines.len() <= from && log.done.is_none() {
+            log = self
+                .changed
+                .wait_timeout(log, wait)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        (log.lines.get(from..).unwrap_or_default().to_vec(), log.done)
+    }
+}
+
+pub struct Jobs {
+    next: AtomicU64,
+    all: Mutex<HashMap<u64, Arc<Job>>>,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Jobs {
+            next: AtomicU64::new(1),
+            all: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// Jobs kept for their pages; the oldest go first.
+const KEEP: usize = 500;
+
+impl Jobs {
+    pub fn get(&self, id: u64) -> Option<Arc<Job>> {
+        self.all
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    /// Start `kind` on `machine` of `ns` for `user`; `done` runs on the
+    /// job's thread at its end.
+    pub fn start(
+        &self,
+        fleet: Arc<Fleet>,
+        ns: &str,
+        machine: &str,
+        kind: Kind,
+        user: &str,
+        done: impl FnOnce(&Job, bool) + Send + 'static,
+    ) -> Arc<Job> {
+        let job = Arc::new(Job {
+            id: self.next.fetch_add(1, Ordering::Relaxed),
+            ns: ns.to_string(),
+            machine: machine.to_string(),
+            kind,
+            user: user.to_string(),
+            started: crate::store::now(),
+            log: Mutex::default(),
+            changed: Condvar::new(),
+        });
+        {
+            let mut all = self.all.lock().unwrap_or_else(|p| p.into_inner());
+            if all.len() >= KEEP {
+                if let Some(oldest) = all.keys().min().copied() {
+                    all.remove(&oldest);
+                }
+            }
+            all.insert(job.id, job.clone());
+        }
+        let j = job.clone();
+        std::thread::spawn(move || {
+            let ok = run(&fleet, &j);
+            // (what the machine looks like now, for its page)
+            fleet.refresh(std::slice::from_ref(&j.machine));
+            done(&j, ok);
+            j.finish(ok);
+        });
+        job
+    }
+}
+
+/// Turns deployment events into the job's lines.
+struct JobEvents<'a>(&'a Job);
+
+impl Events for JobEvents<'_> {
+    fn event(&self, e: Event<'_>) {
+        let j = self.0;
+        match e {
+            Event::Step { step, .. } => match step {
+                Step::Connecting => j.push("connecting"),
+                Step::GatheringFacts => j.push("gathering facts"),
+                Step::Syncing => j.push("syncing"),
+                Step::Done => {}
+            },
+            Event::BuildStarted => j.push("building"),
+            Event::BuildFinished => j.push("built"),
+            Event::BuildError(e) => j.push(format!("the build could not run: {e}")),
+            Event::BuildFailed { errors, .. } => {
+                for e in errors {
+                    j.push(format!("build error: {e}"));
+                }
+            }
+            Event::Connected { warnings, .. } => {
+                j.push("connected");
+                for w in warnings {
+                    j.push(format!("warning: {w}"));
+                }
+            }
+            Event::ConnectFailed { error, .. } => j.push(format!("cannot reach it: {error}")),
+            Event::Synced { report, ms, .. } => {
+                let what = match report.outcome {
+                    Outcome::Unchanged { gen } => {
+                        format!("already on this build (generation {gen})")
+                    }
+                    Outcome::Applied { gen } => format!("generation {gen} applied"),
+                    Outcome::RolledBack { gen } => {
+                        format!("a unit failed: back on generation {gen}")
+                    }
+                };
+                j.push(format!(
+                    "{what} in {ms} ms: {} written, {} removed",
+                    report.written, report.removed
+                ));
+                for d in &report.drift {
+                    j.push(format!("repaired /{}: {}", d.path, d.kind.as_str()));
+                }
+                for u in &report.apply.units {
+                    j.push(format!("{} {}: {}", u.action, u.unit, u.result));
+                }
+                for u in &report.failed_units {
+                    j.push(format!("failed unit: {u}"));
+                }
+            }
+            Event::SyncFailed { error, .. } => j.push(format!("the sync failed: {error}")),
+            _ => {}
+        }
+    }
+}
+
+fn run(fleet: &Fleet, j: &Job) -> bool {
+    let engine = match fleet.engine() {
+        Ok(e) => e,
+        Err(e) => {
+            j.push(format!("the project cannot be read: {e}"));
+            return false;
+        }
+    };
+    let events = JobEvents(j);
+    let connector = match Connector::new(false) {
+        Ok(c) => c,
+        Err(e) => {
+            j.push(e.to_string());
+            return false;
+        }
+    };
+    let _g = fleet.build_guard();
+    match j.kind {
+        Kind::Sync => {
+            let plan = SyncPlan {
+                machines: vec![j.machine.clone()],
+                jobs: 1,
+                rollback_on_failure: false,
+            };
+            match lab_deploy::sync(&engine, &connector, &plan, &events) {
+                Ok(run) => run.failed().is_empty(),
+                Err(e) => {
+                    j.push(e.to_string());
+                    false
+                }
+            }
+        }
+        Kind::Diff => {
+            let names = vec![j.machine.clone()];
+            match lab_deploy::build(&engine, &names, true, &events) {
+                Ok(failed) if failed.is_empty() => {}
+                Ok(_) => return false,
+                Err(_) => return false,
+            }
+            let Some(m) = engine.project.machine(&j.machine) else {
+                return false;
+            };
+            j.push("connecting");
+            let mut t = match connector.connect(&engine.project, m) {
+                Ok(t) => t,
+                Err(e) => {
+                    j.push(format!("cannot reach it: {e}"));
+                    return false;
+                }
+            };
+            let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
+            let changes = MachineSync {
+                target: &target,
+                transport: t.as_mut(),
+            }
+            .diff();
+            match changes {
+                Ok(changes) => {
+                    if changes.is_empty() {
+                        j.push("nothing to change");
+                    }
+                    for c in &changes {
+                        for l in lab_sync::diff::render(c) {
+                            j.push(match l {
+                                lab_sync::diff::DiffLine::Header(h) => h,
+                                lab_sync::diff::DiffLine::Removed(s) => format!("-{s}"),
+                                lab_sync::diff::DiffLine::Added(s) => format!("+{s}"),
+                                lab_sync::diff::DiffLine::Context(s) => format!(" {s}"),
+                            });
+                        }
+                    }
+                    true
+                }
+                Err(e) => {
+                    j.push(format!("the diff failed: {e}"));
+                    false
+                }
+            }
+        }
+        Kind::Rollback => {
+            let Some(m) = engine.project.machine(&j.machine) else {
+                return false;
+            };
+            j.push("connecting");
+            let mut t = match connector.connect(&engine.project, m) {
+                Ok(t) => t,
+                Err(e) => {
+                    j.push(format!("cannot reach it: {e}"));
+                    return false;
+                }
+            };
+            let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
+            j.push("rolling back");
+            let r = MachineSync {
+                target: &target,
+                transport: t.as_mut(),
+            }
+            .rollback_to(None, None);
+            match r {
+                Ok(report) => {
+                    let gen = report.now.map(|(g, _)| g).unwrap_or(0);
+                    j.push(format!("back on generation {gen}"));
+                    for u in &report.units {
+                        j.push(format!("{} {}: {}", u.action, u.unit, u.result));
+                    }
+                    report.failed_units().next().is_none()
+                }
+                Err(e) => {
+                    j.push(format!("the rollback failed: {e}"));
+                    false
+                }
+            }
+        }
+    }
+}
