@@ -24,7 +24,7 @@ impl Drop for Driver {
 }
 
 struct Browser {
-    driver: Driver,
+    _driver: Driver,
     http: Client,
     session: String,
     shots: std::path::PathBuf,
@@ -75,7 +75,7 @@ impl Browser {
         let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-browser");
         std::fs::create_dir_all(&shots).unwrap();
         Browser {
-            driver,
+            _driver: driver,
             http,
             session,
             shots,
