@@ -35,7 +35,10 @@ NAMESPACES = ["ns0", "ns1", "ns2", "ns3"]
 
 
 def sh(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if r.returncode != 0:
+        sys.exit(f"{' '.join(map(str, cmd))}: exit {r.returncode}\n{r.stderr}")
+    return r
 
 
 def make_project(d: Path, machines: int, hosts):

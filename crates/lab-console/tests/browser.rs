@@ -13,8 +13,18 @@ use std::time::Duration;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// chromedriver, ended (by its PID) however the test ends.
+struct Driver(Child);
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 struct Browser {
-    driver: Child,
+    _driver: Driver,
     http: Client,
     session: String,
     shots: std::path::PathBuf,
@@ -27,12 +37,14 @@ impl Browser {
             .local_addr()
             .unwrap()
             .port();
-        let driver = Command::new("chromedriver")
-            .arg(format!("--port={port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("chromedriver (apt install chromium chromium-driver; scripts/test does)");
+        let driver = Driver(
+            Command::new("chromedriver")
+                .arg(format!("--port={port}"))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("chromedriver (apt install chromium chromium-driver; scripts/test does)"),
+        );
         let mut http = Client {
             addr: format!("127.0.0.1:{port}").parse().unwrap(),
             cookies: Default::default(),
@@ -63,7 +75,7 @@ impl Browser {
         let shots = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-browser");
         std::fs::create_dir_all(&shots).unwrap();
         Browser {
-            driver,
+            _driver: driver,
             http,
             session,
             shots,
@@ -149,8 +161,7 @@ impl Drop for Browser {
     fn drop(&mut self) {
         let p = format!("/session/{}", self.session);
         let _ = self.http.json("DELETE", &p, None);
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        // (then `driver` ends chromedriver)
     }
 }
 
