@@ -212,6 +212,19 @@ impl Mux {
         }
     }
 
+    /// The same connection with more `-o` options for `ssh` (before the
+    /// destination): what a target has that no config file says (a
+    /// container's proxy and host key alias). The socket's name already
+    /// covers them (it digests the target's proxy and alias).
+    pub(crate) fn with_options(mut self, options: &[String]) -> Mux {
+        let dest = self.args.pop().expect("the destination is last");
+        for o in options {
+            self.args.extend(["-o".to_string(), o.clone()]);
+        }
+        self.args.push(dest);
+        self
+    }
+
     /// `ssh`'s options and destination for a client of this connection
     /// (through the master while it listens).
     pub(crate) fn client_args(&self) -> &[String] {

@@ -2,7 +2,9 @@
 //! (lab.toml's `on = "HOST"`). The container's SSH connection runs over a
 //! `ssh -W ADDRESS:PORT` of the host's shared connection ([`crate::mux`]):
 //! one connection to the host serves all its containers, each `-W` a
-//! direct-tcpip channel of it. The container's host key is checked
+//! direct-tcpip channel of it; beside lab's own connection a master of the
+//! container's is started too (through the host's), for the next runs.
+//! The container's host key is checked
 //! against the file it was pinned in at creation, under the machine's
 //! name (never accepted new).
 
@@ -89,8 +91,36 @@ pub fn connect_via(
     t.identity_agent = ht.identity_agent.clone();
     t.host_key_alias = Some(hop.name.clone());
     t.alias = hop.name.clone();
-    t.proxy_command = Some(cmd);
+    t.proxy_command = Some(cmd.clone());
     t.connect_timeout = ht.connect_timeout;
+    // the container's own shared connection, as for any machine: a master
+    // (through the host's) that the next runs use within its persist time
+    let spec = SshSpec {
+        host: hop.address.clone(),
+        port: Some(hop.port),
+        user: Some(hop.user.clone()),
+        identities: host.identities.clone(),
+        known_hosts: Some(hop.known_hosts.clone()),
+        sudo: false,
+        control_dir: host.control_dir.clone(),
+    };
+    if let Some(mux) = Mux::of(&spec, &t).map(|m| {
+        m.with_options(&[
+            format!("ProxyCommand={cmd}"),
+            format!("HostKeyAlias={}", hop.name),
+        ])
+    }) {
+        if mux.usable(&t) {
+            return Ok(Box::new(crate::mux::MuxTransport::new(
+                mux, t, timeout, io_timeout,
+            )));
+        }
+        let direct = SshTransport::connect(&t, false, timeout, io_timeout)?;
+        if let Some(key) = direct.host_key_blob() {
+            mux.start_master(&key);
+        }
+        return Ok(Box::new(direct));
+    }
     Ok(Box::new(SshTransport::connect(
         &t, false, timeout, io_timeout,
     )?))
