@@ -95,13 +95,23 @@ impl Browser {
         self.call("POST", "/url", Some(json!({ "url": url })));
     }
 
+    /// The element `css` selects, waited for (bounded) while a page that
+    /// a click or a form started is still loading (the old page lacks it).
     fn find(&mut self, css: &str) -> String {
-        let v = self.call(
-            "POST",
-            "/element",
-            Some(json!({"using": "css selector", "value": css})),
-        );
-        v[ELEMENT].as_str().unwrap().to_string()
+        let p = format!("/session/{}/element", self.session);
+        let body = json!({"using": "css selector", "value": css});
+        for _ in 0..100 {
+            let r = self.http.json("POST", &p, Some(&body));
+            match r["value"]["error"].as_str() {
+                None => return r["value"][ELEMENT].as_str().unwrap().to_string(),
+                Some("no such element") => std::thread::sleep(Duration::from_millis(100)),
+                Some(_) => panic!("WebDriver POST /element: {r}"),
+            }
+        }
+        self.call("POST", "/element", Some(body))[ELEMENT]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     fn click(&mut self, css: &str) {
