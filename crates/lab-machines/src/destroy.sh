@@ -14,6 +14,14 @@ systemctl kill -s KILL "lab-machine@$N.service" 2>/dev/null || true
 systemctl stop "lab-machine@$N.service" 2>/dev/null || true
 systemctl reset-failed "lab-machine@$N.service" 2>/dev/null || true
 if mountpoint -q "$D/root"; then umount "$D/root"; fi
+# its veth goes with its network namespace, which the kernel tears down
+# after the processes are gone: wait for it (bounded), then remove it
+i=0
+while ip link show "vb-$N" >/dev/null 2>&1 && [ "$i" -lt 50 ]; do
+	sleep 0.1
+	i=$((i + 1))
+done
+ip link del "vb-$N" 2>/dev/null || true
 forwards=0
 [ -s "/etc/lab/machines/$N.ports" ] && forwards=1
 rm -f "/etc/systemd/nspawn/$N.nspawn" "/etc/lab/machines/$N.ports"
