@@ -240,3 +240,14 @@ pub fn warning(style: Style, context: Option<&str>, message: &str) -> String {
         None => format!("{} {message}\n", style.yellow("warning:")),
     }
 }
+
+/// The user's `~/.ssh/config` (or `LAB_SSH_CONFIG`), as lab's SSH reads
+/// it; a file that cannot be read is a usage error, printed.
+pub(crate) fn ssh_config(
+    style: Style,
+) -> Result<Option<lab_sync::ssh2_config::SshConfig>, crate::Failure> {
+    lab_sync::ssh::load_ssh_config().map_err(|e| {
+        eprint!("{}", render(style, &e, None));
+        crate::Failure::Usage
+    })
+}

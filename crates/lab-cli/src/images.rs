@@ -89,10 +89,7 @@ pub fn images(engine: &Engine, style: Style, args: &ImagesArgs) -> Result<(), Fa
         Failure::Usage
     })?;
     let project = &engine.project;
-    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| {
-        eprint!("{}", diag::render(style, &e, None));
-        Failure::Usage
-    })?;
+    let ssh_config = diag::ssh_config(style)?;
     let results = lab_deploy::parallel(machines, args.jobs, |m| {
         crate::verbose::connecting(m);
         let root = lab_deploy::target(project, m, engine.lab_dir()).root;

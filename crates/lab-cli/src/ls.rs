@@ -14,7 +14,7 @@ fn record_path(engine: &Engine, machine: &str) -> PathBuf {
 }
 
 fn last_path(lab_dir: &std::path::Path, machine: &str) -> PathBuf {
-    lab_dir.join("sync").join(format!("{machine}.last"))
+    lab_core::LabDir::at(lab_dir).last_sync_path(machine)
 }
 
 /// Note that `machine` is on generation `gen` now. Best effort: `lab ls`

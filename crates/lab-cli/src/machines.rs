@@ -133,10 +133,7 @@ fn connect_host(
     style: Style,
     host: &Machine,
 ) -> Result<Box<dyn lab_sync::Transport>, Failure> {
-    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| {
-        eprint!("{}", diag::render(style, &e, None));
-        Failure::Usage
-    })?;
+    let ssh_config = diag::ssh_config(style)?;
     lab_deploy::connect(&engine.project, host, ssh_config.as_ref(), false).map_err(|e| {
         eprint!(
             "{}",
@@ -443,10 +440,7 @@ pub fn ssh(engine: &Engine, style: Style, args: &SshArgs) -> Result<(), Failure>
         }
         Some(c) => {
             let host = p.machine(&c.on).expect("checked");
-            let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| {
-                eprint!("{}", diag::render(style, &e, None));
-                Failure::Usage
-            })?;
+            let ssh_config = diag::ssh_config(style)?;
             let hop = lab_deploy::hop(p, m, c);
             let (proxy, ht) = lab_sync::via::proxy_command(
                 &lab_deploy::ssh_spec(p, host),

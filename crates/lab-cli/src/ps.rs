@@ -129,10 +129,7 @@ pub fn ps(engine: &Engine, style: Style, args: &PsArgs) -> Result<(), Failure> {
         Failure::Usage
     })?;
     let project = &engine.project;
-    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| {
-        eprint!("{}", diag::render(style, &e, None));
-        Failure::Usage
-    })?;
+    let ssh_config = diag::ssh_config(style)?;
     let mut failed: Vec<String> = Vec::new();
     let mut doc = serde_json::Map::new();
     let fail =

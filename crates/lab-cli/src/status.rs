@@ -149,10 +149,7 @@ pub fn status(engine: &Engine, style: Style, args: &StatusArgs) -> Result<(), Fa
         eprint!("{}", diag::render(style, &e, None));
         Failure::Usage
     })?;
-    let ssh_config = lab_sync::ssh::load_ssh_config().map_err(|e| {
-        eprint!("{}", diag::render(style, &e, None));
-        Failure::Usage
-    })?;
+    let ssh_config = diag::ssh_config(style)?;
     let project = &engine.project;
     // connect (facts gathered over the connection when none are cached:
     // the build needs them), then build, then one check per machine; with

@@ -203,6 +203,26 @@ impl Events for JobEvents<'_> {
     }
 }
 
+/// Connect to the job's machine, saying so in its log: the transport and
+/// the machine as lab-sync sees it (`None`: not in lab.toml, or not
+/// reached, which the log says).
+fn connect(
+    engine: &lab_engine::Engine,
+    connector: &Connector,
+    j: &Job,
+) -> Option<(Box<dyn lab_sync::Transport>, lab_sync::Target)> {
+    let m = engine.project.machine(&j.machine)?;
+    j.push("connecting");
+    let t = match connector.connect(&engine.project, m) {
+        Ok(t) => t,
+        Err(e) => {
+            j.push(format!("cannot reach it: {e}"));
+            return None;
+        }
+    };
+    Some((t, lab_deploy::target(&engine.project, m, engine.lab_dir())))
+}
+
 fn run(fleet: &Fleet, j: &Job) -> bool {
     let engine = match fleet.engine() {
         Ok(e) => e,
@@ -242,18 +262,9 @@ fn run(fleet: &Fleet, j: &Job) -> bool {
                 Ok(_) => return false,
                 Err(_) => return false,
             }
-            let Some(m) = engine.project.machine(&j.machine) else {
+            let Some((mut t, target)) = connect(&engine, &connector, j) else {
                 return false;
             };
-            j.push("connecting");
-            let mut t = match connector.connect(&engine.project, m) {
-                Ok(t) => t,
-                Err(e) => {
-                    j.push(format!("cannot reach it: {e}"));
-                    return false;
-                }
-            };
-            let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
             let changes = MachineSync {
                 target: &target,
                 transport: t.as_mut(),
@@ -283,18 +294,9 @@ fn run(fleet: &Fleet, j: &Job) -> bool {
             }
         }
         Kind::Rollback => {
-            let Some(m) = engine.project.machine(&j.machine) else {
+            let Some((mut t, target)) = connect(&engine, &connector, j) else {
                 return false;
             };
-            j.push("connecting");
-            let mut t = match connector.connect(&engine.project, m) {
-                Ok(t) => t,
-                Err(e) => {
-                    j.push(format!("cannot reach it: {e}"));
-                    return false;
-                }
-            };
-            let target = lab_deploy::target(&engine.project, m, engine.lab_dir());
             j.push("rolling back");
             let r = MachineSync {
                 target: &target,

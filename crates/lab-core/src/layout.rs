@@ -9,6 +9,7 @@
 //! .lab/state/                     the engine's state (see lab-engine's `state`)
 //! .lab/facts/NAME.json            facts gathered from a machine (user-editable)
 //! .lab/sync/NAME.applied          the generation lab last saw applied on it
+//! .lab/sync/NAME.last             the generation lab last put on it, and when
 //! .lab/machines/known_hosts       host keys of container machines, pinned
 //!                                 at creation under their names
 //! .lab/images/blobs/SHA256        a file of an image, by content (lab-images)
@@ -93,6 +94,12 @@ impl LabDir {
     /// `.lab/sync/NAME.applied`: what lab last saw applied on the machine.
     pub fn applied_path(&self, machine: &str) -> PathBuf {
         self.root.join("sync").join(format!("{machine}.applied"))
+    }
+
+    /// `.lab/sync/NAME.last`: the generation lab last put on the machine
+    /// and when (`lab ls`).
+    pub fn last_sync_path(&self, machine: &str) -> PathBuf {
+        self.root.join("sync").join(format!("{machine}.last"))
     }
 
     /// Where the control sockets of SSH connections shared across runs
