@@ -8,13 +8,11 @@
 //!
 //! One fleet per test binary; each test has a host of its own.
 
-use assert_cmd::Command;
 use lab_testhosts::{Host, TestHosts};
 use lab_testkit::TestLab;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Hosts: 1 versions, 2 shared base, 3 corrupt store, 4 killed transfers,
@@ -22,45 +20,13 @@ use std::time::{Duration, Instant};
 const HOSTS: usize = 6;
 const STORE: &str = "/var/lib/lab/images";
 
-static FLEET: OnceLock<Mutex<Option<TestHosts>>> = OnceLock::new();
-
-extern "C" fn teardown() {
-    if let Some(m) = FLEET.get() {
-        if let Ok(mut f) = m.lock() {
-            drop(f.take());
-        }
-    }
-}
-
 fn host(i: usize) -> Host {
     assert!(lab_testhosts::is_root(), "images_node needs root");
-    let m = FLEET.get_or_init(|| {
-        let fleet = TestHosts::up_podman(HOSTS).expect("boot podman test hosts");
-        // SAFETY: registers a plain extern "C" fn with no captured state.
-        unsafe { libc::atexit(teardown) };
-        Mutex::new(Some(fleet))
-    });
-    m.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .unwrap()
-        .hosts()[i - 1]
-        .clone()
+    lab_testhosts::shared_host(i, || TestHosts::up_podman(HOSTS))
 }
 
 fn lab(t: &TestLab, args: &[&str]) -> (i32, String, String) {
-    let out = Command::cargo_bin("lab")
-        .unwrap()
-        .current_dir(t.path())
-        .env("NO_COLOR", "1")
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    lab_testkit::run(t, args)
 }
 
 fn sync_ok(t: &TestLab) -> String {
@@ -169,24 +135,7 @@ fn busybox(h: &Host) -> Vec<Item> {
 }
 
 fn layer(items: &[Item]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, t, mode, data) in items {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(*t);
-        h.set_mode(*mode);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        if *t == tar::EntryType::Symlink {
-            h.set_size(0);
-            b.append_link(&mut h, path, std::str::from_utf8(data).unwrap())
-                .unwrap();
-        } else {
-            h.set_size(data.len() as u64);
-            b.append_data(&mut h, path, &data[..]).unwrap();
-        }
-    }
-    b.into_inner().unwrap()
+    lab_testkit::tar_layer(items.iter().map(|(p, t, m, d)| (p, *t, *m, d)))
 }
 
 fn sha(b: &[u8]) -> String {

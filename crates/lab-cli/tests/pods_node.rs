@@ -8,12 +8,10 @@
 //! torn down at exit); each test has a host of its own, so they run in
 //! parallel without sharing a machine's generations.
 
-use assert_cmd::Command;
 use lab_testhosts::{Host, OciImage, TestHosts};
 use lab_testkit::TestLab;
 use std::io::{Read, Write};
 use std::process::Command as Process;
-use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 /// Hosts: 1 lifecycle, 2 restart policies, 3 ps/logs, 4 pod user errors,
@@ -24,54 +22,23 @@ const HOSTS: usize = 10;
 const SMALL_NODE: usize = 5;
 const LIMITS_NODE: usize = 7;
 
-static FLEET: OnceLock<Mutex<Option<TestHosts>>> = OnceLock::new();
-
-extern "C" fn teardown() {
-    if let Some(m) = FLEET.get() {
-        if let Ok(mut f) = m.lock() {
-            drop(f.take());
-        }
-    }
-}
-
 /// Host `i` (1-based) of the shared fleet.
 fn host(i: usize) -> Host {
     assert!(
         lab_testhosts::is_root(),
         "pods_node needs root (overlay mounts, network namespaces, systemd-nspawn)"
     );
-    let m = FLEET.get_or_init(|| {
-        let fleet = TestHosts::builder()
+    lab_testhosts::shared_host(i, || {
+        TestHosts::builder()
             .podman()
             .memory_max(SMALL_NODE, "512M")
             .up(HOSTS)
-            .expect("boot podman test hosts");
-        // SAFETY: registers a plain extern "C" fn with no captured state.
-        unsafe { libc::atexit(teardown) };
-        Mutex::new(Some(fleet))
-    });
-    m.lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .as_ref()
-        .unwrap()
-        .hosts()[i - 1]
-        .clone()
-}
-
-fn lab_cmd(lab: &TestLab) -> Command {
-    let mut c = Command::cargo_bin("lab").unwrap();
-    c.current_dir(lab.path()).env("NO_COLOR", "1");
-    c
+    })
 }
 
 /// `lab ARGS`: (exit code, stdout, stderr).
 fn lab(lab: &TestLab, args: &[&str]) -> (i32, String, String) {
-    let out = lab_cmd(lab).args(args).output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    lab_testkit::run(lab, args)
 }
 
 fn sync_ok(t: &TestLab) -> String {

@@ -10,27 +10,7 @@ use std::path::Path;
 type Item<'a> = (&'a str, tar::EntryType, u32, &'a [u8]);
 
 fn layer(items: &[Item]) -> Vec<u8> {
-    let mut b = tar::Builder::new(Vec::new());
-    for (path, t, mode, data) in items {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(*t);
-        h.set_mode(*mode);
-        h.set_mtime(0);
-        h.set_uid(0);
-        h.set_gid(0);
-        match *t {
-            tar::EntryType::Symlink | tar::EntryType::Link => {
-                h.set_size(0);
-                b.append_link(&mut h, path, std::str::from_utf8(data).unwrap())
-                    .unwrap();
-            }
-            _ => {
-                h.set_size(data.len() as u64);
-                b.append_data(&mut h, path, *data).unwrap();
-            }
-        }
-    }
-    b.into_inner().unwrap()
+    lab_testkit::tar_layer(items.iter().copied())
 }
 
 fn sha(b: &[u8]) -> String {

@@ -517,16 +517,21 @@ mod tests {
         }
     }
 
+    /// GNU m4's limits for a test: `secs` of time, 1 MiB of output.
+    fn limits_of(secs: u64) -> GnuLimits {
+        GnuLimits {
+            time: std::time::Duration::from_secs(secs),
+            output: 1 << 20,
+        }
+    }
+
     #[test]
     fn a_gnu_m4_run_that_does_not_end_is_stopped_with_what_it_started() {
         let d = project(&[(
             "t.m4",
             "m4_syscmd(`echo $$ >pid; exec sleep 300')m4_define(`x', `x')x\n",
         )]);
-        let limits = GnuLimits {
-            time: std::time::Duration::from_secs(2),
-            output: 1 << 20,
-        };
+        let limits = limits_of(2);
         let e = stopped(run_gnu(d.path(), "t.m4", limits));
         assert!(e.contains("did not end within 2 s"), "{e}");
         // the command it ran is gone too (killed with its process group)
@@ -562,10 +567,7 @@ mod tests {
     #[test]
     fn a_process_left_behind_by_m4_syscmd_is_stopped_and_reported() {
         let d = project(&[("t.m4", "m4_syscmd(`sleep 300 & echo $! >pid')done\n")]);
-        let limits = GnuLimits {
-            time: std::time::Duration::from_secs(30),
-            output: 1 << 20,
-        };
+        let limits = limits_of(30);
         let e = stopped(run_gnu(d.path(), "t.m4", limits));
         assert!(e.contains("left running"), "{e}");
         assert_gone(d.path());
@@ -583,10 +585,7 @@ mod tests {
                 "m4_syscmd(`setsid sh d.sh & while [ ! -s pid ]; do sleep 0.01; done')done\n",
             ),
         ]);
-        let limits = GnuLimits {
-            time: std::time::Duration::from_secs(30),
-            output: 1 << 20,
-        };
+        let limits = limits_of(30);
         let e = stopped(run_gnu(d.path(), "t.m4", limits));
         assert!(e.contains("left running"), "{e}");
         assert_gone(d.path());
@@ -599,10 +598,7 @@ mod tests {
             "t.m4",
             "m4_define(`f', `m4_errprint(`0123456789abcdef')f')f\n",
         )]);
-        let limits = GnuLimits {
-            time: std::time::Duration::from_secs(60),
-            output: 1 << 20,
-        };
+        let limits = limits_of(60);
         let e = stopped(run_gnu(d.path(), "t.m4", limits));
         assert!(e.contains("wrote more than 1 MiB"), "{e}");
     }
@@ -610,10 +606,7 @@ mod tests {
     #[test]
     fn a_gnu_m4_run_that_prints_without_end_is_stopped() {
         let d = project(&[("t.m4", "m4_define(`f', `0123456789abcdef`'f')f\n")]);
-        let limits = GnuLimits {
-            time: std::time::Duration::from_secs(60),
-            output: 1 << 20,
-        };
+        let limits = limits_of(60);
         let e = stopped(run_gnu(d.path(), "t.m4", limits));
         assert!(e.contains("wrote more than 1 MiB"), "{e}");
     }

@@ -41,3 +41,34 @@ pub use sshd::SshdFixture;
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// The fleet a test binary shares among its tests: booted by the first
+/// call (with `boot`), torn down when the process exits.
+static SHARED: std::sync::OnceLock<std::sync::Mutex<Option<TestHosts>>> =
+    std::sync::OnceLock::new();
+
+extern "C" fn shared_teardown() {
+    if let Some(m) = SHARED.get() {
+        if let Ok(mut f) = m.lock() {
+            drop(f.take());
+        }
+    }
+}
+
+/// Host `i` (1-based) of this process's shared fleet, booting it with
+/// `boot` on the first call (later calls' `boot` is not run): one fleet
+/// per test binary, however many tests use it.
+pub fn shared_host(i: usize, boot: impl FnOnce() -> Result<TestHosts>) -> Host {
+    let m = SHARED.get_or_init(|| {
+        let fleet = boot().expect("boot the test hosts");
+        // SAFETY: registers a plain extern "C" fn with no captured state.
+        unsafe { libc::atexit(shared_teardown) };
+        std::sync::Mutex::new(Some(fleet))
+    });
+    m.lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .expect("the fleet is up until the process exits")
+        .hosts()[i - 1]
+        .clone()
+}

@@ -158,3 +158,35 @@ pub fn run(t: &TestLab, args: &[&str]) -> (i32, String, String) {
         String::from_utf8(out.stderr).unwrap(),
     )
 }
+
+/// An image layer as tests write one: a tar of `items`, each (path, type,
+/// mode, data; for a symlink or hard link the target), owned by root, with
+/// mtime 0.
+pub fn tar_layer<P, D>(items: impl IntoIterator<Item = (P, tar::EntryType, u32, D)>) -> Vec<u8>
+where
+    P: AsRef<str>,
+    D: AsRef<[u8]>,
+{
+    let mut b = tar::Builder::new(Vec::new());
+    for (path, t, mode, data) in items {
+        let (path, data) = (path.as_ref(), data.as_ref());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(t);
+        h.set_mode(mode);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        match t {
+            tar::EntryType::Symlink | tar::EntryType::Link => {
+                h.set_size(0);
+                b.append_link(&mut h, path, std::str::from_utf8(data).unwrap())
+                    .unwrap();
+            }
+            _ => {
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, data).unwrap();
+            }
+        }
+    }
+    b.into_inner().unwrap()
+}
