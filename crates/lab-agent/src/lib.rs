@@ -20,10 +20,14 @@
 use lab_core::Digest;
 
 mod check;
+mod library;
 mod plan;
 mod report;
 
 pub use check::{classify, Check, Drift, DriftKind, Seen};
+pub use library::{
+    cached_form, installing_form, library_id, library_ids, library_missing, library_stored, LIB_DIR,
+};
 pub use plan::{quote, ApplyPlan, UnitAction, UnitOp};
 pub use report::{Report, UnitResult};
 
@@ -61,10 +65,15 @@ current_gen() { if [ -f "$S/current" ]; then read -r g _ <"$S/current"; echo "$g
 current_digest() { if [ -f "$S/current" ]; then read -r _ d <"$S/current"; echo "$d"; else echo none; fi; }
 "#;
 
-/// The prelude and check.sh, as the start of a command of their own.
-fn check_library() -> String {
+/// The prelude and check.sh: the library of the check's commands.
+fn check_library_text() -> &'static str {
     static C: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    let lib = C.get_or_init(|| format!("{CHECK_PRELUDE}{}", strip(include_str!("check.sh"))));
+    C.get_or_init(|| format!("{CHECK_PRELUDE}{}", strip(include_str!("check.sh"))))
+}
+
+/// [`check_library_text`], as the start of a program of its own.
+fn check_library() -> String {
+    let lib = check_library_text();
     let mut p = String::with_capacity(lib.len() + 512);
     p.push_str(lib);
     p
@@ -79,6 +88,15 @@ fn check_library() -> String {
 /// `wait`: first wait (up to a minute) for a sync that holds the
 /// machine's lock, to see the machine as it leaves it.
 pub fn check_command(root: &str, known: Option<&Digest>, units: &[String], wait: bool) -> String {
+    format!(
+        "LAB_ROOT={} sh -c {}",
+        quote(root),
+        quote(&check_program(known, units, wait))
+    )
+}
+
+/// The program of [`check_command`] (run it with `LAB_ROOT` set).
+pub fn check_program(known: Option<&Digest>, units: &[String], wait: bool) -> String {
     let mut p = check_library();
     p.push_str("probe ");
     p.push_str(&known.map_or("none".to_string(), |d| d.to_hex()));
@@ -88,7 +106,7 @@ pub fn check_command(root: &str, known: Option<&Digest>, units: &[String], wait:
         p.push_str(&quote(u));
     }
     p.push('\n');
-    format!("LAB_ROOT={} sh -c {}", quote(root), quote(&p))
+    p
 }
 
 /// The command that journals `actions` (`(OP, UNIT)`) as pending unit

@@ -77,6 +77,8 @@ pub struct Synced {
     pub commands: u64,
     /// Bytes sent on stdin (program + tar).
     pub sent: u64,
+    /// Bytes of the commands themselves.
+    pub command_bytes: u64,
 }
 
 pub fn sync_with(lab: &TestLab, machine: &str, opts: &SyncOptions) -> Result<Synced, SyncError> {
@@ -93,6 +95,7 @@ pub fn sync_with(lab: &TestLab, machine: &str, opts: &SyncOptions) -> Result<Syn
         report,
         commands: t.commands(),
         sent: t.sent(),
+        command_bytes: t.command_bytes(),
     })
 }
 

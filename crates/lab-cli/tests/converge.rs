@@ -105,6 +105,13 @@ fn every_drift_kind_is_found_and_repaired_and_nothing_else_is_touched() {
     assert_eq!(clean.report.outcome, Outcome::Unchanged { gen: 2 });
     assert!(clean.report.drift.is_empty());
     assert_eq!(clean.commands, 1);
+    // the machine keeps the executor's libraries (lab-agent's `library`):
+    // the check names its library instead of carrying its 7 KB
+    assert!(clean.command_bytes < 1500, "{}", clean.command_bytes);
+    assert_eq!(
+        run(h, "ls /var/lib/lab/lib | cut -d. -f1 | sort | tr '\\n' ' '"),
+        "check executor "
+    );
 
     // a change and drift at once: one plan does both, after the machine
     // said what it found
@@ -117,6 +124,8 @@ fn every_drift_kind_is_found_and_repaired_and_nothing_else_is_touched() {
     );
     assert_eq!(both.report.outcome, Outcome::Applied { gen: 3 });
     assert_eq!(both.commands, 2, "refused with what it found, then applied");
+    // (nor the apply the executor's 21 KB)
+    assert!(both.command_bytes < 5000, "{}", both.command_bytes);
     let m = manifest(&lab, "h1");
     assert_eq!(remote_state(h, &m), expected_state(&m));
 }
@@ -694,8 +703,8 @@ impl lab_sync::Transport for Meddling<'_> {
         command: &str,
         input: lab_sync::Input<'_>,
     ) -> Result<lab_sync::Output, lab_sync::SyncError> {
-        // (the executor's command; the check's is `sh -c` with no LAB_SYSTEMD)
-        if !command.contains("LAB_SYSTEMD=") {
+        // (the executor's command: a run's; the check is none)
+        if !command.contains("RUN=") {
             return self.inner.run(command, input);
         }
         let (host, meddle) = (self.host, self.meddle.take());
@@ -719,6 +728,10 @@ impl lab_sync::Transport for Meddling<'_> {
 
     fn sent(&self) -> u64 {
         self.inner.sent()
+    }
+
+    fn command_bytes(&self) -> u64 {
+        self.inner.command_bytes()
     }
 }
 

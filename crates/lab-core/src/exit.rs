@@ -10,6 +10,9 @@ pub enum ExecutorExit {
     Stale,
     /// Failed; the machine is back where it was.
     Failed,
+    /// The machine lacks the library the command named (lab-agent's
+    /// `library`): nothing ran; the command goes again with it inline.
+    LibraryMissing,
 }
 
 impl ExecutorExit {
@@ -18,6 +21,7 @@ impl ExecutorExit {
             ExecutorExit::Applied => 0,
             ExecutorExit::Stale => 3,
             ExecutorExit::Failed => 10,
+            ExecutorExit::LibraryMissing => 97,
         }
     }
 
@@ -26,6 +30,7 @@ impl ExecutorExit {
             ExecutorExit::Applied,
             ExecutorExit::Stale,
             ExecutorExit::Failed,
+            ExecutorExit::LibraryMissing,
         ]
         .into_iter()
         .find(|e| e.code() == code)
@@ -42,6 +47,7 @@ mod tests {
             ExecutorExit::Applied,
             ExecutorExit::Stale,
             ExecutorExit::Failed,
+            ExecutorExit::LibraryMissing,
         ] {
             assert_eq!(ExecutorExit::from_code(e.code()), Some(e));
         }

@@ -10,6 +10,8 @@
 //! .lab/facts/NAME.json            facts gathered from a machine (user-editable)
 //! .lab/sync/NAME.applied          the generation lab last saw applied on it
 //! .lab/sync/NAME.last             the generation lab last put on it, and when
+//! .lab/sync/NAME.libs             the executor's libraries it keeps (digests,
+//!                                 a line each: see lab-agent's `library`)
 //! .lab/machines/known_hosts       host keys of container machines, pinned
 //!                                 at creation under their names
 //! .lab/images/blobs/SHA256        a file of an image, by content (lab-images)
@@ -100,6 +102,12 @@ impl LabDir {
     /// and when (`lab ls`).
     pub fn last_sync_path(&self, machine: &str) -> PathBuf {
         self.root.join("sync").join(format!("{machine}.last"))
+    }
+
+    /// `.lab/sync/NAME.libs`: the digests of the executor's libraries
+    /// the machine said it stored, a line each.
+    pub fn libraries_path(&self, machine: &str) -> PathBuf {
+        self.root.join("sync").join(format!("{machine}.libs"))
     }
 
     /// Where the control sockets of SSH connections shared across runs

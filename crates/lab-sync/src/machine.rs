@@ -7,13 +7,13 @@
 //! when its digest matches, else from the machine; then one command carries
 //! the executor program and the tar stream of what changed.
 
-use crate::transport::Output;
 use crate::transport::Transport;
+use crate::transport::{Input, Output};
 use crate::units;
 use crate::units::UnitRule;
 use crate::SyncError;
 use lab_agent::{
-    bootstrap, check_command, manifest_command, outcome_command, probe_command, resume_program,
+    bootstrap, check_program, manifest_command, outcome_command, probe_command, resume_program,
     run_id, with_run, ApplyPlan, Check, Drift, Report, UnitAction,
 };
 use lab_core::ExecutorExit;
@@ -253,8 +253,9 @@ impl MachineSync<'_> {
     ) -> Result<(Probe, AppliedText), SyncError> {
         let cached = self.cached_text();
         let known = cached.as_ref().map(|(_, d)| *d);
-        let out = self.transport.run(
-            &check_command(&self.target.root, known.as_ref(), units, wait),
+        let out = self.run_program(
+            &check_program(known.as_ref(), units, wait),
+            self.target.systemd,
             &mut |_| Ok(()),
         )?;
         if out.status != 0 {
@@ -477,8 +478,7 @@ impl MachineSync<'_> {
                     &run,
                     &resume_program(&digest, &check.expect(), self.target.settle_ms),
                 );
-                let (cmd, first) = bootstrap(&self.target.root, &program, self.target.systemd);
-                let out = self.transport.run(&cmd, &mut |w| w.write_all(first));
+                let out = self.run_program(&program, self.target.systemd, &mut |_| Ok(()));
                 let out = self.outcome(out, &run)?;
                 let r = Report::parse(&out.stdout_text());
                 attempts += 1;
@@ -535,11 +535,10 @@ impl MachineSync<'_> {
                 &run,
                 &plan.program(base.as_ref(), &digest, self.target.keep, &actions, settle),
             );
-            let (cmd, first) = bootstrap(&self.target.root, &program, self.target.systemd);
             let mut tar_error = None;
-            let out = self.transport.run(&cmd, &mut |w| {
-                w.write_all(first)?;
-                if let Err(e) = plan.write_tar(&self.target.out_dir, &new_text, &mut *w) {
+            let out_dir = self.target.out_dir.clone();
+            let out = self.run_program(&program, self.target.systemd, &mut |w| {
+                if let Err(e) = plan.write_tar(&out_dir, &new_text, &mut *w) {
                     tar_error = Some(e.to_string());
                 }
                 Ok(())
@@ -593,7 +592,8 @@ impl MachineSync<'_> {
                         report.failures.join("; ")
                     }));
                 }
-                None => {
+                // (a library still missing after it was sent inline)
+                Some(ExecutorExit::LibraryMissing) | None => {
                     return Err(SyncError::Protocol {
                         status: out.status,
                         output: format!("{}{}", out.stdout_text(), out.stderr_text()),
@@ -728,8 +728,7 @@ impl MachineSync<'_> {
         );
         let run = run_id();
         let program = with_run(&run, &program);
-        let (cmd, first) = bootstrap(&self.target.root, &program, self.target.systemd);
-        let out = self.transport.run(&cmd, &mut |w| w.write_all(first));
+        let out = self.run_program(&program, self.target.systemd, &mut |_| Ok(()));
         let out = self.outcome(out, &run)?;
         let report = Report::parse(&out.stdout_text());
         if out.status == ExecutorExit::Stale.code() && report.stale.is_some() {
@@ -772,6 +771,64 @@ impl MachineSync<'_> {
     /// The output of executor run `run`; when the connection was lost on
     /// the way, connect again and read what the run reported on the
     /// machine (waiting for it to end: it finishes without us).
+    /// Run `program` (with the machine's root, and `systemd` saying
+    /// whether it has systemd), `input` its stdin: its library named
+    /// instead of carried, and sent again with it inline when the
+    /// machine lacks it (see [`lab_agent::cached_form`]).
+    fn run_program(
+        &mut self,
+        program: &str,
+        systemd: bool,
+        input: Input<'_>,
+    ) -> Result<Output, SyncError> {
+        let root = self.target.root.clone();
+        let mut send = |t: &mut dyn Transport, program: &str| {
+            let (cmd, first) = bootstrap(&root, program, systemd);
+            t.run(&cmd, &mut |w| {
+                w.write_all(first)?;
+                input(w)
+            })
+        };
+        let Some(id) = lab_agent::library_id(program) else {
+            return send(&mut *self.transport, program);
+        };
+        let libs = lab_core::LabDir::at(&self.target.lab_dir).libraries_path(&self.target.name);
+        let mut known: Vec<String> = std::fs::read_to_string(&libs)
+            .unwrap_or_default()
+            .lines()
+            .filter(|k| lab_agent::library_ids().any(|i| i == *k))
+            .map(str::to_string)
+            .collect();
+        if known.iter().any(|k| k == id) {
+            let short = lab_agent::cached_form(program).expect("it holds a library");
+            let out = send(&mut *self.transport, &short)?;
+            if !lab_agent::library_missing(out.status, &out.stderr_text()) {
+                return Ok(out);
+            }
+            known.retain(|k| k != id);
+        }
+        let mut out = send(&mut *self.transport, &lab_agent::installing_form(program))?;
+        let (stored, stderr) = lab_agent::library_stored(&out.stderr);
+        out.stderr = stderr;
+        if stored {
+            known.push(id.to_string());
+        }
+        // (what the machine keeps, for the next commands; a file lost
+        // costs one library sent again)
+        let mut text: String = known.iter().map(|k| format!("{k}\n")).collect();
+        if text.is_empty() {
+            text.push('\n');
+        }
+        if let Some(dir) = libs.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let tmp = libs.with_extension("libs.tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &libs);
+        }
+        Ok(out)
+    }
+
     fn outcome(&mut self, out: Result<Output, SyncError>, run: &str) -> Result<Output, SyncError> {
         let lost = match out {
             Ok(o) => return Ok(o),

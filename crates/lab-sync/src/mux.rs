@@ -260,6 +260,7 @@ pub struct MuxTransport {
     timeout: Duration,
     io_timeout: Duration,
     commands: u64,
+    command_bytes: u64,
     sent: u64,
 }
 
@@ -277,6 +278,7 @@ impl MuxTransport {
             timeout,
             io_timeout,
             commands: 0,
+            command_bytes: 0,
             sent: 0,
         }
     }
@@ -316,6 +318,7 @@ impl Transport for MuxTransport {
             return d.run(command, input);
         }
         self.commands += 1;
+        self.command_bytes += command.len() as u64;
         let cmd = crate::ssh::with_sudo(&self.target, command);
         let mut child = self
             .mux
@@ -384,6 +387,7 @@ impl Transport for MuxTransport {
             return d.run_streaming(command, out);
         }
         self.commands += 1;
+        self.command_bytes += command.len() as u64;
         let cmd = crate::ssh::with_sudo(&self.target, command);
         let mut child = self
             .mux
@@ -419,6 +423,10 @@ impl Transport for MuxTransport {
 
     fn commands(&self) -> u64 {
         self.commands + self.direct.as_ref().map_or(0, |d| d.commands())
+    }
+
+    fn command_bytes(&self) -> u64 {
+        self.command_bytes + self.direct.as_ref().map_or(0, |d| d.command_bytes())
     }
 
     fn sent(&self) -> u64 {

@@ -235,6 +235,7 @@ pub struct SshTransport {
     fd: RawFd,
     io_timeout: Duration,
     commands: u64,
+    command_bytes: u64,
     sent: u64,
     warnings: Vec<String>,
     /// How it connected, to connect again after a lost connection (the
@@ -452,6 +453,7 @@ impl SshTransport {
             fd,
             io_timeout,
             commands: 0,
+            command_bytes: 0,
             sent: 0,
             warnings: Vec::new(),
             target: t.clone(),
@@ -1145,6 +1147,7 @@ pub(crate) fn sudo_refusal(t: &SshTarget, status: i32, stderr: &[u8]) -> Result<
 impl Transport for SshTransport {
     fn run(&mut self, command: &str, input: Input<'_>) -> Result<Output, SyncError> {
         self.commands += 1;
+        self.command_bytes += command.len() as u64;
         let err = |e: ssh2::Error| SyncError::Channel(e.message().to_string());
         let mut ch = self.session.channel_session().map_err(err)?;
         // `become = "sudo"`: `-n` never asks (no one could answer); sudo's
@@ -1199,6 +1202,7 @@ impl Transport for SshTransport {
         out: &mut dyn FnMut(&[u8]),
     ) -> Result<(i32, Vec<u8>), SyncError> {
         self.commands += 1;
+        self.command_bytes += command.len() as u64;
         let err = |e: ssh2::Error| SyncError::Channel(e.message().to_string());
         let mut ch = self.session.channel_session().map_err(err)?;
         let command = match &self.sudo {
@@ -1227,6 +1231,10 @@ impl Transport for SshTransport {
 
     fn commands(&self) -> u64 {
         self.commands
+    }
+
+    fn command_bytes(&self) -> u64 {
+        self.command_bytes
     }
 
     fn sent(&self) -> u64 {

@@ -40,6 +40,9 @@ pub trait Transport: Send {
     /// Bytes written to commands' stdin so far.
     fn sent(&self) -> u64;
 
+    /// Bytes of the commands themselves so far (as lab wrote them).
+    fn command_bytes(&self) -> u64;
+
     /// Connect again after the connection was lost (to read the outcome of
     /// a command whose output was lost with it).
     /// What the user should be told about how the connection was made.
@@ -105,6 +108,7 @@ impl<W: Write> Write for Counting<'_, W> {
 #[derive(Default)]
 pub struct LocalTransport {
     commands: u64,
+    command_bytes: u64,
     sent: u64,
 }
 
@@ -117,6 +121,7 @@ impl LocalTransport {
 impl Transport for LocalTransport {
     fn run(&mut self, command: &str, input: Input<'_>) -> Result<Output, SyncError> {
         self.commands += 1;
+        self.command_bytes += command.len() as u64;
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(command)
@@ -162,6 +167,10 @@ impl Transport for LocalTransport {
 
     fn commands(&self) -> u64 {
         self.commands
+    }
+
+    fn command_bytes(&self) -> u64 {
+        self.command_bytes
     }
 
     fn sent(&self) -> u64 {
