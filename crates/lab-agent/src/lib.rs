@@ -116,7 +116,23 @@ pub fn check_program(known: Option<&Digest>, units: &[String], wait: bool) -> St
 /// runs them, and none can run them before the change is made. Exits with
 /// `change`'s status.
 pub fn enqueue_command(root: &str, actions: &[(&str, &str)], change: &str) -> String {
+    format!(
+        "LAB_ROOT={} sh -c {}",
+        quote(root),
+        quote(&enqueue_program("", actions, change))
+    )
+}
+
+/// The program of [`enqueue_command`] (run it with `LAB_ROOT` set), which
+/// first runs `before` (shell, outside the lock; the program exits with
+/// its status if it fails).
+pub fn enqueue_program(before: &str, actions: &[(&str, &str)], change: &str) -> String {
     let mut p = check_library();
+    if !before.is_empty() {
+        p.push_str("{\n");
+        p.push_str(before);
+        p.push_str("\n} || exit $?\n");
+    }
     p.push_str("enqueue");
     for (op, unit) in actions {
         p.push(' ');
@@ -127,7 +143,7 @@ pub fn enqueue_command(root: &str, actions: &[(&str, &str)], change: &str) -> St
     p.push_str(" || exit 1\n{\n");
     p.push_str(change);
     p.push_str("\n} 9>&-\n");
-    format!("LAB_ROOT={} sh -c {}", quote(root), quote(&p))
+    p
 }
 
 /// The program that runs the pending unit actions of the machine's

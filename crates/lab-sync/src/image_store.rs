@@ -148,6 +148,7 @@ pub fn ship(
             .map(|h| h.0.clone());
         let mut attempt = Attempt {
             transport: &mut *transport,
+            machine,
             root,
             lab,
             keep,
@@ -314,6 +315,7 @@ fn local_tree(lab: &LabDir, id: &str) -> Option<Tree> {
 /// One image for one user, going to the node.
 struct Attempt<'a> {
     transport: &'a mut dyn Transport,
+    machine: &'a str,
     root: &'a str,
     lab: &'a LabDir,
     keep: usize,
@@ -419,9 +421,9 @@ impl Attempt<'_> {
         let blobs = self.lab.image_blobs_dir();
         let mut files_sent = (0usize, 0u64);
         let mut unreadable = None;
-        let program = self.program("ship", base.map(|b| b.0.as_str()), &keys_text);
-        let cmd = format!("{}{}", program, self.import_and_tag(None));
-        let out = self.transport.run(&cmd, &mut |w| {
+        let store = self.program("ship", base.map(|b| b.0.as_str()), &keys_text);
+        let program = self.import_and_tag(&store, None);
+        let out = self.run_program(&program, &mut |w| {
             let mut b = tar::Builder::new(w);
             let mut small = |name: &str, data: &[u8]| -> std::io::Result<()> {
                 let mut h = tar::Header::new_gnu();
@@ -508,12 +510,8 @@ impl Attempt<'_> {
     /// Run the node's program in mode `tag` (podman image `id` given the
     /// name) or `import`, then import or tag.
     fn run(&mut self, mode: &str, id: Option<&str>) -> Result<(), SyncError> {
-        let cmd = format!(
-            "{}{}",
-            self.program(mode, None, ""),
-            self.import_and_tag(id)
-        );
-        let out = self.transport.run(&cmd, &mut |_| Ok(()))?;
+        let program = self.import_and_tag(&self.program(mode, None, ""), id);
+        let out = self.run_program(&program, &mut |_| Ok(()))?;
         match self.outcome(&out)? {
             Ran::Done => Ok(()),
             Ran::Bad(bad) => Err(self.error(format!(
@@ -549,7 +547,7 @@ impl Attempt<'_> {
             hex::encode(self.name.as_bytes())
         );
         format!(
-            "trap '' HUP PIPE; I={}{STORE_DIR} T={} B={} KSHA={ksha} KEEP={} M={mode} NF={} sh -c {} && ",
+            "trap '' HUP PIPE; I={}{STORE_DIR} T={} B={} KSHA={ksha} KEEP={} M={mode} NF={} sh -c {}",
             quote(self.root),
             self.img.id,
             base.unwrap_or(""),
@@ -559,9 +557,26 @@ impl Attempt<'_> {
         )
     }
 
-    /// Import the assembled tree (or tag podman's image `id`) under the
-    /// name, the pods' restarts journaled in the same command.
-    fn import_and_tag(&self, id: Option<&str>) -> String {
+    /// Run `program` on the node (its library named when the node keeps
+    /// it).
+    fn run_program(
+        &mut self,
+        program: &str,
+        input: crate::transport::Input<'_>,
+    ) -> Result<crate::transport::Output, SyncError> {
+        let on = crate::library::On {
+            lab: self.lab,
+            machine: self.machine,
+            root: self.root,
+            systemd: true,
+        };
+        crate::library::run_program(&mut *self.transport, &on, program, input)
+    }
+
+    /// The program that runs `store` (the node's program), then imports
+    /// the assembled tree (or tags podman's image `id`) under the name,
+    /// the pods' restarts journaled in the same command.
+    fn import_and_tag(&self, store: &str, id: Option<&str>) -> String {
         let change = match id {
             Some(id) => podman_as(self.user, &format!("tag {id} {}", quote(self.name))),
             None => {
@@ -583,14 +598,14 @@ impl Attempt<'_> {
             }
         };
         if self.scoped.is_empty() {
-            format!("{{ {change}; }}")
+            format!("{store} && {{ {change}; }}")
         } else {
             let actions: Vec<(&str, &str)> = self
                 .scoped
                 .iter()
                 .map(|u| ("restart", u.as_str()))
                 .collect();
-            lab_agent::enqueue_command(self.root, &actions, &change)
+            lab_agent::enqueue_program(store, &actions, &change)
         }
     }
 }

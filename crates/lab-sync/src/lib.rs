@@ -13,6 +13,7 @@ pub mod diff;
 mod error;
 pub mod image_store;
 pub mod images;
+mod library;
 mod machine;
 pub mod mux;
 mod openssh;

@@ -768,67 +768,26 @@ impl MachineSync<'_> {
         Ok(Some(report))
     }
 
-    /// The output of executor run `run`; when the connection was lost on
-    /// the way, connect again and read what the run reported on the
-    /// machine (waiting for it to end: it finishes without us).
-    /// Run `program` (with the machine's root, and `systemd` saying
-    /// whether it has systemd), `input` its stdin: its library named
-    /// instead of carried, and sent again with it inline when the
-    /// machine lacks it (see [`lab_agent::cached_form`]).
+    /// `program` run on the machine, its library named when the machine
+    /// keeps it (see [`crate::library::run_program`]).
     fn run_program(
         &mut self,
         program: &str,
         systemd: bool,
         input: Input<'_>,
     ) -> Result<Output, SyncError> {
-        let root = self.target.root.clone();
-        let mut send = |t: &mut dyn Transport, program: &str| {
-            let (cmd, first) = bootstrap(&root, program, systemd);
-            t.run(&cmd, &mut |w| {
-                w.write_all(first)?;
-                input(w)
-            })
+        let lab = lab_core::LabDir::at(&self.target.lab_dir);
+        let on = crate::library::On {
+            lab: &lab,
+            machine: &self.target.name,
+            root: &self.target.root,
+            systemd,
         };
-        let Some(id) = lab_agent::library_id(program) else {
-            return send(&mut *self.transport, program);
-        };
-        let libs = lab_core::LabDir::at(&self.target.lab_dir).libraries_path(&self.target.name);
-        let mut known: Vec<String> = std::fs::read_to_string(&libs)
-            .unwrap_or_default()
-            .lines()
-            .filter(|k| lab_agent::library_ids().any(|i| i == *k))
-            .map(str::to_string)
-            .collect();
-        if known.iter().any(|k| k == id) {
-            let short = lab_agent::cached_form(program).expect("it holds a library");
-            let out = send(&mut *self.transport, &short)?;
-            if !lab_agent::library_missing(out.status, &out.stderr_text()) {
-                return Ok(out);
-            }
-            known.retain(|k| k != id);
-        }
-        let mut out = send(&mut *self.transport, &lab_agent::installing_form(program))?;
-        let (stored, stderr) = lab_agent::library_stored(&out.stderr);
-        out.stderr = stderr;
-        if stored {
-            known.push(id.to_string());
-        }
-        // (what the machine keeps, for the next commands; a file lost
-        // costs one library sent again)
-        let mut text: String = known.iter().map(|k| format!("{k}\n")).collect();
-        if text.is_empty() {
-            text.push('\n');
-        }
-        if let Some(dir) = libs.parent() {
-            let _ = std::fs::create_dir_all(dir);
-        }
-        let tmp = libs.with_extension("libs.tmp");
-        if std::fs::write(&tmp, text).is_ok() {
-            let _ = std::fs::rename(&tmp, &libs);
-        }
-        Ok(out)
+        crate::library::run_program(&mut *self.transport, &on, program, input)
     }
-
+    /// The output of executor run `run`; when the connection was lost on
+    /// the way, connect again and read what the run reported on the
+    /// machine (waiting for it to end: it finishes without us).
     fn outcome(&mut self, out: Result<Output, SyncError>, run: &str) -> Result<Output, SyncError> {
         let lost = match out {
             Ok(o) => return Ok(o),
