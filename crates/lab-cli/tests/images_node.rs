@@ -221,13 +221,13 @@ fn tree_id(h: &Host, out: &str, name: &str) -> String {
 
 /// The node's assembled tree `id` and the image podman made of it, as
 /// (path -> kind mode uid gid target sha256): what `lab` unpacked.
-fn node_tree(h: &Host, id: &str) -> BTreeMap<String, String> {
-    let list = h
-        .run(&format!(
-            "cd {STORE}/roots/{id} && find . -mindepth 1 -printf '%P\\t%y\\t%m\\t%U\\t%G\\t%l\\n' && \
-             find . -type f -exec sha256sum {{}} + | sed 's/^/sha /'"
-        ))
-        .unwrap();
+/// What a tree listing below the current directory prints (see
+/// [`listing`]).
+const LIST: &str = "find . -mindepth 1 -printf '%P\\t%y\\t%m\\t%U\\t%G\\t%l\\n' && \
+                    find . -type f -exec sha256sum {} + | sed 's/^/sha /'";
+
+/// A tree as [`LIST`] printed it: path -> kind, mode, owner, link, sha256.
+fn listing(list: &str) -> BTreeMap<String, String> {
     let mut m = BTreeMap::new();
     let mut shas = BTreeMap::new();
     for line in list.lines() {
@@ -244,6 +244,40 @@ fn node_tree(h: &Host, id: &str) -> BTreeMap<String, String> {
         v.push_str(shas.get(p).map_or("", String::as_str));
     }
     m
+}
+
+/// The tree `id` as the node's store assembled it.
+fn node_tree(h: &Host, id: &str) -> BTreeMap<String, String> {
+    listing(&h.run(&format!("cd {STORE}/roots/{id} && {LIST}")).unwrap())
+}
+
+/// The files of the pod user's podman image `name` (read in the user's
+/// namespace: owners as the image has them).
+fn image_tree(h: &Host, name: &str) -> BTreeMap<String, String> {
+    let script = format!(
+        "m=$(podman image mount {name}) && cd \"$m\" && {LIST}; r=$?; \
+         podman image unmount {name} >/dev/null; exit $r"
+    );
+    listing(
+        &h.podman(&format!(
+            "unshare sh -c '{}'",
+            script.replace('\'', "'\\''")
+        ))
+        .unwrap(),
+    )
+}
+
+/// The pod user's podman image `name`: its config without labels, and
+/// its number of layers.
+fn image_config(h: &Host, name: &str) -> (serde_json::Value, usize) {
+    let out = h
+        .podman(&format!("image inspect {name} --format '{{{{json .}}}}'"))
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    let mut config = v["Config"].clone();
+    config.as_object_mut().unwrap().remove("Labels");
+    let layers = v["RootFS"]["Layers"].as_array().map_or(0, Vec::len);
+    (config, layers)
 }
 
 fn local_tree(t: &TestLab, id: &str) -> BTreeMap<String, String> {
@@ -311,6 +345,8 @@ fn versions_ship_only_changed_files_and_the_pod_runs_them_and_going_back_sends_n
     assert!(get(&h, 8080, "/").contains("version 1"));
     let v1 = tree_id(&h, &out, "web");
     assert_eq!(node_tree(&h, &v1), local_tree(&t, &v1));
+    assert_eq!(image_tree(&h, "localhost/web:latest"), local_tree(&t, &v1));
+    let (config1, layers1) = image_config(&h, "localhost/web:latest");
     assert!(first > 2 << 20, "the first image crossed in {first} bytes");
     // what a sync of one small file costs on the wire (the executor, SSH):
     // the yardstick for the image changes below
@@ -348,6 +384,19 @@ fn versions_ship_only_changed_files_and_the_pod_runs_them_and_going_back_sends_n
     let v2 = tree_id(&h, &out, "web");
     let node = node_tree(&h, &v2);
     assert_eq!(node, local_tree(&t, &v2));
+    // podman's image of v2 is v1's plus a layer of what changed, and
+    // equals v2 file for file, its config as v1's
+    assert!(
+        out.contains("sent, a layer over the previous version"),
+        "{out}"
+    );
+    assert_eq!(image_tree(&h, "localhost/web:latest"), node);
+    assert_eq!(
+        image_config(&h, "localhost/web:latest"),
+        (config1, layers1 + 1),
+        "{out}\n{}",
+        h.podman("history localhost/web:latest").unwrap_or_default()
+    );
     assert!(!node.contains_key("www/gone.txt") && !node.contains_key("www/whited.txt"));
     assert!(
         node["www/mode.txt"].starts_with("f\t600"),

@@ -156,6 +156,8 @@ pub fn ship(
             name,
             img,
             scoped: &scoped,
+            layered: false,
+            not_layered: None,
         };
         let note = if let Some(id) = tagged {
             attempt.run("tag", Some(&id))?;
@@ -175,7 +177,7 @@ pub fn ship(
             let base = closest(lab, &state, &img.tree);
             let sent = attempt.ship(base, &state)?;
             format!(
-                "loaded image {name} ({}) for {}: {} of {} files, {} bytes of files sent",
+                "loaded image {name} ({}) for {}: {} of {} files, {} bytes of files sent{}",
                 &img.id[..12],
                 user.as_deref().unwrap_or("root"),
                 sent.0,
@@ -184,9 +186,24 @@ pub fn ship(
                     .values()
                     .filter(|e| e.kind == Kind::File)
                     .count(),
-                sent.1
+                sent.1,
+                if attempt.layered {
+                    ", a layer over the previous version"
+                } else {
+                    ""
+                }
             )
         };
+        if let Some(why) = attempt.not_layered.take() {
+            notes.push(format!(
+                "image {name}: not a layer over the previous version ({}): imported whole",
+                if why.is_empty() {
+                    "it has 32 layers"
+                } else {
+                    &why
+                }
+            ));
+        }
         // (the next image's files may be among this one's)
         state.roots.insert(img.id.clone());
         notes.push(note);
@@ -323,6 +340,10 @@ struct Attempt<'a> {
     name: &'a str,
     img: &'a lab_images::Opened,
     scoped: &'a [String],
+    /// The last version sent became a layer over the previous one.
+    layered: bool,
+    /// Why it could not (podman's words), when it was to.
+    not_layered: Option<String>,
 }
 
 /// How a run of the node's program ended.
@@ -407,6 +428,17 @@ impl Attempt<'_> {
         // the entries to place, as a tar in a temporary file (its size
         // goes first in the stream)
         let delta = tree.delta(base.map(|b| &b.1));
+        // podman's image of the base tree for this user, when the new
+        // version can be a layer over it (the same config: a commit keeps
+        // its base's)
+        let layer_over: Option<String> = base.filter(|b| b.1.config == tree.config).and_then(|b| {
+            state
+                .users
+                .get(self.user.unwrap_or("-"))?
+                .iter()
+                .find(|h| h.2 == b.0)
+                .map(|h| h.0.clone())
+        });
         let place = tempfile::tempfile().map_err(|e| self.error(e.to_string()))?;
         let mut place_w = std::io::BufWriter::new(&place);
         tree.structure_tar(
@@ -421,8 +453,13 @@ impl Attempt<'_> {
         let blobs = self.lab.image_blobs_dir();
         let mut files_sent = (0usize, 0u64);
         let mut unreadable = None;
-        let store = self.program("ship", base.map(|b| b.0.as_str()), &keys_text);
-        let program = self.import_and_tag(&store, None);
+        let store = self.program(
+            "ship",
+            base.map(|b| b.0.as_str()),
+            &keys_text,
+            layer_over.is_some(),
+        );
+        let program = self.import_and_tag(&store, None, layer_over.as_deref());
         let out = self.run_program(&program, &mut |w| {
             let mut b = tar::Builder::new(w);
             let mut small = |name: &str, data: &[u8]| -> std::io::Result<()> {
@@ -455,6 +492,16 @@ impl Attempt<'_> {
                         rm.push(0);
                     }
                     small("remove", &rm)?;
+                    if layer_over.is_some() {
+                        // (the paths the layer places)
+                        let mut place0 = Vec::new();
+                        for p in &delta.place {
+                            place0.extend_from_slice(b"./");
+                            place0.extend_from_slice(&lab_images::decode(p));
+                            place0.push(0);
+                        }
+                        small("place0", &place0)?;
+                    }
                 }
                 None => small("keys", keys_text.as_bytes())?,
             }
@@ -504,13 +551,19 @@ impl Attempt<'_> {
             )));
         }
         let ran = self.outcome(&out)?;
+        let said = out.stdout_text();
+        self.layered = said.lines().any(|l| l == "lab-layer");
+        self.not_layered = said
+            .lines()
+            .find_map(|l| l.strip_prefix("lab-layer-failed "))
+            .map(|why| why.trim().to_string());
         Ok((files_sent, ran))
     }
 
     /// Run the node's program in mode `tag` (podman image `id` given the
     /// name) or `import`, then import or tag.
     fn run(&mut self, mode: &str, id: Option<&str>) -> Result<(), SyncError> {
-        let program = self.import_and_tag(&self.program(mode, None, ""), id);
+        let program = self.import_and_tag(&self.program(mode, None, "", false), id, None);
         let out = self.run_program(&program, &mut |_| Ok(()))?;
         match self.outcome(&out)? {
             Ran::Done => Ok(()),
@@ -538,7 +591,9 @@ impl Attempt<'_> {
     }
 
     /// The node's program, its variables set.
-    fn program(&self, mode: &str, base: Option<&str>, keys_text: &str) -> String {
+    /// `layer`: the new version becomes a layer over podman's image of
+    /// the base (the store leaves the lists [`Attempt::layer`] reads).
+    fn program(&self, mode: &str, base: Option<&str>, keys_text: &str, layer: bool) -> String {
         use sha2::{Digest as _, Sha256};
         let ksha = hex::encode(Sha256::digest(keys_text.as_bytes()));
         let nf = format!(
@@ -547,13 +602,73 @@ impl Attempt<'_> {
             hex::encode(self.name.as_bytes())
         );
         format!(
-            "trap '' HUP PIPE; I={}{STORE_DIR} T={} B={} KSHA={ksha} KEEP={} M={mode} NF={} sh -c {}",
+            "trap '' HUP PIPE; I={}{STORE_DIR} T={} B={} KSHA={ksha} KEEP={} M={mode} D={} NF={} sh -c {}",
             quote(self.root),
             self.img.id,
             base.unwrap_or(""),
             self.keep.max(1),
+            u8::from(layer),
             quote(&nf),
             quote(program_text())
+        )
+    }
+
+    /// The shell that makes the new version podman's image `base` plus a
+    /// layer of what changed (`incoming/T.place0` placed from the
+    /// assembled tree, `incoming/T.remove0` removed first: the store
+    /// program leaves them), committed under the name with the tree's
+    /// label; it fails, saying why on stderr (for a full import instead),
+    /// when podman cannot, or when `base` has 32 layers already. Only the
+    /// changed files are read and written, where an import copies the
+    /// whole tree into podman's storage again.
+    fn layer(&self, base: &str) -> String {
+        let p = |args: &str| podman_as(self.user, args);
+        // (a rootless user's container is mounted and written in its
+        // user namespace; `$( (`, never `$((`: that is arithmetic)
+        let inside = |cmd: &str| match self.user {
+            Some(_) => podman_as(self.user, &format!("unshare {cmd}")),
+            None => cmd.to_string(),
+        };
+        let mut commit = String::from("commit -q");
+        for c in self.img.tree.config.changes() {
+            commit.push_str(&format!(" --change {}", quote(&c)));
+        }
+        commit.push_str(&format!(
+            " --change {} \"$c\" {}",
+            quote(&format!("LABEL lab.tree={}", self.img.id)),
+            quote(self.name)
+        ));
+        let d = format!("{}{STORE_DIR}/incoming/{}", quote(self.root), self.img.id);
+        let r = format!("{}{STORE_DIR}/roots/{}", quote(self.root), self.img.id);
+        format!(
+            "( n=$( {inspect} ) && [ \"$n\" -lt 32 ] && [ -f {d}.place0 ] && c=$( {create} ) || exit 1\n\
+             ok=1\n\
+             m=$( {mount} ) && \
+             {inside_rm} <{d}.remove0 && \
+             tar -C {r} -c --hard-dereference --numeric-owner --no-recursion --null -T {d}.place0 -f - | {inside_tar} && \
+             ok=0\n\
+             {umount} >/dev/null 2>&1\n\
+             [ $ok = 0 ] && {commit}; ok=$?\n\
+             {rm} >/dev/null 2>&1\n\
+             rm -f {d}.place0 {d}.remove0\n\
+             exit $ok )",
+            inspect = p(&format!(
+                "image inspect --format '{{{{len .RootFS.Layers}}}}' {}",
+                quote(base)
+            )),
+            // (without podman's own variables, which a commit would keep)
+            create = p(&format!(
+                "create -q --pull=never --unsetenv-all {}",
+                quote(base)
+            )),
+            mount = inside("podman mount \"$c\""),
+            inside_rm = inside("sh -c 'cd \"$1\" && xargs -0 -r rm -rf --' sh \"$m\""),
+            inside_tar = inside(
+                "sh -c 'cd \"$1\" && tar -x -p --same-owner --numeric-owner -f -' sh \"$m\""
+            ),
+            umount = inside("podman umount \"$c\""),
+            commit = p(&commit),
+            rm = p("rm -f \"$c\""),
         )
     }
 
@@ -576,7 +691,9 @@ impl Attempt<'_> {
     /// The program that runs `store` (the node's program), then imports
     /// the assembled tree (or tags podman's image `id`) under the name,
     /// the pods' restarts journaled in the same command.
-    fn import_and_tag(&self, store: &str, id: Option<&str>) -> String {
+    /// `layer_over`: podman's image of the base tree, which the new
+    /// version becomes a layer over (see [`Attempt::layer`]) when it can.
+    fn import_and_tag(&self, store: &str, id: Option<&str>, layer_over: Option<&str>) -> String {
         let change = match id {
             Some(id) => podman_as(self.user, &format!("tag {id} {}", quote(self.name))),
             None => {
@@ -589,12 +706,20 @@ impl Attempt<'_> {
                     quote(&format!("LABEL lab.tree={}", self.img.id)),
                     quote(self.name)
                 ));
-                format!(
+                let full = format!(
                     "tar -C {}{STORE_DIR}/roots/{} -c --hard-dereference --numeric-owner -f - . | {} >/dev/null",
                     quote(self.root),
                     self.img.id,
                     podman_as(self.user, &args)
-                )
+                );
+                match layer_over {
+                    Some(base) => format!(
+                        "if lab_e=$( {} 2>&1 >/dev/null); then echo lab-layer; else \
+                         echo \"lab-layer-failed $(printf %s \"$lab_e\" | tr '\\n' ' ' | cut -c1-400)\"; {full}; fi",
+                        self.layer(base)
+                    ),
+                    None => full,
+                }
             }
         };
         if self.scoped.is_empty() {

@@ -5,8 +5,10 @@
 # $I/names/USER/HEXNAME         `TREE TIME`: the trees a name was given, oldest first
 # $I/incoming/                  what a ship receives before it is checked
 # Set by the caller: I, T (tree), B (base tree or empty), KSHA (sha256 of
-# trees/T), KEEP (trees kept per name), M (ship | import | tag), NF (the
-# name's history file below names/).
+# trees/T), KEEP (trees kept per name), M (ship | import | tag), D (1: the
+# new version becomes a layer over podman's image of B: the paths it
+# places and removes stay as incoming/T.place0 and incoming/T.remove0), NF
+# (the name's history file below names/).
 set -eu
 umask 022
 mkdir -p "$I/store" "$I/trees" "$I/roots" "$I/incoming" "$I/names"
@@ -64,6 +66,10 @@ if [ "$M" = ship ]; then
   mv "$in/keys" "$I/trees/$T"
   rm -rf "$I/roots/$T"
   mv "$new" "$I/roots/$T"
+  if [ "${D:-0}" = 1 ] && [ -f "$in/place0" ] && [ -f "$in/remove" ]; then
+    mv "$in/place0" "$I/incoming/$T.place0"
+    mv "$in/remove" "$I/incoming/$T.remove0"
+  fi
 fi
 rm -rf "$in"
 fi
