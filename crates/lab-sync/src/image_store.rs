@@ -629,15 +629,13 @@ impl Attempt<'_> {
             Some(_) => podman_as(self.user, &format!("unshare {cmd}")),
             None => cmd.to_string(),
         };
-        let mut commit = String::from("commit -q");
-        for c in self.img.tree.config.changes() {
-            commit.push_str(&format!(" --change {}", quote(&c)));
-        }
-        commit.push_str(&format!(
-            " --change {} \"$c\" {}",
-            quote(&format!("LABEL lab.tree={}", self.img.id)),
-            quote(self.name)
-        ));
+        let commit = with_config(
+            "commit -q",
+            &self.img.tree.config.changes(),
+            &self.img.id,
+            "\"$c\"",
+            self.name,
+        );
         let d = format!("{}{STORE_DIR}/incoming/{}", quote(self.root), self.img.id);
         let r = format!("{}{STORE_DIR}/roots/{}", quote(self.root), self.img.id);
         format!(
@@ -697,15 +695,13 @@ impl Attempt<'_> {
         let change = match id {
             Some(id) => podman_as(self.user, &format!("tag {id} {}", quote(self.name))),
             None => {
-                let mut args = String::from("import -q");
-                for c in self.img.tree.config.changes() {
-                    args.push_str(&format!(" --change {}", quote(&c)));
-                }
-                args.push_str(&format!(
-                    " --change {} - {}",
-                    quote(&format!("LABEL lab.tree={}", self.img.id)),
-                    quote(self.name)
-                ));
+                let args = with_config(
+                    "import -q",
+                    &self.img.tree.config.changes(),
+                    &self.img.id,
+                    "-",
+                    self.name,
+                );
                 let full = format!(
                     "tar -C {}{STORE_DIR}/roots/{} -c --hard-dereference --numeric-owner -f - . | {} >/dev/null",
                     quote(self.root),
@@ -733,6 +729,21 @@ impl Attempt<'_> {
             lab_agent::enqueue_program(store, &actions, &change)
         }
     }
+}
+
+/// podman `verb` (`import -q`, `commit -q`) of `source` as image `name`
+/// with the tree's config (`changes`) and its `lab.tree` label.
+fn with_config(verb: &str, changes: &[String], tree: &str, source: &str, name: &str) -> String {
+    let mut args = verb.to_string();
+    for c in changes {
+        args.push_str(&format!(" --change {}", quote(c)));
+    }
+    args.push_str(&format!(
+        " --change {} {source} {}",
+        quote(&format!("LABEL lab.tree={tree}")),
+        quote(name)
+    ));
+    args
 }
 
 /// One version of an image on a node.
@@ -921,15 +932,7 @@ pub fn restore(
                 ));
                 continue;
             };
-            let mut args = String::from("import -q");
-            for c in config {
-                args.push_str(&format!(" --change {}", quote(&c)));
-            }
-            args.push_str(&format!(
-                " --change {} - {}",
-                quote(&format!("LABEL lab.tree={tree}")),
-                quote(&name)
-            ));
+            let args = with_config("import -q", &config, &tree, "-", &name);
             format!(
                 "{}tar -C {}{STORE_DIR}/roots/{tree} -c --hard-dereference --numeric-owner -f - . | {} >/dev/null",
                 program("import"),
