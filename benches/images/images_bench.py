@@ -138,20 +138,24 @@ def wait_http(addr, port, want, t0, timeout=120):
 
 class Sampler:
     """Peak RSS (KiB) on the node of processes that were not there when
-    it started: one ssh running a `ps` loop."""
+    it started: one ssh running a `ps` loop, which writes its samples to a
+    file on the node (read when it stops: its traffic is not the sync's)."""
 
     def __init__(self, ssh):
-        prog = ("base=$(ps -e -o pid= | tr -d ' ' | sort); "
+        prog = ("rm -f /run/ib-samples; base=$(ps -e -o pid= | tr -d ' ' | sort); "
                 "while [ ! -e /run/ib-stop ]; do ps -e -o pid=,rss=,comm= | "
-                "while read -r p r c; do echo \"$p $r $c\"; done; echo ---; sleep 0.02; done; "
-                "rm -f /run/ib-stop; echo \"base $base\" | tr '\\n' ' '")
-        self.p = subprocess.Popen(ssh + [prog], stdout=subprocess.PIPE, text=True)
+                "while read -r p r c; do echo \"$p $r $c\"; done; echo ---; sleep 0.02; done "
+                ">>/run/ib-samples; "
+                "rm -f /run/ib-stop; echo \"base $base\" | tr '\\n' ' ' >>/run/ib-samples")
+        self.p = subprocess.Popen(ssh + [prog], stdout=subprocess.DEVNULL)
         self.ssh = ssh
         time.sleep(0.5)
 
     def stop(self):
         subprocess.run(self.ssh + ["touch /run/ib-stop"], check=True)
-        out = self.p.communicate()[0]
+        self.p.wait()
+        out = subprocess.run(self.ssh + ["cat /run/ib-samples"], check=True,
+                             capture_output=True, text=True).stdout
         base_line = out[out.rfind("base "):]
         base = set(base_line.split()[1:])
         tools = {"tar", "sha256sum", "cp", "xargs", "find", "sort", "grep", "sed", "mv", "rm",
@@ -217,11 +221,14 @@ def main():
             out = subprocess.run([a.lab] + args, cwd=proj, capture_output=True, text=True)
             if out.returncode != 0:
                 raise RuntimeError(f"{name}: {out.stdout}{out.stderr}")
-            serving = wait_http(addr, 8080, want, t0)
+            # (what lab's command put on the link; the HTTP polls that
+            # follow are the bench's own)
             sent = tx(veth) - w0
+            command_ms = round((time.monotonic() - t0) * 1000)
+            serving = wait_http(addr, 8080, want, t0)
             mem = s.stop()
             res[name] = {"wire_bytes": sent, "serving_ms": round(serving * 1000),
-                         "command_ms": None, "node_memory": mem,
+                         "command_ms": command_ms, "node_memory": mem,
                          "notes": [l for l in out.stdout.splitlines() if "image" in l]}
             print(name, json.dumps(res[name]), flush=True)
 

@@ -72,8 +72,17 @@ struct NodeState {
     users: BTreeMap<String, Have>,
 }
 
+/// What shipping a machine's images did.
+#[derive(Debug, Default)]
+pub struct Shipped {
+    /// What to tell the user.
+    pub notes: Vec<String>,
+    /// Unit actions were journaled on the machine (its check changed).
+    pub journaled: bool,
+}
+
 /// Ship what the machine's pods use and it lacks. `changed`: the paths this
-/// sync changes (their pods restart anyway). Returns notes.
+/// sync changes (their pods restart anyway).
 #[allow(clippy::too_many_arguments)]
 pub fn ship(
     transport: &mut dyn Transport,
@@ -84,7 +93,7 @@ pub fn ship(
     keep: usize,
     uses: &[Use],
     changed: &dyn Fn(&str) -> bool,
-) -> Result<Vec<String>, SyncError> {
+) -> Result<Shipped, SyncError> {
     // the project's images by name, opened only when a pod uses them
     let mut sources: BTreeMap<String, std::path::PathBuf> = BTreeMap::new();
     if let Ok(rd) = fs_err::read_dir(images_dir) {
@@ -103,7 +112,7 @@ pub fn ship(
         }
     }
     if todo.is_empty() {
-        return Ok(Vec::new());
+        return Ok(Shipped::default());
     }
     let mut opened: BTreeMap<String, lab_images::Opened> = BTreeMap::new();
     for ((_, name), path) in &todo {
@@ -121,6 +130,7 @@ pub fn ship(
     let users: BTreeSet<Option<String>> = todo.keys().map(|(u, _)| u.clone()).collect();
     let mut state = query(transport, root, &users)?;
     let mut notes = Vec::new();
+    let mut journaled = false;
     for (user, name) in todo.keys() {
         let img = &opened[name];
         let key = user.clone().unwrap_or_else(|| "-".into());
@@ -212,8 +222,9 @@ pub fn ship(
                 "restart of {u} journaled: its image {name} changed"
             ));
         }
+        journaled |= !scoped.is_empty();
     }
-    Ok(notes)
+    Ok(Shipped { notes, journaled })
 }
 
 /// The pods of `user` using `name` whose own files this sync does not
@@ -461,7 +472,10 @@ impl Attempt<'_> {
         );
         let program = self.import_and_tag(&store, None, layer_over.as_deref());
         let out = self.run_program(&program, &mut |w| {
-            let mut b = tar::Builder::new(w);
+            // (gzip: a tar of a few small entries is mostly padding, and
+            // an image's files compress too)
+            let mut gz = flate2::write::GzEncoder::new(w, flate2::Compression::fast());
+            let mut b = tar::Builder::new(&mut gz);
             let mut small = |name: &str, data: &[u8]| -> std::io::Result<()> {
                 let mut h = tar::Header::new_gnu();
                 h.set_size(data.len() as u64);
@@ -543,7 +557,9 @@ impl Attempt<'_> {
                 b.append_data(&mut h, format!("blobs/{k}"), std::io::BufReader::new(file))?;
                 files_sent = (files_sent.0 + 1, files_sent.1 + size);
             }
-            b.finish()
+            b.finish()?;
+            drop(b);
+            gz.finish().map(|_| ())
         })?;
         if let Some(e) = unreadable {
             return Err(self.error(format!(
@@ -621,12 +637,13 @@ impl Attempt<'_> {
     /// when podman cannot, or when `base` has 32 layers already. Only the
     /// changed files are read and written, where an import copies the
     /// whole tree into podman's storage again.
+    /// Run as the image's user by `lab_p` (see [`Attempt::import_and_tag`]).
     fn layer(&self, base: &str) -> String {
-        let p = |args: &str| podman_as(self.user, args);
+        let p = |args: &str| format!("lab_p {args}");
         // (a rootless user's container is mounted and written in its
-        // user namespace; `$( (`, never `$((`: that is arithmetic)
+        // user namespace)
         let inside = |cmd: &str| match self.user {
-            Some(_) => podman_as(self.user, &format!("unshare {cmd}")),
+            Some(_) => format!("lab_p unshare {cmd}"),
             None => cmd.to_string(),
         };
         let commit = with_config(
@@ -702,16 +719,21 @@ impl Attempt<'_> {
                     "-",
                     self.name,
                 );
+                // (`lab_p`: podman as the image's user; `$( (`, never
+                // `$((`: that is arithmetic)
                 let full = format!(
-                    "tar -C {}{STORE_DIR}/roots/{} -c --hard-dereference --numeric-owner -f - . | {} >/dev/null",
+                    "lab_p() {{ {}; }}\n\
+                     tar -C {}{STORE_DIR}/roots/{} -c --hard-dereference --numeric-owner -f - . | lab_p {args} >/dev/null",
+                    podman_as(self.user, "\"$@\""),
                     quote(self.root),
                     self.img.id,
-                    podman_as(self.user, &args)
                 );
                 match layer_over {
                     Some(base) => format!(
-                        "if lab_e=$( {} 2>&1 >/dev/null); then echo lab-layer; else \
+                        "lab_p() {{ {}; }}\n\
+                         if lab_e=$( {} 2>&1 >/dev/null); then echo lab-layer; else \
                          echo \"lab-layer-failed $(printf %s \"$lab_e\" | tr '\\n' ' ' | cut -c1-400)\"; {full}; fi",
+                        podman_as(self.user, "\"$@\""),
                         self.layer(base)
                     ),
                     None => full,

@@ -20,7 +20,7 @@ if [ "$M" != tag ]; then
 if [ "$M" = ship ]; then
   mkdir "$in"
   # a stream cut short fails here: nothing of it is used
-  tar -x -p --same-owner --numeric-owner -C "$in" -f - || {
+  tar -x -z -p --same-owner --numeric-owner -C "$in" -f - || {
     echo "lab-images: the stream of tree $T ended early" >&2; exit 3; }
   if [ -d "$in/blobs" ]; then
     # every blob checked against its name before it joins the store

@@ -181,13 +181,13 @@ pub struct MachineSync<'a> {
 impl MachineSync<'_> {
     /// Before the pods' units act: the images they use that the machine
     /// lacks, loaded into the right user's podman storage.
-    fn ship_images(&mut self, new: &Manifest) -> Result<Vec<String>, SyncError> {
+    fn ship_images(&mut self, new: &Manifest) -> Result<crate::image_store::Shipped, SyncError> {
         if !self.target.systemd {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         }
         let uses = crate::images::wanted(&self.target.out_dir, new, &self.target.pod_user);
         if uses.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Default::default());
         }
         let lab = lab_core::LabDir::at(&self.target.lab_dir);
         // (what lab last applied there: paths it changes restart their
@@ -412,9 +412,11 @@ impl MachineSync<'_> {
         // and first, the images of the machine's pods: only a manifest
         // with Quadlet files can name one, others are not parsed here)
         let mut notes: Vec<String> = Vec::new();
+        let mut journaled = false;
         if new_text.contains("containers/systemd/") {
             let m = self.parse_new(&new_text)?;
-            notes = self.ship_images(&m)?;
+            let shipped = self.ship_images(&m)?;
+            (notes, journaled) = (shipped.notes, shipped.journaled);
             new = Some(m);
         }
         // What lab knows of the machine: its generation, digest, applied
@@ -422,7 +424,9 @@ impl MachineSync<'_> {
         let cached = self.cached_text();
         let cached_digest = cached.as_ref().map(|(_, d)| *d);
         let from_cache = match cached {
-            Some((t, d)) if d != digest => Manifest::parse(&t).ok().map(|m| (m, d)),
+            // (restarts the images journaled make a change planned from
+            // the cache stale: the machine is checked first then)
+            Some((t, d)) if d != digest && !journaled => Manifest::parse(&t).ok().map(|m| (m, d)),
             _ => None,
         };
         let (mut gen, mut base, mut known, mut check) = match from_cache {
