@@ -183,6 +183,8 @@ class Sampler:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--lab", default=os.path.join(REPO, "target", "release", "lab"))
+    ap.add_argument("--random-page", action="store_true",
+                    help="the changed 4 KB file is random bytes (incompressible)")
     ap.add_argument("--fleet", default="ib")
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -206,7 +208,10 @@ def main():
             "    io.podman.annotations.init/httpd: \"true\"\nspec:\n  containers:\n  - name: httpd\n"
             "    image: web\n    command: [\"/app/busybox\", \"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
             "    ports:\n    - containerPort: 8080\n      hostPort: 8080\n")
-        pages = [(b"version %d\n" % v) + b"x" * (4096 - 10) for v in (1, 2)]
+        # (the changed file: `x` padding, or with --random-page bytes that
+        # do not compress, the worst case for the gzip'd stream)
+        fill = (lambda: os.urandom(4096 - 10)) if a.random_page else (lambda: b"x" * (4096 - 10))
+        pages = [(b"version %d\n" % v) + fill() for v in (1, 2)]
         tars, layouts, sizes = [], [], []
         for i, page in enumerate(pages):
             tars.append(os.path.join(work, f"v{i + 1}.tar"))
