@@ -819,15 +819,16 @@ EOF
 
 # unit_journal NAME LINES: the tail of a unit's journal (a user unit's:
 # its own lines, its manager's about it, and the lines of its processes
-# that exited before journald read their cgroup: journald files those
-# under the unit name systemd gave their stream, as _SYSTEMD_UNIT).
+# that exited before journald read their cgroup, which carry no unit at
+# all: those of the user with the unit's syslog identifier, which Quadlet
+# sets to the unit's name).
 unit_journal() {
   scope "$1"
   if [ -n "$SC_ERR" ]; then
     echo "lab: $SC_ERR"
   elif [ -n "$SC_USER" ]; then
     journalctl -n "$2" --no-pager -o short-iso _UID="$SC_UID" _SYSTEMD_USER_UNIT="$SC_UNIT" + \
-      _UID="$SC_UID" USER_UNIT="$SC_UNIT" + _UID="$SC_UID" _SYSTEMD_UNIT="$SC_UNIT" 2>&1 </dev/null
+      _UID="$SC_UID" USER_UNIT="$SC_UNIT" + _UID="$SC_UID" SYSLOG_IDENTIFIER="${SC_UNIT%.service}" 2>&1 </dev/null
   else
     journalctl -u "$SC_UNIT" -n "$2" --no-pager -o short-iso 2>&1 </dev/null
   fi

@@ -192,11 +192,11 @@ sc() {{
   if [ "$u" = - ]; then systemctl "$@"; else systemctl --user -M "$u@" "$@"; fi
 }}
 # uj USER UNIT N: the tail of a unit's journal (a user unit's lines of
-# processes that exited before journald read their cgroup are filed under
-# _SYSTEMD_UNIT, the name systemd gave their stream)
+# processes that exited before journald read their cgroup carry no unit:
+# they are found by the user and the syslog identifier Quadlet gives them)
 uj() {{
   if [ "$1" = - ]; then journalctl -u "$2" -n "$3" --no-pager -o short-iso 2>&1
-  else i=$(id -u -- "$1"); journalctl -n "$3" --no-pager -o short-iso _UID="$i" _SYSTEMD_USER_UNIT="$2" + _UID="$i" USER_UNIT="$2" + _UID="$i" _SYSTEMD_UNIT="$2" 2>&1; fi
+  else i=$(id -u -- "$1"); journalctl -n "$3" --no-pager -o short-iso _UID="$i" _SYSTEMD_USER_UNIT="$2" + _UID="$i" USER_UNIT="$2" + _UID="$i" SYSLOG_IDENTIFIER="${{2%.service}}" 2>&1; fi
 }}
 "#,
         run_as = r#"(cd / && exec runuser -u "$u" -- env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$(getent passwd "$u" | cut -d: -f6)" XDG_RUNTIME_DIR="/run/user/$(id -u -- "$u")" podman "$@")"#
@@ -423,9 +423,13 @@ pub fn logs_command(
             let u = quote(p.user.as_deref().unwrap_or("-"));
             s.push_str(&format!(
                 "if [ {u} = - ]; then m=\"_SYSTEMD_UNIT={unit_raw} + UNIT={unit_raw}\"\n\
-                 else uid=$(id -u -- {u}) || exit 4; m=\"_UID=$uid _SYSTEMD_USER_UNIT={unit_raw} + _UID=$uid USER_UNIT={unit_raw} + _UID=$uid _SYSTEMD_UNIT={unit_raw}\"; fi\n\
+                 else uid=$(id -u -- {u}) || exit 4; m=\"_UID=$uid _SYSTEMD_USER_UNIT={unit_raw} + _UID=$uid USER_UNIT={unit_raw} + _UID=$uid SYSLOG_IDENTIFIER={ident_raw}\"; fi\n\
                  for c in $(pm {u} ps -a --filter pod={pod} --format '{{{{.Names}}}}' 2>/dev/null); do m=\"$m + CONTAINER_NAME=$c\"; done\n",
                 unit_raw = p.unit.replace(['\'', '"', ' ', '$', '`', '\\'], "_"),
+                ident_raw = p
+                    .unit
+                    .trim_end_matches(".service")
+                    .replace(['\'', '"', ' ', '$', '`', '\\'], "_"),
                 pod = quote(&p.name),
             ));
         }
