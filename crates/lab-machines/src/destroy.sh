@@ -14,6 +14,7 @@ systemctl kill -s KILL "lab-machine@$N.service" 2>/dev/null || true
 systemctl stop "lab-machine@$N.service" 2>/dev/null || true
 systemctl reset-failed "lab-machine@$N.service" 2>/dev/null || true
 if mountpoint -q "$D/root"; then umount "$D/root"; fi
+rm -f "/var/lib/lab/images/used/$N"
 # its veth goes with its network namespace, which the kernel tears down
 # after the processes are gone: wait for it (bounded), then remove it
 i=0
@@ -35,7 +36,7 @@ if [ "$left" -eq 0 ]; then
 	systemctl stop lab-machines-net.service 2>/dev/null || true
 	systemctl reset-failed lab-machines-net.service 2>/dev/null || true
 	rm -f /etc/systemd/system/lab-machines-net.service /etc/systemd/system/lab-machine@.service \
-		/etc/lab/machines/net.sh /etc/lab/machines/range /etc/sysctl.d/60-lab-machines.conf
+		/etc/lab/machines/net.sh /etc/lab/machines/mount.sh /etc/lab/machines/range /etc/sysctl.d/60-lab-machines.conf
 	rmdir /etc/lab/machines /etc/lab 2>/dev/null || true
 	systemctl daemon-reload
 elif [ "$forwards" = 1 ] && systemctl -q is-active lab-machines-net.service; then

@@ -155,6 +155,7 @@ pub fn ship(
             name,
             img,
             scoped: &scoped,
+            base: false,
         };
         let note = if let Some(id) = tagged {
             attempt.run("tag", Some(&id))?;
@@ -321,6 +322,9 @@ struct Attempt<'a> {
     name: &'a str,
     img: &'a lab_images::Opened,
     scoped: &'a [String],
+    /// A base of container machines (no podman image: `bases/NAME` is
+    /// pointed at the tree).
+    base: bool,
 }
 
 /// How a run of the node's program ended.
@@ -543,18 +547,29 @@ impl Attempt<'_> {
     fn program(&self, mode: &str, base: Option<&str>, keys_text: &str) -> String {
         use sha2::{Digest as _, Sha256};
         let ksha = hex::encode(Sha256::digest(keys_text.as_bytes()));
-        let nf = format!(
-            "{}/{}",
-            self.user.unwrap_or("-"),
-            hex::encode(self.name.as_bytes())
-        );
+        let (nf, bl) = if self.base {
+            (
+                format!("{BASES_USER}/{}", hex::encode(self.name.as_bytes())),
+                self.name,
+            )
+        } else {
+            (
+                format!(
+                    "{}/{}",
+                    self.user.unwrap_or("-"),
+                    hex::encode(self.name.as_bytes())
+                ),
+                "",
+            )
+        };
         format!(
-            "trap '' HUP PIPE; I={}{STORE_DIR} T={} B={} KSHA={ksha} KEEP={} M={mode} NF={} sh -c {} && ",
+            "trap '' HUP PIPE; I={}{STORE_DIR} T={} B={} KSHA={ksha} KEEP={} M={mode} NF={} BL={} sh -c {} && ",
             quote(self.root),
             self.img.id,
             base.unwrap_or(""),
             self.keep.max(1),
             quote(&nf),
+            quote(bl),
             quote(program_text())
         )
     }
@@ -562,6 +577,9 @@ impl Attempt<'_> {
     /// Import the assembled tree (or tag podman's image `id`) under the
     /// name, the pods' restarts journaled in the same command.
     fn import_and_tag(&self, id: Option<&str>) -> String {
+        if self.base {
+            return "{ :; }".into();
+        }
         let change = match id {
             Some(id) => podman_as(self.user, &format!("tag {id} {}", quote(self.name))),
             None => {
@@ -593,6 +611,104 @@ impl Attempt<'_> {
             lab_agent::enqueue_command(self.root, &actions, &change)
         }
     }
+}
+
+/// The user under `names/` whose histories are the bases of container
+/// machines (`lab images` lists them under it).
+pub const BASES_USER: &str = "+machines";
+
+/// Where a host's container machines find the tree of the project's image
+/// `name` they are based on: a link to `roots/ID`, pointed at a new tree
+/// when a new version is shipped (a container's root is mounted from
+/// where it points at its start).
+pub fn base_path(name: &str) -> String {
+    format!("{STORE_DIR}/bases/{name}")
+}
+
+/// Ship the project's image `name` (`images/NAME.tar` or `images/NAME/`)
+/// to the host `t` reaches as a base of container machines: only the
+/// files the host's store lacks are sent, and [`base_path`] is pointed at
+/// the tree. Returns a note when the host's base changed.
+pub fn ship_base(
+    transport: &mut dyn Transport,
+    host: &str,
+    images_dir: &Path,
+    lab: &LabDir,
+    keep: usize,
+    name: &str,
+) -> Result<Option<String>, SyncError> {
+    let source = [
+        images_dir.join(format!("{name}.tar")),
+        images_dir.join(name),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .ok_or_else(|| SyncError::Build {
+        machine: host.to_string(),
+        message: format!(
+            "image `{name}` is not in the project (no `{}` nor `{}`)",
+            images_dir.join(format!("{name}.tar")).display(),
+            images_dir.join(name).display()
+        ),
+    })?;
+    let img = lab_images::open(&source, name, lab).map_err(|e| SyncError::Build {
+        machine: host.to_string(),
+        message: e.to_string(),
+    })?;
+    let out = transport.run(
+        &format!(
+            "cd {STORE_DIR} 2>/dev/null || exit 0; ls roots 2>/dev/null || :; \
+             echo base $(readlink {} 2>/dev/null)",
+            quote(&format!("bases/{name}"))
+        ),
+        &mut |_| Ok(()),
+    )?;
+    let mut state = NodeState::default();
+    let mut current = "";
+    let text = out.stdout_text();
+    for line in text.lines() {
+        if let Some(l) = line.strip_prefix("base ") {
+            current = l.trim();
+        } else if is_hex64(line.trim()) {
+            state.roots.insert(line.trim().to_string());
+        }
+    }
+    let have_root = state.roots.contains(&img.id);
+    if have_root && current == format!("../roots/{}", img.id) {
+        return Ok(None);
+    }
+    let mut attempt = Attempt {
+        transport,
+        root: "",
+        lab,
+        keep,
+        user: None,
+        name,
+        img: &img,
+        scoped: &[],
+        base: true,
+    };
+    let note = if have_root {
+        attempt.run("tag", None)?;
+        format!(
+            "base {name} ({}) of container machines: no file sent",
+            &img.id[..12]
+        )
+    } else {
+        let sent = attempt.ship(closest(lab, &state, &img.tree), &state)?;
+        format!(
+            "base {name} ({}) of container machines: {} of {} files, {} bytes of files sent",
+            &img.id[..12],
+            sent.0,
+            img.tree
+                .entries
+                .values()
+                .filter(|e| e.kind == Kind::File)
+                .count(),
+            sent.1
+        )
+    };
+    Ok(Some(note))
 }
 
 /// One version of an image on a node.
