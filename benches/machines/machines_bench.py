@@ -23,6 +23,7 @@ Run as root:  python3 benches/machines/machines_bench.py [--reps 20] [--many 50]
 """
 
 import argparse
+import contextlib
 import json
 import shlex
 import signal
@@ -38,7 +39,7 @@ LAB = os.path.join(ROOT, "target/release/lab")
 FLEET = "mbench"
 # the containers' base: an image of the bench's project (lab ships it to
 # the host), the test hosts' cached bookworm root plus rsync (for the
-# baseline), unpacked from Debian's packages with `dpkg -x`
+# baseline), unpacked from Debian's packages (dpkg-deb + tar)
 CACHED_BASE = os.path.join(os.environ.get("LAB_TESTHOSTS_CACHE") or "/var/cache/lab-testhosts",
                            "base-machines")
 IMAGE = "base"
@@ -82,7 +83,10 @@ def make_image(dir):
     sh(f"cp -a {shlex.quote(CACHED_BASE)} {shlex.quote(img)}")
     with tempfile.TemporaryDirectory() as debs:
         sh("apt-get download -q " + " ".join(RSYNC_DEBS), cwd=debs)
-        sh(f"for d in {debs}/*.deb; do dpkg -x $d {shlex.quote(img)}; done")
+        # (not `dpkg -x`: it replaces the merged-/usr links /lib, /bin...
+        # with directories)
+        sh(f"for d in {debs}/*.deb; do dpkg-deb --fsys-tarfile $d | "
+           f"tar -x --keep-directory-symlink -C {shlex.quote(img)}; done")
     sh(f"chroot {shlex.quote(img)} rsync --version >/dev/null")
 
 
@@ -163,13 +167,15 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--many", type=int, default=50)
     ap.add_argument("--json")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="use DIR as the project and leave it, the host and the containers up at the end (for profiling)")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     host = Host()
     h = host.h
     res = {}
     try:
-        with tempfile.TemporaryDirectory() as dir:
+        with (contextlib.nullcontext(a.keep) if a.keep else tempfile.TemporaryDirectory()) as dir:
             # (the first creation ships the image to the host: not timed)
             project(dir, h, ["b1"])
             t = time.monotonic()
@@ -186,6 +192,8 @@ def main():
                 create.append(lab(dir, "machine", "create", "b1"))
                 destroy.append(lab(dir, "machine", "destroy", "b1", "--yes"))
             for k, xs in [("create_to_first_sync", first), ("create", create), ("destroy", destroy)]:
+                if not xs:
+                    continue
                 res[k] = {"p50_ms": round(statistics.median(xs) * 1000), "p99_ms": round(pct(xs, 99) * 1000),
                           "min_ms": round(min(xs) * 1000), "n": len(xs)}
                 print(k, res[k], flush=True)
@@ -249,12 +257,15 @@ def main():
                 res.setdefault("fanout_500_extrapolated_s", {})[k] = round(f[1] + slope * 499, 1)
             print("fanout", res["fanout_change_restart_s"], res["fanout_500_extrapolated_s"], flush=True)
 
+            if a.keep:
+                return
             t = time.monotonic()
             lab(dir, "machine", "destroy", "--yes", *names)
             res["many_destroy_per_container_ms"] = round((time.monotonic() - t) / len(names) * 1000)
             print("destroy", res["many_destroy_per_container_ms"], flush=True)
     finally:
-        host.down()
+        if not a.keep:
+            host.down()
     print(json.dumps(res, indent=2))
     if a.json:
         json.dump(res, open(a.json, "w"), indent=2)

@@ -218,8 +218,7 @@ pub fn create_missing(
         }
         // (one that is there is asked again only when its pin was lost:
         // the host, reached over its checked connection, has its key)
-        if there.iter().any(|l| *l == m.name) && lab_machines::pinned(&known_hosts(engine), &m.name)
-        {
+        if there.contains(&m.name) && lab_machines::pinned(&known_hosts(engine), &m.name) {
             continue;
         }
         let c = m.container.as_ref().expect("a container");
@@ -293,7 +292,8 @@ pub fn machine(
                     "destroying a container machine deletes its writable layer (its data): add --yes",
                 ));
             }
-            let mut failed = false;
+            // (every name resolved first; then one command per host)
+            let mut by_host: Vec<(&Machine, Vec<&str>)> = Vec::new();
             for n in names {
                 let host = match (engine.project.machine(n), on) {
                     (Some(m), _) if m.container.is_some() => {
@@ -319,18 +319,27 @@ pub fn machine(
                         ))
                     }
                 };
+                match by_host.iter_mut().find(|(h, _)| h.name == host.name) {
+                    Some((_, v)) => v.push(n),
+                    None => by_host.push((host, vec![n])),
+                }
+            }
+            let mut failed = false;
+            for (host, names) in by_host {
                 let mut t = connect_host(engine, style, host)?;
-                match lab_machines::destroy(t.as_mut(), &host.name, n) {
-                    Ok(()) => {
-                        lab_machines::unpin(&known_hosts(engine), n)
-                            .map_err(|e| fail(style, &e))?;
-                        if !quiet {
-                            println!("destroyed {n} on {}", host.name);
+                for (n, r) in lab_machines::destroy_many(t.as_mut(), &host.name, &names) {
+                    match r {
+                        Ok(()) => {
+                            lab_machines::unpin(&known_hosts(engine), n)
+                                .map_err(|e| fail(style, &e))?;
+                            if !quiet {
+                                println!("destroyed {n} on {}", host.name);
+                            }
                         }
-                    }
-                    Err(e) => {
-                        fail(style, &e);
-                        failed = true;
+                        Err(e) => {
+                            fail(style, &e);
+                            failed = true;
+                        }
                     }
                 }
             }

@@ -299,8 +299,13 @@ fn containers_on_one_host() {
         .status()
         .unwrap();
     assert!(cp.success(), "cp -al of the base");
-    // (new files only: the copy shares the cached base's inodes)
+    // (new files only: the copy shares the cached base's inodes; a file
+    // of this run's own makes its trees new to a reused host's store)
     lab.file("images/deb/etc/base-version", "1\n");
+    lab.file(
+        "images/deb/etc/lab-test-run",
+        &format!("{}\n", lab.join("").display()),
+    );
     lab.file(
         "lab.toml",
         &lab_toml(
@@ -325,11 +330,10 @@ fn containers_on_one_host() {
         sh(h, "cat /var/lib/lab/images/used/c6"),
         format!("{tree}\n")
     );
-    assert_eq!(
-        sh(h, "findmnt -n -o OPTIONS /var/lib/lab/machines/c6/root")
-            .contains(&format!("lowerdir=/var/lib/lab/images/roots/{tree}")),
-        true,
-        "c6's root is mounted from the tree"
+    let options = sh(h, "findmnt -n -o OPTIONS /var/lib/lab/machines/c6/root");
+    assert!(
+        options.contains(&format!("lowerdir=/var/lib/lab/images/roots/{tree}")),
+        "c6's root is mounted from the tree: {options}"
     );
     // an image the project lacks: said, nothing made
     let (code, _, err) = run(&lab, &["machine", "create", "c7"]);

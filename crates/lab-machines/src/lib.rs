@@ -154,11 +154,13 @@ pub fn create_script(
     Ok(s)
 }
 
-/// The script that destroys `name` on its host.
-pub fn destroy_script(name: &str) -> Result<String, MachineError> {
-    check_name(name)?;
+/// The script that destroys `names` on their host.
+pub fn destroy_script(names: &[&str]) -> Result<String, MachineError> {
+    for n in names {
+        check_name(n)?;
+    }
     let mut s = String::new();
-    assign(&mut s, "N", name);
+    assign(&mut s, "NAMES", &names.join(" "));
     s.push_str(DESTROY_SH);
     Ok(s)
 }
@@ -208,21 +210,60 @@ pub fn create(
 /// Destroy container machine `name` on `host`: its unit, mount, veth,
 /// files and writable layer (its data).
 pub fn destroy(t: &mut dyn Transport, host: &str, name: &str) -> Result<(), MachineError> {
-    let out = run(t, &destroy_script(name)?)?;
-    match out.status {
-        0 => Ok(()),
-        5 => Err(MachineError::Missing {
-            name: name.into(),
-            host: host.into(),
-        }),
-        s => Err(MachineError::Host {
-            host: host.into(),
-            message: format!(
-                "destroying `{name}` failed (exit {s}): {}",
-                out.stderr_text().trim()
-            ),
-        }),
-    }
+    destroy_many(t, host, &[name]).pop().expect("one result").1
+}
+
+/// Destroy container machines `names` on `host` at once (one command:
+/// their units stop together), each as [`destroy`]. Returns each name's
+/// outcome, in order.
+pub fn destroy_many<'n>(
+    t: &mut dyn Transport,
+    host: &str,
+    names: &[&'n str],
+) -> Vec<(&'n str, Result<(), MachineError>)> {
+    let out = match destroy_script(names).and_then(|s| run(t, &s)) {
+        Ok(o) => o,
+        Err(e) => {
+            let text = e.to_string();
+            return names
+                .iter()
+                .map(|n| {
+                    (
+                        *n,
+                        Err(MachineError::Host {
+                            host: host.into(),
+                            message: format!("destroying `{n}` failed: {text}"),
+                        }),
+                    )
+                })
+                .collect();
+        }
+    };
+    let text = out.stdout_text();
+    let said = |what: &str, n: &str| text.lines().any(|l| l == format!("{what} {n}"));
+    names
+        .iter()
+        .map(|n| {
+            let r = if said("destroyed", n) {
+                Ok(())
+            } else if said("missing", n) {
+                Err(MachineError::Missing {
+                    name: n.to_string(),
+                    host: host.into(),
+                })
+            } else {
+                Err(MachineError::Host {
+                    host: host.into(),
+                    message: format!(
+                        "destroying `{n}` failed (exit {}): {}",
+                        out.status,
+                        out.stderr_text().trim()
+                    ),
+                })
+            };
+            (*n, r)
+        })
+        .collect()
 }
 
 /// The container machines on the host `t` reaches.

@@ -175,16 +175,10 @@ pub fn ship(
             let base = closest(lab, &state, &img.tree);
             let sent = attempt.ship(base, &state)?;
             format!(
-                "loaded image {name} ({}) for {}: {} of {} files, {} bytes of files sent",
+                "loaded image {name} ({}) for {}: {}",
                 &img.id[..12],
                 user.as_deref().unwrap_or("root"),
-                sent.0,
-                img.tree
-                    .entries
-                    .values()
-                    .filter(|e| e.kind == Kind::File)
-                    .count(),
-                sent.1
+                sent_text(img, sent)
             )
         };
         // (the next image's files may be among this one's)
@@ -697,18 +691,26 @@ pub fn ship_base(
     } else {
         let sent = attempt.ship(closest(lab, &state, &img.tree), &state)?;
         format!(
-            "base {name} ({}) of container machines: {} of {} files, {} bytes of files sent",
+            "base {name} ({}) of container machines: {}",
             &img.id[..12],
-            sent.0,
-            img.tree
-                .entries
-                .values()
-                .filter(|e| e.kind == Kind::File)
-                .count(),
-            sent.1
+            sent_text(&img, sent)
         )
     };
     Ok(Some(note))
+}
+
+/// `N of M files, B bytes of files sent` of a ship of `img`.
+fn sent_text(img: &lab_images::Opened, sent: (usize, u64)) -> String {
+    format!(
+        "{} of {} files, {} bytes of files sent",
+        sent.0,
+        img.tree
+            .entries
+            .values()
+            .filter(|e| e.kind == Kind::File)
+            .count(),
+        sent.1
+    )
 }
 
 /// One version of an image on a node.
