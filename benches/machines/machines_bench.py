@@ -12,12 +12,18 @@ a release `lab`:
   says `running`; memory per idle container (PSS of its processes); destroy
   of all;
 - fan-out: one changed file + unit restart synced to N containers at once
-  (`lab sync -j 8`), N = 1, 10, 25, 50.
+  (`lab sync -j N`), N = 1, 10, 25, 50, interleaved with the same done by
+  `rsync` + `ssh systemctl restart` fanned out with `xargs -P N`.
+
+The containers' base is an image of the bench's project (`images/base`:
+the test hosts' cached bookworm root with rsync unpacked into it), shipped
+to the host by lab's first creation.
 
 Run as root:  python3 benches/machines/machines_bench.py [--reps 20] [--many 50]
 """
 
 import argparse
+import contextlib
 import json
 import shlex
 import signal
@@ -31,7 +37,13 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAB = os.path.join(ROOT, "target/release/lab")
 FLEET = "mbench"
-IMAGE = "/var/lib/lab/images/bookworm"
+# the containers' base: an image of the bench's project (lab ships it to
+# the host), the test hosts' cached bookworm root plus rsync (for the
+# baseline), unpacked from Debian's packages (dpkg-deb + tar)
+CACHED_BASE = os.path.join(os.environ.get("LAB_TESTHOSTS_CACHE") or "/var/cache/lab-testhosts",
+                           "base-machines")
+IMAGE = "base"
+RSYNC_DEBS = ["rsync", "libpopt0", "libxxhash0"]
 
 
 def sh(cmd, **kw):
@@ -62,6 +74,22 @@ class Host:
                        capture_output=True)
 
 
+def make_image(dir):
+    """images/base: the cached base with rsync in it."""
+    img = os.path.join(dir, "images", IMAGE)
+    if os.path.isdir(img):
+        return
+    os.makedirs(os.path.dirname(img), exist_ok=True)
+    sh(f"cp -a {shlex.quote(CACHED_BASE)} {shlex.quote(img)}")
+    with tempfile.TemporaryDirectory() as debs:
+        sh("apt-get download -q " + " ".join(RSYNC_DEBS), cwd=debs)
+        # (not `dpkg -x`: it replaces the merged-/usr links /lib, /bin...
+        # with directories)
+        sh(f"for d in {debs}/*.deb; do dpkg-deb --fsys-tarfile $d | "
+           f"tar -x --keep-directory-symlink -C {shlex.quote(img)}; done")
+    sh(f"chroot {shlex.quote(img)} rsync --version >/dev/null")
+
+
 def project(dir, h, containers, version="1"):
     s = (f"[settings]\nknown_hosts = \"{h['known_hosts']}\"\nidentity = \"{h['identity']}\"\n\n"
          f"[machines.host1]\nhost = \"{h['address']}\"\n\n")
@@ -70,6 +98,7 @@ def project(dir, h, containers, version="1"):
     open(os.path.join(dir, "lab.toml"), "w").write(s)
     d = os.path.join(dir, "layers/app/etc/systemd/system")
     os.makedirs(os.path.join(d, "multi-user.target.wants"), exist_ok=True)
+    make_image(dir)
     open(os.path.join(d, "app.service"), "w").write(
         "[Unit]\nDescription=app\n[Service]\nExecStart=/bin/sleep infinity\n"
         "[Install]\nWantedBy=multi-user.target\n")
@@ -80,6 +109,48 @@ def project(dir, h, containers, version="1"):
     open(os.path.join(dir, "layers/app/etc/app/version"), "w").write(version + "\n")
     open(os.path.join(dir, "lab.toml"), "a").write(
         "[[units]]\npaths = [\"/etc/app/**\"]\nunit = \"app.service\"\naction = \"restart\"\n")
+
+
+class RsyncFleet:
+    """The baseline: `rsync -a` of the changed tree, then `ssh systemctl
+    restart app`, per container, fanned out with `xargs -P N`, through the
+    host (ProxyCommand `ssh -W`), host keys as lab pinned them."""
+
+    def __init__(self, dir, h, names):
+        self.dir = dir
+        self.ctl = tempfile.mkdtemp(prefix="rsb-")
+        ident, kh = h["identity"], h["known_hosts"]
+        host_ssh = (f"ssh -i {ident} -o UserKnownHostsFile={kh} -o StrictHostKeyChecking=yes "
+                    f"-o BatchMode=yes -o ControlMaster=auto -o ControlPath={self.ctl}/host "
+                    f"-o ControlPersist=120 root@{h['address']}")
+        self.ssh = (f"ssh -i {ident} -o UserKnownHostsFile={dir}/.lab/machines/known_hosts "
+                    f"-o StrictHostKeyChecking=yes -o BatchMode=yes -o ControlMaster=auto "
+                    f"-o ControlPath={self.ctl}/%n -o ControlPersist=120 "
+                    f"-o 'ProxyCommand={host_ssh} -W %h:22'")
+        inv = json.loads(subprocess.run([LAB, "-C", dir, "machine", "ls", "--json"], check=True,
+                                        capture_output=True, text=True).stdout)
+        self.addr = {m["name"]: m["address"] for m in inv}
+        self.tree = os.path.join(dir, "rsync-tree")
+        os.makedirs(os.path.join(self.tree, "etc/app"), exist_ok=True)
+        script = os.path.join(dir, "rsync-one.sh")
+        open(script, "w").write(
+            "#!/bin/sh\nset -e\n"
+            f"rsync -a -e \"$SSH -o HostKeyAlias=$1\" {self.tree}/ root@$2:/\n"
+            "eval \"$SSH -o HostKeyAlias=$1 root@$2 systemctl restart app.service\"\n")
+        os.chmod(script, 0o755)
+        self.script = script
+
+    def run(self, names, version):
+        open(os.path.join(self.tree, "etc/app/version"), "w").write(version + "\n")
+        lines = "".join(f"{n} {self.addr[n]}\n" for n in names)
+        t = time.monotonic()
+        r = subprocess.run(["xargs", "-P", str(len(names)), "-L", "1", self.script],
+                           input=lines, text=True, capture_output=True,
+                           env=dict(os.environ, SSH=self.ssh))
+        dt = time.monotonic() - t
+        if r.returncode != 0:
+            sys.exit(f"rsync fan-out failed:\n{r.stdout}\n{r.stderr}")
+        return dt
 
 
 def lab(dir, *args):
@@ -96,13 +167,22 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--many", type=int, default=50)
     ap.add_argument("--json")
+    ap.add_argument("--keep", metavar="DIR",
+                    help="use DIR as the project and leave it, the host and the containers up at the end (for profiling)")
     a = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("terminated"))
     host = Host()
     h = host.h
     res = {}
     try:
-        with tempfile.TemporaryDirectory() as dir:
+        with (contextlib.nullcontext(a.keep) if a.keep else tempfile.TemporaryDirectory()) as dir:
+            # (the first creation ships the image to the host: not timed)
+            project(dir, h, ["b1"])
+            t = time.monotonic()
+            lab(dir, "machine", "create", "b1")
+            res["first_create_with_image_shipped_s"] = round(time.monotonic() - t, 2)
+            lab(dir, "machine", "destroy", "b1", "--yes")
+            print(res, flush=True)
             # create -> first sync done, and create / destroy alone
             first, create, destroy = [], [], []
             for i in range(a.reps):
@@ -112,6 +192,8 @@ def main():
                 create.append(lab(dir, "machine", "create", "b1"))
                 destroy.append(lab(dir, "machine", "destroy", "b1", "--yes"))
             for k, xs in [("create_to_first_sync", first), ("create", create), ("destroy", destroy)]:
+                if not xs:
+                    continue
                 res[k] = {"p50_ms": round(statistics.median(xs) * 1000), "p99_ms": round(pct(xs, 99) * 1000),
                           "min_ms": round(min(xs) * 1000), "n": len(xs)}
                 print(k, res[k], flush=True)
@@ -147,22 +229,43 @@ def main():
                 res["idle_pss_per_container_mib"] = round(statistics.median(mem) / 1024, 1)
             print("many", res, flush=True)
 
-            # fan-out: one changed file + restart to N at once
-            lab(dir, "sync", "-j", "8", *sum([["-m", n] for n in names], []))
-            fan = {}
+            # fan-out: one changed file + restart to N at once, lab against
+            # rsync + ssh systemctl restart fanned out with xargs -P N (both
+            # through the host, both with warm shared connections: lab's
+            # masters from its previous run, rsync's ssh with
+            # ControlMaster=auto for the host and each container)
+            rs = RsyncFleet(dir, h, names)
+            lab(dir, "sync", "-j", str(a.many), *sum([["-m", n] for n in names], []))
+            rs.run(names, "warm")
+            fan, fan_rsync = {}, {}
             for n in [1, 10, 25, a.many]:
                 sel = sum([["-m", x] for x in names[:n]], [])
-                project(dir, h, names, version=str(n))
-                fan[n] = round(lab(dir, "sync", "-j", "8", *sel), 2)
-            res["fanout_change_restart_s"] = fan
-            print("fanout", fan, flush=True)
+                project(dir, h, names, version=f"lab{n}")
+                fan[n] = round(lab(dir, "sync", "-j", str(n), *sel), 2)
+                fan_rsync[n] = round(rs.run(names[:n], f"rsync{n}"), 2)
+                print("fanout", n, fan[n], fan_rsync[n], flush=True)
+            # every container runs the last version, restarted
+            st = host.run("for n in " + " ".join(names[:a.many]) +
+                          "; do systemctl -M $n is-active app.service; cat /var/lib/lab/machines/$n/root/etc/app/version; done")
+            assert st.split() == ["active", f"rsync{a.many}"] * a.many, st
+            res["fanout_change_restart_s"] = {"lab": fan, "rsync_xargs": fan_rsync}
+            for k, f in [("lab", fan), ("rsync_xargs", fan_rsync)]:
+                slope = (f[a.many] - f[1]) / (a.many - 1)
+                res.setdefault("fanout_per_machine_ms", {})[k] = {
+                    n: round(f[n] / n * 1000) for n in f}
+                res.setdefault("fanout_marginal_ms", {})[k] = round(slope * 1000)
+                res.setdefault("fanout_500_extrapolated_s", {})[k] = round(f[1] + slope * 499, 1)
+            print("fanout", res["fanout_change_restart_s"], res["fanout_500_extrapolated_s"], flush=True)
 
+            if a.keep:
+                return
             t = time.monotonic()
             lab(dir, "machine", "destroy", "--yes", *names)
             res["many_destroy_per_container_ms"] = round((time.monotonic() - t) / len(names) * 1000)
             print("destroy", res["many_destroy_per_container_ms"], flush=True)
     finally:
-        host.down()
+        if not a.keep:
+            host.down()
     print(json.dumps(res, indent=2))
     if a.json:
         json.dump(res, open(a.json, "w"), indent=2)

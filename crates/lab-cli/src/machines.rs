@@ -148,8 +148,52 @@ fn fail(style: Style, e: &lab_machines::MachineError) -> Failure {
     Failure::Partial
 }
 
-/// Create the containers of `host` among `wanted` that its list lacks.
-/// Returns the names created.
+/// Ship the project's images that `wanted` are based on to `host` (only
+/// what its store lacks; a base that moved takes effect at each
+/// container's next start). Returns the images that could not be shipped.
+fn ship_bases(
+    engine: &Engine,
+    style: Style,
+    t: &mut dyn lab_sync::Transport,
+    host: &Machine,
+    wanted: &[&Machine],
+    quiet: bool,
+) -> Vec<String> {
+    let mut names: Vec<&str> = wanted
+        .iter()
+        .filter_map(|m| m.container.as_ref()?.lab_image())
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let lab = lab_core::LabDir::at(engine.lab_dir());
+    let images_dir = engine.project.root.join(lab_pods::IMAGES_DIR);
+    let mut failed = Vec::new();
+    for n in names {
+        match lab_sync::image_store::ship_base(
+            t,
+            &host.name,
+            &images_dir,
+            &lab,
+            engine.project.settings.generations,
+            n,
+        ) {
+            Ok(Some(note)) if !quiet => eprintln!("{}: {note}", host.name),
+            Ok(_) => {}
+            Err(e) => {
+                eprint!(
+                    "{}",
+                    diag::render(style, &e, Some(&format!("host `{}`", host.name)))
+                );
+                failed.push(n.to_string());
+            }
+        }
+    }
+    failed
+}
+
+/// Create the containers of `host` among `wanted` that its list lacks
+/// (the project's images they are based on shipped first). Returns the
+/// names created.
 pub fn create_missing(
     engine: &Engine,
     style: Style,
@@ -157,17 +201,24 @@ pub fn create_missing(
     host: &Machine,
     wanted: &[&Machine],
     no_wait: bool,
+    quiet: bool,
 ) -> Result<Vec<String>, Failure> {
-    let there = lab_machines::list(t, &host.name).map_err(|e| fail(style, &e))?;
+    let unshipped = ship_bases(engine, style, t, host, wanted, quiet);
+    let there = lab_machines::list_names(t, &host.name).map_err(|e| fail(style, &e))?;
     let range = host.machines_range.expect("a host has a range");
     let mut made = Vec::new();
-    let mut failed = false;
+    let mut failed = !unshipped.is_empty();
     for m in wanted {
+        if m.container
+            .as_ref()
+            .and_then(|c| c.lab_image())
+            .is_some_and(|i| unshipped.iter().any(|u| u == i))
+        {
+            continue;
+        }
         // (one that is there is asked again only when its pin was lost:
         // the host, reached over its checked connection, has its key)
-        if there.iter().any(|l| l.name == m.name)
-            && lab_machines::pinned(&known_hosts(engine), &m.name)
-        {
+        if there.contains(&m.name) && lab_machines::pinned(&known_hosts(engine), &m.name) {
             continue;
         }
         let c = m.container.as_ref().expect("a container");
@@ -214,7 +265,7 @@ pub fn machine(
                         continue;
                     }
                 };
-                match create_missing(engine, style, t.as_mut(), host, &wanted, *no_wait) {
+                match create_missing(engine, style, t.as_mut(), host, &wanted, *no_wait, quiet) {
                     Ok(made) => {
                         if !quiet {
                             for n in &made {
@@ -241,7 +292,8 @@ pub fn machine(
                     "destroying a container machine deletes its writable layer (its data): add --yes",
                 ));
             }
-            let mut failed = false;
+            // (every name resolved first; then one command per host)
+            let mut by_host: Vec<(&Machine, Vec<&str>)> = Vec::new();
             for n in names {
                 let host = match (engine.project.machine(n), on) {
                     (Some(m), _) if m.container.is_some() => {
@@ -267,18 +319,27 @@ pub fn machine(
                         ))
                     }
                 };
+                match by_host.iter_mut().find(|(h, _)| h.name == host.name) {
+                    Some((_, v)) => v.push(n),
+                    None => by_host.push((host, vec![n])),
+                }
+            }
+            let mut failed = false;
+            for (host, names) in by_host {
                 let mut t = connect_host(engine, style, host)?;
-                match lab_machines::destroy(t.as_mut(), &host.name, n) {
-                    Ok(()) => {
-                        lab_machines::unpin(&known_hosts(engine), n)
-                            .map_err(|e| fail(style, &e))?;
-                        if !quiet {
-                            println!("destroyed {n} on {}", host.name);
+                for (n, r) in lab_machines::destroy_many(t.as_mut(), &host.name, &names) {
+                    match r {
+                        Ok(()) => {
+                            lab_machines::unpin(&known_hosts(engine), n)
+                                .map_err(|e| fail(style, &e))?;
+                            if !quiet {
+                                println!("destroyed {n} on {}", host.name);
+                            }
                         }
-                    }
-                    Err(e) => {
-                        fail(style, &e);
-                        failed = true;
+                        Err(e) => {
+                            fail(style, &e);
+                            failed = true;
+                        }
                     }
                 }
             }
@@ -513,7 +574,8 @@ pub fn before_sync(
             continue;
         };
         if !wanted.is_empty() {
-            if let Ok(made) = create_missing(engine, style, t.as_mut(), host, &wanted, false) {
+            if let Ok(made) = create_missing(engine, style, t.as_mut(), host, &wanted, false, quiet)
+            {
                 if !quiet {
                     for n in made {
                         eprintln!("created {n} on {}", host.name);
@@ -524,24 +586,25 @@ pub fn before_sync(
         if !check_undeclared {
             continue;
         }
-        let Ok(there) = lab_machines::list(t.as_mut(), &host.name).map_err(|e| fail(style, &e))
+        let Ok(there) =
+            lab_machines::list_names(t.as_mut(), &host.name).map_err(|e| fail(style, &e))
         else {
             continue;
         };
-        for l in there {
+        for l in &there {
             let declared = p
-                .machine(&l.name)
+                .machine(l)
                 .and_then(|m| m.container.as_ref())
                 .is_some_and(|c| c.on == host.name);
             if declared {
                 continue;
             }
             if destroy_undeclared {
-                match lab_machines::destroy(t.as_mut(), &host.name, &l.name) {
+                match lab_machines::destroy(t.as_mut(), &host.name, l) {
                     Ok(()) => {
-                        let _ = lab_machines::unpin(&known_hosts(engine), &l.name);
+                        let _ = lab_machines::unpin(&known_hosts(engine), l);
                         if !quiet {
-                            eprintln!("destroyed {} on {} (not in lab.toml)", l.name, host.name);
+                            eprintln!("destroyed {} on {} (not in lab.toml)", l, host.name);
                         }
                     }
                     Err(e) => {
@@ -556,7 +619,7 @@ pub fn before_sync(
                         Some(&format!("host `{}`", host.name)),
                         &format!(
                             "container machine `{}` is not in lab.toml; `lab sync --destroy-undeclared` destroys it and its data",
-                            l.name
+                            l
                         ),
                     )
                 );

@@ -287,6 +287,111 @@ fn containers_on_one_host() {
     sh(h, "rm -rf /srv/img");
     lab.file("lab.toml", &lab_toml(h, ""));
 
+    // a container based on an image of the project: `lab sync` ships the
+    // image's tree to the host's store, creates the container on it, and
+    // syncs it; its root is mounted from the tree the base points at
+    let deb = lab.join("images/deb");
+    std::fs::create_dir_all(deb.parent().unwrap()).unwrap();
+    let cp = std::process::Command::new("cp")
+        .arg("-al")
+        .arg(fleet.base_root())
+        .arg(&deb)
+        .status()
+        .unwrap();
+    assert!(cp.success(), "cp -al of the base");
+    // (new files only: the copy shares the cached base's inodes; a file
+    // of this run's own makes its trees new to a reused host's store)
+    lab.file("images/deb/etc/base-version", "1\n");
+    lab.file(
+        "images/deb/etc/lab-test-run",
+        &format!("{}\n", lab.join("").display()),
+    );
+    lab.file(
+        "lab.toml",
+        &lab_toml(
+            h,
+            "[machines.c6]\non = \"host1\"\nimage = \"deb\"\nlayers = [\"hello\"]\n\n\
+             [machines.c7]\non = \"host1\"\nimage = \"nope\"\n",
+        ),
+    );
+    let (code, _, err) = run(&lab, &["sync", "-m", "c6"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("host1: base deb ("), "{err}");
+    assert!(err.contains("created c6 on host1"), "{err}");
+    assert_eq!(sh(h, "systemctl -M c6 is-active hello.service"), "active\n");
+    assert_eq!(ok(&lab, &["ssh", "c6", "cat", "/run/hello"]), "c6\n");
+    let tree = sh(h, "readlink /var/lib/lab/images/bases/deb");
+    let tree = tree
+        .trim()
+        .strip_prefix("../roots/")
+        .expect("a tree")
+        .to_string();
+    assert_eq!(
+        sh(h, "cat /var/lib/lab/images/used/c6"),
+        format!("{tree}\n")
+    );
+    let options = sh(h, "findmnt -n -o OPTIONS /var/lib/lab/machines/c6/root");
+    assert!(
+        options.contains(&format!("lowerdir=/var/lib/lab/images/roots/{tree}")),
+        "c6's root is mounted from the tree: {options}"
+    );
+    // an image the project lacks: said, nothing made
+    let (code, _, err) = run(&lab, &["machine", "create", "c7"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("image `nope` is not in the project"), "{err}");
+    assert_eq!(sh(h, "ls /var/lib/lab/machines"), "c1\nc2\nc6\n");
+
+    // a new version of the image: the next sync ships what changed and
+    // points the base at it; the container moves to it on its next
+    // restart, its own changes (and what lab synced) kept
+    ok(&lab, &["ssh", "c6", "echo mine > /root/mine"]);
+    lab.file("images/deb/etc/base-version.new", "2\n");
+    std::fs::rename(
+        deb.join("etc/base-version.new"),
+        deb.join("etc/base-version"),
+    )
+    .unwrap();
+    let (code, _, err) = run(&lab, &["sync", "-m", "c6"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("host1: base deb ("), "{err}");
+    assert!(
+        err.contains(": 1 of "),
+        "only the changed file is sent: {err}"
+    );
+    let tree2 = sh(h, "readlink /var/lib/lab/images/bases/deb");
+    let tree2 = tree2.trim().strip_prefix("../roots/").unwrap().to_string();
+    assert_ne!(tree2, tree);
+    assert_eq!(
+        ok(
+            &lab,
+            &["ssh", "c6", "cat", "/etc/base-version", "/root/mine"]
+        ),
+        "1\nmine\n"
+    );
+    sh(h, "systemctl restart lab-machine@c6.service");
+    assert_eq!(
+        ok(
+            &lab,
+            &["ssh", "c6", "cat", "/etc/base-version", "/root/mine"]
+        ),
+        "2\nmine\n"
+    );
+    assert_eq!(
+        sh(h, "cat /var/lib/lab/images/used/c6"),
+        format!("{tree2}\n")
+    );
+    assert_eq!(sh(h, "systemctl -M c6 is-active hello.service"), "active\n");
+    // a sync with nothing new sends nothing and says nothing of the base
+    let (code, _, err) = run(&lab, &["sync", "-m", "c6"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("base deb"), "{err}");
+    assert_eq!(
+        ok(&lab, &["machine", "destroy", "c6", "--yes"]),
+        "destroyed c6 on host1\n"
+    );
+    assert_eq!(sh(h, "ls /var/lib/lab/images/used"), "");
+    lab.file("lab.toml", &lab_toml(h, ""));
+
     // destroy asks for --yes, then leaves nothing behind
     let (code, _, err) = run(&lab, &["machine", "destroy", "c1", "c2"]);
     assert_eq!(code, 2, "{err}");

@@ -17,7 +17,9 @@ pub const DEFAULT_RANGE: &str = "10.231.0.0/24";
 pub struct Container {
     /// The host machine's name.
     pub on: String,
-    /// The base root on the host (an absolute directory).
+    /// Its base root: an image of the project (`images/NAME.tar` or
+    /// `images/NAME/`, shipped to the host by lab), or an absolute
+    /// directory on the host.
     pub image: String,
     /// `MemoryMax=` of its unit (a systemd size: `256M`).
     pub memory: Option<String>,
@@ -29,6 +31,14 @@ pub struct Container {
     pub address: Ipv4Addr,
     /// `address` was set in lab.toml (else lab picked it).
     pub address_set: bool,
+}
+
+impl Container {
+    /// The name of the project's image it is based on, when `image` names
+    /// one (else `image` is a directory on the host).
+    pub fn lab_image(&self) -> Option<&str> {
+        (!self.image.starts_with('/')).then_some(self.image.as_str())
+    }
 }
 
 /// `ports = ["2201:22"]`: TCP on the host's port to the container's.
@@ -184,16 +194,24 @@ pub(crate) fn resolve(
             return Err(invalid(
                 c.span.clone(),
                 format!("container machine `{}` has no `image`", c.name),
-                Some("add `image = \"/DIR\"`: the base root directory on the host".into()),
+                Some("add `image = \"NAME\"` (an image of the project) or `image = \"/DIR\"` (a base root directory on the host)".into()),
             ));
         };
         let img = image.get_ref();
-        if !img.starts_with('/')
-            || img.len() < 2
-            || img.split('/').any(|p| p == "..")
-            || img
-                .chars()
-                .any(|ch| ch.is_control() || ch == ',' || ch == ':' || ch == '\\')
+        let named = !img.starts_with('/');
+        if named && lab_pods::image_name(img, true).is_none() {
+            return Err(invalid(
+                image.span(),
+                format!("image `{img}` is neither an image of the project nor an absolute directory on the host"),
+                Some("name an image the project ships (`images/NAME.tar` or `images/NAME/` gives `NAME`), or write a path like `/var/lib/lab/images/bookworm`".into()),
+            ));
+        }
+        if !named
+            && (img.len() < 2
+                || img.split('/').any(|p| p == "..")
+                || img
+                    .chars()
+                    .any(|ch| ch.is_control() || ch == ',' || ch == ':' || ch == '\\'))
         {
             return Err(invalid(
                 image.span(),
@@ -406,7 +424,11 @@ mod tests {
             ),
             (
                 &format!("{HOST}[machines.c1]\non = \"host1\"\nimage = \"b/c\"\n"),
-                "/p/lab.toml:5:9: image `b/c` is not a clean absolute directory on the host",
+                "/p/lab.toml:5:9: image `b/c` is neither an image of the project nor an absolute directory on the host",
+            ),
+            (
+                &format!("{HOST}[machines.c1]\non = \"host1\"\nimage = \"/b/../c\"\n"),
+                "/p/lab.toml:5:9: image `/b/../c` is not a clean absolute directory on the host",
             ),
             (
                 &format!("{HOST}[machines.c1]\non = \"host1\"\n"),

@@ -1,5 +1,6 @@
-# Create container machine $N on this host (run as root; lab sets N, IMAGE,
-# ADDR, GW, NET, MEMORY, CPUQUOTA, PORTS, NO_BLOCK above). Exit 10: it
+# Create container machine $N on this host (run as root; lab sets N, IMAGE
+# (as lab.toml says), LOWER (its directory here), ADDR, GW, NET, MEMORY,
+# CPUQUOTA, PORTS, NO_BLOCK above). Exit 10: it
 # exists (its host key is printed again).
 set -eu
 D=/var/lib/lab/machines/$N
@@ -45,11 +46,15 @@ for p in $PORTS; do
 		fi
 	done
 done
-[ -d "$IMAGE" ] || {
-	echo "image $IMAGE is not a directory on this host" >&2
+[ -d "$LOWER" ] || {
+	if [ "$LOWER" = "$IMAGE" ]; then
+		echo "image $IMAGE is not a directory on this host" >&2
+	else
+		echo "image $IMAGE was not shipped to this host ($LOWER is missing)" >&2
+	fi
 	exit 4
 }
-[ -x "$IMAGE/sbin/init" ] || [ -x "$IMAGE/lib/systemd/systemd" ] || [ -x "$IMAGE/usr/lib/systemd/systemd" ] || {
+[ -x "$LOWER/sbin/init" ] || [ -x "$LOWER/lib/systemd/systemd" ] || [ -x "$LOWER/usr/lib/systemd/systemd" ] || {
 	echo "image $IMAGE has no systemd to boot" >&2
 	exit 4
 }
@@ -138,6 +143,39 @@ forwards() {
 	echo "}"
 } | nft -f -
 NETSH
+put /etc/lab/machines/mount.sh 755 <<'MOUNTSH'
+#!/bin/sh
+# lab: mount container machine $1's root (its image below, read-only, its
+# writable layer above) or, with `stop`, unmount it. An image of the
+# project ($LAB_IMAGE is a link in lab's image store) is the tree the link
+# points at now, recorded in the store's used/ while mounted (the store
+# keeps it); the link is read under the store's lock.
+set -eu
+D=/var/lib/lab/machines/$1
+I=/var/lib/lab/images
+if [ "${2:-}" = stop ]; then
+	if mountpoint -q "$D/root"; then umount "$D/root"; fi
+	rm -f "$I/used/$1"
+	exit 0
+fi
+mountpoint -q "$D/root" && exit 0
+lower=$LAB_IMAGE
+case $LAB_IMAGE in
+"$I"/bases/*)
+	exec 8>>"$I/lock"
+	flock 8
+	lower=$(readlink -f "$LAB_IMAGE")
+	[ -d "$lower" ] || {
+		echo "image $LAB_IMAGE of $1 is missing" >&2
+		exit 1
+	}
+	mkdir -p "$I/used"
+	echo "${lower##*/}" >"$I/used/$1.new"
+	mv -f "$I/used/$1.new" "$I/used/$1"
+	;;
+esac
+mount -t overlay overlay -o "lowerdir=$lower,upperdir=$D/upper,workdir=$D/work" "$D/root"
+MOUNTSH
 put /etc/systemd/system/lab-machines-net.service 644 <<'UNIT'
 # lab: network of this host's container machines
 [Unit]
@@ -160,9 +198,9 @@ After=lab-machines-net.service
 
 [Service]
 Type=notify
-ExecStartPre=/bin/sh -c 'mountpoint -q "$$0/root" || mount -t overlay overlay -o "lowerdir=$$LAB_IMAGE,upperdir=$$0/upper,workdir=$$0/work" "$$0/root"' /var/lib/lab/machines/%i
+ExecStartPre=/etc/lab/machines/mount.sh %i
 ExecStart=/usr/bin/systemd-nspawn --quiet --keep-unit --boot --notify-ready=yes --machine=%i --directory=/var/lib/lab/machines/%i/root
-ExecStopPost=/bin/sh -c 'if mountpoint -q "$$0/root"; then umount "$$0/root"; fi' /var/lib/lab/machines/%i
+ExecStopPost=/etc/lab/machines/mount.sh %i stop
 KillMode=mixed
 Delegate=yes
 Restart=on-failure
@@ -182,7 +220,7 @@ LinkJournal=no
 Bridge=labbr0
 NSPAWN
 {
-	printf '[Service]\nEnvironment="LAB_IMAGE=%s"\n' "$IMAGE"
+	printf '[Service]\nEnvironment="LAB_IMAGE=%s"\n' "$LOWER"
 	[ -n "$MEMORY" ] && printf 'MemoryMax=%s\n' "$MEMORY"
 	[ -n "$CPUQUOTA" ] && printf 'CPUQuota=%s\n' "$CPUQUOTA"
 	:

@@ -14,17 +14,24 @@
 //! /var/lib/lab/machines/NAME/created         its creation finished (written last)
 //! /var/lib/lab/machines/NAME/{upper,work}    its overlay's writable layer (its data)
 //! /var/lib/lab/machines/NAME/root            the overlay (image below, upper above)
+//! /var/lib/lab/images/bases/IMAGE            -> roots/ID: a project's image (lab-sync's image store)
+//! /var/lib/lab/images/used/NAME              the tree its mounted root is made from
 //! /var/lib/lab/machines/NAME/{image,address} as created
 //! /etc/systemd/system/lab-machine@.service   systemd-nspawn --boot, mounts the overlay first
 //! /etc/systemd/system/lab-machine@NAME.service.d/lab.conf   image, MemoryMax=, CPUQuota=
 //! /etc/systemd/nspawn/NAME.nspawn            Boot=yes, Bridge=labbr0
 //! /etc/systemd/system/lab-machines-net.service   the bridge and nftables (net.sh)
 //! /etc/lab/machines/{net.sh,range,NAME.ports}    bridge address, NAT, port forwards
+//! /etc/lab/machines/mount.sh                 mounts (and unmounts) a machine's overlay
 //! ```
 //!
 //! The overlay is mounted from the image at every start, so a container
 //! moves to an updated image on its next restart with its own changes
-//! kept. Its machine-id, hostname, network file and SSH host key are
+//! kept. An image of the project (`image = "NAME"`) is shipped to the
+//! host's image store by lab (`lab_sync::image_store::ship_base`) before
+//! its containers are created or synced; each start mounts the tree
+//! `bases/NAME` points at then, and the store keeps that tree while the
+//! root is mounted. Its machine-id, hostname, network file and SSH host key are
 //! written into its writable layer at creation; the host key's private
 //! half never leaves the host.
 
@@ -121,6 +128,11 @@ pub fn create_script(
     let mut s = String::new();
     assign(&mut s, "N", name);
     assign(&mut s, "IMAGE", &c.image);
+    let lower = match c.lab_image() {
+        Some(n) => lab_sync::image_store::base_path(n),
+        None => c.image.clone(),
+    };
+    assign(&mut s, "LOWER", &lower);
     assign(&mut s, "ADDR", &c.address.to_string());
     assign(&mut s, "GW", &range.gateway().to_string());
     assign(&mut s, "NET", &range.to_string());
@@ -142,11 +154,13 @@ pub fn create_script(
     Ok(s)
 }
 
-/// The script that destroys `name` on its host.
-pub fn destroy_script(name: &str) -> Result<String, MachineError> {
-    check_name(name)?;
+/// The script that destroys `names` on their host.
+pub fn destroy_script(names: &[&str]) -> Result<String, MachineError> {
+    for n in names {
+        check_name(n)?;
+    }
     let mut s = String::new();
-    assign(&mut s, "N", name);
+    assign(&mut s, "NAMES", &names.join(" "));
     s.push_str(DESTROY_SH);
     Ok(s)
 }
@@ -196,21 +210,60 @@ pub fn create(
 /// Destroy container machine `name` on `host`: its unit, mount, veth,
 /// files and writable layer (its data).
 pub fn destroy(t: &mut dyn Transport, host: &str, name: &str) -> Result<(), MachineError> {
-    let out = run(t, &destroy_script(name)?)?;
-    match out.status {
-        0 => Ok(()),
-        5 => Err(MachineError::Missing {
-            name: name.into(),
-            host: host.into(),
-        }),
-        s => Err(MachineError::Host {
-            host: host.into(),
-            message: format!(
-                "destroying `{name}` failed (exit {s}): {}",
-                out.stderr_text().trim()
-            ),
-        }),
-    }
+    destroy_many(t, host, &[name]).pop().expect("one result").1
+}
+
+/// Destroy container machines `names` on `host` at once (one command:
+/// their units stop together), each as [`destroy`]. Returns each name's
+/// outcome, in order.
+pub fn destroy_many<'n>(
+    t: &mut dyn Transport,
+    host: &str,
+    names: &[&'n str],
+) -> Vec<(&'n str, Result<(), MachineError>)> {
+    let out = match destroy_script(names).and_then(|s| run(t, &s)) {
+        Ok(o) => o,
+        Err(e) => {
+            let text = e.to_string();
+            return names
+                .iter()
+                .map(|n| {
+                    (
+                        *n,
+                        Err(MachineError::Host {
+                            host: host.into(),
+                            message: format!("destroying `{n}` failed: {text}"),
+                        }),
+                    )
+                })
+                .collect();
+        }
+    };
+    let text = out.stdout_text();
+    let said = |what: &str, n: &str| text.lines().any(|l| l == format!("{what} {n}"));
+    names
+        .iter()
+        .map(|n| {
+            let r = if said("destroyed", n) {
+                Ok(())
+            } else if said("missing", n) {
+                Err(MachineError::Missing {
+                    name: n.to_string(),
+                    host: host.into(),
+                })
+            } else {
+                Err(MachineError::Host {
+                    host: host.into(),
+                    message: format!(
+                        "destroying `{n}` failed (exit {}): {}",
+                        out.status,
+                        out.stderr_text().trim()
+                    ),
+                })
+            };
+            (*n, r)
+        })
+        .collect()
 }
 
 /// The container machines on the host `t` reaches.
@@ -236,6 +289,23 @@ pub fn list(t: &mut dyn Transport, host: &str) -> Result<Vec<Listed>, MachineErr
             })
         })
         .collect())
+}
+
+/// The names of the container machines on the host `t` reaches (what
+/// [`list`] gives without asking each one's state: one quick command).
+pub fn list_names(t: &mut dyn Transport, host: &str) -> Result<Vec<String>, MachineError> {
+    let out = run(
+        t,
+        "for m in /var/lib/lab/machines/*/lab-machine; do [ -f \"$m\" ] || continue; \
+         d=${m%/lab-machine}; echo \"${d##*/}\"; done",
+    )?;
+    if out.status != 0 {
+        return Err(MachineError::Host {
+            host: host.into(),
+            message: format!("listing machines failed: {}", out.stderr_text().trim()),
+        });
+    }
+    Ok(out.stdout_text().lines().map(str::to_string).collect())
 }
 
 /// Pin `name`'s host key in `known_hosts` (lab's file for container

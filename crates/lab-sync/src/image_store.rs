@@ -168,6 +168,7 @@ pub fn ship(
             scoped: &scoped,
             layered: false,
             not_layered: None,
+            base: false,
         };
         let note = if let Some(id) = tagged {
             attempt.run("tag", Some(&id))?;
@@ -187,16 +188,10 @@ pub fn ship(
             let base = closest(lab, &state, &img.tree);
             let sent = attempt.ship(base, &state)?;
             format!(
-                "loaded image {name} ({}) for {}: {} of {} files, {} bytes of files sent{}",
+                "loaded image {name} ({}) for {}: {}{}",
                 &img.id[..12],
                 user.as_deref().unwrap_or("root"),
-                sent.0,
-                img.tree
-                    .entries
-                    .values()
-                    .filter(|e| e.kind == Kind::File)
-                    .count(),
-                sent.1,
+                sent_text(img, sent),
                 if attempt.layered {
                     ", a layer over the previous version"
                 } else {
@@ -355,6 +350,9 @@ struct Attempt<'a> {
     layered: bool,
     /// Why it could not (podman's words), when it was to.
     not_layered: Option<String>,
+    /// A base of container machines (no podman image: `bases/NAME` is
+    /// pointed at the tree).
+    base: bool,
 }
 
 /// How a run of the node's program ended.
@@ -442,14 +440,16 @@ impl Attempt<'_> {
         // podman's image of the base tree for this user, when the new
         // version can be a layer over it (the same config: a commit keeps
         // its base's)
-        let layer_over: Option<String> = base.filter(|b| b.1.config == tree.config).and_then(|b| {
-            state
-                .users
-                .get(self.user.unwrap_or("-"))?
-                .iter()
-                .find(|h| h.2 == b.0)
-                .map(|h| h.0.clone())
-        });
+        let layer_over: Option<String> = base
+            .filter(|b| !self.base && b.1.config == tree.config)
+            .and_then(|b| {
+                state
+                    .users
+                    .get(self.user.unwrap_or("-"))?
+                    .iter()
+                    .find(|h| h.2 == b.0)
+                    .map(|h| h.0.clone())
+            });
         let place = tempfile::tempfile().map_err(|e| self.error(e.to_string()))?;
         let mut place_w = std::io::BufWriter::new(&place);
         tree.structure_tar(
@@ -612,19 +612,30 @@ impl Attempt<'_> {
     fn program(&self, mode: &str, base: Option<&str>, keys_text: &str, layer: bool) -> String {
         use sha2::{Digest as _, Sha256};
         let ksha = hex::encode(Sha256::digest(keys_text.as_bytes()));
-        let nf = format!(
-            "{}/{}",
-            self.user.unwrap_or("-"),
-            hex::encode(self.name.as_bytes())
-        );
+        let (nf, bl) = if self.base {
+            (
+                format!("{BASES_USER}/{}", hex::encode(self.name.as_bytes())),
+                self.name,
+            )
+        } else {
+            (
+                format!(
+                    "{}/{}",
+                    self.user.unwrap_or("-"),
+                    hex::encode(self.name.as_bytes())
+                ),
+                "",
+            )
+        };
         format!(
-            "trap '' HUP PIPE; I={}{STORE_DIR} T={} B={} KSHA={ksha} KEEP={} M={mode} D={} NF={} sh -c {}",
+            "trap '' HUP PIPE; I={}{STORE_DIR} T={} B={} KSHA={ksha} KEEP={} M={mode} D={} NF={} BL={} sh -c {}",
             quote(self.root),
             self.img.id,
             base.unwrap_or(""),
             self.keep.max(1),
             u8::from(layer),
             quote(&nf),
+            quote(bl),
             quote(program_text())
         )
     }
@@ -708,7 +719,11 @@ impl Attempt<'_> {
     /// the pods' restarts journaled in the same command.
     /// `layer_over`: podman's image of the base tree, which the new
     /// version becomes a layer over (see [`Attempt::layer`]) when it can.
+    /// A base of container machines is the store's program alone.
     fn import_and_tag(&self, store: &str, id: Option<&str>, layer_over: Option<&str>) -> String {
+        if self.base {
+            return store.to_string();
+        }
         let change = match id {
             Some(id) => podman_as(self.user, &format!("tag {id} {}", quote(self.name))),
             None => {
@@ -766,6 +781,115 @@ fn with_config(verb: &str, changes: &[String], tree: &str, source: &str, name: &
         quote(name)
     ));
     args
+}
+
+/// The user under `names/` whose histories are the bases of container
+/// machines (`lab images` lists them under it).
+pub const BASES_USER: &str = "+machines";
+
+/// Where a host's container machines find the tree of the project's image
+/// `name` they are based on: a link to `roots/ID`, pointed at a new tree
+/// when a new version is shipped (a container's root is mounted from
+/// where it points at its start).
+pub fn base_path(name: &str) -> String {
+    format!("{STORE_DIR}/bases/{name}")
+}
+
+/// Ship the project's image `name` (`images/NAME.tar` or `images/NAME/`)
+/// to the host `t` reaches as a base of container machines: only the
+/// files the host's store lacks are sent, and [`base_path`] is pointed at
+/// the tree. Returns a note when the host's base changed.
+pub fn ship_base(
+    transport: &mut dyn Transport,
+    host: &str,
+    images_dir: &Path,
+    lab: &LabDir,
+    keep: usize,
+    name: &str,
+) -> Result<Option<String>, SyncError> {
+    let source = [
+        images_dir.join(format!("{name}.tar")),
+        images_dir.join(name),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .ok_or_else(|| SyncError::Build {
+        machine: host.to_string(),
+        message: format!(
+            "image `{name}` is not in the project (no `{}` nor `{}`)",
+            images_dir.join(format!("{name}.tar")).display(),
+            images_dir.join(name).display()
+        ),
+    })?;
+    let img = lab_images::open(&source, name, lab).map_err(|e| SyncError::Build {
+        machine: host.to_string(),
+        message: e.to_string(),
+    })?;
+    let out = transport.run(
+        &format!(
+            "cd {STORE_DIR} 2>/dev/null || exit 0; ls roots 2>/dev/null || :; \
+             echo base $(readlink {} 2>/dev/null)",
+            quote(&format!("bases/{name}"))
+        ),
+        &mut |_| Ok(()),
+    )?;
+    let mut state = NodeState::default();
+    let mut current = "";
+    let text = out.stdout_text();
+    for line in text.lines() {
+        if let Some(l) = line.strip_prefix("base ") {
+            current = l.trim();
+        } else if is_hex64(line.trim()) {
+            state.roots.insert(line.trim().to_string());
+        }
+    }
+    let have_root = state.roots.contains(&img.id);
+    if have_root && current == format!("../roots/{}", img.id) {
+        return Ok(None);
+    }
+    let mut attempt = Attempt {
+        transport,
+        machine: host,
+        root: "",
+        lab,
+        keep,
+        user: None,
+        name,
+        img: &img,
+        scoped: &[],
+        base: true,
+        layered: false,
+        not_layered: None,
+    };
+    let note = if have_root {
+        attempt.run("tag", None)?;
+        format!(
+            "base {name} ({}) of container machines: no file sent",
+            &img.id[..12]
+        )
+    } else {
+        let sent = attempt.ship(closest(lab, &state, &img.tree), &state)?;
+        format!(
+            "base {name} ({}) of container machines: {}",
+            &img.id[..12],
+            sent_text(&img, sent)
+        )
+    };
+    Ok(Some(note))
+}
+
+/// `N of M files, B bytes of files sent` of a ship of `img`.
+fn sent_text(img: &lab_images::Opened, sent: (usize, u64)) -> String {
+    format!(
+        "{} of {} files, {} bytes of files sent",
+        sent.0,
+        img.tree
+            .entries
+            .values()
+            .filter(|e| e.kind == Kind::File)
+            .count(),
+        sent.1
+    )
 }
 
 /// One version of an image on a node.

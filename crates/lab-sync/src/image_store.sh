@@ -4,11 +4,16 @@
 # $I/roots/ID/                  the tree assembled: hard links into store/
 # $I/names/USER/HEXNAME         `TREE TIME`: the trees a name was given, oldest first
 # $I/incoming/                  what a ship receives before it is checked
+# $I/bases/NAME                 -> roots/ID: the tree container machines based
+#                               on the project's image NAME mount at start
+# $I/used/MACHINE               the tree (ID) container machine MACHINE's
+#                               mounted root is made from (never removed here)
 # Set by the caller: I, T (tree), B (base tree or empty), KSHA (sha256 of
 # trees/T), KEEP (trees kept per name), M (ship | import | tag), D (1: the
 # new version becomes a layer over podman's image of B: the paths it
 # places and removes stay as incoming/T.place0 and incoming/T.remove0), NF
-# (the name's history file below names/).
+# (the name's history file below names/), BL (a base name: bases/BL is
+# pointed at the tree; may be empty).
 set -eu
 umask 022
 mkdir -p "$I/store" "$I/trees" "$I/roots" "$I/incoming" "$I/names"
@@ -49,8 +54,13 @@ bad=$(cd "$I/store" && sed 's/^\([0-9a-f]\{64\}\)\(.*\)$/\1  \1\2/' "$in/keys" |
   LC_ALL=C sha256sum -c --quiet 2>/dev/null | sed -n 's/^\(.*\): FAILED.*$/\1/p') || :
 if [ -n "$bad" ]; then
   for k in $bad; do echo "bad $k"; rm -f "$I/store/$k"; done
-  # (an assembled root may share a corrupt inode: they are only a cache)
-  rm -rf "$I/roots/"*
+  # (an assembled root may share a corrupt inode: they are only a cache;
+  # but not one a container machine's root is mounted from: used/*)
+  for r in "$I/roots/"*; do
+    [ -d "$r" ] || continue
+    if grep -qxF "${r##*/}" "$I"/used/* 2>/dev/null; then continue; fi
+    rm -rf "$r"
+  done
   rm -f "$I/trees/$T"
   exit 4
 fi
@@ -73,6 +83,12 @@ if [ "$M" = ship ]; then
 fi
 rm -rf "$in"
 fi
+if [ -n "${BL:-}" ]; then
+  [ -d "$I/roots/$T" ] || { echo "lab-images: tree $T is not assembled here" >&2; exit 5; }
+  mkdir -p "$I/bases"
+  ln -sfn "../roots/$T" "$I/bases/.$BL.new"
+  mv -T -f "$I/bases/.$BL.new" "$I/bases/$BL"
+fi
 # the name's history (`TREE TIME` lines, appended: a rollback picks the
 # tree a name had when a generation was made); the last KEEP distinct
 # trees of each name stay, with the store's files they use; the rest go
@@ -81,10 +97,15 @@ if [ -n "${NF:-}" ]; then
   mkdir -p "$(dirname "$h")"
   { cat "$h" 2>/dev/null || :; echo "$T $(date +%s.%N)"; } | tail -n 1000 >"$h.new"
   mv "$h.new" "$h"
-  for f in "$I"/names/*/*; do
-    [ -f "$f" ] || continue
-    tac "$f" | cut -d' ' -f1 | cat -n | LC_ALL=C sort -s -k2,2 -u | sort -n | head -n "$KEEP" | cut -f2
-  done | LC_ALL=C sort -u >"$I/keep.tmp"
+  {
+    for f in "$I"/names/*/*; do
+      [ -f "$f" ] || continue
+      tac "$f" | cut -d' ' -f1 | cat -n | LC_ALL=C sort -s -k2,2 -u | sort -n | head -n "$KEEP" | cut -f2
+    done
+    # the trees bases point at, and those mounted container roots use
+    for l in "$I"/bases/*; do if [ -L "$l" ]; then basename "$(readlink "$l")"; fi; done
+    cat "$I"/used/* 2>/dev/null || :
+  } | LC_ALL=C sort -u >"$I/keep.tmp"
   for t in $(ls "$I/trees"); do
     grep -qxF "$t" "$I/keep.tmp" || { rm -f "$I/trees/$t"; rm -rf "$I/roots/$t"; }
   done

@@ -16,15 +16,50 @@
 //! the built-in one.
 
 use crate::ssh::{expand, home, SshSpec, SshTarget};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 /// `ssh -G`'s answer: (keyword in lower case, value), in its order.
 pub(crate) type Effective = Vec<(String, String)>;
 
-/// Ask the OpenSSH client (`None` when there is none, or it refused).
+/// How long an answer of `ssh -G` is reused (a long-running `lab watch`
+/// or console sees an edited config file after that).
+const ANSWER_FOR: Duration = Duration::from_secs(5);
+
+/// Ask the OpenSSH client (`None` when there is none, or it refused),
+/// once per question within [`ANSWER_FOR`]: the containers of one host
+/// each resolve the host, and a fan-out to 50 of them ran `ssh -G` 50
+/// times (a process and a read of the config each, all at once).
 pub(crate) fn effective(
+    host: &str,
+    port: Option<u16>,
+    user: Option<&str>,
+    config: Option<&Path>,
+) -> Option<Effective> {
+    type Answer = Arc<OnceLock<Option<Effective>>>;
+    static ANSWERS: OnceLock<Mutex<HashMap<String, (Instant, Answer)>>> = OnceLock::new();
+    let key = format!("{host}\0{port:?}\0{user:?}\0{config:?}");
+    let cell = {
+        let mut answers = ANSWERS
+            .get_or_init(Default::default)
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let now = Instant::now();
+        answers.retain(|_, (at, _)| now.duration_since(*at) < ANSWER_FOR);
+        answers
+            .entry(key)
+            .or_insert_with(|| (now, Answer::default()))
+            .1
+            .clone()
+    };
+    // (asked outside the map's lock: other hosts are asked meanwhile)
+    cell.get_or_init(|| ask(host, port, user, config)).clone()
+}
+
+fn ask(
     host: &str,
     port: Option<u16>,
     user: Option<&str>,

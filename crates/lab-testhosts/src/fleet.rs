@@ -261,6 +261,18 @@ impl TestHosts {
         &self.name
     }
 
+    /// The cached base root the hosts boot (read-only for everyone: a
+    /// test copies it, with `cp -al` and new files only, to use it as a
+    /// root of its own): `$LAB_TESTHOSTS_CACHE/base-<flavor>`, the cache
+    /// being `/var/cache/lab-testhosts` by default, as in the script.
+    pub fn base_root(&self) -> PathBuf {
+        let cache = std::env::var_os("LAB_TESTHOSTS_CACHE")
+            .filter(|c| !c.is_empty())
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/var/cache/lab-testhosts"));
+        cache.join(format!("base-{}", self.flavor.as_str()))
+    }
+
     /// `/run/lab-testhosts/<name>`: keys, inventory, overlays, logs.
     pub fn state_dir(&self) -> &Path {
         &self.state_dir
