@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 pub(crate) type Effective = Vec<(String, String)>;
 
 /// How long an answer of `ssh -G` is reused (a long-running `lab watch`
-/// or console sees an edited config file after that).
+/// or console sees a file the config includes, edited, after that; the
+/// config file itself is part of the question).
 const ANSWER_FOR: Duration = Duration::from_secs(5);
 
 /// Ask the OpenSSH client (`None` when there is none, or it refused),
@@ -41,7 +42,17 @@ pub(crate) fn effective(
 ) -> Option<Effective> {
     type Answer = Arc<OnceLock<Option<Effective>>>;
     static ANSWERS: OnceLock<Mutex<HashMap<String, (Instant, Answer)>>> = OnceLock::new();
-    let key = format!("{host}\0{port:?}\0{user:?}\0{config:?}");
+    // (the config file's bytes are part of the question: an edited file
+    // is asked again at once; what it includes is not, for 5 s)
+    let file = match config {
+        Some(c) => Some(c.to_path_buf()),
+        None => Some(home().join(".ssh/config")),
+    };
+    let text = file.and_then(|f| std::fs::read(f).ok()).unwrap_or_default();
+    let key = format!(
+        "{host}\0{port:?}\0{user:?}\0{config:?}\0{}",
+        lab_core::Digest::of(&text).to_hex()
+    );
     let cell = {
         let mut answers = ANSWERS
             .get_or_init(Default::default)
