@@ -38,6 +38,34 @@ pub struct Known {
     pub journal: Vec<(String, Vec<String>)>,
     /// The pods of its build and what runs of them.
     pub pods: Vec<Pod>,
+    /// The generations it keeps, newest first.
+    pub generations: Vec<Generation>,
+    /// The container machines on it (when lab.toml puts some there), as
+    /// it lists them.
+    pub containers: Vec<ContainerState>,
+    /// Why its container machines could not be listed.
+    pub containers_error: Option<String>,
+}
+
+/// A generation a machine keeps.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Generation {
+    pub gen: u64,
+    /// When it was committed (seconds since the epoch).
+    pub at: i64,
+    pub digest: String,
+}
+
+/// A container machine as its host lists it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ContainerState {
+    pub name: String,
+    /// Its unit's state (`active`, `inactive`, `failed`...).
+    pub unit: String,
+    /// Its own systemd's state, `-` when its unit is not active.
+    pub system: String,
+    pub address: String,
+    pub image: String,
 }
 
 /// A pod of a machine's build, as `lab ps` sees it.
@@ -55,18 +83,39 @@ pub struct Pod {
     pub error: Option<String>,
 }
 
+/// What lab.toml says of a container machine.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ContainerOf {
+    /// Its host.
+    pub on: String,
+    pub address: String,
+    pub image: String,
+}
+
 /// A machine of lab.toml as the console shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MachineView {
     pub name: String,
     pub tags: Vec<String>,
+    /// When it is a container machine.
+    pub container: Option<ContainerOf>,
+    /// The container machines lab.toml puts on it.
+    pub containers: Vec<String>,
     pub state: Option<Known>,
+}
+
+/// A machine as lab.toml declares it (what the pages need of it).
+#[derive(Clone, Debug)]
+struct Declared {
+    name: String,
+    tags: Vec<String>,
+    container: Option<ContainerOf>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// (name, tags) in lab.toml's order.
-    machines: Vec<(String, Vec<String>)>,
+    /// In lab.toml's order.
+    machines: Vec<Declared>,
     /// lab.toml could not be read at the last refresh.
     project_error: Option<String>,
     states: HashMap<String, Known>,
@@ -121,11 +170,18 @@ impl Fleet {
         inner
             .machines
             .iter()
-            .filter(|(_, tags)| tags.iter().any(|t| t == ns))
-            .map(|(name, tags)| MachineView {
-                name: name.clone(),
-                tags: tags.clone(),
-                state: inner.states.get(name).cloned(),
+            .filter(|d| d.tags.iter().any(|t| t == ns))
+            .map(|d| MachineView {
+                name: d.name.clone(),
+                tags: d.tags.clone(),
+                container: d.container.clone(),
+                containers: inner
+                    .machines
+                    .iter()
+                    .filter(|c| c.container.as_ref().is_some_and(|c| c.on == d.name))
+                    .map(|c| c.name.clone())
+                    .collect(),
+                state: inner.states.get(&d.name).cloned(),
             })
             .collect()
     }
@@ -154,20 +210,31 @@ impl Fleet {
                     .project
                     .machines
                     .iter()
-                    .map(|m| {
-                        let tags = engine
+                    .map(|m| Declared {
+                        name: m.name.clone(),
+                        tags: engine
                             .project
                             .tags
                             .get(&m.name)
                             .cloned()
-                            .unwrap_or_default();
-                        (m.name.clone(), tags)
+                            .unwrap_or_default(),
+                        container: m.container.as_ref().map(|c| ContainerOf {
+                            on: c.on.clone(),
+                            address: c.address.to_string(),
+                            image: c.image.clone(),
+                        }),
                     })
                     .collect();
             }
             Err(e) => inner.project_error = Some(e.clone()),
         }
         r
+    }
+
+    /// Forget what was known of `name` (a container machine destroyed):
+    /// its page says it was not looked at until the next look.
+    pub fn forget(&self, name: &str) {
+        self.inner().states.remove(name);
     }
 
     /// Look at `names` (all when empty) again. Returns when done; pages
@@ -259,9 +326,28 @@ impl Fleet {
         let checked = lab_deploy::parallel(open, 16, |(m, mut t)| {
             let r = lab_deploy::machine_state(engine, m, t.as_mut());
             let pods = lab_deploy::desired_pods(engine, m).unwrap_or_default();
+            let host = engine
+                .project
+                .machines
+                .iter()
+                .any(|c| c.container.as_ref().is_some_and(|c| c.on == m.name));
+            let root = match &m.transport {
+                lab_config::Transport::Local { root } => root.display().to_string(),
+                lab_config::Transport::Ssh => String::new(),
+            };
             (
                 m.name.clone(),
-                r.map(|st| known(at, &st, &pods, t.as_mut())),
+                r.map(|st| {
+                    let mut k = known(at, &st, &pods, t.as_mut());
+                    k.generations = generations(t.as_mut(), &root);
+                    if host {
+                        match lab_machines::list(t.as_mut(), &m.name) {
+                            Ok(l) => k.containers = l.into_iter().map(container_state).collect(),
+                            Err(e) => k.containers_error = Some(e.to_string()),
+                        }
+                    }
+                    k
+                }),
             )
         });
         for (name, r) in checked {
@@ -271,6 +357,32 @@ impl Fleet {
             }
         }
         out
+    }
+}
+
+fn container_state(l: lab_machines::Listed) -> ContainerState {
+    ContainerState {
+        name: l.name,
+        unit: l.unit,
+        system: l.system,
+        address: l.address,
+        image: l.image,
+    }
+}
+
+/// The generations the machine `t` reaches keeps (none when they cannot
+/// be read: the page then shows none).
+fn generations(t: &mut dyn Transport, root: &str) -> Vec<Generation> {
+    match t.run(&lab_agent::generations_command(root), &mut |_| Ok(())) {
+        Ok(o) => lab_agent::parse_generations(&o.stdout_text())
+            .into_iter()
+            .map(|g| Generation {
+                gen: g.gen,
+                at: g.at as i64,
+                digest: g.digest,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -345,5 +457,6 @@ fn known(
         failed_units: st.failed_units.clone(),
         journal,
         pods,
+        ..Default::default()
     }
 }
