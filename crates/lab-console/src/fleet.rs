@@ -238,7 +238,8 @@ impl Fleet {
     }
 
     /// Look at `names` (all when empty) again. Returns when done; pages
-    /// meanwhile show the previous states.
+    /// meanwhile show the previous states (and each batch's new ones as
+    /// it ends).
     pub fn refresh(&self, names: &[String]) {
         let began = Instant::now();
         let Ok(engine) = self.engine() else {
@@ -250,20 +251,25 @@ impl Fleet {
             .iter()
             .filter(|m| names.is_empty() || names.contains(&m.name))
             .collect();
-        let found = self.look(&engine, &machines);
-        let mut inner = self.inner();
-        for k in found {
-            inner.states.insert(k.0, k.1);
-        }
+        self.look(&engine, &machines);
         if names.is_empty() {
-            inner.last = Some((crate::store::now(), began.elapsed().as_millis()));
+            self.inner().last = Some((crate::store::now(), began.elapsed().as_millis()));
         }
-        drop(inner);
         drop(engine);
         give_back_memory();
     }
 
-    fn look(&self, engine: &Engine, machines: &[&lab_config::Machine]) -> Vec<(String, Known)> {
+    fn keep(&self, found: Vec<(String, Known)>) {
+        let mut inner = self.inner();
+        for (name, k) in found {
+            inner.states.insert(name, k);
+        }
+    }
+
+    /// Connect to `machines` (all at once: a connection is small, and the
+    /// slow ones wait side by side), then build and check them
+    /// [`BATCH`] at a time, their connections closed batch by batch.
+    fn look(&self, engine: &Engine, machines: &[&lab_config::Machine]) {
         let at = crate::store::now();
         let failed = |name: &str, reachable: bool, e: String| {
             (
@@ -279,10 +285,12 @@ impl Fleet {
         let connector = match Connector::new(false) {
             Ok(c) => c.with_timeouts(self.connect_timeout, self.connect_timeout * 6),
             Err(e) => {
-                return machines
-                    .iter()
-                    .map(|m| failed(&m.name, false, e.to_string()))
-                    .collect()
+                return self.keep(
+                    machines
+                        .iter()
+                        .map(|m| failed(&m.name, false, e.to_string()))
+                        .collect(),
+                )
             }
         };
         let lab_dir = engine.lab_dir();
@@ -293,22 +301,26 @@ impl Fleet {
                 connector.open(&engine.project, lab_dir, m, gather, &Quiet),
             )
         });
-        let mut out = Vec::new();
+        let mut unreachable = Vec::new();
         let mut open = Vec::new();
         for (m, r) in connected {
             match r {
                 Ok(t) => open.push((m, t)),
-                Err(e) => out.push(failed(&m.name, false, e.to_string())),
+                Err(e) => unreachable.push(failed(&m.name, false, e.to_string())),
             }
         }
-        let names: Vec<String> = open.iter().map(|(m, _)| m.name.clone()).collect();
-        if !names.is_empty() {
+        self.keep(unreachable);
+        while !open.is_empty() {
+            let rest = open.split_off(open.len().min(BATCH));
+            let mut batch = std::mem::replace(&mut open, rest);
+            let mut out = Vec::new();
+            let names: Vec<String> = batch.iter().map(|(m, _)| m.name.clone()).collect();
             let built = {
                 let _g = self.build_guard();
                 lab_deploy::build(engine, &names, true, &Quiet)
             };
             match built {
-                Ok(bad) => open.retain(|(m, _)| {
+                Ok(bad) => batch.retain(|(m, _)| {
                     if bad.contains(&m.name) {
                         out.push(failed(&m.name, true, "its build failed".into()));
                         false
@@ -317,47 +329,79 @@ impl Fleet {
                     }
                 }),
                 Err(e) => {
-                    for (m, _) in open.drain(..) {
+                    for (m, _) in batch.drain(..) {
                         out.push(failed(&m.name, true, e.to_string()));
                     }
                 }
             }
-        }
-        let checked = lab_deploy::parallel(open, 16, |(m, mut t)| {
-            let r = lab_deploy::machine_state(engine, m, t.as_mut());
-            let pods = lab_deploy::desired_pods(engine, m).unwrap_or_default();
-            let host = engine
-                .project
-                .machines
-                .iter()
-                .any(|c| c.container.as_ref().is_some_and(|c| c.on == m.name));
-            let root = match &m.transport {
-                lab_config::Transport::Local { root } => root.display().to_string(),
-                lab_config::Transport::Ssh => String::new(),
+            let prev: HashMap<String, Known> = {
+                let inner = self.inner();
+                batch
+                    .iter()
+                    .filter_map(|(m, _)| Some((m.name.clone(), inner.states.get(&m.name)?.clone())))
+                    .collect()
             };
-            (
-                m.name.clone(),
-                r.map(|st| {
-                    let mut k = known(at, &st, &pods, t.as_mut());
-                    k.generations = generations(t.as_mut(), &root);
-                    if host {
-                        match lab_machines::list(t.as_mut(), &m.name) {
-                            Ok(l) => k.containers = l.into_iter().map(container_state).collect(),
-                            Err(e) => k.containers_error = Some(e.to_string()),
-                        }
-                    }
-                    k
-                }),
-            )
-        });
-        for (name, r) in checked {
-            match r {
-                Ok(k) => out.push((name, k)),
-                Err(e) => out.push(failed(&name, true, e.to_string())),
+            let checked = lab_deploy::parallel(batch, 16, |(m, mut t)| {
+                let r = check(engine, m, at, prev.get(&m.name), t.as_mut());
+                (m.name.clone(), r)
+            });
+            for (name, r) in checked {
+                match r {
+                    Ok(k) => out.push((name, k)),
+                    Err(e) => out.push(failed(&name, true, e)),
+                }
             }
+            self.keep(out);
         }
-        out
     }
+}
+
+/// Machines built and checked together in a refresh: a build's memory
+/// grows with the machines in it (a no-op build of 200 at once peaks at
+/// 150 MB), a batch's is given back before the next.
+pub const BATCH: usize = 20;
+
+/// Check machine `m` (built) over `t`: its state, pods, generations and,
+/// on a host of container machines, those (`prev`: the last look's).
+fn check(
+    engine: &Engine,
+    m: &lab_config::Machine,
+    at: i64,
+    prev: Option<&Known>,
+    t: &mut dyn Transport,
+) -> Result<Known, String> {
+    let st = lab_deploy::machine_state(engine, m, t).map_err(|e| e.to_string())?;
+    let pods = lab_deploy::desired_pods(engine, m).unwrap_or_default();
+    let mut k = known(at, &st, &pods, t);
+    let root = match &m.transport {
+        lab_config::Transport::Local { root } => root.display().to_string(),
+        lab_config::Transport::Ssh => String::new(),
+    };
+    // (the list changes only with the applied generation: listed again
+    // then, kept from the last look otherwise)
+    k.generations = match prev {
+        Some(p)
+            if p.reachable
+                && p.error.is_none()
+                && p.generation == k.generation
+                && p.applied_at == k.applied_at =>
+        {
+            p.generations.clone()
+        }
+        _ => generations(t, &root),
+    };
+    let host = engine
+        .project
+        .machines
+        .iter()
+        .any(|c| c.container.as_ref().is_some_and(|c| c.on == m.name));
+    if host {
+        match lab_machines::list(t, &m.name) {
+            Ok(l) => k.containers = l.into_iter().map(container_state).collect(),
+            Err(e) => k.containers_error = Some(e.to_string()),
+        }
+    }
+    Ok(k)
 }
 
 fn container_state(l: lab_machines::Listed) -> ContainerState {

@@ -205,8 +205,20 @@ pub fn create(
 /// files and writable layer (its data).
 pub fn destroy(t: &mut dyn Transport, host: &str, name: &str) -> Result<(), MachineError> {
     let out = run(t, &destroy_script(name)?)?;
+    on_machine(out, host, name, "destroying").map(|_| ())
+}
+
+/// What a script on the host about container machine `name` said: exit
+/// 0 is its output, 5 that there is no such machine, anything else that
+/// `doing` it failed.
+fn on_machine(
+    out: lab_sync::Output,
+    host: &str,
+    name: &str,
+    doing: &str,
+) -> Result<lab_sync::Output, MachineError> {
     match out.status {
-        0 => Ok(()),
+        0 => Ok(out),
         5 => Err(MachineError::Missing {
             name: name.into(),
             host: host.into(),
@@ -214,7 +226,7 @@ pub fn destroy(t: &mut dyn Transport, host: &str, name: &str) -> Result<(), Mach
         s => Err(MachineError::Host {
             host: host.into(),
             message: format!(
-                "destroying `{name}` failed (exit {s}): {}",
+                "{doing} `{name}` failed (exit {s}): {}",
                 out.stderr_text().trim()
             ),
         }),
@@ -266,21 +278,13 @@ fn set_state(
     assign(&mut s, "N", name);
     assign(&mut s, "ACTION", action);
     s.push_str(STATE_SH);
-    let out = run(t, &s)?;
-    match out.status {
-        0 => Ok(out.stdout_text().trim().to_string()),
-        5 => Err(MachineError::Missing {
-            name: name.into(),
-            host: host.into(),
-        }),
-        s => Err(MachineError::Host {
-            host: host.into(),
-            message: format!(
-                "{action} of `{name}` failed (exit {s}): {}",
-                out.stderr_text().trim()
-            ),
-        }),
-    }
+    let doing = if action == "start" {
+        "starting"
+    } else {
+        "stopping"
+    };
+    let out = on_machine(run(t, &s)?, host, name, doing)?;
+    Ok(out.stdout_text().trim().to_string())
 }
 
 /// Start container machine `name` on `host` (its unit; returns once it
