@@ -231,6 +231,13 @@ impl Fleet {
         r
     }
 
+    /// The host of container machine `name` (None: not a container).
+    pub fn host_of(&self, name: &str) -> Option<String> {
+        let inner = self.inner();
+        let d = inner.machines.iter().find(|d| d.name == name)?;
+        d.container.as_ref().map(|c| c.on.clone())
+    }
+
     /// Forget what was known of `name` (a container machine destroyed):
     /// its page says it was not looked at until the next look.
     pub fn forget(&self, name: &str) {

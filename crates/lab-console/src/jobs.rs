@@ -167,13 +167,21 @@ impl Jobs {
         let j = job.clone();
         std::thread::spawn(move || {
             let ok = run(&fleet, &j);
-            // (what the machine looks like now, for its page; a container
-            // just destroyed is not there to be looked at)
+            // (what the machine looks like now, for its page, and its host
+            // after a container action; a container just destroyed is not
+            // there to be looked at)
+            let mut look = vec![j.machine.clone()];
+            if matches!(
+                j.kind,
+                Kind::Create | Kind::Start | Kind::Stop | Kind::Destroy
+            ) {
+                look.extend(fleet.host_of(&j.machine));
+            }
             if j.kind == Kind::Destroy && ok {
                 fleet.forget(&j.machine);
-            } else {
-                fleet.refresh(std::slice::from_ref(&j.machine));
+                look.retain(|n| *n != j.machine);
             }
+            fleet.refresh(&look);
             done(&j, ok);
             j.finish(ok);
         });

@@ -42,6 +42,40 @@ fn ssh_hostname(config: &Path) -> Result<String, String> {
     }
 }
 
+/// `s` as the page shows it (minijinja escapes `/` too).
+fn escaped(s: &str) -> String {
+    s.replace('/', "&#x2f;")
+}
+
+/// The first row of the container machines table of a host's page, its
+/// cells' text joined by ` | `.
+fn container_row(page: &str) -> String {
+    let table = page
+        .split("<table id=\"containers\">")
+        .nth(1)
+        .unwrap_or_else(|| panic!("a containers table in {page}"));
+    let row = table.split("<tr>").nth(2).expect("a row");
+    let row = row.split("</tr>").next().unwrap();
+    let mut text = String::new();
+    let mut in_tag = false;
+    for c in row.chars() {
+        match c {
+            '<' => {
+                in_tag = true;
+                text.push('|');
+            }
+            '>' => in_tag = false,
+            c if !in_tag => text.push(c),
+            _ => {}
+        }
+    }
+    text.split('|')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" | ")
+}
+
 #[test]
 fn container_machines_through_the_console() {
     let fleet = TestHosts::builder()
@@ -51,7 +85,7 @@ fn container_machines_through_the_console() {
     let h = &fleet.hosts()[0];
     let toml = format!(
         "[settings]\nknown_hosts = \"{kh}\"\nidentity = \"{id}\"\n\n\
-         [machines.host1]\nhost = \"{addr}\"\nport = {port}\n\n\
+         [machines.host1]\nhost = \"{addr}\"\nport = {port}\ntags = [\"team\"]\n\n\
          [machines.c1]\non = \"host1\"\nimage = \"{IMAGE}\"\ntags = [\"team\"]\n",
         kh = h.known_hosts.display(),
         id = h.identity.display(),
@@ -88,6 +122,11 @@ fn container_machines_through_the_console() {
     assert_eq!(sh(h, "systemctl -M c1 is-system-running"), "running\n");
     let pinned = f.lab.read(".lab/machines/known_hosts");
     assert!(pinned.starts_with("c1 ssh-ed25519 "), "{pinned}");
+    // its host's page lists it, as the host has it
+    assert_eq!(
+        container_row(&bob.get("/ns/team/machine/host1").body),
+        format!("c1 | active | running | 10.231.0.2 | {}", escaped(IMAGE))
+    );
     // a second create touches nothing
     let boot = sh(
         h,
@@ -115,6 +154,10 @@ fn container_machines_through_the_console() {
         "{events}"
     );
     assert_eq!(unit(h), "inactive\n");
+    assert_eq!(
+        container_row(&bob.get("/ns/team/machine/host1").body),
+        format!("c1 | inactive | - | 10.231.0.2 | {}", escaped(IMAGE))
+    );
     let (_, events) = bob.run_job("/ns/team/machine/c1/start");
     assert!(
         ok(&events) && events.contains("data: its unit is active"),
@@ -273,6 +316,11 @@ fn container_machines_through_the_console() {
     assert_eq!(sh(h, "ls -A /var/lib/lab/machines"), "");
     assert_eq!(sh(h, "machinectl list --no-legend | wc -l"), "0\n");
     assert!(!f.lab.read(".lab/machines/known_hosts").contains("c1 "));
+    // declared, not there: the host's page says it is missing
+    assert_eq!(
+        container_row(&bob.get("/ns/team/machine/host1").body),
+        "c1 | missing | -"
+    );
     // an action on it now fails, saying why
     let (_, events) = bob.run_job("/ns/team/machine/c1/stop");
     assert!(
