@@ -142,10 +142,6 @@ fn give_back_memory() {
     }
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 impl Fleet {
     pub fn new(root: PathBuf, connect_timeout: Duration) -> Fleet {
         Fleet {
@@ -475,7 +471,7 @@ fn known(
         .map(|u| {
             let cmd = format!(
                 "journalctl -u {} -n {JOURNAL_LINES} --no-pager -o short-iso 2>&1",
-                shell_quote(u)
+                lab_agent::quote(u)
             );
             let lines = match t.run(&cmd, &mut |_| Ok(())) {
                 Ok(o) => o.stdout_text().lines().map(str::to_string).collect(),

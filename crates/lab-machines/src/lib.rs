@@ -1,6 +1,8 @@
 //! Container machines on a host (lab.toml's `on = "HOST"`): creating,
-//! listing and destroying them on the host, over the host's transport,
-//! and pinning each one's host key in lab's known_hosts for containers.
+//! listing, starting, stopping and destroying them on the host, over the
+//! host's transport, and pinning each one's host key in lab's known_hosts
+//! for containers; and adding a user's SSH public key ([`PublicKey`],
+//! checked) to a login's `authorized_keys` on a machine ([`authorize`]).
 //! Owns what such a machine is on its host (the layout below and the
 //! scripts that make and remove it); knows nothing of building or syncing
 //! (after creation a container is a machine like any other, reached
