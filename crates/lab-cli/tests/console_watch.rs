@@ -9,7 +9,33 @@ use common::{two_local, Fixture, TWO_LOCAL};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn wait_for(what: &str, done: impl Fn() -> bool) {
+/// The `lab watch` this test started, killed (by its PID) if the test
+/// ends before it does.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+/// When the fleet page says the last look at the machines was (seconds
+/// since the epoch, to the second).
+fn looked_at(page: &str) -> Option<i64> {
+    let ago = page.split("states looked at ").nth(1)?;
+    let s: i64 = ago.split(" s ago").next()?.parse().ok()?;
+    Some(now() - s)
+}
+
+fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !done() {
         assert!(t0.elapsed() < Duration::from_secs(60), "{what}: not seen");
@@ -19,7 +45,10 @@ fn wait_for(what: &str, done: impl Fn() -> bool) {
 
 #[test]
 fn a_running_watch_shows_its_cycles_on_the_console() {
-    let f = Fixture::start(TWO_LOCAL, two_local, |_| {});
+    // (the console looks at the machines every second)
+    let f = Fixture::start(TWO_LOCAL, two_local, |o| {
+        o.refresh_every = Duration::from_secs(1)
+    });
     f.people();
     let mut alice = f.login("alice");
     let page = alice.get("/ns/team").body;
@@ -37,19 +66,36 @@ fn a_running_watch_shows_its_cycles_on_the_console() {
         idle.body
     );
 
-    let mut watch = Command::new(assert_cmd::cargo::cargo_bin("lab"))
-        .current_dir(f.lab.path())
-        .env("NO_COLOR", "1")
-        .arg("watch")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = watch.id();
+    let mut watch = Stopped(
+        Command::new(assert_cmd::cargo::cargo_bin("lab"))
+            .current_dir(f.lab.path())
+            .env("NO_COLOR", "1")
+            .arg("watch")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let pid = watch.0.id();
     let log = f.lab.join(".lab/watch.log");
     let read = || std::fs::read_to_string(&log).unwrap_or_default();
     wait_for("the first cycle", || {
         read().contains("\"cycle\":{\"number\":0")
+    });
+    let started = now();
+
+    // the watch holds lab's lock for its whole session: the console's
+    // look goes on (it checks the watch's outputs as they are), and an
+    // action waits for the lock, saying so
+    let mut bob = f.login("bob");
+    wait_for("a look at the machines during the watch", || {
+        looked_at(&bob.get("/").body).is_some_and(|at| at > started)
+    });
+    let r = bob.act("/ns/team/machine/dev/diff", &[]);
+    assert_eq!(r.status, 303, "{}", r.body);
+    let job = r.header("Location").unwrap().to_string();
+    wait_for("the diff says it waits", || {
+        bob.get(&job).body.contains("waiting for it to finish")
     });
 
     // alice follows it; carol (another namespace) follows hers
@@ -70,7 +116,10 @@ fn a_running_watch_shows_its_cycles_on_the_console() {
     });
     // SAFETY: kill(2) on the child this test started, by its PID.
     assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGTERM) }, 0);
-    assert!(watch.wait().unwrap().success());
+    assert!(watch.0.wait().unwrap().success());
+    // the lock is free: the diff goes on to its end
+    let events = bob.get(&format!("{job}/events")).body;
+    assert!(events.contains("event: done\ndata: ok"), "{events}");
 
     let team = team.join().unwrap();
     assert!(

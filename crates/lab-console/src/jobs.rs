@@ -245,6 +245,21 @@ impl Events for JobEvents<'_> {
             _ => {}
         }
     }
+
+    fn reporter(&self) -> &dyn lab_engine::Reporter {
+        self
+    }
+}
+
+/// The build's warnings go to the job's lines too (the one that says the
+/// build waits for another lab, a `lab watch` say, among them).
+impl lab_engine::Reporter for JobEvents<'_> {
+    fn warning(&self, machine: Option<&str>, message: &str) {
+        match machine {
+            Some(m) => self.0.push(format!("warning: {m}: {message}")),
+            None => self.0.push(format!("warning: {message}")),
+        }
+    }
 }
 
 /// Connect to the job's machine, saying so in its log: the transport and

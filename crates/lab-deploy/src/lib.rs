@@ -25,7 +25,7 @@ pub use machine::{
 };
 pub use pool::{cached_facts, facts_cached, parallel, Connector};
 pub use status::{desired_pods, machine_state, MachineState};
-pub use sync::{build, sync, sync_one, MachineResult, MachineRun, SyncPlan, SyncRun};
+pub use sync::{build, build_with, sync, sync_one, MachineResult, MachineRun, SyncPlan, SyncRun};
 pub use watch::{BackoffPolicy, Schedule, Stopper, Watch, WatchOptions};
 pub use watch_log::{
     machine_words, read_watch_log, watch_alive, MachineLine, WatchCursor, WatchLog, WatchRead,
