@@ -47,33 +47,12 @@ fn escaped(s: &str) -> String {
     s.replace('/', "&#x2f;")
 }
 
-/// The first row of the container machines table of a host's page, its
-/// cells' text joined by ` | `.
+/// The first row of the container machines table of a host's page.
 fn container_row(page: &str) -> String {
-    let table = page
-        .split("<table id=\"containers\">")
-        .nth(1)
-        .unwrap_or_else(|| panic!("a containers table in {page}"));
-    let row = table.split("<tr>").nth(2).expect("a row");
-    let row = row.split("</tr>").next().unwrap();
-    let mut text = String::new();
-    let mut in_tag = false;
-    for c in row.chars() {
-        match c {
-            '<' => {
-                in_tag = true;
-                text.push('|');
-            }
-            '>' => in_tag = false,
-            c if !in_tag => text.push(c),
-            _ => {}
-        }
-    }
-    text.split('|')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(" | ")
+    common::table_rows(page, "containers")
+        .into_iter()
+        .next()
+        .expect("a row")
 }
 
 #[test]

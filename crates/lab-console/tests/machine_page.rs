@@ -7,37 +7,9 @@ mod common;
 
 use common::{two_local, Fixture, TWO_LOCAL};
 
-/// The rows of the generations table: their cells' text, tags dropped.
+/// The rows of the generations table.
 fn generations(page: &str) -> Vec<String> {
-    let table = page
-        .split("<table id=\"generations\">")
-        .nth(1)
-        .unwrap_or_else(|| panic!("a generations table in {page}"));
-    let table = table.split("</table>").next().unwrap();
-    table
-        .split("<tr>")
-        .skip(2)
-        .map(|row| {
-            let mut text = String::new();
-            let mut in_tag = false;
-            for c in row.chars() {
-                match c {
-                    '<' => in_tag = true,
-                    '>' => {
-                        in_tag = false;
-                        text.push('|');
-                    }
-                    c if !in_tag => text.push(c),
-                    _ => {}
-                }
-            }
-            text.split('|')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .collect::<Vec<_>>()
-                .join(" | ")
-        })
-        .collect()
+    common::table_rows(page, "generations")
 }
 
 #[test]
