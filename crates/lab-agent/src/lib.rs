@@ -253,6 +253,44 @@ pub fn outcome_command(root: &str, run: &str) -> String {
     )
 }
 
+/// The command that lists the generations the machine keeps, one a line:
+/// `GEN EPOCH DIGEST` (EPOCH: when it was committed, the time of its
+/// digest file), in no particular order; nothing before lab's first sync.
+pub fn generations_command(root: &str) -> String {
+    format!(
+        "for d in {}/*; do g=${{d##*/}}; case $g in '' | *[!0-9]*) continue ;; esac; \
+         [ -f \"$d/digest\" ] || continue; \
+         printf '%s %s %s\\n' \"$g\" \"$(stat -c %Y \"$d/digest\")\" \"$(cat \"$d/digest\")\"; done; true",
+        quote(&format!("{root}{STATE_DIR}/gen"))
+    )
+}
+
+/// A generation a machine keeps, as [`generations_command`] lists it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Generation {
+    pub gen: u64,
+    /// When it was committed (seconds since the epoch).
+    pub at: u64,
+    pub digest: String,
+}
+
+/// [`generations_command`]'s output, newest first (lines that are not
+/// `GEN EPOCH DIGEST` are skipped).
+pub fn parse_generations(text: &str) -> Vec<Generation> {
+    let mut gens: Vec<Generation> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let gen = f.next()?.parse().ok()?;
+            let at = f.next()?.parse().ok()?;
+            let digest = f.next()?.to_string();
+            f.next().is_none().then_some(Generation { gen, at, digest })
+        })
+        .collect();
+    gens.sort_by_key(|g| std::cmp::Reverse(g.gen));
+    gens
+}
+
 /// The command that prints the manifest of generation `gen`.
 pub fn manifest_command(root: &str, gen: u64) -> String {
     format!(
@@ -289,6 +327,45 @@ pub fn rollback_program(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn generations_are_listed_newest_first() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().to_str().unwrap();
+        let gen = |g: &str, digest: Option<&str>| {
+            let p = d.path().join(format!("var/lib/lab/gen/{g}"));
+            std::fs::create_dir_all(&p).unwrap();
+            if let Some(x) = digest {
+                std::fs::write(p.join("digest"), format!("{x}\n")).unwrap();
+            }
+        };
+        let none = std::process::Command::new("sh")
+            .args(["-c", &generations_command(root)])
+            .output()
+            .unwrap();
+        assert!(none.status.success());
+        assert_eq!(
+            parse_generations(&String::from_utf8_lossy(&none.stdout)),
+            []
+        );
+        gen("1", Some("aaa"));
+        gen("12", Some("ccc"));
+        gen("2", Some("bbb"));
+        gen("3", None); // (not committed)
+        gen("x", Some("zzz"));
+        let out = std::process::Command::new("sh")
+            .args(["-c", &generations_command(root)])
+            .output()
+            .unwrap();
+        let gens = parse_generations(&String::from_utf8_lossy(&out.stdout));
+        let listed: Vec<(u64, &str)> = gens.iter().map(|g| (g.gen, g.digest.as_str())).collect();
+        assert_eq!(listed, [(12, "ccc"), (2, "bbb"), (1, "aaa")]);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        assert!(gens.iter().all(|g| g.at <= now && g.at + 600 > now));
+    }
 
     /// The script's exit statuses are the ones lab-core names.
     #[test]

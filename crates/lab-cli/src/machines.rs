@@ -7,7 +7,7 @@ use crate::diag::{self, Style};
 use crate::Failure;
 use lab_config::Machine;
 use lab_engine::Engine;
-use lab_machines::{Created, Listed};
+use lab_machines::Listed;
 use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
@@ -216,26 +216,20 @@ pub fn create_missing(
         {
             continue;
         }
-        // (one that is there is asked again only when its pin was lost:
-        // the host, reached over its checked connection, has its key)
-        if there.contains(&m.name) && lab_machines::pinned(&known_hosts(engine), &m.name) {
-            continue;
-        }
         let c = m.container.as_ref().expect("a container");
-        match lab_machines::create(t, &host.name, &m.name, c, &range, no_wait) {
-            Ok(Created::Made { host_key }) => {
-                lab_machines::pin(&known_hosts(engine), &m.name, &host_key)
-                    .map_err(|e| fail(style, &e))?;
-                made.push(m.name.clone());
-            }
-            Ok(Created::Exists { host_key }) => {
-                if let Some(k) = host_key {
-                    if !lab_machines::pinned(&known_hosts(engine), &m.name) {
-                        lab_machines::pin(&known_hosts(engine), &m.name, &k)
-                            .map_err(|e| fail(style, &e))?;
-                    }
-                }
-            }
+        let listed = there.contains(&m.name);
+        match lab_machines::ensure(
+            t,
+            &host.name,
+            &m.name,
+            c,
+            &range,
+            no_wait,
+            listed,
+            &known_hosts(engine),
+        ) {
+            Ok(true) => made.push(m.name.clone()),
+            Ok(false) => {}
             Err(e) => {
                 fail(style, &e);
                 failed = true;

@@ -774,6 +774,7 @@ fn build(
         jobs,
         force,
         trust_outputs: false,
+        no_wait: false,
     };
     let report = engine.build(&opts, &reporter).map_err(|e| {
         reporter.finish();

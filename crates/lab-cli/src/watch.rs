@@ -7,7 +7,7 @@
 use crate::diag::{self, Style};
 use crate::Failure;
 use lab_config::Diagnose;
-use lab_deploy::{Cycle, DeployError, Event, Events, Watch, WatchOptions};
+use lab_deploy::{Cycle, DeployError, Event, Events, Watch, WatchLog, WatchOptions};
 use lab_sync::Outcome;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -67,12 +67,35 @@ pub fn watch(engine: lab_engine::Engine, style: Style, args: &WatchArgs) -> Resu
         Err(e) => eprintln!("{} cannot handle signals: {e}", style.yellow("warning:")),
     }
 
+    let log_path = lab_core::LabDir::at(&lab_dir).watch_log_path();
     let sink = Sink {
         args,
         style,
         lab_dir,
     };
-    w.run(&sink).map_err(|e| {
+    // (the web console follows the session in .lab/watch.log)
+    let log = match WatchLog::start(&log_path, w.machines(), &sink) {
+        Ok(log) => Some(log),
+        Err(e) => {
+            eprint!(
+                "{}",
+                diag::warning(
+                    style,
+                    None,
+                    &format!(
+                        "`{}`: {e}: the web console will not see this watch",
+                        log_path.display()
+                    )
+                )
+            );
+            None
+        }
+    };
+    let events: &dyn Events = match &log {
+        Some(l) => l,
+        None => &sink,
+    };
+    w.run(events).map_err(|e| {
         eprint!("{}", diag::render(style, &e, None));
         match e {
             DeployError::Persist(_) => Failure::Partial,

@@ -38,6 +38,34 @@ pub struct Known {
     pub journal: Vec<(String, Vec<String>)>,
     /// The pods of its build and what runs of them.
     pub pods: Vec<Pod>,
+    /// The generations it keeps, newest first.
+    pub generations: Vec<Generation>,
+    /// The container machines on it (when lab.toml puts some there), as
+    /// it lists them.
+    pub containers: Vec<ContainerState>,
+    /// Why its container machines could not be listed.
+    pub containers_error: Option<String>,
+}
+
+/// A generation a machine keeps.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Generation {
+    pub gen: u64,
+    /// When it was committed (seconds since the epoch).
+    pub at: i64,
+    pub digest: String,
+}
+
+/// A container machine as its host lists it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct ContainerState {
+    pub name: String,
+    /// Its unit's state (`active`, `inactive`, `failed`...).
+    pub unit: String,
+    /// Its own systemd's state, `-` when its unit is not active.
+    pub system: String,
+    pub address: String,
+    pub image: String,
 }
 
 /// A pod of a machine's build, as `lab ps` sees it.
@@ -55,18 +83,39 @@ pub struct Pod {
     pub error: Option<String>,
 }
 
+/// What lab.toml says of a container machine.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ContainerOf {
+    /// Its host.
+    pub on: String,
+    pub address: String,
+    pub image: String,
+}
+
 /// A machine of lab.toml as the console shows it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MachineView {
     pub name: String,
     pub tags: Vec<String>,
+    /// When it is a container machine.
+    pub container: Option<ContainerOf>,
+    /// The container machines lab.toml puts on it.
+    pub containers: Vec<String>,
     pub state: Option<Known>,
+}
+
+/// A machine as lab.toml declares it (what the pages need of it).
+#[derive(Clone, Debug)]
+struct Declared {
+    name: String,
+    tags: Vec<String>,
+    container: Option<ContainerOf>,
 }
 
 #[derive(Default)]
 struct Inner {
-    /// (name, tags) in lab.toml's order.
-    machines: Vec<(String, Vec<String>)>,
+    /// In lab.toml's order.
+    machines: Vec<Declared>,
     /// lab.toml could not be read at the last refresh.
     project_error: Option<String>,
     states: HashMap<String, Known>,
@@ -93,10 +142,6 @@ fn give_back_memory() {
     }
 }
 
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 impl Fleet {
     pub fn new(root: PathBuf, connect_timeout: Duration) -> Fleet {
         Fleet {
@@ -121,11 +166,18 @@ impl Fleet {
         inner
             .machines
             .iter()
-            .filter(|(_, tags)| tags.iter().any(|t| t == ns))
-            .map(|(name, tags)| MachineView {
-                name: name.clone(),
-                tags: tags.clone(),
-                state: inner.states.get(name).cloned(),
+            .filter(|d| d.tags.iter().any(|t| t == ns))
+            .map(|d| MachineView {
+                name: d.name.clone(),
+                tags: d.tags.clone(),
+                container: d.container.clone(),
+                containers: inner
+                    .machines
+                    .iter()
+                    .filter(|c| c.container.as_ref().is_some_and(|c| c.on == d.name))
+                    .map(|c| c.name.clone())
+                    .collect(),
+                state: inner.states.get(&d.name).cloned(),
             })
             .collect()
     }
@@ -154,14 +206,19 @@ impl Fleet {
                     .project
                     .machines
                     .iter()
-                    .map(|m| {
-                        let tags = engine
+                    .map(|m| Declared {
+                        name: m.name.clone(),
+                        tags: engine
                             .project
                             .tags
                             .get(&m.name)
                             .cloned()
-                            .unwrap_or_default();
-                        (m.name.clone(), tags)
+                            .unwrap_or_default(),
+                        container: m.container.as_ref().map(|c| ContainerOf {
+                            on: c.on.clone(),
+                            address: c.address.to_string(),
+                            image: c.image.clone(),
+                        }),
                     })
                     .collect();
             }
@@ -170,8 +227,22 @@ impl Fleet {
         r
     }
 
+    /// The host of container machine `name` (None: not a container).
+    pub fn host_of(&self, name: &str) -> Option<String> {
+        let inner = self.inner();
+        let d = inner.machines.iter().find(|d| d.name == name)?;
+        d.container.as_ref().map(|c| c.on.clone())
+    }
+
+    /// Forget what was known of `name` (a container machine destroyed):
+    /// its page says it was not looked at until the next look.
+    pub fn forget(&self, name: &str) {
+        self.inner().states.remove(name);
+    }
+
     /// Look at `names` (all when empty) again. Returns when done; pages
-    /// meanwhile show the previous states.
+    /// meanwhile show the previous states (and each batch's new ones as
+    /// it ends).
     pub fn refresh(&self, names: &[String]) {
         let began = Instant::now();
         let Ok(engine) = self.engine() else {
@@ -183,20 +254,25 @@ impl Fleet {
             .iter()
             .filter(|m| names.is_empty() || names.contains(&m.name))
             .collect();
-        let found = self.look(&engine, &machines);
-        let mut inner = self.inner();
-        for k in found {
-            inner.states.insert(k.0, k.1);
-        }
+        self.look(&engine, &machines);
         if names.is_empty() {
-            inner.last = Some((crate::store::now(), began.elapsed().as_millis()));
+            self.inner().last = Some((crate::store::now(), began.elapsed().as_millis()));
         }
-        drop(inner);
         drop(engine);
         give_back_memory();
     }
 
-    fn look(&self, engine: &Engine, machines: &[&lab_config::Machine]) -> Vec<(String, Known)> {
+    fn keep(&self, found: Vec<(String, Known)>) {
+        let mut inner = self.inner();
+        for (name, k) in found {
+            inner.states.insert(name, k);
+        }
+    }
+
+    /// Connect to `machines` (all at once: a connection is small, and the
+    /// slow ones wait side by side), then build and check them
+    /// [`BATCH`] at a time, their connections closed batch by batch.
+    fn look(&self, engine: &Engine, machines: &[&lab_config::Machine]) {
         let at = crate::store::now();
         let failed = |name: &str, reachable: bool, e: String| {
             (
@@ -212,10 +288,12 @@ impl Fleet {
         let connector = match Connector::new(false) {
             Ok(c) => c.with_timeouts(self.connect_timeout, self.connect_timeout * 6),
             Err(e) => {
-                return machines
-                    .iter()
-                    .map(|m| failed(&m.name, false, e.to_string()))
-                    .collect()
+                return self.keep(
+                    machines
+                        .iter()
+                        .map(|m| failed(&m.name, false, e.to_string()))
+                        .collect(),
+                )
             }
         };
         let lab_dir = engine.lab_dir();
@@ -226,22 +304,35 @@ impl Fleet {
                 connector.open(&engine.project, lab_dir, m, gather, &Quiet),
             )
         });
-        let mut out = Vec::new();
+        let mut unreachable = Vec::new();
         let mut open = Vec::new();
         for (m, r) in connected {
             match r {
                 Ok(t) => open.push((m, t)),
-                Err(e) => out.push(failed(&m.name, false, e.to_string())),
+                Err(e) => unreachable.push(failed(&m.name, false, e.to_string())),
             }
         }
-        let names: Vec<String> = open.iter().map(|(m, _)| m.name.clone()).collect();
-        if !names.is_empty() {
+        self.keep(unreachable);
+        while !open.is_empty() {
+            let rest = open.split_off(open.len().min(BATCH));
+            let mut batch = std::mem::replace(&mut open, rest);
+            let mut out = Vec::new();
+            let names: Vec<String> = batch.iter().map(|(m, _)| m.name.clone()).collect();
             let built = {
                 let _g = self.build_guard();
-                lab_deploy::build(engine, &names, true, &Quiet)
+                let opts = lab_engine::BuildOptions {
+                    machines: names,
+                    trust_outputs: true,
+                    no_wait: true,
+                    ..Default::default()
+                };
+                lab_deploy::build_with(engine, &opts, &Quiet)
             };
             match built {
-                Ok(bad) => open.retain(|(m, _)| {
+                // (another lab holds the lock: a running `lab watch`, which
+                // keeps the outputs current; they are checked as they are)
+                Err(lab_engine::EngineError::Locked { .. }) => {}
+                Ok(bad) => batch.retain(|(m, _)| {
                     if bad.contains(&m.name) {
                         out.push(failed(&m.name, true, "its build failed".into()));
                         false
@@ -250,27 +341,104 @@ impl Fleet {
                     }
                 }),
                 Err(e) => {
-                    for (m, _) in open.drain(..) {
+                    for (m, _) in batch.drain(..) {
                         out.push(failed(&m.name, true, e.to_string()));
                     }
                 }
             }
-        }
-        let checked = lab_deploy::parallel(open, 16, |(m, mut t)| {
-            let r = lab_deploy::machine_state(engine, m, t.as_mut());
-            let pods = lab_deploy::desired_pods(engine, m).unwrap_or_default();
-            (
-                m.name.clone(),
-                r.map(|st| known(at, &st, &pods, t.as_mut())),
-            )
-        });
-        for (name, r) in checked {
-            match r {
-                Ok(k) => out.push((name, k)),
-                Err(e) => out.push(failed(&name, true, e.to_string())),
+            let prev: HashMap<String, Known> = {
+                let inner = self.inner();
+                batch
+                    .iter()
+                    .filter_map(|(m, _)| Some((m.name.clone(), inner.states.get(&m.name)?.clone())))
+                    .collect()
+            };
+            let checked = lab_deploy::parallel(batch, 16, |(m, mut t)| {
+                let r = check(engine, m, at, prev.get(&m.name), t.as_mut());
+                (m.name.clone(), r)
+            });
+            for (name, r) in checked {
+                match r {
+                    Ok(k) => out.push((name, k)),
+                    Err(e) => out.push(failed(&name, true, e)),
+                }
             }
+            self.keep(out);
         }
-        out
+    }
+}
+
+/// Machines built and checked together in a refresh: a build's memory
+/// grows with the machines in it (a no-op build of 200 at once peaks at
+/// 150 MB), a batch's is given back before the next.
+pub const BATCH: usize = 20;
+
+/// Check machine `m` (built) over `t`: its state, pods, generations and,
+/// on a host of container machines, those (`prev`: the last look's).
+fn check(
+    engine: &Engine,
+    m: &lab_config::Machine,
+    at: i64,
+    prev: Option<&Known>,
+    t: &mut dyn Transport,
+) -> Result<Known, String> {
+    let st = lab_deploy::machine_state(engine, m, t).map_err(|e| e.to_string())?;
+    let pods = lab_deploy::desired_pods(engine, m).unwrap_or_default();
+    let mut k = known(at, &st, &pods, t);
+    let root = match &m.transport {
+        lab_config::Transport::Local { root } => root.display().to_string(),
+        lab_config::Transport::Ssh => String::new(),
+    };
+    // (the list changes only with the applied generation: listed again
+    // then, kept from the last look otherwise)
+    k.generations = match prev {
+        Some(p)
+            if p.reachable
+                && p.error.is_none()
+                && p.generation == k.generation
+                && p.applied_at == k.applied_at =>
+        {
+            p.generations.clone()
+        }
+        _ => generations(t, &root),
+    };
+    let host = engine
+        .project
+        .machines
+        .iter()
+        .any(|c| c.container.as_ref().is_some_and(|c| c.on == m.name));
+    if host {
+        match lab_machines::list(t, &m.name) {
+            Ok(l) => k.containers = l.into_iter().map(container_state).collect(),
+            Err(e) => k.containers_error = Some(e.to_string()),
+        }
+    }
+    Ok(k)
+}
+
+fn container_state(l: lab_machines::Listed) -> ContainerState {
+    ContainerState {
+        name: l.name,
+        unit: l.unit,
+        system: l.system,
+        address: l.address,
+        image: l.image,
+    }
+}
+
+/// The generations the machine `t` reaches keeps (none when they cannot
+/// be read: the page then shows none).
+fn generations(t: &mut dyn Transport, root: &str) -> Vec<Generation> {
+    match t.run(&lab_agent::generations_command(root), &mut |_| Ok(())) {
+        Ok(o) => lab_agent::parse_generations(&o.stdout_text())
+            .into_iter()
+            .map(|g| Generation {
+                gen: g.gen,
+                at: g.at as i64,
+                digest: g.digest,
+            })
+            .collect(),
+        Err(_) => Vec::new(),
     }
 }
 
@@ -312,7 +480,7 @@ fn known(
         .map(|u| {
             let cmd = format!(
                 "journalctl -u {} -n {JOURNAL_LINES} --no-pager -o short-iso 2>&1",
-                shell_quote(u)
+                lab_agent::quote(u)
             );
             let lines = match t.run(&cmd, &mut |_| Ok(())) {
                 Ok(o) => o.stdout_text().lines().map(str::to_string).collect(),
@@ -345,5 +513,6 @@ fn known(
         failed_units: st.failed_units.clone(),
         journal,
         pods,
+        ..Default::default()
     }
 }

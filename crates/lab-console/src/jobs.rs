@@ -1,5 +1,7 @@
-//! Actions (sync, diff, rollback of one machine) run as jobs on their own
-//! threads, calling lab-deploy and lab-sync directly. A job keeps the
+//! Actions (sync, diff, rollback of one machine; create, start, stop,
+//! destroy of a container machine and a key added to its
+//! `authorized_keys`) run as jobs on their own threads, calling
+//! lab-deploy, lab-sync and lab-machines directly. A job keeps the
 //! lines of its progress, so that a page opened late sees them all and
 //! its event stream (SSE) waits for the next ones.
 
@@ -17,6 +19,11 @@ pub enum Kind {
     Sync,
     Diff,
     Rollback,
+    Create,
+    Start,
+    Stop,
+    Destroy,
+    Key,
 }
 
 impl Kind {
@@ -25,6 +32,11 @@ impl Kind {
             Kind::Sync => "sync",
             Kind::Diff => "diff",
             Kind::Rollback => "rollback",
+            Kind::Create => "create",
+            Kind::Start => "start",
+            Kind::Stop => "stop",
+            Kind::Destroy => "destroy",
+            Kind::Key => "add key",
         }
     }
 }
@@ -43,6 +55,8 @@ pub struct Job {
     pub kind: Kind,
     pub user: String,
     pub started: i64,
+    /// The key a [`Kind::Key`] job adds.
+    pub key: Option<lab_machines::PublicKey>,
     log: Mutex<Log>,
     changed: Condvar,
 }
@@ -60,6 +74,20 @@ impl Job {
     fn finish(&self, ok: bool) {
         self.log().done = Some(ok);
         self.changed.notify_all();
+    }
+
+    /// What the job did to the machine's generations, when it did (its
+    /// `generation N applied ...` or `back on generation N` line).
+    pub fn outcome(&self) -> Option<String> {
+        self.log()
+            .lines
+            .iter()
+            .find(|l| {
+                (l.starts_with("generation ") && l.contains(" applied"))
+                    || l.starts_with("back on generation ")
+                    || l.starts_with("a unit failed: back on generation ")
+            })
+            .cloned()
     }
 
     /// The lines from `from` on and whether the job ended, waiting up to
@@ -103,8 +131,9 @@ impl Jobs {
             .cloned()
     }
 
-    /// Start `kind` on `machine` of `ns` for `user`; `done` runs on the
-    /// job's thread at its end.
+    /// Start `kind` on `machine` of `ns` for `user` (`key`: what a
+    /// [`Kind::Key`] adds); `done` runs on the job's thread at its end.
+    #[allow(clippy::too_many_arguments)]
     pub fn start(
         &self,
         fleet: Arc<Fleet>,
@@ -112,6 +141,7 @@ impl Jobs {
         machine: &str,
         kind: Kind,
         user: &str,
+        key: Option<lab_machines::PublicKey>,
         done: impl FnOnce(&Job, bool) + Send + 'static,
     ) -> Arc<Job> {
         let job = Arc::new(Job {
@@ -121,6 +151,7 @@ impl Jobs {
             kind,
             user: user.to_string(),
             started: crate::store::now(),
+            key,
             log: Mutex::default(),
             changed: Condvar::new(),
         });
@@ -136,8 +167,21 @@ impl Jobs {
         let j = job.clone();
         std::thread::spawn(move || {
             let ok = run(&fleet, &j);
-            // (what the machine looks like now, for its page)
-            fleet.refresh(std::slice::from_ref(&j.machine));
+            // (what the machine looks like now, for its page, and its host
+            // after a container action; a container just destroyed is not
+            // there to be looked at)
+            let mut look = vec![j.machine.clone()];
+            if matches!(
+                j.kind,
+                Kind::Create | Kind::Start | Kind::Stop | Kind::Destroy
+            ) {
+                look.extend(fleet.host_of(&j.machine));
+            }
+            if j.kind == Kind::Destroy && ok {
+                fleet.forget(&j.machine);
+                look.retain(|n| *n != j.machine);
+            }
+            fleet.refresh(&look);
             done(&j, ok);
             j.finish(ok);
         });
@@ -201,6 +245,21 @@ impl Events for JobEvents<'_> {
             _ => {}
         }
     }
+
+    fn reporter(&self) -> &dyn lab_engine::Reporter {
+        self
+    }
+}
+
+/// The build's warnings go to the job's lines too (the one that says the
+/// build waits for another lab, a `lab watch` say, among them).
+impl lab_engine::Reporter for JobEvents<'_> {
+    fn warning(&self, machine: Option<&str>, message: &str) {
+        match machine {
+            Some(m) => self.0.push(format!("warning: {m}: {message}")),
+            None => self.0.push(format!("warning: {message}")),
+        }
+    }
 }
 
 /// Connect to the job's machine, saying so in its log: the transport and
@@ -239,6 +298,12 @@ fn run(fleet: &Fleet, j: &Job) -> bool {
             return false;
         }
     };
+    if matches!(
+        j.kind,
+        Kind::Create | Kind::Start | Kind::Stop | Kind::Destroy | Kind::Key
+    ) {
+        return container(&engine, &connector, j);
+    }
     let _g = fleet.build_guard();
     match j.kind {
         Kind::Sync => {
@@ -317,6 +382,119 @@ fn run(fleet: &Fleet, j: &Job) -> bool {
                     false
                 }
             }
+        }
+        _ => unreachable!("container actions returned above"),
+    }
+}
+
+/// A container machine's action: on its host (create, start, stop,
+/// destroy), or inside it (a key added to its login's authorized_keys).
+fn container(engine: &lab_engine::Engine, connector: &Connector, j: &Job) -> bool {
+    let p = &engine.project;
+    let Some(m) = p.machine(&j.machine) else {
+        return false;
+    };
+    let Some(c) = &m.container else {
+        j.push(format!(
+            "`{}` is not a container machine (no `on = \"HOST\"` in lab.toml)",
+            m.name
+        ));
+        return false;
+    };
+    let Some(host) = p.machine(&c.on) else {
+        return false;
+    };
+    if j.kind == Kind::Key {
+        let Some(key) = &j.key else { return false };
+        let Some((mut t, _)) = connect(engine, connector, j) else {
+            return false;
+        };
+        let login = lab_deploy::hop(p, m, c).user;
+        return match lab_machines::authorize(t.as_mut(), &m.name, &login, key) {
+            Ok(added) => {
+                let comment = if key.comment.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", key.comment)
+                };
+                j.push(format!(
+                    "the {} key{comment} {} {login}'s authorized_keys",
+                    key.kind,
+                    if added {
+                        "was added to"
+                    } else {
+                        "is already in"
+                    }
+                ));
+                true
+            }
+            Err(e) => {
+                j.push(e.to_string());
+                false
+            }
+        };
+    }
+    j.push(format!("connecting to its host {}", host.name));
+    let mut t = match connector.connect(p, host) {
+        Ok(t) => t,
+        Err(e) => {
+            j.push(format!("cannot reach {}: {e}", host.name));
+            return false;
+        }
+    };
+    let t = t.as_mut();
+    let known_hosts = lab_core::LabDir::at(engine.lab_dir()).machines_known_hosts();
+    let r = match j.kind {
+        Kind::Create => {
+            let range = host.machines_range.expect("a host has a range");
+            lab_machines::list(t, &host.name).and_then(|there| {
+                let listed = there.iter().any(|l| l.name == m.name);
+                j.push(format!(
+                    "creating {} on {} (and booting it)",
+                    m.name, host.name
+                ));
+                lab_machines::ensure(
+                    t,
+                    &host.name,
+                    &m.name,
+                    c,
+                    &range,
+                    false,
+                    listed,
+                    &known_hosts,
+                )
+                .map(|made| {
+                    if made {
+                        format!("created {} on {}", m.name, host.name)
+                    } else {
+                        format!("{} exists on {}", m.name, host.name)
+                    }
+                })
+            })
+        }
+        Kind::Start => {
+            j.push(format!("starting {} (and booting it)", m.name));
+            lab_machines::start(t, &host.name, &m.name).map(|s| format!("its unit is {s}"))
+        }
+        Kind::Stop => {
+            j.push(format!("stopping {}", m.name));
+            lab_machines::stop(t, &host.name, &m.name).map(|s| format!("its unit is {s}"))
+        }
+        _ => {
+            j.push(format!("destroying {} and its data", m.name));
+            lab_machines::destroy(t, &host.name, &m.name)
+                .and_then(|()| lab_machines::unpin(&known_hosts, &m.name))
+                .map(|()| format!("destroyed {} on {}", m.name, host.name))
+        }
+    };
+    match r {
+        Ok(said) => {
+            j.push(said);
+            true
+        }
+        Err(e) => {
+            j.push(e.to_string());
+            false
         }
     }
 }

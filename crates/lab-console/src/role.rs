@@ -3,9 +3,10 @@
 //! agree over HTTP).
 //!
 //! A superadmin may do everything. In a namespace, a user holds at most
-//! one role: `admin` (may also roll back) or `user` (may look, diff and
-//! sync: a sync only brings a machine to what lab.toml already says, it
-//! changes no resource). A namespace is the set of machines of lab.toml
+//! one role: `admin` (may also roll back, create, start, stop and destroy
+//! container machines and add an SSH key to one) or `user` (may look,
+//! diff and sync: a sync only brings a machine to what lab.toml already
+//! says, it changes no resource). A namespace is the set of machines of lab.toml
 //! tagged with its name.
 
 use crate::store::User;
@@ -82,8 +83,14 @@ pub const ROUTES: &[(&str, &str, Need)] = &[
     ("POST", "/ns/{ns}/machine/{machine}/diff", Need::Member),
     ("POST", "/ns/{ns}/machine/{machine}/sync", Need::Member),
     ("POST", "/ns/{ns}/machine/{machine}/rollback", Need::NsAdmin),
+    ("POST", "/ns/{ns}/machine/{machine}/create", Need::NsAdmin),
+    ("POST", "/ns/{ns}/machine/{machine}/start", Need::NsAdmin),
+    ("POST", "/ns/{ns}/machine/{machine}/stop", Need::NsAdmin),
+    ("POST", "/ns/{ns}/machine/{machine}/destroy", Need::NsAdmin),
+    ("POST", "/ns/{ns}/machine/{machine}/key", Need::NsAdmin),
     ("GET", "/ns/{ns}/job/{job}", Need::Member),
     ("GET", "/ns/{ns}/job/{job}/events", Need::Member),
+    ("GET", "/ns/{ns}/watch/events", Need::Member),
     ("GET", "/ns/{ns}/audit", Need::NsAdmin),
     ("GET", "/admin", Need::Superadmin),
     ("POST", "/admin/namespaces", Need::Superadmin),

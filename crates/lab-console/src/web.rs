@@ -288,6 +288,9 @@ pub fn handle(app: &App, mut req: Request) {
     if pattern == "/ns/{ns}/job/{job}/events" {
         return events(app, req, &m);
     }
+    if pattern == "/ns/{ns}/watch/events" {
+        return watch_events(app, req, m.ns.as_deref().unwrap_or_default());
+    }
     let a = answer(
         app,
         &req,
@@ -432,8 +435,8 @@ fn answer(
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|e| e.target == format!("{ns}/{machine}") && e.outcome != "refused")
-                .take(20)
                 .collect();
+            let generations = generation_rows(view.as_ref(), &history);
             Answer::Page(
                 200,
                 app.render(
@@ -441,22 +444,51 @@ fn answer(
                     context! {
                         user, csrf, ns, ns_seg => seg(&ns), machine, machine_seg => seg(&machine),
                         admin => Need::NsAdmin.allows(Some(&s.user), Some(&ns)),
-                        view, history,
+                        view, history, generations,
                     },
                 ),
             )
         }
         "/ns/{ns}/machine/{machine}/sync"
         | "/ns/{ns}/machine/{machine}/diff"
-        | "/ns/{ns}/machine/{machine}/rollback" => {
-            let kind = if pattern.ends_with("/sync") {
-                Kind::Sync
-            } else if pattern.ends_with("/diff") {
-                Kind::Diff
-            } else {
-                Kind::Rollback
+        | "/ns/{ns}/machine/{machine}/rollback"
+        | "/ns/{ns}/machine/{machine}/create"
+        | "/ns/{ns}/machine/{machine}/start"
+        | "/ns/{ns}/machine/{machine}/stop"
+        | "/ns/{ns}/machine/{machine}/destroy"
+        | "/ns/{ns}/machine/{machine}/key" => {
+            let kind = match pattern.rsplit('/').next() {
+                Some("sync") => Kind::Sync,
+                Some("diff") => Kind::Diff,
+                Some("rollback") => Kind::Rollback,
+                Some("create") => Kind::Create,
+                Some("start") => Kind::Start,
+                Some("stop") => Kind::Stop,
+                Some("destroy") => Kind::Destroy,
+                _ => Kind::Key,
             };
             let who = user.cloned().unwrap_or_default();
+            let key = if kind == Kind::Key {
+                match lab_machines::PublicKey::parse(field(form, "key")) {
+                    Ok(k) => Some(k),
+                    Err(e) => {
+                        app.audit(
+                            &who,
+                            kind.as_str(),
+                            &format!("{ns}/{machine}"),
+                            "failed",
+                            &e.to_string(),
+                        );
+                        return app.error(400, &e.to_string(), session);
+                    }
+                }
+            } else {
+                None
+            };
+            let detail = |id: u64| match &key {
+                Some(k) => format!("job {id}: {} {}", k.kind, k.comment),
+                None => format!("job {id}"),
+            };
             let store = app.store.clone();
             let job = app.jobs.start(
                 app.fleet.clone(),
@@ -464,13 +496,17 @@ fn answer(
                 &machine,
                 kind,
                 &who,
+                key.clone(),
                 move |j, ok| {
                     let _ = store.audit(
                         &j.user,
                         j.kind.as_str(),
                         &format!("{}/{}", j.ns, j.machine),
                         if ok { "ok" } else { "failed" },
-                        &format!("job {}", j.id),
+                        &match j.outcome() {
+                            Some(said) => format!("job {}: {said}", j.id),
+                            None => format!("job {}", j.id),
+                        },
                     );
                 },
             );
@@ -479,7 +515,7 @@ fn answer(
                 kind.as_str(),
                 &format!("{ns}/{machine}"),
                 "started",
-                &format!("job {}", job.id),
+                &detail(job.id),
             );
             Answer::Redirect(format!("/ns/{}/job/{}", seg(&ns), job.id))
         }
@@ -577,6 +613,33 @@ fn answer(
     }
 }
 
+/// The machine's generations for its page: number, when, digest and,
+/// when this console made it, who and what changed (the job's outcome
+/// in the audit log: `generation N applied ...`).
+fn generation_rows(
+    view: Option<&crate::fleet::MachineView>,
+    history: &[crate::store::AuditEntry],
+) -> Vec<Value> {
+    let Some(k) = view.and_then(|v| v.state.as_ref()) else {
+        return Vec::new();
+    };
+    k.generations
+        .iter()
+        .map(|g| {
+            let made = format!("generation {} applied", g.gen);
+            let by = history
+                .iter()
+                .find(|e| e.outcome != "started" && e.detail.contains(&made));
+            context! {
+                gen => g.gen, at => g.at, digest => &g.digest,
+                current => g.gen == k.generation,
+                by => by.map(|e| &e.user),
+                what => by.and_then(|e| e.detail.split_once(": ").map(|(_, w)| w.to_string())),
+            }
+        })
+        .collect()
+}
+
 fn admin_page(app: &App, session: Option<&Session>, error: Option<String>) -> Answer {
     let users: Vec<Value> = app
         .store
@@ -651,5 +714,148 @@ fn events(app: &App, req: Request, m: &role::Matched) {
         {
             return;
         }
+    }
+}
+
+/// A watch record as a line for namespace `ns` (whose machines are
+/// `mine`): only what concerns its machines (a cycle error, which is the
+/// project's, concerns all).
+fn watch_line(r: &lab_deploy::WatchRecord, mine: &[String]) -> Option<String> {
+    use lab_deploy::WatchWhat;
+    let ours = |m: &str| mine.iter().any(|n| n == m);
+    match &r.what {
+        WatchWhat::Start { machines } => {
+            let ms: Vec<&str> = machines
+                .iter()
+                .filter(|m| ours(m))
+                .map(String::as_str)
+                .collect();
+            (!ms.is_empty())
+                .then(|| format!("lab watch started (pid {}) for {}", r.pid, ms.join(", ")))
+        }
+        WatchWhat::Cycle {
+            number,
+            changed,
+            machines,
+            ms,
+        } => {
+            let parts: Vec<String> = machines
+                .iter()
+                .filter(|m| ours(&m.name))
+                .map(|m| format!("{}: {}", m.name, m.what))
+                .collect();
+            if parts.is_empty() {
+                return None;
+            }
+            let what = match changed.len() {
+                0 if *number == 0 => "start".to_string(),
+                0 => "retry".to_string(),
+                1..=3 => changed.join(", "),
+                n => format!("{} and {} more", changed[..2].join(", "), n - 2),
+            };
+            Some(format!(
+                "cycle {number} ({what}) -> {} [{ms} ms]",
+                parts.join("; ")
+            ))
+        }
+        WatchWhat::Error {
+            machine: Some(m),
+            text,
+        } => ours(m).then(|| format!("{m}: {text}")),
+        WatchWhat::Error {
+            machine: None,
+            text,
+        } => Some(format!("the cycle could not build: {text}")),
+        WatchWhat::Stop {} => Some("lab watch stopped".into()),
+    }
+}
+
+/// The running `lab watch` of the project as server-sent events, for
+/// namespace `ns`: `event: session` (its pid), every line of the session
+/// so far, then each new one, then `event: done` when it stops. With no
+/// watch running: `event: idle` at once, and the browser asks again
+/// (`retry`).
+fn watch_events(app: &App, req: Request, ns: &str) {
+    let path = lab_core::LabDir::at(&app.opts.lab_dir).watch_log_path();
+    let mine: Vec<String> = app
+        .fleet
+        .namespace(ns)
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    let mut cursor = None;
+    let first = lab_deploy::read_watch_log(&path, &mut cursor);
+    let mut pid = first.records.first().map(|r| r.pid);
+    let running = pid.is_some_and(lab_deploy::watch_alive)
+        && !first
+            .records
+            .iter()
+            .any(|r| r.what == lab_deploy::WatchWhat::Stop {});
+    let mut w = req.into_writer();
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-store\r\nX-Content-Type-Options: nosniff\r\nConnection: close\r\n\r\n";
+    let mut send = |out: &str| w.write_all(out.as_bytes()).and_then(|_| w.flush()).is_ok();
+    if !send(head) {
+        return;
+    }
+    if !running {
+        send("retry: 5000\nevent: idle\ndata: no lab watch is running\n\n");
+        return;
+    }
+    let data = |line: &str| {
+        let mut out = String::new();
+        for part in line.split(['\n', '\r']) {
+            out.push_str("data: ");
+            out.push_str(part);
+            out.push('\n');
+        }
+        out.push('\n');
+        out
+    };
+    let mut out = format!(
+        "retry: 5000\nevent: session\ndata: {}\n\n",
+        pid.unwrap_or(0)
+    );
+    let mut records = first.records;
+    let mut quiet = std::time::Instant::now();
+    loop {
+        let mut stopped = false;
+        for r in &records {
+            pid = Some(r.pid);
+            if let Some(l) = watch_line(r, &mine) {
+                out.push_str(&data(&l));
+            }
+            stopped |= r.what == lab_deploy::WatchWhat::Stop {};
+        }
+        if !stopped && pid.is_some_and(|p| !lab_deploy::watch_alive(p)) {
+            out.push_str(&data(&format!(
+                "lab watch (pid {}) ended without a word",
+                pid.unwrap_or(0)
+            )));
+            stopped = true;
+        }
+        if stopped {
+            out.push_str("event: done\ndata: stopped\n\n");
+        } else if out.is_empty() && quiet.elapsed() > Duration::from_secs(15) {
+            out.push_str(": still watching\n\n");
+        }
+        if !out.is_empty() {
+            quiet = std::time::Instant::now();
+            if !send(&out) {
+                return;
+            }
+            out.clear();
+        }
+        if stopped || app.stopping.load(std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        let next = lab_deploy::read_watch_log(&path, &mut cursor);
+        if next.new_session {
+            out.push_str(&format!(
+                "event: session\ndata: {}\n\n",
+                next.records.first().map_or(0, |r| r.pid)
+            ));
+        }
+        records = next.records;
     }
 }

@@ -6,6 +6,9 @@ mod common;
 
 use common::{two_local, Client, Fixture, PASSWORD, TWO_LOCAL};
 
+const KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJq9OwHCNj+uFCjTTit6BICaoVBciA07qHeKWou66Slm matrix";
+
 const ROLES: [&str; 5] = ["anonymous", "alice", "bob", "carol", "root"];
 
 /// The README's matrix: (method, path, allowed per role of [`ROLES`]).
@@ -115,6 +118,8 @@ fn every_route_answers_every_role_as_the_readme_says() {
                             vec![("user", "dave"), ("namespace", "team"), ("role", "user")]
                         }
                         "/admin/revoke" => vec![("user", "dave"), ("namespace", "team")],
+                        // (a valid key: a bad one is answered 400)
+                        "/ns/{ns}/machine/{machine}/key" => vec![("key", KEY)],
                         _ => vec![],
                     };
                     let mut all = vec![("csrf", csrf.as_str())];

@@ -20,6 +20,9 @@
 //!                                 a signature of its stat
 //! .lab/console.sqlite             `lab console`'s accounts, roles, sessions
 //!                                 and audit log (lab-console's schema)
+//! .lab/watch.log                  what the running (or last) `lab watch`
+//!                                 did, a JSON object a line (lab-deploy's
+//!                                 `WatchLog`)
 //! .lab/ssh/                       control sockets of SSH connections kept
 //!                                 open across runs (or $XDG_RUNTIME_DIR/lab-ssh/)
 //! ```
@@ -149,6 +152,12 @@ impl LabDir {
     /// roles, sessions and audit log.
     pub fn console_db_path(&self) -> PathBuf {
         self.root.join("console.sqlite")
+    }
+
+    /// `.lab/watch.log`: the progress of the running (or last) `lab
+    /// watch`, appended cycle by cycle, read by the web console.
+    pub fn watch_log_path(&self) -> PathBuf {
+        self.root.join("watch.log")
     }
 
     /// `.lab/facts/NAME.json`

@@ -16,6 +16,7 @@ mod pool;
 mod status;
 mod sync;
 mod watch;
+mod watch_log;
 
 pub use event::{Built, Cycle, CycleTimes, Event, Events, MachineCycle, Quiet, Step};
 pub use machine::{
@@ -24,8 +25,12 @@ pub use machine::{
 };
 pub use pool::{cached_facts, facts_cached, parallel, Connector};
 pub use status::{desired_pods, machine_state, MachineState};
-pub use sync::{build, sync, sync_one, MachineResult, MachineRun, SyncPlan, SyncRun};
+pub use sync::{build, build_with, sync, sync_one, MachineResult, MachineRun, SyncPlan, SyncRun};
 pub use watch::{BackoffPolicy, Schedule, Stopper, Watch, WatchOptions};
+pub use watch_log::{
+    machine_words, read_watch_log, watch_alive, MachineLine, WatchCursor, WatchLog, WatchRead,
+    WatchRecord, WatchWhat,
+};
 
 use lab_core::Diagnose;
 use lab_engine::EngineError;

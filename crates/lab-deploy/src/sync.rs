@@ -73,15 +73,25 @@ pub fn build(
     trust: bool,
     events: &dyn Events,
 ) -> Result<Vec<String>, EngineError> {
-    events.event(Event::BuildStarted);
-    let report = engine.build(
+    build_with(
+        engine,
         &BuildOptions {
             machines: names.to_vec(),
             trust_outputs: trust,
             ..Default::default()
         },
-        events.reporter(),
-    );
+        events,
+    )
+}
+
+/// [`build`] with any [`BuildOptions`].
+pub fn build_with(
+    engine: &Engine,
+    opts: &BuildOptions,
+    events: &dyn Events,
+) -> Result<Vec<String>, EngineError> {
+    events.event(Event::BuildStarted);
+    let report = engine.build(opts, events.reporter());
     events.event(Event::BuildFinished);
     let report = report.inspect_err(|e| events.event(Event::BuildError(e)))?;
     let mut failed = Vec::new();

@@ -214,6 +214,11 @@ impl Watch {
         })
     }
 
+    /// The machines it watches, in lab.toml's order.
+    pub fn machines(&self) -> Vec<String> {
+        self.selected.iter().map(|m| m.name.clone()).collect()
+    }
+
     /// Ends [`Watch::run`] after the cycle under way, with state saved.
     pub fn stopper(&self) -> Stopper {
         self.watcher.stopper()

@@ -67,6 +67,11 @@ pub struct BuildOptions {
     /// output): for a sync, whose stream checks every file it sends
     /// against the manifest anyway.
     pub trust_outputs: bool,
+    /// When another lab holds the project's lock, fail at once
+    /// ([`EngineError::Locked`]) instead of waiting for it: the web
+    /// console's background look, which a running `lab watch` (holding
+    /// the lock for its whole session) would stop.
+    pub no_wait: bool,
 }
 
 #[derive(Debug)]
@@ -310,7 +315,11 @@ impl Engine {
         reporter: &dyn Reporter,
     ) -> Result<BuildReport, EngineError> {
         let machines = self.select(&opts.machines)?;
-        let _lock = self.lock_waiting(reporter)?;
+        let _lock = if opts.no_wait {
+            self.lock()?
+        } else {
+            self.lock_waiting(reporter)?
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(opts.jobs.unwrap_or(0))
             .build()

@@ -155,7 +155,7 @@ fn machine_inputs(scope: &Scope) -> Vec<(String, Digest)> {
     for (k, val) in &scope.facts {
         v.push((format!("f:{k}"), lab_render::fact_digest(Some(val))));
     }
-    for (k, val) in &scope.machines {
+    for (k, val) in scope.machines.iter() {
         v.push((format!("m:{k}"), lab_render::fact_digest(Some(val))));
     }
     let peers = scope.digest_of(&Key::Peers).expect("peers digest");

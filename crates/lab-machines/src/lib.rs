@@ -1,6 +1,8 @@
 //! Container machines on a host (lab.toml's `on = "HOST"`): creating,
-//! listing and destroying them on the host, over the host's transport,
-//! and pinning each one's host key in lab's known_hosts for containers.
+//! listing, starting, stopping and destroying them on the host, over the
+//! host's transport, and pinning each one's host key in lab's known_hosts
+//! for containers; and adding a user's SSH public key ([`PublicKey`],
+//! checked) to a login's `authorized_keys` on a machine ([`authorize`]).
 //! Owns what such a machine is on its host (the layout below and the
 //! scripts that make and remove it); knows nothing of building or syncing
 //! (after creation a container is a machine like any other, reached
@@ -35,6 +37,10 @@
 //! written into its writable layer at creation; the host key's private
 //! half never leaves the host.
 
+mod key;
+
+pub use key::{KeyError, PublicKey, KEY_TYPES};
+
 use lab_config::container::{Container, MachineRange};
 use lab_sync::{SyncError, Transport};
 use std::io::Write;
@@ -43,6 +49,8 @@ use std::path::Path;
 const CREATE_SH: &str = include_str!("create.sh");
 const DESTROY_SH: &str = include_str!("destroy.sh");
 const LIST_SH: &str = include_str!("list.sh");
+const STATE_SH: &str = include_str!("state.sh");
+const AUTHORIZE_SH: &str = include_str!("authorize.sh");
 
 /// The systemd unit of container machine `name` on its host.
 pub fn unit_name(name: &str) -> String {
@@ -64,6 +72,8 @@ pub enum MachineError {
     Host { host: String, message: String },
     #[error("no container machine `{name}` on `{host}`")]
     Missing { name: String, host: String },
+    #[error("on `{machine}`: {message}")]
+    Key { machine: String, message: String },
     #[error("`{}`: {source}", path.display())]
     Pin {
         path: std::path::PathBuf,
@@ -264,6 +274,126 @@ pub fn destroy_many<'n>(
             (*n, r)
         })
         .collect()
+}
+
+/// What a script on the host about container machine `name` said: exit
+/// 0 is its output, 5 that there is no such machine, anything else that
+/// `doing` it failed.
+fn on_machine(
+    out: lab_sync::Output,
+    host: &str,
+    name: &str,
+    doing: &str,
+) -> Result<lab_sync::Output, MachineError> {
+    match out.status {
+        0 => Ok(out),
+        5 => Err(MachineError::Missing {
+            name: name.into(),
+            host: host.into(),
+        }),
+        s => Err(MachineError::Host {
+            host: host.into(),
+            message: format!(
+                "{doing} `{name}` failed (exit {s}): {}",
+                out.stderr_text().trim()
+            ),
+        }),
+    }
+}
+
+/// Create `name` on `host` unless the host lists it already (`listed`)
+/// and its key is pinned in `known_hosts`; pin the key the host gives (of
+/// one made now, or of one there whose pin was lost: the host, reached
+/// over its checked connection, has it). Returns whether it was made now.
+#[allow(clippy::too_many_arguments)]
+pub fn ensure(
+    t: &mut dyn Transport,
+    host: &str,
+    name: &str,
+    c: &Container,
+    range: &MachineRange,
+    no_block: bool,
+    listed: bool,
+    known_hosts: &Path,
+) -> Result<bool, MachineError> {
+    if listed && pinned(known_hosts, name) {
+        return Ok(false);
+    }
+    match create(t, host, name, c, range, no_block)? {
+        Created::Made { host_key } => {
+            pin(known_hosts, name, &host_key)?;
+            Ok(true)
+        }
+        Created::Exists { host_key } => {
+            if let Some(k) = host_key {
+                if !pinned(known_hosts, name) {
+                    pin(known_hosts, name, &k)?;
+                }
+            }
+            Ok(false)
+        }
+    }
+}
+
+fn set_state(
+    t: &mut dyn Transport,
+    host: &str,
+    name: &str,
+    action: &str,
+) -> Result<String, MachineError> {
+    check_name(name)?;
+    let mut s = String::new();
+    assign(&mut s, "N", name);
+    assign(&mut s, "ACTION", action);
+    s.push_str(STATE_SH);
+    let doing = if action == "start" {
+        "starting"
+    } else {
+        "stopping"
+    };
+    let out = on_machine(run(t, &s)?, host, name, doing)?;
+    Ok(out.stdout_text().trim().to_string())
+}
+
+/// Start container machine `name` on `host` (its unit; returns once it
+/// booted): its unit's state after (`active`).
+pub fn start(t: &mut dyn Transport, host: &str, name: &str) -> Result<String, MachineError> {
+    set_state(t, host, name, "start")
+}
+
+/// Stop container machine `name` on `host` (its unit: a clean shutdown;
+/// its files and data stay): its unit's state after (`inactive`).
+pub fn stop(t: &mut dyn Transport, host: &str, name: &str) -> Result<String, MachineError> {
+    set_state(t, host, name, "stop")
+}
+
+/// Add `key` to `login`'s `~/.ssh/authorized_keys` on the machine `t`
+/// reaches (`machine` names it in errors): once, atomically, never through
+/// a symlink. Returns whether it was added (false: it was there).
+pub fn authorize(
+    t: &mut dyn Transport,
+    machine: &str,
+    login: &str,
+    key: &PublicKey,
+) -> Result<bool, MachineError> {
+    let mut s = String::new();
+    assign(&mut s, "LOGIN", login);
+    assign(&mut s, "KEY", &key.line());
+    assign(&mut s, "KTYPE", &key.kind);
+    assign(&mut s, "KBLOB", &key.blob);
+    s.push_str(AUTHORIZE_SH);
+    let out = run(t, &s)?;
+    match (out.status, out.stdout_text().trim()) {
+        (0, "added") => Ok(true),
+        (0, "present") => Ok(false),
+        (s, _) => Err(MachineError::Key {
+            machine: machine.into(),
+            message: format!(
+                "adding the key to {login}'s authorized_keys failed (exit {s}): {}",
+                out.stderr_text().trim()
+            ),
+        }),
+    }
 }
 
 /// The container machines on the host `t` reaches.

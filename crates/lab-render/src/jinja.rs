@@ -373,10 +373,9 @@ mod tests {
         };
         s.facts.insert("domain".into(), json!("example.org"));
         s.facts.insert("ports".into(), json!([80, 443]));
-        s.machines
-            .insert("web1".into(), json!({"name": "web1", "host": "10.0.0.1"}));
-        s.machines
-            .insert("db1".into(), json!({"name": "db1", "host": "10.0.0.2"}));
+        let machines = Arc::make_mut(&mut s.machines);
+        machines.insert("web1".into(), json!({"name": "web1", "host": "10.0.0.1"}));
+        machines.insert("db1".into(), json!({"name": "db1", "host": "10.0.0.2"}));
         Arc::new(s)
     }
 

@@ -10,8 +10,9 @@ pub struct Scope {
     /// Facts after precedence (global < machine < gathered).
     pub facts: IndexMap<String, Value>,
     /// Every machine, in inventory order: name -> `{name, host, user, port,
-    /// layers, facts}`.
-    pub machines: IndexMap<String, Value>,
+    /// layers, facts}`. Shared by every machine's scope (one copy per
+    /// build, not one per machine: 200 machines would hold 200 of them).
+    pub machines: std::sync::Arc<IndexMap<String, Value>>,
 }
 
 /// The digest of a fact's value (`None` = not defined).

@@ -248,10 +248,22 @@ impl Drop for SshTransport {
     fn drop(&mut self) {
         let _ = self.session.disconnect(None, "lab done", None);
         if let Some(mut p) = self.proxy.take() {
-            let _ = p.kill();
-            let _ = p.wait();
+            end_proxy(&mut p);
         }
     }
+}
+
+/// End a proxy command and what it started: it runs in a process group
+/// of its own (`sh -c` may leave its `ssh -W` as a child, which would
+/// outlive it, holding its stderr open, until its own connect times out).
+fn end_proxy(p: &mut Child) {
+    // SAFETY: kill(2) of the process group this transport started (its
+    // id is the proxy's PID, see `process_group(0)` where it is spawned).
+    unsafe {
+        libc::kill(-(p.id() as libc::pid_t), libc::SIGKILL);
+    }
+    let _ = p.kill();
+    let _ = p.wait();
 }
 
 fn key_type_name(t: HostKeyType) -> &'static str {
@@ -381,7 +393,7 @@ impl SshTransport {
                 port: t.port,
                 message: e.to_string(),
             })?;
-            let child = cmd
+            let child = std::os::unix::process::CommandExt::process_group(&mut cmd, 0)
                 .stdin(Stdio::from(std::os::fd::OwnedFd::from(
                     theirs
                         .try_clone()
@@ -430,12 +442,11 @@ impl SshTransport {
         if let Err(e) = session.handshake() {
             let mut msg = e.message().to_string();
             if let Some(mut p) = proxy {
-                let _ = p.kill();
+                end_proxy(&mut p);
                 let mut err = String::new();
                 if let Some(mut s) = p.stderr.take() {
                     let _ = s.read_to_string(&mut err);
                 }
-                let _ = p.wait();
                 if !err.trim().is_empty() {
                     msg = format!("{msg} (proxy: {})", err.trim());
                 }

@@ -110,6 +110,40 @@ pub fn two_local(lab: &TestLab) {
     std::fs::create_dir_all(lab.join("dev2-root")).unwrap();
 }
 
+/// The rows of the table with `id` in `page` after its header row, each
+/// as its cells' text (tags dropped) joined by ` | `.
+pub fn table_rows(page: &str, id: &str) -> Vec<String> {
+    let table = page
+        .split(&format!("<table id=\"{id}\">"))
+        .nth(1)
+        .unwrap_or_else(|| panic!("a table `{id}` in {page}"));
+    let table = table.split("</table>").next().unwrap_or_default();
+    table
+        .split("<tr>")
+        .skip(2)
+        .map(|row| {
+            let mut text = String::new();
+            let mut in_tag = false;
+            for c in row.chars() {
+                match c {
+                    '<' => {
+                        in_tag = true;
+                        text.push('|');
+                    }
+                    '>' => in_tag = false,
+                    c if !in_tag => text.push(c),
+                    _ => {}
+                }
+            }
+            text.split('|')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        })
+        .collect()
+}
+
 #[derive(Debug)]
 pub struct Resp {
     pub status: u16,
