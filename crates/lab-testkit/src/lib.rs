@@ -117,26 +117,46 @@ pub fn tree_listing(root: &Path) -> String {
     if !root.exists() {
         return "(missing)\n".into();
     }
+    // (an entry that vanishes while it is listed, as a sync or watch
+    // writing into the tree renames its staged files, is left out: a
+    // caller polling for a tree sees it whole on its next look)
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
     let mut entries: Vec<_> = walkdir::WalkDir::new(root)
         .min_depth(1)
         .sort_by_file_name()
         .into_iter()
-        .map(|e| e.unwrap())
+        .filter_map(|e| match e {
+            Ok(e) => Some(e),
+            Err(e) if e.io_error().is_some_and(gone) => None,
+            Err(e) => panic!("{e}"),
+        })
         .collect();
     entries.sort_by(|a, b| a.path().cmp(b.path()));
     for e in entries {
         let rel = e.path().strip_prefix(root).unwrap().display().to_string();
-        let meta = std::fs::symlink_metadata(e.path()).unwrap();
+        let meta = match std::fs::symlink_metadata(e.path()) {
+            Ok(m) => m,
+            Err(e) if gone(&e) => continue,
+            Err(e) => panic!("{rel}: {e}"),
+        };
         let mode = meta.permissions().mode() & 0o7777;
         let ft = meta.file_type();
         if ft.is_symlink() {
-            let t = std::fs::read_link(e.path()).unwrap();
-            writeln!(out, "{rel} -> {}", t.display()).unwrap();
+            match std::fs::read_link(e.path()) {
+                Ok(t) => writeln!(out, "{rel} -> {}", t.display()).unwrap(),
+                Err(e) if gone(&e) => continue,
+                Err(e) => panic!("{rel}: {e}"),
+            }
         } else if ft.is_dir() {
             writeln!(out, "{rel}/ {mode:04o}").unwrap();
         } else {
-            let data = std::fs::read(e.path()).unwrap();
-            writeln!(out, "{rel} {mode:04o} {:?}", String::from_utf8_lossy(&data)).unwrap();
+            match std::fs::read(e.path()) {
+                Ok(data) => {
+                    writeln!(out, "{rel} {mode:04o} {:?}", String::from_utf8_lossy(&data)).unwrap()
+                }
+                Err(e) if gone(&e) => continue,
+                Err(e) => panic!("{rel}: {e}"),
+            }
         }
     }
     out
