@@ -315,7 +315,13 @@ fn containers_on_one_host() {
         ),
     );
     let (code, _, err) = run(&lab, &["sync", "-m", "c6"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        code,
+        0,
+        "{err}\n{}",
+        h.run("systemctl status lab-machine@c6 --no-pager 2>&1 | tail -5; journalctl -u lab-machine@c6 --no-pager | tail -40; ip -br a; ls -la /var/lib/lab/images/bases /var/lib/lab/machines/c6 2>&1; cat /var/lib/lab/images/used/* 2>&1")
+            .unwrap_or_else(|e| e.to_string())
+    );
     assert!(err.contains("host1: base deb ("), "{err}");
     assert!(err.contains("created c6 on host1"), "{err}");
     assert_eq!(sh(h, "systemctl -M c6 is-active hello.service"), "active\n");
@@ -352,7 +358,13 @@ fn containers_on_one_host() {
     )
     .unwrap();
     let (code, _, err) = run(&lab, &["sync", "-m", "c6"]);
-    assert_eq!(code, 0, "{err}");
+    assert_eq!(
+        code,
+        0,
+        "{err}\n{}",
+        h.run("systemctl status lab-machine@c6 --no-pager 2>&1 | tail -5; journalctl -u lab-machine@c6 --no-pager | tail -40; ip -br a; ls -la /var/lib/lab/images/bases /var/lib/lab/machines/c6 2>&1; cat /var/lib/lab/images/used/* 2>&1")
+            .unwrap_or_else(|e| e.to_string())
+    );
     assert!(err.contains("host1: base deb ("), "{err}");
     assert!(
         err.contains(": 1 of "),
