@@ -79,23 +79,14 @@ fn check_library() -> String {
     p
 }
 
-/// The command that tells what lab needs to know of the machine, changing
-/// nothing (`probe` in check.sh): its generation and manifest digest, when
-/// that generation was applied, the drift of the managed paths, unit
-/// actions not run yet, the state of `units`, and the applied manifest
-/// unless its digest is `known`. One command: the whole of a no-change
-/// sync and of `lab status`.
+/// The program that tells what lab needs to know of the machine, changing
+/// nothing (`probe` in check.sh; run it with `LAB_ROOT` set): its
+/// generation and manifest digest, when that generation was applied, the
+/// drift of the managed paths, unit actions not run yet, the state of
+/// `units`, and the applied manifest unless its digest is `known`. One
+/// command: the whole of a no-change sync and of `lab status`.
 /// `wait`: first wait (up to a minute) for a sync that holds the
 /// machine's lock, to see the machine as it leaves it.
-pub fn check_command(root: &str, known: Option<&Digest>, units: &[String], wait: bool) -> String {
-    format!(
-        "LAB_ROOT={} sh -c {}",
-        quote(root),
-        quote(&check_program(known, units, wait))
-    )
-}
-
-/// The program of [`check_command`] (run it with `LAB_ROOT` set).
 pub fn check_program(known: Option<&Digest>, units: &[String], wait: bool) -> String {
     let mut p = check_library();
     p.push_str("probe ");

@@ -1,6 +1,6 @@
 //! Convergence: the drift and pending unit actions a check of a machine
 //! found, folded into what a sync does. (The check itself runs on the
-//! machine, see `lab_agent::check_command`.)
+//! machine, see `lab_agent::check_program`.)
 
 use lab_agent::{UnitAction, UnitOp};
 use std::collections::BTreeMap;

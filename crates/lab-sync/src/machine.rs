@@ -128,7 +128,7 @@ fn parse_current(text: &str) -> Result<(u64, Option<Digest>), SyncError> {
 }
 
 /// What one check of a machine found (one command, see
-/// [`lab_agent::check_command`]).
+/// [`lab_agent::check_program`]).
 #[derive(Clone, Debug, Default)]
 pub struct Probe {
     pub gen: u64,
