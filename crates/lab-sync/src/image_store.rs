@@ -499,22 +499,10 @@ impl Attempt<'_> {
                         .collect();
                     small("keys.add", add.as_bytes())?;
                     small("keys.del", del.as_bytes())?;
-                    let mut rm = Vec::new();
-                    for p in &delta.remove {
-                        rm.extend_from_slice(b"./");
-                        rm.extend_from_slice(&lab_images::decode(p));
-                        rm.push(0);
-                    }
-                    small("remove", &rm)?;
+                    small("remove", &nul_list(&delta.remove))?;
                     if layer_over.is_some() {
                         // (the paths the layer places)
-                        let mut place0 = Vec::new();
-                        for p in &delta.place {
-                            place0.extend_from_slice(b"./");
-                            place0.extend_from_slice(&lab_images::decode(p));
-                            place0.push(0);
-                        }
-                        small("place0", &place0)?;
+                        small("place0", &nul_list(&delta.place))?;
                     }
                 }
                 None => small("keys", keys_text.as_bytes())?,
@@ -766,6 +754,18 @@ impl Attempt<'_> {
             lab_agent::enqueue_program(store, &actions, &change)
         }
     }
+}
+
+/// Tree paths as `./PATH` entries, each ended by a NUL (for `xargs -0`
+/// and `tar --null -T`).
+fn nul_list(paths: &[String]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in paths {
+        out.extend_from_slice(b"./");
+        out.extend_from_slice(&lab_images::decode(p));
+        out.push(0);
+    }
+    out
 }
 
 /// podman `verb` (`import -q`, `commit -q`) of `source` as image `name`
