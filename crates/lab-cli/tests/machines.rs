@@ -319,8 +319,13 @@ fn containers_on_one_host() {
         code,
         0,
         "{err}\n{}",
-        h.run("systemctl status lab-machine@c6 --no-pager 2>&1 | tail -5; journalctl -u lab-machine@c6 --no-pager | tail -40; ip -br a; ls -la /var/lib/lab/images/bases /var/lib/lab/machines/c6 2>&1; cat /var/lib/lab/images/used/* 2>&1")
-            .unwrap_or_else(|e| e.to_string())
+        h.run(
+            "systemctl status lab-machine@c6 --no-pager 2>&1 | tail -5; \
+             journalctl -u lab-machine@c6 --no-pager | tail -15; \
+             l=$(machinectl show c6 -p Leader --value); nsenter -t $l -n ip -br a; \
+             nsenter -t $l -n ss -ltn; ip neigh"
+        )
+        .unwrap_or_else(|e| e.to_string())
     );
     assert!(err.contains("host1: base deb ("), "{err}");
     assert!(err.contains("created c6 on host1"), "{err}");
@@ -362,8 +367,13 @@ fn containers_on_one_host() {
         code,
         0,
         "{err}\n{}",
-        h.run("systemctl status lab-machine@c6 --no-pager 2>&1 | tail -5; journalctl -u lab-machine@c6 --no-pager | tail -40; ip -br a; ls -la /var/lib/lab/images/bases /var/lib/lab/machines/c6 2>&1; cat /var/lib/lab/images/used/* 2>&1")
-            .unwrap_or_else(|e| e.to_string())
+        h.run(
+            "systemctl status lab-machine@c6 --no-pager 2>&1 | tail -5; \
+             journalctl -u lab-machine@c6 --no-pager | tail -15; \
+             l=$(machinectl show c6 -p Leader --value); nsenter -t $l -n ip -br a; \
+             nsenter -t $l -n ss -ltn; ip neigh"
+        )
+        .unwrap_or_else(|e| e.to_string())
     );
     assert!(err.contains("host1: base deb ("), "{err}");
     assert!(

@@ -248,6 +248,10 @@ if systemctl -q is-active lab-machines-net.service; then
 else
 	systemctl start lab-machines-net.service
 fi
+# the host may still have a neighbour entry for this address from a
+# container destroyed a moment ago: it would send to that one's MAC for up
+# to a minute (the new container unreachable, its sshd up)
+ip neigh flush to "$ADDR" 2>/dev/null || :
 systemctl start ${NO_BLOCK:+--no-block} "lab-machine@$N.service"
 : >"$D/created"
 printf 'hostkey %s\n' "$(cut -d' ' -f1,2 "$U/etc/ssh/ssh_host_ed25519_key.pub")"

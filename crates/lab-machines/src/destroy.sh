@@ -31,6 +31,9 @@ for N in $found; do ip link del "vb-$N" 2>/dev/null || true; done
 forwards=0
 for N in $found; do
 	D=/var/lib/lab/machines/$N
+	# (the host forgets its MAC: a container made with this address
+	# next must not be sent to it)
+	if [ -f "$D/address" ]; then ip neigh flush to "$(cat "$D/address")" 2>/dev/null || true; fi
 	if mountpoint -q "$D/root"; then umount "$D/root"; fi
 	rm -f "/var/lib/lab/images/used/$N"
 	[ -s "/etc/lab/machines/$N.ports" ] && forwards=1
