@@ -50,6 +50,19 @@ fn traces(h: &Host) -> String {
 const CLEAN: &str =
     "dirs:\nfiles:\nmounts: 0\nlinks: 0\nnft: 0\nunits: 0\nmachines: 0\nnspawn: 0\n";
 
+/// What the host says of container `name` (for a failure's message): its
+/// unit, journal, addresses and listening sockets, and the host's
+/// neighbours.
+fn container_state(h: &lab_testhosts::Host, name: &str) -> String {
+    h.run(&format!(
+        "systemctl status lab-machine@{name} --no-pager 2>&1 | tail -5; \
+         journalctl -u lab-machine@{name} --no-pager | tail -15; \
+         l=$(machinectl show {name} -p Leader --value); nsenter -t $l -n ip -br a; \
+         nsenter -t $l -n ss -ltn; ip neigh"
+    ))
+    .unwrap_or_else(|e| e.to_string())
+}
+
 #[test]
 fn containers_on_one_host() {
     let fleet = TestHosts::builder()
@@ -315,18 +328,7 @@ fn containers_on_one_host() {
         ),
     );
     let (code, _, err) = run(&lab, &["sync", "-m", "c6"]);
-    assert_eq!(
-        code,
-        0,
-        "{err}\n{}",
-        h.run(
-            "systemctl status lab-machine@c6 --no-pager 2>&1 | tail -5; \
-             journalctl -u lab-machine@c6 --no-pager | tail -15; \
-             l=$(machinectl show c6 -p Leader --value); nsenter -t $l -n ip -br a; \
-             nsenter -t $l -n ss -ltn; ip neigh"
-        )
-        .unwrap_or_else(|e| e.to_string())
-    );
+    assert_eq!(code, 0, "{err}\n{}", container_state(h, "c6"));
     assert!(err.contains("host1: base deb ("), "{err}");
     assert!(err.contains("created c6 on host1"), "{err}");
     assert_eq!(sh(h, "systemctl -M c6 is-active hello.service"), "active\n");
@@ -363,18 +365,7 @@ fn containers_on_one_host() {
     )
     .unwrap();
     let (code, _, err) = run(&lab, &["sync", "-m", "c6"]);
-    assert_eq!(
-        code,
-        0,
-        "{err}\n{}",
-        h.run(
-            "systemctl status lab-machine@c6 --no-pager 2>&1 | tail -5; \
-             journalctl -u lab-machine@c6 --no-pager | tail -15; \
-             l=$(machinectl show c6 -p Leader --value); nsenter -t $l -n ip -br a; \
-             nsenter -t $l -n ss -ltn; ip neigh"
-        )
-        .unwrap_or_else(|e| e.to_string())
-    );
+    assert_eq!(code, 0, "{err}\n{}", container_state(h, "c6"));
     assert!(err.contains("host1: base deb ("), "{err}");
     assert!(
         err.contains(": 1 of "),
