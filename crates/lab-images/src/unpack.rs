@@ -396,11 +396,16 @@ fn parent(p: &str) -> Option<&str> {
 
 fn remove_below(tree: &mut Tree, p: &str) {
     tree.entries.remove(p);
-    let prefix = format!("{p}/");
+    remove_children(tree, &format!("{p}/"));
+}
+
+/// Remove every entry whose path starts with `prefix` (`DIR/`, or `` for
+/// the whole tree).
+fn remove_children(tree: &mut Tree, prefix: &str) {
     let below: Vec<String> = tree
         .entries
-        .range(prefix.clone()..)
-        .take_while(|(k, _)| k.starts_with(&prefix))
+        .range(prefix.to_string()..)
+        .take_while(|(k, _)| k.starts_with(prefix))
         .map(|(k, _)| k.clone())
         .collect();
     for k in below {
@@ -533,15 +538,7 @@ fn apply_layer(
         } else {
             format!("{d}/")
         };
-        let below: Vec<String> = tree
-            .entries
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .map(|(k, _)| k.clone())
-            .collect();
-        for k in below {
-            tree.entries.remove(&k);
-        }
+        remove_children(tree, &prefix);
     }
     for e in placed {
         let replaced_dir = tree
