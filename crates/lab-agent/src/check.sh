@@ -21,9 +21,12 @@
 
 SFMT='%i %s %Y %.9Z %f %u %g %n\0'
 
-# The cheap facts of every path of generation directory $1, now.
-stat_all() {
-  (cd "${R:-/}" && xargs -0 -r stat --printf "$SFMT" -- <"$1/paths0" 2>/dev/null) | tr '\n\0' '\001\n'
+# The cheap facts of every path of generation directory $1, now. A path
+# that cannot be looked at (gone, below a file) has no line; then file $2,
+# when given, is created.
+stat_all() { # GENDIR [MISSING_FLAG]
+  { (cd "${R:-/}" && xargs -0 -r stat --printf "$SFMT" -- <"$1/paths0" 2>/dev/null) ||
+    { [ -z "${2:-}" ] || : >"$2"; }; } | tr '\n\0' '\001\n'
 }
 
 # Record the facts of generation directory $1 (right after its apply,
@@ -37,17 +40,20 @@ stat_all() {
 # would hide the drift for as long as nobody touches the file again.)
 record() {
   [ -f "$1/paths0" ] || return 0
-  stat_all "$1" >"$1/stat.tmp" || return 0
+  [ ! -e "$1/stat.miss" ] || rm -f -- "$1/stat.miss"
+  # (an uncommitted generation's record is nobody's yet: written in place)
+  t="$1/stat.tmp"
+  [ "$1" != "$S/inflight" ] || t="$1/stat"
+  stat_all "$1" "$1/stat.miss" >"$t" || { rm -f -- "$t"; return 0; }
   o="$S/gen/$(current_gen)/stat"
   [ "$1" != "$S/gen/$(current_gen)" ] || o="$1/stat"
   [ -f "$o" ] || o=/dev/null
-  unverified "$1" "$o" >"$1/stat.bad" || :
+  unverified "$1" "$o" "$t" >"$1/stat.bad" || :
   # one line per path, in order: a line not to be trusted, or a path
   # missing now, is recorded as facts no stat prints (`0 0 0 0 0 - -`),
   # so that every check sees it differ
-  if [ -s "$1/stat.bad" ] ||
-    [ "$(tr -cd '\000' <"$1/paths0" | wc -c)" -ne "$(wc -l <"$1/stat.tmp")" ]; then
-    { tr '\n\0' '\001\n' <"$1/paths0"; echo /; cat -- "$1/stat.tmp"; } | awk -v bad="$1/stat.bad" '
+  if [ -s "$1/stat.bad" ] || [ -e "$1/stat.miss" ]; then
+    { tr '\n\0' '\001\n' <"$1/paths0"; echo /; cat -- "$t"; } | awk -v bad="$1/stat.bad" '
       function nm(l, i) { for (i = 0; i < 7; i++) l = substr(l, index(l, " ") + 1); return l }
       BEGIN { while ((getline l < bad) > 0) b[l] = 1 }
       part == 0 { if ($0 == "/") part = 1; else order[++n] = $0; next }
@@ -57,47 +63,60 @@ record() {
           k = order[i]
           if (!(k in now) || (now[k] in b)) print "0 0 0 0 0 - - " k; else print now[k]
         }
-      }' >"$1/stat.ok" && mv -f -- "$1/stat.ok" "$1/stat.tmp"
+      }' >"$1/stat.ok" && mv -f -- "$1/stat.ok" "$t"
   fi
-  rm -f -- "$1/stat.bad"
-  mv -f -- "$1/stat.tmp" "$1/stat"
+  rm -f -- "$1/stat.bad" "$1/stat.miss" "$1/stat.new" "$1/stat.sum"
+  [ "$t" = "$1/stat" ] || mv -f -- "$t" "$1/stat"
 }
 
-# The lines of DIR/stat.tmp (facts now) of regular files whose facts
+# The lines of file NOW (facts now) of regular files whose facts
 # differ from record OLD and whose content or mode is not the manifest's
 # (or cannot be told: a name that needs escaping in JSON). The stat came
 # first: a change after it moves the ctime, so the next check sees it.
-unverified() { # DIR OLD
-  if command -v diff >/dev/null 2>&1; then
-    diff -- "$2" "$1/stat.tmp" | sed -n 's/^> //p'
-  else
-    cat -- "$1/stat.tmp"
-  fi | grep '^[0-9]* [0-9]* [0-9]* [0-9.]* 8' >"$1/stat.new" || { rm -f -- "$1/stat.new"; return 0; }
-  # the prefix of each one's manifest line, up to its mode
-  awk '{ n = $0; for (i = 0; i < 7; i++) n = substr(n, index(n, " ") + 1)
-         print "{\"path\":\"/" n "\",\"kind\":\"file\",\"mode\":\"" }' "$1/stat.new" >"$1/stat.pat"
-  grep -F -f "$1/stat.pat" -- "$1/manifest" >"$1/stat.man" || :
-  awk '{ n = $0; for (i = 0; i < 7; i++) n = substr(n, index(n, " ") + 1); print n }' "$1/stat.new" |
-    tr '\n' '\0' | (cd "${R:-/}" && xargs -0 -r sha256sum -- 2>/dev/null) >"$1/stat.sum" || :
-  awk -v man="$1/stat.man" -v sum="$1/stat.sum" '
+# (A few programs whatever the size: `diff` hands on the lines that
+# differ, one awk keeps those of regular files and names them for
+# sha256sum, one awk reads the manifest's lines of those paths alone.)
+unverified() { # DIR OLD NOW
+  : >"$1/stat.new"
+  d=0
+  if command -v diff >/dev/null 2>&1; then d=1; fi
+  if [ $d = 1 ]; then diff -- "$2" "$3"; else cat -- "$3"; fi | awk -v d=$d -v new="$1/stat.new" '
+    { l = $0
+      if (d) { if (substr(l, 1, 2) != "> ") next; l = substr(l, 3) }
+      if (l !~ /^[0-9]* [0-9]* [0-9]* [0-9.]* 8/) next
+      print l > new
+      for (i = 0; i < 7; i++) l = substr(l, index(l, " ") + 1)
+      print l }' | (cd "${R:-/}" && xargs -d '\n' -r sha256sum -- 2>/dev/null) >"$1/stat.sum" || :
+  [ -s "$1/stat.new" ] || return 0
+  awk -v new="$1/stat.new" -v sum="$1/stat.sum" '
     function hex(h, i, v) { v = 0; for (i = 1; i <= length(h); i++) v = v * 16 + index("0123456789abcdef", substr(h, i, 1)) - 1; return v }
     function oct(o, i, v) { v = 0; for (i = 1; i <= length(o); i++) v = v * 8 + substr(o, i, 1); return v }
+    function nm(l, i) { for (i = 0; i < 7; i++) l = substr(l, index(l, " ") + 1); return l }
     BEGIN {
-      while ((getline l < man) > 0) {
-        if (!match(l, /^\{"path":"\/[^"\\]*"/)) continue
-        p = substr(l, 11, RLENGTH - 11)
-        if (match(l, /"mode":"[0-7]*"/)) mode[p] = oct(substr(l, RSTART + 8, RLENGTH - 9))
-        if (match(l, /"sha256":"[0-9a-f]*"/)) sha[p] = substr(l, RSTART + 10, RLENGTH - 11)
-      }
+      while ((getline l < new) > 0) { line[++k] = l; want[nm(l)] = 1 }
       while ((getline l < sum) > 0) {
         if (substr(l, 1, 1) == "\\") continue
         got[substr(l, 67)] = substr(l, 1, 64)
       }
     }
-    { n = $0; for (i = 0; i < 7; i++) n = substr(n, index(n, " ") + 1)
-      m = hex($5) % 4096
-      if (!(n in sha) || got[n] != sha[n] || mode[n] != m) print }' "$1/stat.new"
-  rm -f -- "$1/stat.new" "$1/stat.pat" "$1/stat.man" "$1/stat.sum"
+    # the manifest: only the lines of those paths are parsed (a path
+    # with a quote or a backslash, escaped in JSON, cannot be told)
+    substr($0, 1, 10) == "{\"path\":\"/" {
+      p = substr($0, 11)
+      e = index(p, "\"")
+      if (e == 0) next
+      p = substr(p, 1, e - 1)
+      if (index(p, "\\") || !(p in want)) next
+      if (match($0, /"mode":"[0-7]*"/)) mode[p] = oct(substr($0, RSTART + 8, RLENGTH - 9))
+      if (match($0, /"sha256":"[0-9a-f]*"/)) sha[p] = substr($0, RSTART + 10, RLENGTH - 11)
+    }
+    END {
+      for (i = 1; i <= k; i++) {
+        n = nm(line[i])
+        split(line[i], f, " ")
+        if (!(n in sha) || got[n] != sha[n] || mode[n] != hex(f[5]) % 4096) print line[i]
+      }
+    }' "$1/manifest"
 }
 
 # Each directory above relative path $1 is a real directory.
@@ -121,6 +140,12 @@ under_dirs() {
 drift() {
   D="$S/gen/$(current_gen)"
   [ -f "$D/paths0" ] || return 0
+  # (the common case, every path as the apply left it, costs one program
+  # besides the stat: `cmp`; only a difference stats again for `diff`)
+  if [ -f "$D/stat" ] && command -v cmp >/dev/null 2>&1 &&
+    stat_all "$D" 2>/dev/null | cmp -s -- "$D/stat" -; then
+    return 0
+  fi
   # (the facts now against the record, one line per path in the same
   # order, as the same command wrote them: `diff` hands on only the lines
   # that differ, nothing in the common case; each path once, in order)

@@ -79,17 +79,21 @@ lock() {
   esac
 }
 
-# The last line of every run that got to its end. Reports of all but the
-# last 20 runs go (names start with the time: glob order is age order).
+# The last line of every run that got to its end. The reports of the last
+# 20 runs at least are kept: past 30, all but the last 20 go, with one
+# program (names start with the time: glob order is age order).
 finish() {
   out end
   set -- "$S"/reports/*
-  n=$#
-  while [ "$n" -gt 20 ]; do
-    [ "$1" = "$RPT" ] || rm -f -- "$1"
+  [ $# -gt 30 ] || return 0
+  n=$(($# - 20))
+  for f do
     shift
+    if [ "$n" -gt 0 ] && [ "$f" != "$RPT" ]; then set -- "$@" "$f"; fi
     n=$((n - 1))
   done
+  # (what is left in "$@": the oldest, to go)
+  rm -f -- "$@"
 }
 
 # The one gate for every path the executor changes on the machine (apply,
@@ -482,13 +486,19 @@ commit() { # DIGEST KEEP
   for d in "$S"/gen/*; do
     case ${d##*/} in '' | *[!0-9]*) ;; *) n=$((n + 1)) ;; esac
   done
-  if [ "$n" -gt "$3" ]; then
-    for g in $(ls "$S/gen" | sort -n -r | tail -n +$(($3 + 1))); do
-      case $g in *[!0-9]*) continue ;; esac
-      rm -rf -- "$S/gen/$g"
-    done
-  fi
   out "applied $1 $2"
+  # the last KEEP generations stay (they are numbered without gaps up to
+  # this one: older ones go first), the rest go with one program
+  if [ "$n" -gt "$3" ]; then
+    k=$(($1 - $3))
+    for d in "$S"/gen/*; do
+      g=${d##*/}
+      case $g in '' | *[!0-9]*) continue ;; esac
+      [ "$g" -gt "$k" ] || set -- "$@" "$d"
+    done
+    shift 3
+    [ $# -eq 0 ] || rm -rf -- "$@"
+  fi
 }
 
 # --- undo helpers: run with G set to the generation being undone ---

@@ -92,11 +92,17 @@ impl Machine {
     }
 
     fn run(&self, program: &str, tar: &[u8]) -> Outcome {
+        self.run_named(program, tar, "")
+    }
+
+    /// `run`, as the run named `run` (its report kept on the machine).
+    fn run_named(&self, program: &str, tar: &[u8], run: &str) -> Outcome {
         // the program in the command (as for every plan up to 96 KiB)
         let (cmd, first) = bootstrap(self.root.path().to_str().unwrap(), program, false);
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(&cmd)
+            .env("RUN", run)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -202,6 +208,52 @@ fn first_apply_then_changes_then_nothing() {
     // manifests are equal, so the plan is empty
     let old = m.applied();
     assert!(ApplyPlan::new(&old, &manifest_of(v2.path())).is_empty());
+}
+
+/// Names in a directory of the machine's state, sorted.
+fn state_names(m: &Machine, dir: &str) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(m.root.join(&format!("var/lib/lab/{dir}")))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn the_last_generations_and_reports_are_kept_and_no_more() {
+    let m = Machine::new();
+    let (v1, v2) = (tree_v1(), tree_v2());
+    for i in 1..=37u64 {
+        let (program, tar) = m.prepare(if i % 2 == 1 { v1.path() } else { v2.path() });
+        // (report names start with the time: here a counter)
+        let r = m.run_named(&program, &tar, &format!("t{i:04}"));
+        assert_eq!(r.code, 0, "{}", r.stdout);
+        let mut gens: Vec<u64> = state_names(&m, "gen")
+            .iter()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        gens.sort();
+        let want: Vec<u64> = (i.saturating_sub(4).max(1)..=i).collect();
+        assert_eq!(gens, want, "after generation {i}: the last 5 (keep = 5)");
+        let reports = state_names(&m, "reports");
+        assert!(
+            reports.len() >= (i as usize).min(20) && reports.len() <= 30,
+            "after run {i}: {reports:?}"
+        );
+        let newest: Vec<String> = (i.saturating_sub(19).max(1)..=i)
+            .map(|n| format!("t{n:04}"))
+            .collect();
+        assert!(
+            newest.iter().all(|n| reports.contains(n)),
+            "after run {i}: the last 20 runs' reports are kept: {reports:?}"
+        );
+    }
+    // the oldest kept generation is still one to go back to
+    let r = m.rollback(33);
+    assert_eq!(r.code, 0, "{}", r.stdout);
+    expect_tree(&m, &v1);
+    assert_ne!(m.rollback(31).code, 0, "generation 32 is gone");
 }
 
 #[test]
