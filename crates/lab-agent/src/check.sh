@@ -257,7 +257,7 @@ probe() { # KNOWN WAIT UNIT...
   # to see where it leaves the machine; a sync does not wait here: its
   # apply checks again under the lock)
   if [ "$2" = 1 ] && [ -e "$S/lock" ]; then exec 8<"$S/lock" && flock -s -w 60 8 || :; fi
-  if [ -f "$S/current" ]; then cat "$S/current"; else echo '0 none'; fi
+  if [ -f "$S/current" ] && read -r g d <"$S/current"; then echo "$g $d"; else echo '0 none'; fi
   if [ -e "$S/inflight" ] || [ -e "$S/undoing" ]; then echo interrupted; return 0; fi
   k=$1
   shift 2

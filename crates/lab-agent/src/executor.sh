@@ -876,6 +876,28 @@ daemon_reload() {
   esac
 }
 
+# sc_start start|restart UNIT, after unit_state of UNIT: its (re)start,
+# past its start limit: fast deploys and watch cycles start a unit more
+# often than systemd allows by default (5 times in 10 s). reset-failed
+# resets the limit's counter (and a failed state); it runs first for a
+# failed unit, else only when the start hit the limit, which is then
+# tried once more (each systemctl costs the machine a few milliseconds).
+sc_start() {
+  if [ "$U_ACTIVE" = failed ]; then
+    sc reset-failed -- "$2" 2>/dev/null || :
+    sc "$1" -- "$2" </dev/null
+    return
+  fi
+  e=$(sc "$1" -- "$2" 2>&1 </dev/null >/dev/null) && return 0
+  if [ "$(sc show -p Result --value -- "$2" 2>/dev/null </dev/null)" = start-limit-hit ]; then
+    sc reset-failed -- "$2" 2>/dev/null || :
+    sc "$1" -- "$2" </dev/null
+    return
+  fi
+  [ -z "$e" ] || printf '%s\n' "$e" >&2
+  return 1
+}
+
 # act ACTION UNIT: restart | start | stop | reload | reload-or-restart.
 # Results are reported by `settle`, after all actions.
 DONE=""
@@ -900,15 +922,11 @@ act() {
       sc reset-failed -- "$v" 2>/dev/null || :
       podman_leftovers "$v" ;;
     start)
-      # reset-failed also resets the start limit counter: fast deploys and
-      # watch cycles start a unit more often than 5 times in 10 s
-      sc reset-failed -- "$v" 2>/dev/null || :
       if [ $active = 1 ]; then a=restart; fi
-      sc "$a" -- "$v" </dev/null && r=ok || r=failed ;;
+      sc_start "$a" "$v" && r=ok || r=failed ;;
     restart)
       if [ $active = 1 ] || [ "$U_ACTIVE" = failed ]; then
-        sc reset-failed -- "$v" 2>/dev/null || :
-        sc restart -- "$v" </dev/null && r=ok || r=failed
+        sc_start restart "$v" && r=ok || r=failed
       else
         r=skipped
       fi ;;

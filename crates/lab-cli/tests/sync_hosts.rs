@@ -161,6 +161,44 @@ fn units_react_to_exactly_what_changed() {
 }
 
 #[test]
+fn restarts_past_a_units_start_limit_all_happen() {
+    let fleet = TestHosts::up(1).unwrap();
+    let h = &fleet.hosts()[0];
+    let lab = project(fleet.hosts());
+    let toml = std::fs::read_to_string(lab.join("lab.toml"))
+        .unwrap()
+        .replace("action = \"reload\"", "action = \"restart\"");
+    // (systemd's default, 5 starts in 10 s, made small enough that every
+    // run of this test goes past it, whatever the machine's speed)
+    let unit = PROBE_UNIT.replace(
+        "[Service]\n",
+        "StartLimitBurst=3\nStartLimitIntervalSec=300\n\n[Service]\n",
+    );
+    lab.file("lab.toml", &toml)
+        .file("layers/base/etc/systemd/system/probe.service", &unit);
+    let r = sync(&lab, "h1");
+    assert!(matches!(r.report.outcome, Outcome::Applied { .. }));
+    for i in 2..=7 {
+        lab.file("layers/base/etc/probe/version", &format!("{i}\n"));
+        let r = sync(&lab, "h1");
+        let actions: Vec<String> = r
+            .report
+            .apply
+            .units
+            .iter()
+            .map(|u| format!("{} {} {} {}", u.action, u.unit, u.result, u.active))
+            .collect();
+        assert_eq!(
+            actions,
+            ["restart probe.service ok active"],
+            "change {i}: every change restarts the unit, its start limit notwithstanding"
+        );
+    }
+    assert_eq!(run(h, "tail -n 1 /run/probe.starts"), "7\n");
+    assert_eq!(run(h, "wc -l </run/probe.starts").trim(), "7");
+}
+
+#[test]
 fn a_failing_unit_is_reported_and_can_be_rolled_back() {
     let fleet = TestHosts::up(1).unwrap();
     let h = &fleet.hosts()[0];
