@@ -15,6 +15,20 @@ fn lab_cmd(lab: &TestLab) -> Command {
     c
 }
 
+/// `ACTION UNIT RESULT` of each unit the sync acted on (and its state
+/// after, with `active`).
+fn actions_of(r: &Synced, active: bool) -> Vec<String> {
+    r.report
+        .apply
+        .units
+        .iter()
+        .map(|u| match active {
+            true => format!("{} {} {} {}", u.action, u.unit, u.result, u.active),
+            false => format!("{} {} {}", u.action, u.unit, u.result),
+        })
+        .collect()
+}
+
 #[test]
 fn sends_only_what_changed() {
     let fleet = TestHosts::up(1).unwrap();
@@ -84,13 +98,7 @@ fn units_react_to_exactly_what_changed() {
 
     // the *.wants links appear: both units start
     let r = sync(&lab, "h1");
-    let actions: Vec<String> = r
-        .report
-        .apply
-        .units
-        .iter()
-        .map(|u| format!("{} {} {}", u.action, u.unit, u.result))
-        .collect();
+    let actions = actions_of(&r, false);
     assert_eq!(
         actions,
         ["start other.service ok", "start probe.service ok"]
@@ -142,13 +150,7 @@ fn units_react_to_exactly_what_changed() {
     // a file a [[units]] rule maps to the unit: reload, same MainPID
     lab.file("layers/base/etc/probe/version", "2\n");
     let r = sync(&lab, "h1");
-    let actions: Vec<String> = r
-        .report
-        .apply
-        .units
-        .iter()
-        .map(|u| format!("{} {} {}", u.action, u.unit, u.result))
-        .collect();
+    let actions = actions_of(&r, false);
     assert_eq!(actions, ["reload probe.service ok"]);
     assert_eq!(r.report.apply.daemon_reload, None, "no unit file changed");
     assert_eq!(
@@ -181,13 +183,7 @@ fn restarts_past_a_units_start_limit_all_happen() {
     for i in 2..=7 {
         lab.file("layers/base/etc/probe/version", &format!("{i}\n"));
         let r = sync(&lab, "h1");
-        let actions: Vec<String> = r
-            .report
-            .apply
-            .units
-            .iter()
-            .map(|u| format!("{} {} {} {}", u.action, u.unit, u.result, u.active))
-            .collect();
+        let actions = actions_of(&r, true);
         assert_eq!(
             actions,
             ["restart probe.service ok active"],
