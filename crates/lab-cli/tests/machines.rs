@@ -154,6 +154,28 @@ fn containers_on_one_host() {
     let facts = ok(&lab, &["facts", "-m", "c2", "--refresh", "--json"]);
     assert!(facts.contains("\"hostname\": \"c2\""), "{facts}");
 
+    // a container that does not show the key pinned for it is refused
+    // (its shared connection, up from the last runs, is not used either)
+    let pins = lab.read(".lab/machines/known_hosts");
+    let c1_key = pins
+        .lines()
+        .find_map(|l| l.strip_prefix("c1 "))
+        .expect("c1 pinned")
+        .to_string();
+    let forged: String = pins
+        .lines()
+        .map(|l| match l.strip_prefix("c2 ") {
+            Some(_) => format!("c2 {c1_key}\n"),
+            None => format!("{l}\n"),
+        })
+        .collect();
+    lab.file(".lab/machines/known_hosts", &forged);
+    let (code, _, err) = run(&lab, &["sync", "-m", "c2"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("host key for `c2` has CHANGED"), "{err}");
+    lab.file(".lab/machines/known_hosts", &pins);
+    ok(&lab, &["sync", "-m", "c2"]);
+
     // the port forward reaches c1's sshd (its pinned key proves it is c1)
     let out = std::process::Command::new("ssh")
         .arg("-i")
@@ -403,6 +425,32 @@ fn containers_on_one_host() {
         "destroyed c6 on host1\n"
     );
     assert_eq!(sh(h, "ls /var/lib/lab/images/used"), "");
+    lab.file("lab.toml", &lab_toml(h, ""));
+
+    // a machine made again under the name of one that had limits and a
+    // port forward has neither (the host's systemd still has the first
+    // one's unit loaded, with its drop-in)
+    assert_eq!(
+        ok(&lab, &["machine", "destroy", "c1", "--yes"]),
+        "destroyed c1 on host1\n"
+    );
+    lab.file(
+        "lab.toml",
+        &lab_toml(h, "").replace("ports = [\"2201:22\"]\nmemory = \"256M\"\ncpus = 0.5\n", ""),
+    );
+    assert_eq!(
+        ok(&lab, &["machine", "create", "c1"]),
+        "created c1 on host1\n"
+    );
+    assert_eq!(
+        sh(
+            h,
+            "systemctl show -p MemoryMax -p CPUQuotaPerSecUSec lab-machine@c1.service; \
+             nft list table ip lab_machines | grep -c 2201 || :"
+        ),
+        "CPUQuotaPerSecUSec=infinity\nMemoryMax=infinity\n0\n"
+    );
+    assert_eq!(ok(&lab, &["ssh", "c1", "hostname"]), "c1\n");
     lab.file("lab.toml", &lab_toml(h, ""));
 
     // destroy asks for --yes, then leaves nothing behind

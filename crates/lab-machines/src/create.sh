@@ -1,7 +1,9 @@
 # Create container machine $N on this host (run as root; lab sets N, IMAGE
 # (as lab.toml says), LOWER (its directory here), ADDR, GW, NET, MEMORY,
-# CPUQUOTA, PORTS, NO_BLOCK above). Exit 10: it
-# exists (its host key is printed again).
+# CPUQUOTA, PORTS, NO_BLOCK, SHARED (a digest of this script and the range:
+# the files every machine of this host shares are written again and systemd
+# reloaded only when it differs from the one they were written with)
+# above). Exit 10: it exists (its host key is printed again).
 set -eu
 D=/var/lib/lab/machines/$N
 command -v systemd-nspawn >/dev/null 2>&1 || {
@@ -30,7 +32,8 @@ fi
 # the address or a host port: refuse rather than answer in its place
 for a in /var/lib/lab/machines/*/address; do
 	[ -f "$a" ] || continue
-	if [ "$(cat "$a")" = "$ADDR" ]; then
+	read -r taken <"$a" || :
+	if [ "$taken" = "$ADDR" ]; then
 		o=${a%/address}
 		echo "address $ADDR is taken by container machine ${o##*/} on this host (lab machine destroy ${o##*/} --on HOST --yes removes it)" >&2
 		exit 6
@@ -60,7 +63,7 @@ done
 }
 # put a file in place atomically: put PATH MODE (content on stdin)
 put() {
-	mkdir -p "$(dirname "$1")"
+	[ -d "${1%/*}" ] || mkdir -p "${1%/*}"
 	cat >"$1.lab-tmp"
 	chmod "$2" "$1.lab-tmp"
 	mv -f "$1.lab-tmp" "$1"
@@ -71,6 +74,7 @@ mkdir -p "$D"
 mkdir -p "$D/upper" "$D/work" "$D/root"
 printf '%s\n' "$IMAGE" >"$D/image"
 printf '%s\n' "$ADDR" >"$D/address"
+printf '%s\n' "$LOWER" >"$D/lower"
 U=$D/upper
 mkdir -p "$U/etc/ssh" "$U/etc/systemd/network" "$U/etc/systemd/system/multi-user.target.wants" \
 	"$U/etc/systemd/system/sockets.target.wants"
@@ -96,8 +100,15 @@ NET
 ln -sf /lib/systemd/system/systemd-networkd.service "$U/etc/systemd/system/multi-user.target.wants/systemd-networkd.service"
 ln -sf /lib/systemd/system/systemd-networkd.socket "$U/etc/systemd/system/sockets.target.wants/systemd-networkd.socket"
 
-# the host's side: the bridge and nftables, the unit template, this
-# machine's settings, drop-in and port forwards
+# the host's side: the files all its machines share (the bridge and
+# nftables, the unit template, mount.sh), when this lab's differ; then this
+# machine's settings, drop-in (limits) and port forwards
+read -r have 2>/dev/null </etc/lab/machines/shared || have=
+shared_changed=
+if [ "$have" != "$SHARED" ] || [ ! -x /etc/lab/machines/net.sh ] || [ ! -x /etc/lab/machines/mount.sh ] ||
+	[ ! -f /etc/systemd/system/lab-machine@.service ] || [ ! -f /etc/systemd/system/lab-machines-net.service ]; then
+	shared_changed=1
+	# (the shared files, up to the `fi` after the sysctl settings)
 put /etc/lab/machines/range 644 <<RANGE
 $GW ${NET#*/} $NET
 RANGE
@@ -147,9 +158,10 @@ put /etc/lab/machines/mount.sh 755 <<'MOUNTSH'
 #!/bin/sh
 # lab: mount container machine $1's root (its image below, read-only, its
 # writable layer above) or, with `stop`, unmount it. An image of the
-# project ($LAB_IMAGE is a link in lab's image store) is the tree the link
+# project (its lower is a link in lab's image store) is the tree the link
 # points at now, recorded in the store's used/ while mounted (the store
-# keeps it); the link is read under the store's lock.
+# keeps it); the link is read under the store's lock. The lower is in
+# $D/lower ($LAB_IMAGE of the unit's drop-in for machines made before).
 set -eu
 D=/var/lib/lab/machines/$1
 I=/var/lib/lab/images
@@ -159,14 +171,16 @@ if [ "${2:-}" = stop ]; then
 	exit 0
 fi
 mountpoint -q "$D/root" && exit 0
-lower=$LAB_IMAGE
-case $LAB_IMAGE in
+image=${LAB_IMAGE:-}
+[ -n "$image" ] || read -r image <"$D/lower"
+lower=$image
+case $image in
 "$I"/bases/*)
 	exec 8>>"$I/lock"
 	flock 8
-	lower=$(readlink -f "$LAB_IMAGE")
+	lower=$(readlink -f "$image")
 	[ -d "$lower" ] || {
-		echo "image $LAB_IMAGE of $1 is missing" >&2
+		echo "image $image of $1 is missing" >&2
 		exit 1
 	}
 	mkdir -p "$I/used"
@@ -190,7 +204,7 @@ ExecStop=/etc/lab/machines/net.sh stop
 UNIT
 put /etc/systemd/system/lab-machine@.service 644 <<'UNIT'
 # lab: a container machine (/var/lib/lab/machines/%i, settings in
-# /etc/systemd/nspawn/%i.nspawn, image and limits in the drop-in)
+# /etc/systemd/nspawn/%i.nspawn, limits in a drop-in)
 [Unit]
 Description=lab container machine %i
 Wants=lab-machines-net.service
@@ -210,6 +224,16 @@ TimeoutStopSec=20
 [Install]
 WantedBy=multi-user.target
 UNIT
+# every container's systemd takes inotify instances from root's, and
+# the kernel's default (128) ends around 20 containers ("Too many open
+# files"): raise it as LXD's production setup does (where this host may)
+put /etc/sysctl.d/60-lab-machines.conf 644 <<'SYSCTL'
+# lab: room for the inotify instances of many container machines
+fs.inotify.max_user_instances = 8192
+fs.inotify.max_user_watches = 1048576
+SYSCTL
+printf '%s\n' "$SHARED" | put /etc/lab/machines/shared 644
+fi
 put "/etc/systemd/nspawn/$N.nspawn" 644 <<NSPAWN
 # lab: container machine $N
 [Exec]
@@ -219,34 +243,47 @@ LinkJournal=no
 [Network]
 Bridge=labbr0
 NSPAWN
-{
-	printf '[Service]\nEnvironment="LAB_IMAGE=%s"\n' "$LOWER"
-	[ -n "$MEMORY" ] && printf 'MemoryMax=%s\n' "$MEMORY"
-	[ -n "$CPUQUOTA" ] && printf 'CPUQuota=%s\n' "$CPUQUOTA"
-	:
-} | put "/etc/systemd/system/lab-machine@$N.service.d/lab.conf" 644
-for p in $PORTS; do
-	printf '%s %s %s\n' "${p%%:*}" "$ADDR" "${p#*:}"
-done | put "/etc/lab/machines/$N.ports" 644
-# every container's systemd takes inotify instances from root's, and
-# the kernel's default (128) ends around 20 containers ("Too many open
-# files"): raise it as LXD's production setup does (where this host may)
-put /etc/sysctl.d/60-lab-machines.conf 644 <<'SYSCTL'
-# lab: room for the inotify instances of many container machines
-fs.inotify.max_user_instances = 8192
-fs.inotify.max_user_watches = 1048576
-SYSCTL
-if [ "$(cat /proc/sys/fs/inotify/max_user_instances)" -lt 8192 ]; then
+if [ -n "$MEMORY$CPUQUOTA" ]; then
+	{
+		printf '[Service]\n'
+		[ -n "$MEMORY" ] && printf 'MemoryMax=%s\n' "$MEMORY"
+		[ -n "$CPUQUOTA" ] && printf 'CPUQuota=%s\n' "$CPUQUOTA"
+		:
+	} | put "/etc/systemd/system/lab-machine@$N.service.d/lab.conf" 644
+fi
+net_changed=$shared_changed$PORTS
+if [ -n "$PORTS" ]; then
+	for p in $PORTS; do
+		printf '%s %s %s\n' "${p%%:*}" "$ADDR" "${p#*:}"
+	done | put "/etc/lab/machines/$N.ports" 644
+elif [ -e "/etc/lab/machines/$N.ports" ]; then
+	rm -f "/etc/lab/machines/$N.ports"
+	net_changed=1
+fi
+read -r inst </proc/sys/fs/inotify/max_user_instances || inst=0
+if [ "$inst" -lt 8192 ]; then
 	sysctl -q -p /etc/sysctl.d/60-lab-machines.conf 2>/dev/null || true
 fi
-# enabled (what `systemctl enable` does, without its second reload)
-mkdir -p /etc/systemd/system/multi-user.target.wants
+# enabled (what `systemctl enable` does, without its reload: the host's
+# systemd reads the link at its next boot)
+[ -d /etc/systemd/system/multi-user.target.wants ] || mkdir -p /etc/systemd/system/multi-user.target.wants
 ln -sf /etc/systemd/system/lab-machine@.service "/etc/systemd/system/multi-user.target.wants/lab-machine@$N.service"
-systemctl daemon-reload
-if systemctl -q is-active lab-machines-net.service; then
-	systemctl reload lab-machines-net.service
-else
-	systemctl start lab-machines-net.service
+# systemd reloads only for what it would otherwise not see: shared files
+# written now, this machine's limits, or a drop-in it still has loaded
+# for an earlier machine of this name (the instance of a new name is
+# read from disk when it starts)
+if [ -n "$shared_changed$MEMORY$CPUQUOTA" ] ||
+	[ -n "$(systemctl show -p DropInPaths --value "lab-machine@$N.service" 2>/dev/null)" ]; then
+	systemctl daemon-reload
+fi
+# the network: written again, or port forwards to add (each machine's
+# unit wants it, so its start brings it up otherwise)
+if [ -n "$net_changed" ]; then
+	if systemctl -q is-active lab-machines-net.service; then
+		systemctl reload lab-machines-net.service
+	else
+		systemctl start lab-machines-net.service
+	fi
 fi
 # the host may still have a neighbour entry for this address from a
 # container destroyed a moment ago: it would send to that one's MAC for up
@@ -254,4 +291,5 @@ fi
 ip neigh flush to "$ADDR" 2>/dev/null || :
 systemctl start ${NO_BLOCK:+--no-block} "lab-machine@$N.service"
 : >"$D/created"
-printf 'hostkey %s\n' "$(cut -d' ' -f1,2 "$U/etc/ssh/ssh_host_ed25519_key.pub")"
+read -r kt kk _ <"$U/etc/ssh/ssh_host_ed25519_key.pub"
+printf 'hostkey %s %s\n' "$kt" "$kk"

@@ -19,12 +19,14 @@
 //! /var/lib/lab/images/bases/IMAGE            -> roots/ID: a project's image (lab-sync's image store)
 //! /var/lib/lab/images/used/NAME              the tree its mounted root is made from
 //! /var/lib/lab/machines/NAME/{image,address} as created
+//! /var/lib/lab/machines/NAME/lower           the directory (or store link) its image is
 //! /etc/systemd/system/lab-machine@.service   systemd-nspawn --boot, mounts the overlay first
-//! /etc/systemd/system/lab-machine@NAME.service.d/lab.conf   image, MemoryMax=, CPUQuota=
+//! /etc/systemd/system/lab-machine@NAME.service.d/lab.conf   MemoryMax=, CPUQuota= (when set)
 //! /etc/systemd/nspawn/NAME.nspawn            Boot=yes, Bridge=labbr0
 //! /etc/systemd/system/lab-machines-net.service   the bridge and nftables (net.sh)
 //! /etc/lab/machines/{net.sh,range,NAME.ports}    bridge address, NAT, port forwards
 //! /etc/lab/machines/mount.sh                 mounts (and unmounts) a machine's overlay
+//! /etc/lab/machines/shared                   digest of the lab that wrote the shared files
 //! ```
 //!
 //! The overlay is mounted from the image at every start, so a container
@@ -160,6 +162,12 @@ pub fn create_script(
         .join(" ");
     assign(&mut s, "PORTS", &ports);
     assign(&mut s, "NO_BLOCK", if no_block { "1" } else { "" });
+    let shared = format!("{CREATE_SH}\0{}", range);
+    assign(
+        &mut s,
+        "SHARED",
+        &lab_core::Digest::of(shared.as_bytes()).to_hex(),
+    );
     s.push_str(CREATE_SH);
     Ok(s)
 }

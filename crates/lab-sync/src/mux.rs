@@ -167,18 +167,51 @@ impl Mux {
     /// the next run connects as this one did.
     /// `key`: the host key lab's own connection just verified.
     pub(crate) fn start_master(&self, key: &[u8]) {
+        if let Some(mut child) = self.spawn_master(key) {
+            // (reaped when it goes to the background or gives up)
+            std::thread::spawn(move || child.wait());
+        }
+    }
+
+    /// Start a master as [`Mux::start_master`] does and wait, up to
+    /// `limit`, until it listens (`true`) or gives up (`false`: lab's own
+    /// connection then says why). For a machine whose key lab pinned
+    /// itself (a container it created), where lab's own connection beside
+    /// the master would cost a second key exchange and login.
+    pub(crate) fn start_master_wait(&self, key: &[u8], limit: Duration) -> bool {
+        let Some(mut child) = self.spawn_master(key) else {
+            return false;
+        };
+        let start = std::time::Instant::now();
+        loop {
+            if self.alive() {
+                std::thread::spawn(move || child.wait());
+                return true;
+            }
+            // (the foreground ssh ends once the master went to the
+            // background, or when it could not connect)
+            if !matches!(child.try_wait(), Ok(None)) || start.elapsed() >= limit {
+                let up = self.alive();
+                std::thread::spawn(move || child.wait());
+                return up;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn spawn_master(&self, key: &[u8]) -> Option<std::process::Child> {
         use std::os::unix::fs::PermissionsExt;
         // (lab's own directory; a ControlPath of the user's is theirs)
         if let Some(dir) = self.key_file.parent() {
             if std::fs::create_dir_all(dir).is_err() {
-                return;
+                return None;
             }
             let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
         }
         let tmp = self.key_file.with_extension("tmp");
         let text = base64::engine::general_purpose::STANDARD.encode(key);
         if std::fs::write(&tmp, text).is_err() || std::fs::rename(&tmp, &self.key_file).is_err() {
-            return;
+            return None;
         }
         // (a master that died left its socket: ssh would not replace it;
         // only lab's own, in its own directory, is removed)
@@ -206,10 +239,7 @@ impl Mux {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
         std::os::unix::process::CommandExt::process_group(&mut c, 0);
-        if let Ok(mut child) = c.spawn() {
-            // (reaped when it goes to the background or gives up)
-            std::thread::spawn(move || child.wait());
-        }
+        c.spawn().ok()
     }
 
     /// The same connection with more `-o` options for `ssh` (before the
