@@ -100,7 +100,7 @@ def project(dir, h, containers, version="1"):
     os.makedirs(os.path.join(d, "multi-user.target.wants"), exist_ok=True)
     make_image(dir)
     open(os.path.join(d, "app.service"), "w").write(
-        "[Unit]\nDescription=app\n[Service]\nExecStart=/bin/sleep infinity\n"
+        "[Unit]\nDescription=app\n# (both tools restart it many times a minute)\nStartLimitIntervalSec=0\n[Service]\nExecStart=/bin/sleep infinity\n"
         "[Install]\nWantedBy=multi-user.target\n")
     link = os.path.join(d, "multi-user.target.wants/app.service")
     if not os.path.islink(link):

@@ -291,10 +291,17 @@ fn containers_on_one_host() {
         "lab.toml",
         &lab_toml(h, "[machines.c4]\non = \"host1\"\nimage = \"/srv/img\"\n"),
     );
+    // (a file all containers share, as another lab wrote it: here a
+    // mount.sh that fails; this creation writes it again)
+    sh(
+        h,
+        "printf '#!/bin/sh\\nexit 1\\n' >/etc/lab/machines/mount.sh",
+    );
     assert_eq!(
         ok(&lab, &["machine", "create", "c4"]),
         "created c4 on host1\n"
     );
+    assert!(sh(h, "sed -n 2p /etc/lab/machines/mount.sh").starts_with("# lab "));
     ok(&lab, &["ssh", "c4", "echo mine > /root/mine"]);
     assert_eq!(
         ok(

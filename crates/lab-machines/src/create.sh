@@ -2,8 +2,7 @@
 # (as lab.toml says), LOWER (its directory here), ADDR, GW, NET, MEMORY,
 # CPUQUOTA, PORTS, NO_BLOCK, SHARED (a digest of this script and the range:
 # the files every machine of this host shares are written again and systemd
-# reloaded only when it differs from the one they were written with)
-# above). Exit 10: it exists (its host key is printed again).
+# reloaded only when one of them was not written with it) above). Exit 10: it exists (its host key is printed again).
 set -eu
 D=/var/lib/lab/machines/$N
 command -v systemd-nspawn >/dev/null 2>&1 || {
@@ -103,16 +102,34 @@ ln -sf /lib/systemd/system/systemd-networkd.socket "$U/etc/systemd/system/socket
 # the host's side: the files all its machines share (the bridge and
 # nftables, the unit template, mount.sh), when this lab's differ; then this
 # machine's settings, drop-in (limits) and port forwards
-read -r have 2>/dev/null </etc/lab/machines/shared || have=
+# (each carries `# lab SHARED` as its second line: a file of another lab's,
+# older or newer, or one missing, and all are written again)
+SHARED_FILES="/etc/lab/machines/range /etc/lab/machines/net.sh /etc/lab/machines/mount.sh
+/etc/systemd/system/lab-machines-net.service /etc/systemd/system/lab-machine@.service
+/etc/sysctl.d/60-lab-machines.conf"
+stamped() {
+	[ -f "$1" ] || return 1
+	{ read -r _ && read -r _stamp; } <"$1" || return 1
+	[ "$_stamp" = "# lab $SHARED" ]
+}
+# put_shared PATH MODE: put, the stamp after the first line
+put_shared() {
+	{
+		IFS= read -r _first
+		printf '%s\n# lab %s\n' "$_first" "$SHARED"
+		cat
+	} | put "$1" "$2"
+}
 shared_changed=
-if [ "$have" != "$SHARED" ] || [ ! -x /etc/lab/machines/net.sh ] || [ ! -x /etc/lab/machines/mount.sh ] ||
-	[ ! -f /etc/systemd/system/lab-machine@.service ] || [ ! -f /etc/systemd/system/lab-machines-net.service ]; then
-	shared_changed=1
+for f in $SHARED_FILES; do
+	stamped "$f" || shared_changed=1
+done
+if [ -n "$shared_changed" ]; then
 	# (the shared files, up to the `fi` after the sysctl settings)
-put /etc/lab/machines/range 644 <<RANGE
+put_shared /etc/lab/machines/range 644 <<RANGE
 $GW ${NET#*/} $NET
 RANGE
-put /etc/lab/machines/net.sh 755 <<'NETSH'
+put_shared /etc/lab/machines/net.sh 755 <<'NETSH'
 #!/bin/sh
 # lab: the bridge of this host's container machines, their outbound NAT and
 # port forwards (/etc/lab/machines/*.ports: HOSTPORT ADDRESS PORT)
@@ -154,7 +171,7 @@ forwards() {
 	echo "}"
 } | nft -f -
 NETSH
-put /etc/lab/machines/mount.sh 755 <<'MOUNTSH'
+put_shared /etc/lab/machines/mount.sh 755 <<'MOUNTSH'
 #!/bin/sh
 # lab: mount container machine $1's root (its image below, read-only, its
 # writable layer above) or, with `stop`, unmount it. An image of the
@@ -190,7 +207,7 @@ case $image in
 esac
 mount -t overlay overlay -o "lowerdir=$lower,upperdir=$D/upper,workdir=$D/work" "$D/root"
 MOUNTSH
-put /etc/systemd/system/lab-machines-net.service 644 <<'UNIT'
+put_shared /etc/systemd/system/lab-machines-net.service 644 <<'UNIT'
 # lab: network of this host's container machines
 [Unit]
 Description=lab: network of container machines
@@ -202,7 +219,7 @@ ExecStart=/etc/lab/machines/net.sh
 ExecReload=/etc/lab/machines/net.sh
 ExecStop=/etc/lab/machines/net.sh stop
 UNIT
-put /etc/systemd/system/lab-machine@.service 644 <<'UNIT'
+put_shared /etc/systemd/system/lab-machine@.service 644 <<'UNIT'
 # lab: a container machine (/var/lib/lab/machines/%i, settings in
 # /etc/systemd/nspawn/%i.nspawn, limits in a drop-in)
 [Unit]
@@ -227,12 +244,11 @@ UNIT
 # every container's systemd takes inotify instances from root's, and
 # the kernel's default (128) ends around 20 containers ("Too many open
 # files"): raise it as LXD's production setup does (where this host may)
-put /etc/sysctl.d/60-lab-machines.conf 644 <<'SYSCTL'
+put_shared /etc/sysctl.d/60-lab-machines.conf 644 <<'SYSCTL'
 # lab: room for the inotify instances of many container machines
 fs.inotify.max_user_instances = 8192
 fs.inotify.max_user_watches = 1048576
 SYSCTL
-printf '%s\n' "$SHARED" | put /etc/lab/machines/shared 644
 fi
 put "/etc/systemd/nspawn/$N.nspawn" 644 <<NSPAWN
 # lab: container machine $N

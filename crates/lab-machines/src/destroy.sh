@@ -68,7 +68,7 @@ if [ "$left" -eq 0 ]; then
 	systemctl stop lab-machines-net.service 2>/dev/null || true
 	systemctl reset-failed lab-machines-net.service 2>/dev/null || true
 	rm -f /etc/systemd/system/lab-machines-net.service /etc/systemd/system/lab-machine@.service \
-		/etc/lab/machines/net.sh /etc/lab/machines/mount.sh /etc/lab/machines/range /etc/lab/machines/shared \
+		/etc/lab/machines/net.sh /etc/lab/machines/mount.sh /etc/lab/machines/range \
 		/etc/sysctl.d/60-lab-machines.conf
 	rmdir /etc/lab/machines /etc/lab 2>/dev/null || true
 	systemctl daemon-reload

@@ -26,7 +26,6 @@
 //! /etc/systemd/system/lab-machines-net.service   the bridge and nftables (net.sh)
 //! /etc/lab/machines/{net.sh,range,NAME.ports}    bridge address, NAT, port forwards
 //! /etc/lab/machines/mount.sh                 mounts (and unmounts) a machine's overlay
-//! /etc/lab/machines/shared                   digest of the lab that wrote the shared files
 //! ```
 //!
 //! The overlay is mounted from the image at every start, so a container
