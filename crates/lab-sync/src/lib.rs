@@ -16,6 +16,7 @@ pub mod images;
 mod library;
 mod machine;
 pub mod mux;
+mod mux_client;
 mod openssh;
 pub mod pods;
 pub mod secrets;

@@ -25,6 +25,7 @@
 //! master lab did not start is never used.
 //! `LAB_SSH_MULTIPLEX=0` turns all of this off.
 
+use crate::mux_client::Session;
 use crate::ssh::{SshSpec, SshTarget, SshTransport};
 use crate::transport::{Counting, Input, Output, Transport};
 use crate::SyncError;
@@ -270,13 +271,16 @@ impl Mux {
         }
     }
 
-    /// `ssh` running `command` through the master.
-    fn command(&self, command: &str) -> Command {
-        let mut c = Command::new("ssh");
-        c.args(["-T", "-o", "ControlMaster=no"])
-            .args(&self.args)
-            .arg(command);
-        c
+    /// `command` running through the master (its stdin piped, or
+    /// `/dev/null`).
+    fn session(&self, command: &str, stdin: bool) -> Result<Session, SyncError> {
+        Session::open(&self.socket, command, stdin).map_err(|e| {
+            SyncError::Channel(if self.alive() {
+                e.to_string()
+            } else {
+                "the connection was lost".into()
+            })
+        })
     }
 }
 
@@ -315,26 +319,14 @@ impl MuxTransport {
 }
 
 impl MuxTransport {
-    /// A command's exit status through the master. 255: ssh's own
-    /// failure, or the command ended by a signal (no exit status: 0, as
-    /// lab's own connection reports it; the command's report says whether
-    /// it finished); which one, the master tells: it is gone with a lost
-    /// connection.
-    fn exit_status(
-        &self,
-        status: std::process::ExitStatus,
-        stderr: &[u8],
-    ) -> Result<i32, SyncError> {
-        let status = match status.code() {
-            Some(255) | None if self.mux.alive() => 0,
-            Some(255) | None => {
-                let said = String::from_utf8_lossy(stderr).trim().to_string();
-                return Err(SyncError::Channel(if said.is_empty() {
-                    "the connection was lost".into()
-                } else {
-                    said
-                }));
-            }
+    /// A command's exit status through the master. None: the command
+    /// ended by a signal (no exit status: 0, as lab's own connection
+    /// reports it; the command's report says whether it finished), or the
+    /// master is gone with a lost connection.
+    fn exit_status(&self, status: Option<i32>, stderr: &[u8]) -> Result<i32, SyncError> {
+        let status = match status {
+            None if self.mux.alive() => 0,
+            None => return Err(SyncError::Channel("the connection was lost".into())),
             Some(s) => s,
         };
         crate::ssh::sudo_refusal(&self.target, status, stderr)?;
@@ -350,36 +342,27 @@ impl Transport for MuxTransport {
         self.commands += 1;
         self.command_bytes += command.len() as u64;
         let cmd = crate::ssh::with_sudo(&self.target, command);
-        let mut child = self
-            .mux
-            .command(&cmd)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| SyncError::Channel(format!("ssh: {e}")))?;
-        let read = |r: Option<Box<dyn Read + Send>>| {
+        let mut session = self.mux.session(&cmd, true)?;
+        let read = |mut r: std::fs::File| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
-                if let Some(mut r) = r {
-                    let _ = r.read_to_end(&mut buf);
-                }
+                let _ = r.read_to_end(&mut buf);
                 buf
             })
         };
         let out = read(
-            child
+            session
                 .stdout
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                .try_clone()
+                .map_err(|e| SyncError::Channel(e.to_string()))?,
         );
         let err = read(
-            child
+            session
                 .stderr
-                .take()
-                .map(|s| Box::new(s) as Box<dyn Read + Send>),
+                .try_clone()
+                .map_err(|e| SyncError::Channel(e.to_string()))?,
         );
-        let written = match child.stdin.take() {
+        let written = match session.stdin.take() {
             Some(stdin) => {
                 let mut w = std::io::BufWriter::with_capacity(
                     256 * 1024,
@@ -393,9 +376,10 @@ impl Transport for MuxTransport {
             }
             None => Ok(()),
         };
-        let status = child
+        let status = session
             .wait()
-            .map_err(|e| SyncError::Channel(format!("ssh: {e}")))?;
+            .map_err(|e| SyncError::Channel(format!("ssh master: {e}")))?;
+        drop(session);
         let stdout = out.join().unwrap_or_default();
         let stderr = err.join().unwrap_or_default();
         written.map_err(|e| SyncError::Channel(e.to_string()))?;
@@ -419,34 +403,28 @@ impl Transport for MuxTransport {
         self.commands += 1;
         self.command_bytes += command.len() as u64;
         let cmd = crate::ssh::with_sudo(&self.target, command);
-        let mut child = self
-            .mux
-            .command(&cmd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|e| SyncError::Channel(format!("ssh: {e}")))?;
-        let err = child.stderr.take().map(|mut r| {
-            std::thread::spawn(move || {
-                let mut buf = Vec::new();
-                let _ = r.read_to_end(&mut buf);
-                buf
-            })
+        let mut session = self.mux.session(&cmd, false)?;
+        let mut r = session
+            .stderr
+            .try_clone()
+            .map_err(|e| SyncError::Channel(e.to_string()))?;
+        let err = std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = r.read_to_end(&mut buf);
+            buf
         });
-        if let Some(mut r) = child.stdout.take() {
-            let mut buf = [0u8; 16 * 1024];
-            loop {
-                match r.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => out(&buf[..n]),
-                }
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            match session.stdout.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => out(&buf[..n]),
             }
         }
-        let status = child
+        let status = session
             .wait()
-            .map_err(|e| SyncError::Channel(format!("ssh: {e}")))?;
-        let stderr = err.and_then(|t| t.join().ok()).unwrap_or_default();
+            .map_err(|e| SyncError::Channel(format!("ssh master: {e}")))?;
+        drop(session);
+        let stderr = err.join().unwrap_or_default();
         let status = self.exit_status(status, &stderr)?;
         Ok((status, stderr))
     }
