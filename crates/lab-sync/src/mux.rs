@@ -7,7 +7,9 @@
 //! (libssh2: host keys checked with lab's rules and messages), and beside
 //! it lab starts an OpenSSH master in the background; while that master
 //! lives (60 s after its last use), the next `lab` runs its commands
-//! through it (`ssh -S SOCKET`), a few milliseconds each.
+//! through it, a few milliseconds each: lab speaks the master's control
+//! protocol itself ([`crate::mux_client`]), as an `ssh -S SOCKET` client
+//! would, without starting one per command.
 //!
 //! The master is started with `StrictHostKeyChecking=yes` against the
 //! known_hosts files lab just verified the machine with, `BatchMode=yes`,
@@ -469,6 +471,45 @@ mod tests {
         let mut t = SshTarget::new("10.0.0.1", 22, "root", "/k".into());
         f(&mut t);
         Mux::of(spec, &t).unwrap()
+    }
+
+    /// A reader slower than the command, on a real master: the command's
+    /// whole output arrives, and its status.
+    #[test]
+    fn output_the_master_holds_at_the_exit_arrives_whole() {
+        let sshd = lab_testhosts::SshdFixture::start().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spec = SshSpec {
+            host: sshd.address().into(),
+            port: Some(sshd.port()),
+            user: Some(sshd.user().into()),
+            identities: vec![sshd.identity().to_path_buf()],
+            known_hosts: Some(sshd.known_hosts().to_path_buf()),
+            sudo: false,
+            control_dir: Some(dir.path().to_path_buf()),
+        };
+        let t = SshTarget::resolve(&spec, None);
+        let mux = Mux::of(&spec, &t).unwrap();
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(sshd.host_public_key().split(' ').nth(1).unwrap())
+            .unwrap();
+        assert!(mux.start_master_wait(&key, Duration::from_secs(10)));
+        let mut s = Session::open(&mux.socket, "head -c 1000000 /dev/zero", false).unwrap();
+        let mut out = s.stdout.try_clone().unwrap();
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            let mut b = Vec::new();
+            out.read_to_end(&mut b).unwrap();
+            b.len()
+        });
+        assert_eq!(s.wait().unwrap(), Some(0));
+        drop(s);
+        assert_eq!(reader.join().unwrap(), 1_000_000);
+        let _ = Command::new("ssh")
+            .arg("-S")
+            .arg(&mux.socket)
+            .args(["-O", "exit", "x"])
+            .output();
     }
 
     /// Different users, ports, proxies, keys or known_hosts never share a

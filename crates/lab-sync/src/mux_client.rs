@@ -208,13 +208,21 @@ impl Session {
         }
     }
 
-    /// Wait for the command's end: its exit status, or `None` when the
-    /// master ended the session without one (the command was killed by a
-    /// signal, or the master's connection is gone).
+    /// Wait for the session's end: the command's exit status, or `None`
+    /// when the master ended the session without one (the command was
+    /// killed by a signal, or the master's connection is gone).
+    ///
+    /// The exit message comes before the master has written all of the
+    /// command's output into our pipes; the session ends when the master
+    /// closes the control connection. Closing it ourselves at the exit
+    /// message makes the master drop the output it still holds (OpenSSH's
+    /// own client waits for the close too; the rollback test lost the tail
+    /// of a manifest that way under load).
     pub(crate) fn wait(&mut self) -> io::Result<Option<i32>> {
+        let mut status = None;
         loop {
             let Some(p) = read_packet(&mut self.control)? else {
-                return Ok(None);
+                return Ok(status);
             };
             let mut f = Fields(&p);
             match f.u32()? {
@@ -222,7 +230,7 @@ impl Session {
                     if f.u32()? != self.id {
                         return Err(bad("the exit of another session"));
                     }
-                    return Ok(Some(f.u32()? as i32));
+                    status = Some(f.u32()? as i32);
                 }
                 MUX_S_TTY_ALLOC_FAIL => {}
                 _ => return Err(bad("an unexpected message during a session")),
