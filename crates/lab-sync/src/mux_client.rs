@@ -3,10 +3,11 @@
 //! (OpenSSH's `PROTOCOL.mux`: hello, `MUX_C_NEW_SESSION` with the three
 //! stdio descriptors passed over the socket, then the exit message),
 //! without starting an `ssh` process for it. Each `ssh` client costs
-//! ~13 ms of CPU here (loading libcrypto and initialising OpenSSL, reading
+//! ~10 ms of CPU here (loading libcrypto and initialising OpenSSL, reading
 //! its configuration) for a command whose own work on the master's side is
 //! a channel; with many machines or many commands that was most of lab's
-//! own CPU (a `lab status` of 8 hosts: 27 % of the whole machine's).
+//! own CPU (in a `lab status` of 8 hosts the ssh processes, masters
+//! included, were 27 % of the whole machine's).
 //!
 //! The master does everything else as it does for its own clients (the
 //! connection, the channel, the command's environment): a session is only

@@ -16,9 +16,9 @@ use std::time::Duration;
 
 /// The key exchanges of a connection carried inside the host's: OpenSSH's
 /// defaults without the post-quantum hybrids (`sntrup761x25519`,
-/// `mlkem768x25519`), whose key generation costs ~100 ms of a fresh
-/// machine's login on a small CPU (measured: 190-220 ms a login through
-/// the host's connection, 92-97 ms without). What they protect against
+/// `mlkem768x25519`), whose key generation costs ~100 ms of each login
+/// on a small CPU (measured: 190-220 ms a login through the host's
+/// connection, 92-97 ms without). What they protect against
 /// (traffic recorded now, decrypted later) is covered by the host's own
 /// connection, which carries this one over the network with the user's
 /// key exchange; this one's own leg is the host's bridge.
