@@ -27,7 +27,7 @@
 //! master lab did not start is never used.
 //! `LAB_SSH_MULTIPLEX=0` turns all of this off.
 
-use crate::mux_client::Session;
+use crate::mux_client::{Pipes, Session};
 use crate::ssh::{SshSpec, SshTarget, SshTransport};
 use crate::transport::{Counting, Input, Output, Transport};
 use crate::SyncError;
@@ -275,7 +275,7 @@ impl Mux {
 
     /// `command` running through the master (its stdin piped, or
     /// `/dev/null`).
-    fn session(&self, command: &str, stdin: bool) -> Result<Session, SyncError> {
+    fn session(&self, command: &str, stdin: bool) -> Result<(Session, Pipes), SyncError> {
         Session::open(&self.socket, command, stdin).map_err(|e| {
             SyncError::Channel(if self.alive() {
                 e.to_string()
@@ -344,7 +344,7 @@ impl Transport for MuxTransport {
         self.commands += 1;
         self.command_bytes += command.len() as u64;
         let cmd = crate::ssh::with_sudo(&self.target, command);
-        let mut session = self.mux.session(&cmd, true)?;
+        let (mut session, pipes) = self.mux.session(&cmd, true)?;
         let read = |mut r: std::fs::File| {
             std::thread::spawn(move || {
                 let mut buf = Vec::new();
@@ -352,19 +352,9 @@ impl Transport for MuxTransport {
                 buf
             })
         };
-        let out = read(
-            session
-                .stdout
-                .try_clone()
-                .map_err(|e| SyncError::Channel(e.to_string()))?,
-        );
-        let err = read(
-            session
-                .stderr
-                .try_clone()
-                .map_err(|e| SyncError::Channel(e.to_string()))?,
-        );
-        let written = match session.stdin.take() {
+        let out = read(pipes.stdout);
+        let err = read(pipes.stderr);
+        let written = match pipes.stdin {
             Some(stdin) => {
                 let mut w = std::io::BufWriter::with_capacity(
                     256 * 1024,
@@ -405,11 +395,8 @@ impl Transport for MuxTransport {
         self.commands += 1;
         self.command_bytes += command.len() as u64;
         let cmd = crate::ssh::with_sudo(&self.target, command);
-        let mut session = self.mux.session(&cmd, false)?;
-        let mut r = session
-            .stderr
-            .try_clone()
-            .map_err(|e| SyncError::Channel(e.to_string()))?;
+        let (mut session, mut pipes) = self.mux.session(&cmd, false)?;
+        let mut r = pipes.stderr;
         let err = std::thread::spawn(move || {
             let mut buf = Vec::new();
             let _ = r.read_to_end(&mut buf);
@@ -417,7 +404,7 @@ impl Transport for MuxTransport {
         });
         let mut buf = [0u8; 16 * 1024];
         loop {
-            match session.stdout.read(&mut buf) {
+            match pipes.stdout.read(&mut buf) {
                 Ok(0) | Err(_) => break,
                 Ok(n) => out(&buf[..n]),
             }
@@ -494,8 +481,9 @@ mod tests {
             .decode(sshd.host_public_key().split(' ').nth(1).unwrap())
             .unwrap();
         assert!(mux.start_master_wait(&key, Duration::from_secs(10)));
-        let mut s = Session::open(&mux.socket, "head -c 1000000 /dev/zero", false).unwrap();
-        let mut out = s.stdout.try_clone().unwrap();
+        let (mut s, pipes) =
+            Session::open(&mux.socket, "head -c 1000000 /dev/zero", false).unwrap();
+        let mut out = pipes.stdout;
         let reader = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_secs(1));
             let mut b = Vec::new();

@@ -31,15 +31,18 @@ const SSHMUX_VER: u32 = 4;
 /// A packet longer than this from the master is not one of its replies.
 const PACKET_MAX: u32 = 256 * 1024;
 
-/// A command running through the master: its stdin (`None`: it reads
-/// `/dev/null`), stdout and stderr, and the control connection that will
-/// carry its exit status.
+/// A command running through the master: the control connection that
+/// will carry its exit status.
 pub(crate) struct Session {
+    control: UnixStream,
+    id: u32,
+}
+
+/// Its stdin (`None`: it reads `/dev/null`), stdout and stderr.
+pub(crate) struct Pipes {
     pub stdin: Option<File>,
     pub stdout: File,
     pub stderr: File,
-    control: UnixStream,
-    id: u32,
 }
 
 fn put_u32(buf: &mut Vec<u8>, v: u32) {
@@ -132,8 +135,8 @@ fn send_fd(s: &UnixStream, fd: &OwnedFd) -> io::Result<()> {
 impl Session {
     /// Open a session running `command` on the master listening on
     /// `socket`; `stdin`: whether the command reads what is written to
-    /// [`Session::stdin`] (else `/dev/null`).
-    pub(crate) fn open(socket: &Path, command: &str, stdin: bool) -> io::Result<Session> {
+    /// [`Pipes::stdin`] (else `/dev/null`).
+    pub(crate) fn open(socket: &Path, command: &str, stdin: bool) -> io::Result<(Session, Pipes)> {
         let mut control = UnixStream::connect(socket)?;
         let mut hello = Vec::new();
         put_u32(&mut hello, MUX_MSG_HELLO);
@@ -182,13 +185,14 @@ impl Session {
                     return Err(bad("a reply to another request"));
                 }
                 let id = f.u32()?;
-                Ok(Session {
-                    stdin: in_w.map(File::from),
-                    stdout: File::from(out_r),
-                    stderr: File::from(err_r),
-                    control,
-                    id,
-                })
+                Ok((
+                    Session { control, id },
+                    Pipes {
+                        stdin: in_w.map(File::from),
+                        stdout: File::from(out_r),
+                        stderr: File::from(err_r),
+                    },
+                ))
             }
             t @ (MUX_S_PERMISSION_DENIED | MUX_S_FAILURE) => {
                 let _request = f.u32()?;
