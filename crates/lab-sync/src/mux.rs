@@ -186,20 +186,13 @@ impl Mux {
             return false;
         };
         let start = std::time::Instant::now();
-        loop {
-            if self.alive() {
-                std::thread::spawn(move || child.wait());
-                return true;
-            }
-            // (the foreground ssh ends once the master went to the
-            // background, or when it could not connect)
-            if !matches!(child.try_wait(), Ok(None)) || start.elapsed() >= limit {
-                let up = self.alive();
-                std::thread::spawn(move || child.wait());
-                return up;
-            }
+        // (the foreground ssh ends once the master went to the
+        // background, or when it could not connect)
+        while !self.alive() && matches!(child.try_wait(), Ok(None)) && start.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(5));
         }
+        std::thread::spawn(move || child.wait());
+        self.alive()
     }
 
     fn spawn_master(&self, key: &[u8]) -> Option<std::process::Child> {
